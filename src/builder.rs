@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::Cache;
+use crate::fetcher::{DynFetcher, IntoFetcher};
 use crate::time::{Nanos, duration_to_nanos};
+use std::sync::Arc;
 
 /// The default hasher: foldhash, seeded at random, so keys chosen by an
 /// attacker cannot be aimed at one shard.
@@ -19,11 +21,16 @@ pub const MAX_SIZE_LIMIT: usize = u32::MAX as usize;
 pub(crate) const DEFAULT_MAX_SIZE: usize = 100;
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_MAX_CONCURRENT_REFRESHES: usize = 16;
+pub(crate) const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Builds a [`Cache`]; from [`Cache::builder`].
 ///
 /// Defaults follow the LangSmith SDK's prompt cache: `max_size` 100,
-/// `ttl` 300 s, `refresh_interval` 60 s.
+/// `ttl` 300 s, `refresh_interval` 60 s; and for the refresher:
+/// `max_concurrent_refreshes` 16, `refresh_timeout` 30 s, `refresh_on_read`
+/// on, `max_retry_backoff` 600 s.
 ///
 /// ```
 /// use std::time::Duration;
@@ -41,7 +48,18 @@ pub struct CacheBuilder<K, V, S = DefaultHasher> {
     pub(crate) ttl: Option<Duration>,
     pub(crate) refresh_interval: Duration,
     pub(crate) hasher: S,
+    pub(crate) fetcher: Option<Arc<dyn DynFetcher<K, V>>>,
+    pub(crate) refresh: RefreshSettings,
     _types: PhantomData<fn(K) -> V>,
+}
+
+/// The refresher's settings, fixed at build time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RefreshSettings {
+    pub(crate) max_concurrent: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) on_read: bool,
+    pub(crate) max_retry_backoff: Duration,
 }
 
 impl<K, V> Default for CacheBuilder<K, V> {
@@ -51,6 +69,13 @@ impl<K, V> Default for CacheBuilder<K, V> {
             ttl: Some(DEFAULT_TTL),
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             hasher: DefaultHasher::default(),
+            fetcher: None,
+            refresh: RefreshSettings {
+                max_concurrent: DEFAULT_MAX_CONCURRENT_REFRESHES,
+                timeout: DEFAULT_REFRESH_TIMEOUT,
+                on_read: true,
+                max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
+            },
             _types: PhantomData,
         }
     }
@@ -84,8 +109,57 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             ttl: self.ttl,
             refresh_interval: self.refresh_interval,
             hasher,
+            fetcher: self.fetcher,
+            refresh: self.refresh,
             _types: PhantomData,
         }
+    }
+
+    /// Where values come from: an async closure taking the key,
+    ///
+    /// ```
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<String, String> = Cache::builder()
+    ///     .fetcher(|key: String| async move { Ok::<_, std::io::Error>(key.to_uppercase()) })
+    ///     .build()?;
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    ///
+    /// or a type implementing [`Fetcher`](crate::Fetcher), which also sees the
+    /// cached value and may answer [`Fetched::Unchanged`](crate::Fetched).
+    /// The refresher ([`Cache::start`]), [`Cache::get_or_fetch`] and
+    /// [`Cache::refresh`] call it.
+    pub fn fetcher<M>(mut self, fetcher: impl IntoFetcher<K, V, M>) -> Self {
+        self.fetcher = Some(fetcher.into_fetcher().0);
+        self
+    }
+
+    /// How many fetches the refresher runs at once.
+    pub fn max_concurrent_refreshes(mut self, max: usize) -> Self {
+        self.refresh.max_concurrent = max;
+        self
+    }
+
+    /// How long one fetch may take before it is cancelled and counted as an
+    /// error.
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh.timeout = timeout;
+        self
+    }
+
+    /// Whether a `get` that finds a stale entry asks the refresher to fetch it
+    /// now rather than at its next interval (Caffeine's refresh-after-write).
+    pub fn refresh_on_read(mut self, enabled: bool) -> Self {
+        self.refresh.on_read = enabled;
+        self
+    }
+
+    /// The longest wait before retrying a key whose refreshes keep failing.
+    /// Retries start one `refresh_interval` after the first failure and double
+    /// with each failure after it, with random jitter, up to this cap.
+    pub fn max_retry_backoff(mut self, cap: Duration) -> Self {
+        self.refresh.max_retry_backoff = cap;
+        self
     }
 
     /// Checks the settings and builds the cache.
@@ -104,6 +178,15 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             refresh_interval: Some(self.refresh_interval),
         };
         change.validate()?;
+        if self.refresh.max_concurrent == 0 {
+            return Err(ConfigError::ZeroMaxConcurrentRefreshes);
+        }
+        if self.refresh.timeout.is_zero() {
+            return Err(ConfigError::ZeroRefreshTimeout);
+        }
+        if self.refresh.max_retry_backoff.is_zero() {
+            return Err(ConfigError::ZeroMaxRetryBackoff);
+        }
         Cache::from_builder(self)
     }
 }
@@ -178,6 +261,12 @@ pub enum ConfigError {
     ZeroTtl,
     /// `refresh_interval` was zero.
     ZeroRefreshInterval,
+    /// `refresh_timeout` was zero.
+    ZeroRefreshTimeout,
+    /// `max_concurrent_refreshes` was zero: nothing would ever be refreshed.
+    ZeroMaxConcurrentRefreshes,
+    /// `max_retry_backoff` was zero.
+    ZeroMaxRetryBackoff,
     /// `max_size` was above [`MAX_SIZE_LIMIT`].
     MaxSizeTooLarge {
         /// The size asked for.
@@ -197,6 +286,9 @@ impl ConfigError {
         match self {
             Self::ZeroTtl => "ttl",
             Self::ZeroRefreshInterval => "refresh_interval",
+            Self::ZeroRefreshTimeout => "refresh_timeout",
+            Self::ZeroMaxConcurrentRefreshes => "max_concurrent_refreshes",
+            Self::ZeroMaxRetryBackoff => "max_retry_backoff",
             Self::MaxSizeTooLarge { .. } | Self::OutOfMemory { .. } => "max_size",
         }
     }
@@ -207,11 +299,22 @@ impl fmt::Display for ConfigError {
         match self {
             Self::ZeroTtl => f.write_str("ttl must be more than zero (use None for no ttl)"),
             Self::ZeroRefreshInterval => f.write_str("refresh_interval must be more than zero"),
+            Self::ZeroRefreshTimeout => f.write_str("refresh_timeout must be more than zero"),
+            Self::ZeroMaxConcurrentRefreshes => {
+                f.write_str("max_concurrent_refreshes must be more than zero")
+            }
+            Self::ZeroMaxRetryBackoff => f.write_str("max_retry_backoff must be more than zero"),
             Self::MaxSizeTooLarge { max_size } => {
-                write!(f, "max_size {max_size} is above the limit of {MAX_SIZE_LIMIT}")
+                write!(
+                    f,
+                    "max_size {max_size} is above the limit of {MAX_SIZE_LIMIT}"
+                )
             }
             Self::OutOfMemory { max_size } => {
-                write!(f, "could not allocate the eviction ring for max_size {max_size}")
+                write!(
+                    f,
+                    "could not allocate the eviction ring for max_size {max_size}"
+                )
             }
         }
     }

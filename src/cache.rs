@@ -9,10 +9,15 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use crate::builder::{CacheBuilder, ConfigChange, ConfigError, DefaultHasher, LiveSettings};
+use crate::builder::{
+    CacheBuilder, ConfigChange, ConfigError, DefaultHasher, LiveSettings, RefreshSettings,
+};
 use crate::clock::Ring;
+use crate::fetcher::DynFetcher;
+use crate::flight::FlightReceiver;
 use crate::metrics::{Counter, Counters, Metrics};
 use crate::node::{Commit, Node};
+use crate::refresh::Refresher;
 use crate::time::Clock;
 
 /// A concurrent, bounded, stale-while-revalidate cache. See the
@@ -33,6 +38,11 @@ pub(crate) struct Inner<K, V, S> {
     pub(crate) settings: LiveSettings,
     pub(crate) clock: Clock,
     pub(crate) counters: Counters,
+    pub(crate) fetcher: Option<Arc<dyn DynFetcher<K, V>>>,
+    pub(crate) refresh: RefreshSettings,
+    /// The fetch under way for each key being fetched.
+    pub(crate) flights: DashMap<K, FlightReceiver<V>, S>,
+    pub(crate) refresher: Refresher<K, V>,
 }
 
 impl<K, V, S> Clone for Cache<K, V, S> {
@@ -72,7 +82,7 @@ where
         let ring = Ring::new(max_size).ok_or(ConfigError::OutOfMemory { max_size })?;
         // Enough room up front for small caches; large ones grow as they fill,
         // so a generous max_size costs nothing until it is used.
-        let map = DashMap::with_capacity_and_hasher(max_size.min(1024), builder.hasher);
+        let map = DashMap::with_capacity_and_hasher(max_size.min(1024), builder.hasher.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 map,
@@ -81,6 +91,10 @@ where
                 settings: LiveSettings::new(builder.ttl, builder.refresh_interval),
                 clock: Clock::new(),
                 counters: Counters::new(),
+                fetcher: builder.fetcher,
+                refresh: builder.refresh,
+                flights: DashMap::with_hasher(builder.hasher),
+                refresher: Refresher::new(),
             }),
         })
     }
@@ -88,8 +102,9 @@ where
     /// The value for `key`, fresh or stale; `None` if it is not cached.
     ///
     /// Counts a hit (and a stale hit if the entry is older than the TTL) or a
-    /// miss, and marks the entry recently used. Never waits for a fetch: see
-    /// [the concurrency model](crate#concurrency).
+    /// miss, and marks the entry recently used. A stale entry is queued for
+    /// the refresher at once when it runs with `refresh_on_read`. Never waits
+    /// for a fetch: see [the concurrency model](crate#concurrency).
     #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where
@@ -110,6 +125,7 @@ where
         let ttl = inner.settings.ttl_nanos();
         if ttl != 0 && commit.is_stale(inner.clock.recent(), ttl) {
             inner.counters.incr(Counter::StaleHits);
+            inner.refresher.nudge(node);
         }
         inner.counters.incr(Counter::Hits);
         Some(commit.value.clone())
@@ -242,6 +258,7 @@ where
         if let Some(interval) = change.refresh_interval {
             inner.settings.set_refresh_interval(interval);
         }
+        self.inner.reconcile_refresher();
         Ok(())
     }
 }
@@ -269,7 +286,19 @@ where
     /// Adds a key not seen in the map: claim a slot (evicting if the ring is
     /// full), then insert. The ring lock is held across both, so a resize
     /// never sees a node that holds a slot but is not yet in the map.
-    pub(crate) fn insert_new(&self, key: K, commit: Arc<Commit<V>>) {
+    fn insert_new(&self, key: K, commit: Arc<Commit<V>>) {
+        self.add(key, commit, true);
+    }
+
+    /// Adds `key` unless it is cached already (a read-through fetch's value
+    /// yields to whatever was written meanwhile).
+    pub(crate) fn insert_if_absent(&self, key: K, commit: Arc<Commit<V>>) {
+        if !self.is_disabled() && !self.map.contains_key(&key) {
+            self.add(key, commit, false);
+        }
+    }
+
+    fn add(&self, key: K, commit: Arc<Commit<V>>, overwrite: bool) {
         let ring = self.ring_shared();
         if ring.len() == 0 {
             return; // disabled since the caller looked
@@ -281,14 +310,16 @@ where
         match self.map.entry(key) {
             Entry::Occupied(entry) => {
                 // Another thread added the key meanwhile: write into its node
-                // and give back the slot this one claimed.
-                let existing = entry.get();
-                existing.commit.store(node.commit.load_full());
-                existing.touch();
+                // (if overwriting) and give back the slot this one claimed.
+                if overwrite {
+                    let existing = entry.get();
+                    existing.commit.store(node.commit.load_full());
+                    existing.touch();
+                    self.counters.incr(Counter::Updates);
+                }
                 node.mark_dead();
                 drop(entry);
                 ring.release(&node);
-                self.counters.incr(Counter::Updates);
             }
             Entry::Vacant(entry) => {
                 node.mark_live();
@@ -296,6 +327,11 @@ where
                 self.counters.incr(Counter::Inserts);
             }
         }
+    }
+
+    /// Calls `visit` with every node the ring holds (live, pending or dead).
+    pub(crate) fn for_each_node(&self, visit: impl FnMut(&Arc<Node<K, V>>)) {
+        self.ring_shared().for_each_node(visit);
     }
 
     /// Removes `victim` from the map if it is still the node for its key.

@@ -21,6 +21,9 @@ use arc_swap::ArcSwapOption;
 
 use crate::node::Node;
 
+/// Nodes displaced from the ring, for the caller to remove from the map.
+pub(crate) type Victims<K, V> = Vec<Arc<Node<K, V>>>;
+
 pub(crate) struct Ring<K, V> {
     slots: Box<[ArcSwapOption<Node<K, V>>]>,
     hand: AtomicUsize,
@@ -84,6 +87,15 @@ impl<K, V> Ring<K, V> {
         }
     }
 
+    /// Calls `visit` with every node in the ring, by slot loads only.
+    pub(crate) fn for_each_node(&self, mut visit: impl FnMut(&Arc<Node<K, V>>)) {
+        for slot in self.slots.iter() {
+            if let Some(node) = &*slot.load() {
+                visit(node);
+            }
+        }
+    }
+
     /// Drops every node the ring holds.
     pub(crate) fn reset(&mut self) {
         for slot in self.slots.iter() {
@@ -110,7 +122,7 @@ impl<K, V> Ring<K, V> {
     /// nodes that did not fit, chosen by the same second-chance rule as `claim`.
     /// `None` if the new ring cannot be allocated. Needs exclusive access, so
     /// that no claim or release races with the move of slot indices.
-    pub(crate) fn resized(&mut self, len: usize) -> Option<(Self, Vec<Arc<Node<K, V>>>)> {
+    pub(crate) fn resized(&mut self, len: usize) -> Option<(Self, Victims<K, V>)> {
         let mut resized = Ring::new(len)?;
         let mut keep: VecDeque<_> = self.live_nodes().into();
         let mut victims = Vec::new();

@@ -73,10 +73,15 @@
 mod builder;
 mod cache;
 mod clock;
+mod fetcher;
+mod flight;
 mod metrics;
 mod node;
+mod refresh;
 mod time;
 
 pub use builder::{CacheBuilder, ConfigChange, ConfigError, DefaultHasher, MAX_SIZE_LIMIT};
 pub use cache::Cache;
+pub use fetcher::{FetchError, Fetched, Fetcher, IntoFetcher};
 pub use metrics::Metrics;
+pub use refresh::StartError;

@@ -39,6 +39,8 @@ impl<V> Commit<V> {
 // Bits of `Node::flags`.
 /// Read since the clock hand last passed.
 const REFERENCED: u8 = 1;
+/// Queued for, or under, a background refresh.
+const REFRESH_QUEUED: u8 = 1 << 1;
 /// In the map. Cleared, under the shard's write lock, when the node is removed.
 const LIVE: u8 = 1 << 2;
 /// Removed from the map, or lost the race to be inserted: its ring slot is free.
@@ -100,6 +102,18 @@ impl<K, V> Node<K, V> {
             .ok();
     }
 
+    /// Claims the right to queue a refresh; false if one is queued or running.
+    /// Reads before writing, so gets of a hot stale key write nothing while
+    /// its refresh is under way.
+    pub(crate) fn try_queue_refresh(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & REFRESH_QUEUED == 0
+            && self.flags.fetch_or(REFRESH_QUEUED, Ordering::AcqRel) & REFRESH_QUEUED == 0
+    }
+
+    pub(crate) fn finish_refresh(&self) {
+        self.flags.fetch_and(!REFRESH_QUEUED, Ordering::AcqRel);
+    }
+
     pub(crate) fn slot(&self) -> usize {
         self.slot.load(Ordering::Relaxed) as usize
     }
@@ -130,6 +144,10 @@ mod tests {
         node.touch();
         assert!(node.take_referenced());
         assert!(!node.take_referenced());
+        assert!(node.try_queue_refresh());
+        assert!(!node.try_queue_refresh());
+        node.finish_refresh();
+        assert!(node.try_queue_refresh());
         node.mark_dead();
         assert!(node.is_dead() && !node.is_live());
     }
@@ -140,6 +158,9 @@ mod tests {
         assert!(!commit.is_stale(150, 50));
         assert!(commit.is_stale(151, 50));
         assert!(!commit.is_stale(u64::MAX, 0), "ttl 0 means never stale");
-        assert!(!commit.is_stale(0, 50), "a clock behind the write is not stale");
+        assert!(
+            !commit.is_stale(0, 50),
+            "a clock behind the write is not stale"
+        );
     }
 }

@@ -1,0 +1,245 @@
+//! The source of truth behind a cache: [`Fetcher`], its answers and its errors.
+//!
+//! A fetcher is given to [`CacheBuilder::fetcher`](crate::CacheBuilder::fetcher)
+//! either as a plain async closure `|key: K| async move { ... } -> Result<V, E>`
+//! or as a type implementing [`Fetcher`], whose method also receives the value
+//! the cache holds now, so it can answer [`Fetched::Unchanged`] (like an HTTP
+//! 304 on a commit hash): the entry's age starts over and its value stays.
+
+use std::any::Any;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// What a [`Fetcher`] answers for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched<V> {
+    /// A new value: it replaces the cached one.
+    Value(V),
+    /// The cached value is still right: its age starts over. Answered for a
+    /// key with no cached value, it is an error ([`FetchError::NothingToKeep`]).
+    Unchanged,
+}
+
+/// Fetches the value for a key from wherever it comes from.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use swr_cache::{Fetched, Fetcher};
+///
+/// /// Answers "unchanged" when the upstream version is the cached one.
+/// struct Versioned;
+///
+/// impl Fetcher<String, (u64, String)> for Versioned {
+///     type Error = Infallible;
+///
+///     async fn fetch(
+///         &self,
+///         key: &String,
+///         current: Option<&(u64, String)>,
+///     ) -> Result<Fetched<(u64, String)>, Infallible> {
+///         let upstream_version = 7; // ask the upstream for its version here
+///         match current {
+///             Some((version, _)) if *version == upstream_version => Ok(Fetched::Unchanged),
+///             _ => Ok(Fetched::Value((upstream_version, format!("body of {key}")))),
+///         }
+///     }
+/// }
+/// ```
+pub trait Fetcher<K, V>: Send + Sync + 'static {
+    /// Why a fetch failed; logged and counted, the stale value is kept.
+    type Error: Into<Box<dyn StdError + Send + Sync>>;
+
+    /// Fetches `key`; `current` is the cached value, if any.
+    fn fetch(
+        &self,
+        key: &K,
+        current: Option<&V>,
+    ) -> impl Future<Output = Result<Fetched<V>, Self::Error>> + Send;
+}
+
+/// Why a fetch gave no value. Cheap to clone: every caller waiting on one
+/// fetch gets the same error.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The fetcher returned an error.
+    Failed(Arc<dyn StdError + Send + Sync>),
+    /// The fetcher took longer than `refresh_timeout`; it was cancelled.
+    TimedOut(Duration),
+    /// The fetcher panicked; the panic was caught.
+    Panicked(String),
+    /// The fetcher answered [`Fetched::Unchanged`] for a key the cache did
+    /// not hold.
+    NothingToKeep,
+    /// The cache was built without a fetcher.
+    NoFetcher,
+    /// Called outside a tokio runtime.
+    NoRuntime,
+    /// The fetch was abandoned before it finished: the refresher was stopped
+    /// or the runtime shut down.
+    Cancelled,
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Failed(e) => write!(f, "fetch failed: {e}"),
+            Self::TimedOut(after) => write!(f, "fetch timed out after {after:?}"),
+            Self::Panicked(message) => write!(f, "fetcher panicked: {message}"),
+            Self::NothingToKeep => f.write_str("fetcher answered Unchanged for an uncached key"),
+            Self::NoFetcher => f.write_str("the cache has no fetcher"),
+            Self::NoRuntime => f.write_str("not inside a tokio runtime"),
+            Self::Cancelled => f.write_str("fetch cancelled"),
+        }
+    }
+}
+
+impl StdError for FetchError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Failed(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) type FetchFuture<V> =
+    Pin<Box<dyn Future<Output = Result<Fetched<V>, FetchError>> + Send>>;
+
+/// A fetcher with its types erased, as the cache stores it.
+pub(crate) trait DynFetcher<K, V>: Send + Sync {
+    fn fetch(self: Arc<Self>, key: K, current: Option<V>) -> FetchFuture<V>;
+}
+
+struct TraitFetcher<F>(F);
+
+impl<K, V, F> DynFetcher<K, V> for TraitFetcher<F>
+where
+    K: Send + 'static,
+    V: Send + Sync + 'static,
+    F: Fetcher<K, V>,
+{
+    fn fetch(self: Arc<Self>, key: K, current: Option<V>) -> FetchFuture<V> {
+        Box::pin(async move {
+            self.0
+                .fetch(&key, current.as_ref())
+                .await
+                .map_err(|e| FetchError::Failed(Arc::from(e.into())))
+        })
+    }
+}
+
+struct FnFetcher<F>(F);
+
+impl<K, V, F, Fut, E> DynFetcher<K, V> for FnFetcher<F>
+where
+    F: Fn(K) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+    K: Send + 'static,
+    V: Send + 'static,
+{
+    fn fetch(self: Arc<Self>, key: K, _current: Option<V>) -> FetchFuture<V> {
+        let fetching = (self.0)(key);
+        Box::pin(async move {
+            fetching
+                .await
+                .map(Fetched::Value)
+                .map_err(|e| FetchError::Failed(Arc::from(e.into())))
+        })
+    }
+}
+
+/// A fetcher as the builder takes it: an async closure or a [`Fetcher`].
+///
+/// `M` only tells the two kinds apart; it is inferred.
+pub trait IntoFetcher<K, V, M> {
+    #[doc(hidden)]
+    fn into_fetcher(self) -> ErasedFetcher<K, V>;
+}
+
+/// A fetcher ready to store; made by [`IntoFetcher`].
+#[doc(hidden)]
+pub struct ErasedFetcher<K, V>(pub(crate) Arc<dyn DynFetcher<K, V>>);
+
+/// Marks the [`IntoFetcher`] impl for closures.
+#[doc(hidden)]
+pub struct FromFn<Fut, E>(std::marker::PhantomData<fn() -> (Fut, E)>);
+
+/// Marks the [`IntoFetcher`] impl for [`Fetcher`] types.
+#[doc(hidden)]
+pub struct FromTrait;
+
+impl<K, V, F, Fut, E> IntoFetcher<K, V, FromFn<Fut, E>> for F
+where
+    F: Fn(K) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+    K: Send + 'static,
+    V: Send + 'static,
+{
+    fn into_fetcher(self) -> ErasedFetcher<K, V> {
+        ErasedFetcher(Arc::new(FnFetcher(self)))
+    }
+}
+
+impl<K, V, F> IntoFetcher<K, V, FromTrait> for F
+where
+    F: Fetcher<K, V>,
+    K: Send + 'static,
+    V: Send + Sync + 'static,
+{
+    fn into_fetcher(self) -> ErasedFetcher<K, V> {
+        ErasedFetcher(Arc::new(TraitFetcher(self)))
+    }
+}
+
+/// Runs a fetch to its end: a panic becomes [`FetchError::Panicked`], and a
+/// fetch still running after `timeout` is dropped (cancelled) and becomes
+/// [`FetchError::TimedOut`].
+pub(crate) async fn run_fetch<V>(
+    fetch: FetchFuture<V>,
+    timeout: Duration,
+) -> Result<Fetched<V>, FetchError> {
+    match tokio::time::timeout(timeout, CatchUnwind(fetch)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(FetchError::Panicked(panic_message(&*panic))),
+        Err(_elapsed) => Err(FetchError::TimedOut(timeout)),
+    }
+}
+
+/// Polls a boxed future, turning a panic inside a poll into an `Err`.
+struct CatchUnwind<F>(Pin<Box<F>>)
+where
+    F: ?Sized;
+
+impl<T, F: Future<Output = T> + ?Sized> Future for CatchUnwind<F> {
+    type Output = Result<T, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // A future that panicked is never polled again: it is dropped with
+        // the `Err`, so no broken state it may hold is observed.
+        let inner = self.0.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,181 @@
+//! Single flight: at most one fetch per key at a time, shared by everyone who
+//! asks for that key meanwhile (the refresher, [`Cache::refresh`] and
+//! [`Cache::get_or_fetch`]), and the install of its result.
+//!
+//! A fetch of a cached key installs its value by compare-and-swap against the
+//! commit it started from, into the node it started from. A newer `insert`
+//! wins (the swap fails and its value stands), and a key removed meanwhile stays
+//! removed (the swap lands in a node no longer in the map). A fetch of an
+//! uncached key (read-through) inserts its value only if the key is still absent.
+//!
+//! [`Cache::refresh`]: crate::Cache::refresh
+//! [`Cache::get_or_fetch`]: crate::Cache::get_or_fetch
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, Weak};
+
+use dashmap::mapref::entry::Entry;
+use tokio::sync::watch;
+
+use crate::cache::Inner;
+use crate::fetcher::{FetchError, Fetched, run_fetch};
+use crate::metrics::Counter;
+use crate::node::{Commit, Node};
+
+/// The outcome of one fetch, once it has one.
+type Outcome<V> = Option<Result<V, FetchError>>;
+
+/// Where a fetch's result will appear.
+pub(crate) type FlightReceiver<V> = watch::Receiver<Outcome<V>>;
+
+/// What a fetch started from: the node and commit of a cached key.
+type Start<K, V> = Option<(Arc<Node<K, V>>, Arc<Commit<V>>)>;
+
+/// A flight joined or started by [`Inner::join_or_start_flight`].
+pub(crate) enum Flight<V, D> {
+    /// A fetch was under way: wait on its receiver.
+    Joined(FlightReceiver<V>),
+    /// No fetch was: this future drives the new one, and returns its result.
+    Started(D),
+}
+
+/// Waits for a flight's result.
+pub(crate) async fn wait<V: Clone>(mut flight: FlightReceiver<V>) -> Result<V, FetchError> {
+    match flight.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or(Err(FetchError::Cancelled)),
+        // The fetch was dropped before it finished (stop, runtime shut down).
+        Err(_) => Err(FetchError::Cancelled),
+    }
+}
+
+impl<K, V, S> Inner<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    /// Joins the fetch of `key` under way, or starts one. Starting returns the
+    /// future that drives it, for the caller to run or spawn: it fetches,
+    /// installs, publishes the result to whoever joined, and returns it.
+    /// Dropping it unfinished ends the flight, and whoever waits on it gets
+    /// [`FetchError::Cancelled`].
+    pub(crate) fn join_or_start_flight(
+        self: &Arc<Self>,
+        key: K,
+    ) -> Result<Flight<V, impl Future<Output = Result<V, FetchError>> + Send + 'static>, FetchError>
+    {
+        let fetcher = self.fetcher.clone().ok_or(FetchError::NoFetcher)?;
+        let (publish, receiver) = match self.flights.entry(key.clone()) {
+            Entry::Occupied(flight) => return Ok(Flight::Joined(flight.get().clone())),
+            Entry::Vacant(slot) => {
+                let (publish, receiver) = watch::channel(None);
+                slot.insert(receiver.clone());
+                (publish, receiver)
+            }
+        };
+        let start: Start<K, V> = self.map.get(&key).map(|entry| {
+            let node = Arc::clone(entry.value());
+            let commit = node.commit.load_full();
+            (node, commit)
+        });
+        let landing = FlightLanding {
+            cache: Arc::downgrade(self),
+            key: key.clone(),
+            receiver,
+        };
+        let timeout = self.refresh.timeout;
+        let drive = async move {
+            let current = start.as_ref().map(|(_, commit)| commit.value.clone());
+            let outcome = run_fetch(fetcher.fetch(key, current), timeout).await;
+            let result = match landing.cache.upgrade() {
+                Some(cache) => cache.install(&landing.key, start, outcome),
+                None => Err(FetchError::Cancelled),
+            };
+            // Leave the map before publishing, so a caller who sees the
+            // result and asks again starts a new fetch rather than joining
+            // this finished one.
+            drop(landing);
+            publish.send_replace(Some(result.clone()));
+            result
+        };
+        Ok(Flight::Started(drive))
+    }
+
+    /// Installs a fetch's outcome and counts it; returns the value the cache
+    /// now holds for the key (a newer write's, if one won), or the error.
+    fn install(
+        &self,
+        key: &K,
+        start: Start<K, V>,
+        outcome: Result<Fetched<V>, FetchError>,
+    ) -> Result<V, FetchError> {
+        let now = self.clock.now();
+        let fetched = match outcome {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                self.counters.incr(Counter::RefreshErrors);
+                tracing::warn!(%error, "fetch failed; the cached value, if any, is kept");
+                return Err(error);
+            }
+        };
+        match (fetched, start) {
+            (Fetched::Value(value), Some((node, from))) => {
+                self.counters.incr(Counter::Refreshes);
+                Ok(swap_from(&node, &from, Commit::new(value, now)))
+            }
+            (Fetched::Unchanged, Some((node, from))) => {
+                self.counters.incr(Counter::Refreshes);
+                let renewed = Commit::new(from.value.clone(), now);
+                Ok(swap_from(&node, &from, renewed))
+            }
+            (Fetched::Value(value), None) => {
+                self.counters.incr(Counter::Refreshes);
+                self.insert_if_absent(key.clone(), Commit::new(value.clone(), now));
+                Ok(value)
+            }
+            (Fetched::Unchanged, None) => {
+                self.counters.incr(Counter::RefreshErrors);
+                tracing::warn!("fetcher answered Unchanged for a key the cache does not hold");
+                Err(FetchError::NothingToKeep)
+            }
+        }
+    }
+}
+
+/// Swaps `new` into `node` if `from` is still its commit; returns the value
+/// the node holds afterwards.
+fn swap_from<K, V: Clone>(node: &Node<K, V>, from: &Arc<Commit<V>>, new: Arc<Commit<V>>) -> V {
+    let value = new.value.clone();
+    let previous = node.commit.compare_and_swap(from, new);
+    if Arc::ptr_eq(&previous, from) {
+        value
+    } else {
+        previous.value.clone()
+    }
+}
+
+/// Removes a flight from the map when its fetch ends or is dropped.
+struct FlightLanding<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    cache: Weak<Inner<K, V, S>>,
+    key: K,
+    receiver: FlightReceiver<V>,
+}
+
+impl<K, V, S> Drop for FlightLanding<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    fn drop(&mut self) {
+        if let Some(cache) = self.cache.upgrade() {
+            cache
+                .flights
+                .remove_if(&self.key, |_, flight| flight.same_channel(&self.receiver));
+        }
+    }
+}

@@ -1,0 +1,772 @@
+//! The refresh engine's behaviours (DESIGN.md S4–S9, S12), each on tokio's
+//! paused clock: `sleep` there advances virtual time as soon as every task is
+//! idle, so these tests are exact and take no real time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use swr_cache::{Cache, ConfigChange, FetchError, Fetched, Fetcher, StartError};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, sleep};
+
+const TTL: Duration = Duration::from_secs(10);
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// An upstream whose answers tests control and whose calls they count.
+#[derive(Clone, Default)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+    /// Fetches under way now, and the most seen at once.
+    running: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    version: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Answers `"{key}@v{version}"` after `latency`, or an error while failing.
+    async fn fetch(&self, key: String, latency: Duration) -> Result<String, std::io::Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        if !latency.is_zero() {
+            sleep(latency).await;
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("upstream down"));
+        }
+        Ok(format!("{key}@v{}", self.version.load(Ordering::SeqCst)))
+    }
+}
+
+fn cache_with(upstream: &Upstream, latency: Duration) -> Cache<String, String> {
+    let upstream = upstream.clone();
+    Cache::builder()
+        .max_size(10_000)
+        .ttl(Some(TTL))
+        .refresh_interval(INTERVAL)
+        .refresh_on_read(false)
+        .fetcher(move |key: String| {
+            let upstream = upstream.clone();
+            async move { upstream.fetch(key, latency).await }
+        })
+        .build()
+        .unwrap()
+}
+
+fn cache(upstream: &Upstream) -> Cache<String, String> {
+    cache_with(upstream, Duration::ZERO)
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_is_called_for_a_stale_entry() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+    upstream.version.store(2, Ordering::SeqCst);
+
+    sleep(TTL + INTERVAL * 2).await;
+
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(cache.get("k").as_deref(), Some("k@v2"));
+    assert_eq!(cache.is_stale("k"), Some(false), "a refresh resets the age");
+    assert_eq!(cache.metrics().refreshes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_is_not_called_for_a_fresh_entry() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+
+    sleep(TTL - INTERVAL).await;
+
+    assert_eq!(upstream.calls(), 0);
+    assert_eq!(cache.get("k").as_deref(), Some("old"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_task_and_no_refresh_with_ttl_none() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache.configure(ConfigChange::new().ttl(None)).unwrap();
+    cache.start().unwrap();
+    assert!(!cache.is_refreshing(), "offline mode spawns no task");
+    cache.insert("k".into(), "old".into());
+
+    sleep(TTL * 100).await;
+
+    assert_eq!(upstream.calls(), 0);
+    assert_eq!(cache.is_stale("k"), Some(false));
+    assert_eq!(cache.get("k").as_deref(), Some("old"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_task_with_max_size_zero() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache.configure(ConfigChange::new().max_size(0)).unwrap();
+    cache.start().unwrap();
+    assert!(!cache.is_refreshing());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_fetcher_keeps_the_stale_value_then_a_success_installs() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+    upstream.set_failing(true);
+
+    sleep(TTL + INTERVAL + Duration::from_millis(1)).await;
+    // The LangSmith sequence: one call, one error, the stale value kept.
+    assert_eq!(upstream.calls(), 1);
+    let m = cache.metrics();
+    assert_eq!((m.refresh_errors, m.refreshes), (1, 0));
+    assert_eq!(cache.get("k").as_deref(), Some("old"));
+    assert_eq!(cache.is_stale("k"), Some(true));
+
+    upstream.set_failing(false);
+    sleep(INTERVAL * 2).await;
+    // Then a second call, which succeeds.
+    assert_eq!(upstream.calls(), 2);
+    let m = cache.metrics();
+    assert_eq!((m.refresh_errors, m.refreshes), (1, 1));
+    assert_eq!(cache.get("k").as_deref(), Some("k@v0"));
+    assert_eq!(cache.is_stale("k"), Some(false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_fetcher_keeps_the_stale_value_and_the_task_lives() {
+    let panicking = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Some(TTL))
+        .refresh_interval(INTERVAL)
+        .fetcher({
+            let (panicking, calls) = (panicking.clone(), calls.clone());
+            move |key: String| {
+                let (panicking, calls) = (panicking.clone(), calls.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    assert!(!panicking.load(Ordering::SeqCst), "fetcher bug");
+                    Ok::<_, std::io::Error>(format!("{key}-new"))
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+
+    sleep(TTL + INTERVAL + Duration::from_millis(1)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.metrics().refresh_errors, 1);
+    assert_eq!(cache.get("k").as_deref(), Some("old"));
+    assert!(cache.is_refreshing());
+
+    panicking.store(false, Ordering::SeqCst);
+    sleep(INTERVAL * 2).await;
+    assert_eq!(
+        cache.get("k").as_deref(),
+        Some("k-new"),
+        "the task survived the panic"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_fetcher_times_out_keeps_the_stale_value_and_the_task_lives() {
+    let hanging = Arc::new(AtomicBool::new(true));
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Some(TTL))
+        .refresh_interval(INTERVAL)
+        .refresh_timeout(Duration::from_secs(5))
+        .fetcher({
+            let hanging = hanging.clone();
+            move |key: String| {
+                let hanging = hanging.clone();
+                async move {
+                    if hanging.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, std::io::Error>(format!("{key}-new"))
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+
+    // Stale after TTL, picked up by the next pass, then 5 s of timeout.
+    sleep(TTL + INTERVAL).await;
+    assert_eq!(cache.metrics().refresh_errors, 0, "still waiting");
+    sleep(Duration::from_secs(5) + Duration::from_millis(1)).await;
+    assert_eq!(cache.metrics().refresh_errors, 1);
+    assert_eq!(cache.get("k").as_deref(), Some("old"));
+
+    hanging.store(false, Ordering::SeqCst);
+    sleep(INTERVAL * 2).await;
+    assert_eq!(
+        cache.get("k").as_deref(),
+        Some("k-new"),
+        "the task survived the hang"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_keys_are_retried_later_and_later_with_jitter_up_to_the_cap() {
+    let cap = Duration::from_secs(32);
+    let calls: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Some(TTL))
+        .refresh_interval(INTERVAL)
+        .max_retry_backoff(cap)
+        .fetcher({
+            let calls = calls.clone();
+            move |key: String| {
+                calls.lock().unwrap().push((key, Instant::now()));
+                async { Err::<String, _>("always down") }
+            }
+        })
+        .build()
+        .unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        cache.insert(key.clone(), "old".into());
+    }
+    cache.start().unwrap();
+
+    sleep(TTL + Duration::from_secs(300)).await;
+
+    let calls = calls.lock().unwrap();
+    let mut nth_retry_times = Vec::new();
+    for key in &keys {
+        let times: Vec<Instant> = calls
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, t)| *t)
+            .collect();
+        assert!(times.len() >= 6, "{key} was retried {} times", times.len());
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        // Waits double from one interval (1, 2, 4, 8, 16 s, each jittered
+        // down by up to half) until they reach the 32 s cap; from then on they
+        // are jittered within [cap / 2, cap].
+        for pair in gaps[..6].windows(2) {
+            assert!(
+                pair[1] >= pair[0],
+                "{key}: gaps shrank before the cap: {gaps:?}"
+            );
+        }
+        assert!(
+            gaps[0] >= INTERVAL,
+            "{key}: first retry after {:?}",
+            gaps[0]
+        );
+        assert!(gaps[5..].iter().all(|g| *g >= cap / 2), "{key}: {gaps:?}");
+        assert!(
+            gaps.iter().all(|g| *g <= cap + INTERVAL),
+            "{key}: past the cap: {gaps:?}"
+        );
+        nth_retry_times.push(times[5]);
+    }
+    nth_retry_times.sort();
+    nth_retry_times.dedup();
+    assert!(
+        nth_retry_times.len() > 3,
+        "keys that failed together retried together: {nth_retry_times:?}"
+    );
+    assert!(cache.is_refreshing());
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_stale_entries_are_refreshed_with_bounded_concurrency() {
+    let upstream = Upstream::default();
+    let latency = Duration::from_millis(100);
+    let upstream_for_fetch = upstream.clone();
+    let cache: Cache<String, String> = Cache::builder()
+        .max_size(1000)
+        .ttl(Some(TTL))
+        .refresh_interval(INTERVAL)
+        .max_concurrent_refreshes(16)
+        .fetcher(move |key: String| {
+            let upstream = upstream_for_fetch.clone();
+            async move { upstream.fetch(key, latency).await }
+        })
+        .build()
+        .unwrap();
+    for i in 0..1000 {
+        cache.insert(format!("k{i}"), "old".into());
+    }
+    cache.start().unwrap();
+    sleep(TTL + Duration::from_millis(1)).await;
+    let stale_since = Instant::now();
+    assert!((0..1000).all(|i| cache.is_stale(&format!("k{i}")) == Some(true)));
+
+    while (0..1000).any(|i| cache.is_stale(&format!("k{i}")) == Some(true)) {
+        sleep(Duration::from_millis(10)).await;
+    }
+    let took = stale_since.elapsed();
+
+    // ceil(1000 / 16) = 63 rounds of 100 ms, after at most one interval.
+    let ideal = latency * 63;
+    assert!(took >= ideal, "faster than 16 at a time: {took:?}");
+    assert!(
+        took <= ideal + INTERVAL + Duration::from_millis(100),
+        "took {took:?}"
+    );
+    assert_eq!(upstream.peak.load(Ordering::SeqCst), 16);
+    assert_eq!(upstream.calls(), 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_insert_during_a_refresh_wins() {
+    let upstream = Upstream::default();
+    let cache = cache_with(&upstream, Duration::from_secs(3));
+    cache.insert("k".into(), "old".into());
+    cache.start().unwrap();
+    sleep(TTL + INTERVAL + Duration::from_millis(1)).await;
+    assert_eq!(
+        upstream.running.load(Ordering::SeqCst),
+        1,
+        "the refresh is under way"
+    );
+
+    cache.insert("k".into(), "inserted".into());
+    sleep(Duration::from_secs(3)).await;
+
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(
+        upstream.running.load(Ordering::SeqCst),
+        0,
+        "the refresh finished"
+    );
+    assert_eq!(cache.get("k").as_deref(), Some("inserted"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalidate_during_a_refresh_keeps_the_key_absent() {
+    let upstream = Upstream::default();
+    let cache = cache_with(&upstream, Duration::from_secs(3));
+    cache.insert("k".into(), "old".into());
+    cache.start().unwrap();
+    sleep(TTL + INTERVAL + Duration::from_millis(1)).await;
+    assert_eq!(upstream.running.load(Ordering::SeqCst), 1);
+
+    assert!(cache.invalidate("k"));
+    sleep(Duration::from_secs(3)).await;
+
+    assert_eq!(upstream.running.load(Ordering::SeqCst), 0);
+    assert!(!cache.contains_key("k"));
+    assert_eq!(cache.len(), 0);
+    assert_eq!(
+        cache.metrics().refreshes,
+        1,
+        "the fetch succeeded, into a removed entry"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_or_fetch_makes_one_fetch_for_concurrent_misses() {
+    let upstream = Upstream::default();
+    let cache = cache_with(&upstream, Duration::from_millis(100));
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let cache = cache.clone();
+        waiters.spawn(async move { cache.get_or_fetch("k").await });
+    }
+    let results = waiters.join_all().await;
+
+    assert_eq!(upstream.calls(), 1);
+    assert!(
+        results.iter().all(|r| r.as_deref().ok() == Some("k@v0")),
+        "{results:?}"
+    );
+    assert_eq!(cache.get("k").as_deref(), Some("k@v0"));
+    let m = cache.metrics();
+    assert_eq!((m.inserts, m.refreshes), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_or_fetch_shares_one_error() {
+    let upstream = Upstream::default();
+    upstream.set_failing(true);
+    let cache = cache_with(&upstream, Duration::from_millis(100));
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let cache = cache.clone();
+        waiters.spawn(async move { cache.get_or_fetch("k").await });
+    }
+    let results = waiters.join_all().await;
+
+    assert_eq!(upstream.calls(), 1);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(FetchError::Failed(_)))),
+        "{results:?}"
+    );
+    assert!(!cache.contains_key("k"));
+    assert_eq!(cache.metrics().refresh_errors, 1);
+
+    upstream.set_failing(false);
+    assert_eq!(
+        cache.get_or_fetch("k").await.unwrap(),
+        "k@v0",
+        "errors are not cached"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_or_fetch_returns_a_cached_value_without_fetching() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache.insert("k".into(), "cached".into());
+    assert_eq!(cache.get_or_fetch("k").await.unwrap(), "cached");
+    assert_eq!(upstream.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_forces_a_revalidation_now() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache.insert("k".into(), "old".into());
+    upstream.version.store(3, Ordering::SeqCst);
+
+    assert_eq!(cache.refresh("k").await.unwrap(), "k@v3");
+
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(cache.get("k").as_deref(), Some("k@v3"));
+    assert_eq!(cache.metrics().refreshes, 1);
+
+    upstream.set_failing(true);
+    assert!(cache.refresh("k").await.is_err());
+    assert_eq!(
+        cache.get("k").as_deref(),
+        Some("k@v3"),
+        "a failed refresh keeps the value"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_fetcher_fetching_is_an_error() {
+    let cache: Cache<String, String> = Cache::builder().build().unwrap();
+    assert_eq!(cache.start(), Err(StartError::NoFetcher));
+    assert!(matches!(
+        cache.get_or_fetch("k").await,
+        Err(FetchError::NoFetcher)
+    ));
+    assert!(matches!(
+        cache.refresh("k").await,
+        Err(FetchError::NoFetcher)
+    ));
+}
+
+#[test]
+fn start_outside_a_runtime_is_an_error() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    assert_eq!(cache.start(), Err(StartError::NoRuntime));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    cache.start_on(runtime.handle()).unwrap();
+    assert!(cache.is_refreshing());
+    cache.shutdown();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_read_refreshes_at_once_with_refresh_on_read() {
+    let upstream = Upstream::default();
+    let upstream_for_fetch = upstream.clone();
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Some(TTL))
+        .refresh_interval(Duration::from_secs(3600))
+        .fetcher(move |key: String| {
+            let upstream = upstream_for_fetch.clone();
+            async move { upstream.fetch(key, Duration::ZERO).await }
+        })
+        .build()
+        .unwrap();
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+    sleep(TTL * 2).await;
+    assert_eq!(upstream.calls(), 0, "the hourly pass has not come");
+
+    assert_eq!(
+        cache.get("k").as_deref(),
+        Some("old"),
+        "the stale value is served at once"
+    );
+    sleep(Duration::from_millis(1)).await;
+
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(cache.get("k").as_deref(), Some("k@v0"));
+    assert_eq!(cache.metrics().stale_hits, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_read_waits_for_the_pass_without_refresh_on_read() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache
+        .configure(ConfigChange::new().refresh_interval(Duration::from_secs(3600)))
+        .unwrap();
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+    sleep(TTL * 2).await;
+
+    assert_eq!(cache.get("k").as_deref(), Some("old"));
+    sleep(Duration::from_secs(60)).await;
+
+    assert_eq!(upstream.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_is_idempotent_and_stop_waits_for_the_task() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    let tasks_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    cache.start().unwrap();
+    cache.start().unwrap();
+    cache.clone().start().unwrap();
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks_before + 1
+    );
+
+    cache.stop().await;
+    assert!(!cache.is_refreshing());
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks_before
+    );
+
+    cache.insert("k".into(), "old".into());
+    sleep(TTL * 3).await;
+    assert_eq!(upstream.calls(), 0, "a stopped cache refreshes nothing");
+
+    cache.start().unwrap();
+    sleep(INTERVAL * 2).await;
+    assert_eq!(upstream.calls(), 1, "and starts again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_the_task_without_awaiting() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    let tasks_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+
+    cache.shutdown();
+    assert!(!cache.is_refreshing());
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks_before
+    );
+    sleep(TTL * 3).await;
+    assert_eq!(upstream.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_ends_the_task() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    let tasks_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    cache.start().unwrap();
+    let second = cache.clone();
+    drop(cache);
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks_before + 1,
+        "a handle remains"
+    );
+
+    drop(second);
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks_before
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn configure_applies_to_the_running_task() {
+    let upstream = Upstream::default();
+    let cache = cache(&upstream);
+    cache
+        .configure(ConfigChange::new().refresh_interval(Duration::from_secs(3600)))
+        .unwrap();
+    cache.start().unwrap();
+    cache.insert("k".into(), "old".into());
+    sleep(TTL * 2).await;
+    assert_eq!(upstream.calls(), 0);
+
+    // A shorter interval is taken up without a restart.
+    cache
+        .configure(ConfigChange::new().refresh_interval(INTERVAL))
+        .unwrap();
+    sleep(INTERVAL + Duration::from_millis(1)).await;
+    assert_eq!(upstream.calls(), 1);
+
+    // ttl None stops the task; a ttl again starts it again.
+    cache.configure(ConfigChange::new().ttl(None)).unwrap();
+    assert!(!cache.is_refreshing());
+    cache.configure(ConfigChange::new().ttl(Some(TTL))).unwrap();
+    assert!(cache.is_refreshing());
+    sleep(TTL + INTERVAL * 2).await;
+    assert_eq!(upstream.calls(), 2);
+
+    // A shorter ttl makes entries stale by the new measure.
+    cache
+        .configure(ConfigChange::new().ttl(Some(Duration::from_secs(1))))
+        .unwrap();
+    sleep(INTERVAL * 3).await;
+    assert!(upstream.calls() >= 3);
+}
+
+/// A [`Fetcher`] that revalidates by version: "unchanged" renews the age.
+struct Versioned {
+    upstream_version: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Fetcher<String, (usize, String)> for Versioned {
+    type Error = std::convert::Infallible;
+
+    async fn fetch(
+        &self,
+        key: &String,
+        current: Option<&(usize, String)>,
+    ) -> Result<Fetched<(usize, String)>, Self::Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let version = self.upstream_version.load(Ordering::SeqCst);
+        Ok(match current {
+            Some((v, _)) if *v == version => Fetched::Unchanged,
+            _ => Fetched::Value((version, format!("{key} body {version}"))),
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetcher_type_can_answer_unchanged() {
+    let upstream_version = Arc::new(AtomicUsize::new(1));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache: Cache<String, (usize, String)> = Cache::builder()
+        .ttl(Some(TTL))
+        .refresh_interval(INTERVAL)
+        .fetcher(Versioned {
+            upstream_version: upstream_version.clone(),
+            calls: calls.clone(),
+        })
+        .build()
+        .unwrap();
+    cache.insert("k".into(), (1, "original".into()));
+    cache.start().unwrap();
+
+    sleep(TTL + INTERVAL * 2).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        cache.get("k"),
+        Some((1, "original".into())),
+        "unchanged keeps the value"
+    );
+    assert_eq!(cache.is_stale("k"), Some(false), "and renews the age");
+
+    upstream_version.store(2, Ordering::SeqCst);
+    sleep(TTL + INTERVAL * 2).await;
+    assert_eq!(cache.get("k"), Some((2, "k body 2".into())));
+}
+
+/// Always answers "unchanged".
+struct AlwaysUnchanged;
+
+impl Fetcher<String, String> for AlwaysUnchanged {
+    type Error = std::convert::Infallible;
+
+    async fn fetch(&self, _: &String, _: Option<&String>) -> Result<Fetched<String>, Self::Error> {
+        Ok(Fetched::Unchanged)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unchanged_for_an_uncached_key_is_an_error() {
+    let cache: Cache<String, String> = Cache::builder().fetcher(AlwaysUnchanged).build().unwrap();
+    assert!(matches!(
+        cache.get_or_fetch("k").await,
+        Err(FetchError::NothingToKeep)
+    ));
+    assert!(!cache.contains_key("k"));
+    assert_eq!(cache.metrics().refresh_errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_for_one_key_is_never_run_twice_at_once() {
+    let upstream = Upstream::default();
+    let gate = Arc::new(Semaphore::new(0));
+    let upstream_for_fetch = upstream.clone();
+    let gate_for_fetch = gate.clone();
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Some(TTL))
+        .refresh_interval(INTERVAL)
+        .fetcher(move |key: String| {
+            let (upstream, gate) = (upstream_for_fetch.clone(), gate_for_fetch.clone());
+            async move {
+                let _permit = gate.acquire().await.unwrap();
+                upstream.fetch(key, Duration::ZERO).await
+            }
+        })
+        .build()
+        .unwrap();
+    cache.insert("k".into(), "old".into());
+    cache.start().unwrap();
+    sleep(TTL + INTERVAL * 5).await; // several passes while the first fetch waits
+    let forced = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.refresh("k").await })
+    };
+    for _ in 0..100 {
+        cache.get("k"); // stale reads while the fetch waits
+    }
+    sleep(INTERVAL * 5).await;
+
+    gate.add_permits(10);
+    assert_eq!(forced.await.unwrap().unwrap(), "k@v0");
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "one flight served the passes and the forced refresh"
+    );
+}
