@@ -85,3 +85,8 @@ pub use cache::Cache;
 pub use fetcher::{FetchError, Fetched, Fetcher, IntoFetcher};
 pub use metrics::Metrics;
 pub use refresh::StartError;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
