@@ -19,10 +19,14 @@
 //! older one.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::Zipf;
 use swr_cache::Cache;
 
 #[derive(Clone, Copy, Debug)]
@@ -66,9 +70,12 @@ impl Options {
                 "--readers" => options.readers = (n as usize).max(1),
                 "--latency-ms" => options.latency = Duration::from_secs_f64(n / 1000.0),
                 "--error-rate" => options.error_rate = n.min(1.0),
-                "--ttl-ms" => options.ttl = Duration::from_secs_f64(n / 1000.0).max(Duration::from_millis(1)),
+                "--ttl-ms" => {
+                    options.ttl = Duration::from_secs_f64(n / 1000.0).max(Duration::from_millis(1))
+                }
                 "--interval-ms" => {
-                    options.interval = Duration::from_secs_f64(n / 1000.0).max(Duration::from_millis(1))
+                    options.interval =
+                        Duration::from_secs_f64(n / 1000.0).max(Duration::from_millis(1))
                 }
                 "--changes-per-sec" => options.changes_per_sec = n as u64,
                 _ => return Err(format!("unknown flag {flag}")),
@@ -94,6 +101,8 @@ struct Hub {
     prompts: Vec<AtomicU64>,
     latency: Duration,
     error_rate: f64,
+    /// Draws which calls fail; off the read path, so a mutex is fine.
+    failures: Mutex<SmallRng>,
     calls: AtomicU64,
 }
 
@@ -106,6 +115,7 @@ impl Hub {
             prompts: (0..entries).map(|_| AtomicU64::new(0)).collect(),
             latency,
             error_rate,
+            failures: Mutex::new(SmallRng::seed_from_u64(11)),
             calls: AtomicU64::new(0),
         }
     }
@@ -126,10 +136,11 @@ impl Hub {
         self.prompts[prompt].store(packed, Ordering::Relaxed);
     }
 
-    async fn pull(&self, prompt: usize, rng: u64) -> Result<Commit, String> {
+    async fn pull(&self, prompt: usize) -> Result<Commit, String> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(self.latency).await;
-        if unit(rng) < self.error_rate {
+        let fail = self.failures.lock().expect("not poisoned").random::<f64>() < self.error_rate;
+        if fail {
             return Err(format!("hub: 503 for prompt {prompt}"));
         }
         let (version, _) = self.current(prompt);
@@ -140,96 +151,8 @@ impl Hub {
     }
 }
 
-/// A log-linear latency histogram: 16 sub-buckets per power of two, so each
-/// percentile is within about 6 % of the true value.
-struct Histogram([u64; 64 * 16]);
-
-impl Histogram {
-    fn new() -> Self {
-        Self([0; 64 * 16])
-    }
-
-    fn bucket(nanos: u64) -> usize {
-        let nanos = nanos.max(1);
-        let magnitude = 63 - nanos.leading_zeros() as usize;
-        let sub = if magnitude >= 4 {
-            ((nanos >> (magnitude - 4)) & 15) as usize
-        } else {
-            0
-        };
-        magnitude * 16 + sub
-    }
-
-    fn lower_bound(bucket: usize) -> u64 {
-        let (magnitude, sub) = (bucket / 16, (bucket % 16) as u64);
-        if magnitude >= 4 {
-            (1 << magnitude) | (sub << (magnitude - 4))
-        } else {
-            1 << magnitude
-        }
-    }
-
-    fn record(&mut self, nanos: u64) {
-        self.0[Self::bucket(nanos)] += 1;
-    }
-
-    fn merge(&mut self, other: &Self) {
-        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            *a += b;
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        let rank = ((self.count() as f64) * p).ceil() as u64;
-        let mut seen = 0;
-        for (bucket, n) in self.0.iter().enumerate() {
-            seen += n;
-            if seen >= rank && *n > 0 {
-                return Duration::from_nanos(Self::lower_bound(bucket));
-            }
-        }
-        Duration::ZERO
-    }
-}
-
-/// Zipf(1.0) over `0..n`, by inverse CDF.
-struct Zipf(Vec<f64>);
-
-impl Zipf {
-    fn new(n: usize) -> Self {
-        let mut cdf: Vec<f64> = (1..=n).map(|k| 1.0 / k as f64).collect();
-        let mut total = 0.0;
-        for p in &mut cdf {
-            total += *p;
-            *p = total;
-        }
-        cdf.iter_mut().for_each(|p| *p /= total);
-        Self(cdf)
-    }
-
-    fn sample(&self, rng: u64) -> usize {
-        let u = unit(rng);
-        self.0.partition_point(|p| *p < u).min(self.0.len() - 1)
-    }
-}
-
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn unit(x: u64) -> f64 {
-    (x >> 11) as f64 / (1u64 << 53) as f64
-}
-
 struct ReaderReport {
-    latency: Histogram,
+    latency: Histogram<u64>,
     reads: u64,
     max_staleness_ms: u64,
 }
@@ -250,8 +173,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("swr-cache demo: {options:?}");
 
-    let hub = Arc::new(Hub::new(options.entries, options.latency, options.error_rate));
-    let pulls = Arc::new(AtomicU64::new(0x9e37_79b9_7f4a_7c15));
+    let hub = Arc::new(Hub::new(
+        options.entries,
+        options.latency,
+        options.error_rate,
+    ));
     let cache: Cache<usize, Commit> = Cache::builder()
         .max_size(options.entries)
         .ttl(Some(options.ttl))
@@ -261,8 +187,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let hub = Arc::clone(&hub);
             move |prompt: usize| {
                 let hub = Arc::clone(&hub);
-                let rng = pulls.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-                async move { hub.pull(prompt, xorshift(&mut (rng | 1))).await }
+                async move { hub.pull(prompt).await }
             }
         })
         .build()?;
@@ -296,20 +221,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     cache.reset_metrics();
 
     let running = Arc::new(AtomicBool::new(true));
-    let zipf = Arc::new(Zipf::new(options.entries));
+    let zipf = Zipf::new(options.entries as f64, 1.0).map_err(|e| format!("zipf: {e:?}"))?;
 
     // The hub publishes new commits of random prompts as time goes on.
     let publisher = tokio::spawn({
         let (hub, running) = (Arc::clone(&hub), Arc::clone(&running));
         let per_tick = (options.changes_per_sec / 10).max(1);
         async move {
-            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut rng = SmallRng::seed_from_u64(3);
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while running.load(Ordering::Relaxed) {
                 tick.tick().await;
                 if options.changes_per_sec > 0 {
                     for _ in 0..per_tick {
-                        hub.publish((xorshift(&mut rng) % hub.prompts.len() as u64) as usize);
+                        hub.publish(rng.random_range(0..hub.prompts.len()));
                     }
                 }
             }
@@ -319,26 +244,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reads = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for reader in 0..options.readers {
-        let (cache, hub, zipf, running, reads) = (
+        let (cache, hub, running, reads) = (
             cache.clone(),
             Arc::clone(&hub),
-            Arc::clone(&zipf),
             Arc::clone(&running),
             Arc::clone(&reads),
         );
         readers.push(tokio::spawn(async move {
-            let mut rng = 0x1234_5678_9abc_def1u64 ^ ((reader as u64 + 1) << 32);
+            let mut rng = SmallRng::seed_from_u64(reader as u64);
             let mut report = ReaderReport {
-                latency: Histogram::new(),
+                latency: Histogram::new(3).expect("valid precision"),
                 reads: 0,
                 max_staleness_ms: 0,
             };
             while running.load(Ordering::Relaxed) {
                 for _ in 0..256 {
-                    let prompt = zipf.sample(xorshift(&mut rng));
+                    let prompt = rng.sample(zipf) as usize - 1;
                     let started = Instant::now();
                     let commit = cache.get(&prompt);
-                    report.latency.record(started.elapsed().as_nanos() as u64);
+                    report
+                        .latency
+                        .saturating_record(started.elapsed().as_nanos() as u64);
                     let commit = match commit {
                         Some(commit) => commit,
                         // A miss reads through; its wait is the hub's, not the cache's.
@@ -385,12 +311,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     running.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let mut latency = Histogram::new();
+    let mut latency = Histogram::<u64>::new(3)?;
     let mut total_reads = 0;
     let mut max_staleness_ms = 0;
     for reader in readers {
         let report = reader.await?;
-        latency.merge(&report.latency);
+        latency.add(&report.latency)?;
         total_reads += report.reads;
         max_staleness_ms = max_staleness_ms.max(report.max_staleness_ms);
     }
@@ -403,9 +329,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| duration | {:.1} s |", elapsed.as_secs_f64());
     println!("| readers | {} |", options.readers);
     println!("| reads | {total_reads} |");
-    println!("| reads/s | {:.0} |", total_reads as f64 / elapsed.as_secs_f64());
-    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-        println!("| read latency {name} | {:?} |", latency.percentile(p));
+    println!(
+        "| reads/s | {:.0} |",
+        total_reads as f64 / elapsed.as_secs_f64()
+    );
+    for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+        println!(
+            "| read latency {name} | {} ns |",
+            latency.value_at_quantile(q)
+        );
     }
     println!("| hit rate | {:.3} % |", m.hit_rate() * 100.0);
     println!(

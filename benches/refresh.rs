@@ -1,0 +1,174 @@
+//! Refresh figures no peer has: how fast a storm of stale entries is
+//! refreshed, and what a storm does to read latency.
+//!
+//! ```text
+//! cargo bench --bench refresh
+//! ```
+//!
+//! 1. *Refresh throughput*: 100,000 entries go stale at once; the fetcher takes
+//!    10 ms (a real sleep) and 256 fetches run at a time. Prints the time from
+//!    the moment they are stale until every one has been refreshed, against
+//!    the floor of 100,000 / 256 × 10 ms = 3.9 s.
+//! 2. *Read latency under a refresh storm*: a reader thread times `get`s of
+//!    Zipf-distributed keys, first while every entry is fresh, then while every
+//!    entry is stale and the refresher is re-fetching all of them as fast as
+//!    it can (a 1 ms TTL, a 1 ms fetcher, 256 at a time), in one run. Prints
+//!    p50/p99/p99.9 of both and the p99.9 ratio.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::Zipf;
+use swr_cache::{Cache, ConfigChange};
+
+const ENTRIES: u64 = 100_000;
+const CONCURRENCY: usize = 256;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn sleeping_cache(latency: Duration, ttl: Duration, interval: Duration) -> Cache<u64, u64> {
+    Cache::builder()
+        .max_size(ENTRIES as usize)
+        .ttl(Some(ttl))
+        .refresh_interval(interval)
+        .max_concurrent_refreshes(CONCURRENCY)
+        .refresh_on_read(false)
+        .fetcher(move |key: u64| async move {
+            tokio::time::sleep(latency).await;
+            Ok::<_, std::convert::Infallible>(key + 1)
+        })
+        .build()
+        .expect("valid settings")
+}
+
+fn refresh_throughput() {
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    // Longer than the refresh takes, so no entry goes stale a second time
+    // and the count of refreshes is the count of entries refreshed.
+    let ttl = Duration::from_secs(6);
+    let interval = Duration::from_secs(1);
+    let latency = Duration::from_millis(10);
+    let cache = sleeping_cache(latency, ttl, interval);
+    for key in 0..ENTRIES {
+        cache.insert(key, key);
+    }
+    let inserted = Instant::now();
+    cache.start().expect("inside a runtime");
+    let stale_at = inserted + ttl;
+    runtime.block_on(async {
+        while cache.metrics().refreshes < ENTRIES {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let took = stale_at.elapsed();
+    let floor = latency * (ENTRIES as u32).div_ceil(CONCURRENCY as u32);
+    println!("## Refresh throughput\n");
+    println!(
+        "| entries | fetch latency | concurrency | refresh interval | time to all fresh | floor (entries / concurrency × latency) | goal (interval + 2 s) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {ENTRIES} | {latency:?} | {CONCURRENCY} | {interval:?} | {:.2} s | {:.2} s | {:.2} s |",
+        took.as_secs_f64(),
+        floor.as_secs_f64(),
+        (interval + Duration::from_secs(2)).as_secs_f64()
+    );
+    let m = cache.metrics();
+    println!(
+        "\n{} refreshes, {} errors; {:.0} refreshes/s\n",
+        m.refreshes,
+        m.refresh_errors,
+        ENTRIES as f64 / took.as_secs_f64()
+    );
+    runtime.block_on(cache.stop());
+}
+
+/// Times `get`s of Zipf keys on this thread for `phase`.
+fn time_reads(cache: &Cache<u64, u64>, phase: Duration) -> Histogram<u64> {
+    let zipf = Zipf::new(ENTRIES as f64, 1.0).expect("valid Zipf parameters");
+    let mut rng = SmallRng::seed_from_u64(7);
+    let keys: Vec<u64> = (0..1 << 16).map(|_| rng.sample(zipf) as u64 - 1).collect();
+    let mut histogram = Histogram::new(3).expect("valid precision");
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < phase {
+        for _ in 0..1024 {
+            let key = keys[i & (keys.len() - 1)];
+            i += 1;
+            let t = Instant::now();
+            let value = cache.get(&key);
+            let nanos = t.elapsed().as_nanos() as u64;
+            assert!(value.is_some(), "every key is cached");
+            histogram.record(nanos.max(1)).expect("in range");
+        }
+    }
+    histogram
+}
+
+fn read_latency_under_storm() {
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let cache = sleeping_cache(
+        Duration::from_millis(1),
+        Duration::from_secs(3600),
+        Duration::from_millis(100),
+    );
+    for key in 0..ENTRIES {
+        cache.insert(key, key);
+    }
+    cache.start().expect("inside a runtime");
+    let phase = Duration::from_secs(4);
+
+    let quiet = time_reads(&cache, phase);
+    let before = cache.metrics().refreshes;
+
+    // Everything goes stale now, and stays stale 1 ms after each refresh.
+    cache
+        .configure(ConfigChange::new().ttl(Some(Duration::from_millis(1))))
+        .expect("valid ttl");
+    let storm = time_reads(&cache, phase);
+    let refreshes = cache.metrics().refreshes - before;
+
+    println!("## Read latency with and without a refresh storm\n");
+    println!(
+        "One reader thread, one tokio worker thread for the refresher (2 cores); {ENTRIES} entries, Zipf(1.0) keys, {phase:?} per phase.\n"
+    );
+    println!("| phase | reads | p50 | p99 | p99.9 | max | refreshes/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, h, per_sec) in [
+        ("quiet", &quiet, 0.0),
+        (
+            "refresh storm",
+            &storm,
+            refreshes as f64 / phase.as_secs_f64(),
+        ),
+    ] {
+        println!(
+            "| {name} | {} | {} ns | {} ns | {} ns | {} ns | {per_sec:.0} |",
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        );
+    }
+    println!(
+        "\np99.9 ratio storm / quiet: {:.2} (goal <= 1.5)",
+        storm.value_at_quantile(0.999) as f64 / quiet.value_at_quantile(0.999) as f64
+    );
+    runtime.block_on(cache.stop());
+}
+
+fn main() {
+    refresh_throughput();
+    read_latency_under_storm();
+}
