@@ -1,24 +1,25 @@
 //! [`Cache`]: the public handle, with the read and write paths.
 
 use std::borrow::Borrow;
+use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+use dashmap::mapref::entry::Entry as MapEntry;
 
 use crate::builder::{
     CacheBuilder, ConfigChange, ConfigError, DefaultHasher, LiveSettings, RefreshSettings,
 };
-use crate::clock::Ring;
+use crate::clock::{Occupant, Ring};
+use crate::entry::{Entry, UNPLACED};
 use crate::fetcher::DynFetcher;
 use crate::flight::FlightReceiver;
 use crate::metrics::{Counter, Counters, Metrics};
-use crate::node::{Commit, Node};
 use crate::refresh::Refresher;
-use crate::time::Clock;
+use crate::time::{Clock, Nanos};
 
 /// A concurrent, bounded, stale-while-revalidate cache. See the
 /// [crate docs](crate) for the policy, the concurrency model and the costs.
@@ -29,12 +30,14 @@ pub struct Cache<K, V, S = DefaultHasher> {
 }
 
 pub(crate) struct Inner<K, V, S> {
-    pub(crate) map: DashMap<K, Arc<Node<K, V>>, S>,
+    pub(crate) map: DashMap<K, Entry<V>, S>,
     /// Taken shared by every claim and release of a slot, exclusively only to
-    /// resize or clear. Always taken before any map shard lock, never after.
-    ring: RwLock<Ring<K, V>>,
+    /// resize or clear. Never taken while holding a map shard lock.
+    ring: RwLock<Ring<K>>,
     /// The ring's length, readable without the lock; 0 disables the cache.
     max_size: AtomicUsize,
+    /// The source of entry versions: one per write, unique in the cache.
+    versions: AtomicU64,
     pub(crate) settings: LiveSettings,
     pub(crate) clock: Clock,
     pub(crate) counters: Counters,
@@ -42,7 +45,7 @@ pub(crate) struct Inner<K, V, S> {
     pub(crate) refresh: RefreshSettings,
     /// The fetch under way for each key being fetched.
     pub(crate) flights: DashMap<K, FlightReceiver<V>, S>,
-    pub(crate) refresher: Refresher<K, V>,
+    pub(crate) refresher: Refresher<K>,
 }
 
 impl<K, V, S> Clone for Cache<K, V, S> {
@@ -88,6 +91,7 @@ where
                 map,
                 ring: RwLock::new(ring),
                 max_size: AtomicUsize::new(max_size),
+                versions: AtomicU64::new(0),
                 settings: LiveSettings::new(builder.ttl, builder.refresh_interval),
                 clock: Clock::new(),
                 counters: Counters::new(),
@@ -112,23 +116,21 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let inner = &*self.inner;
-        if inner.is_disabled() {
-            return None;
-        }
+        // A disabled cache is empty, so only a miss needs to ask whether to count.
         let Some(entry) = inner.map.get(key) else {
-            inner.counters.incr(Counter::Misses);
+            if !inner.is_disabled() {
+                inner.counters.incr(Counter::Misses);
+            }
             return None;
         };
-        let node = entry.value();
-        node.touch();
-        let commit = node.commit.load();
+        entry.touch();
         let ttl = inner.settings.ttl_nanos();
-        if ttl != 0 && commit.is_stale(inner.clock.recent(), ttl) {
+        if ttl != 0 && entry.is_stale(inner.clock.recent(), ttl) {
             inner.counters.incr(Counter::StaleHits);
-            inner.refresher.nudge(node);
+            inner.refresher.nudge(&self.inner, entry.key(), &entry);
         }
         inner.counters.incr(Counter::Hits);
-        Some(commit.value.clone())
+        Some(entry.value.clone())
     }
 
     /// Whether `key` is cached; counts nothing and does not mark it used.
@@ -149,30 +151,16 @@ where
     {
         let inner = &*self.inner;
         let entry = inner.map.get(key)?;
-        let stale = entry
-            .value()
-            .commit
-            .load()
-            .is_stale(inner.clock.now(), inner.settings.ttl_nanos());
-        Some(stale)
+        Some(entry.is_stale(inner.clock.now(), inner.settings.ttl_nanos()))
     }
 
     /// Stores `value` for `key`, with a fresh age. A new key in a full cache
     /// evicts one entry, chosen by the clock sweep.
     pub fn insert(&self, key: K, value: V) {
         let inner = &*self.inner;
-        if inner.is_disabled() {
-            return;
+        if !inner.is_disabled() {
+            inner.write(key, value, inner.clock.now(), true);
         }
-        let commit = Commit::new(value, inner.clock.now());
-        if let Some(entry) = inner.map.get(&key) {
-            let node = entry.value();
-            node.commit.store(commit);
-            node.touch();
-            inner.counters.incr(Counter::Updates);
-            return;
-        }
-        inner.insert_new(key, commit);
     }
 
     /// Removes `key`; returns whether it was cached.
@@ -182,23 +170,20 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let inner = &*self.inner;
-        let ring = inner.ring_shared();
-        let Some((_, node)) = inner.map.remove(key) else {
+        let Some((key, entry)) = inner.map.remove(key) else {
             return false;
         };
-        node.mark_dead();
-        ring.release(&node);
         inner.counters.incr(Counter::Invalidations);
+        let slot = entry.slot();
+        if slot != UNPLACED {
+            inner.ring_shared().release_if(slot as usize, |k| *k == key);
+        }
         true
     }
 
     /// Removes every entry.
     pub fn clear(&self) {
-        let inner = &*self.inner;
-        let mut ring = inner.ring_exclusive();
-        let removed = inner.remove_all();
-        ring.reset();
-        inner.counters.add(Counter::Invalidations, removed);
+        self.inner.clear();
     }
 
     /// The number of entries. Never above `max_size` once writers are quiet;
@@ -273,102 +258,149 @@ where
         self.max_size.load(Ordering::Relaxed) == 0
     }
 
-    fn ring_shared(&self) -> RwLockReadGuard<'_, Ring<K, V>> {
+    pub(crate) fn next_version(&self) -> u64 {
+        self.versions.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn ring_shared(&self) -> RwLockReadGuard<'_, Ring<K>> {
         // A poisoned lock only means another thread panicked mid-operation;
         // every ring operation leaves the slots consistent, so carry on.
         self.ring.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ring_exclusive(&self) -> RwLockWriteGuard<'_, Ring<K, V>> {
+    fn ring_exclusive(&self) -> RwLockWriteGuard<'_, Ring<K>> {
         self.ring.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a key not seen in the map: claim a slot (evicting if the ring is
-    /// full), then insert. The ring lock is held across both, so a resize
-    /// never sees a node that holds a slot but is not yet in the map.
-    fn insert_new(&self, key: K, commit: Arc<Commit<V>>) {
-        self.add(key, commit, true);
-    }
-
-    /// Adds `key` unless it is cached already (a read-through fetch's value
-    /// yields to whatever was written meanwhile).
-    pub(crate) fn insert_if_absent(&self, key: K, commit: Arc<Commit<V>>) {
-        if !self.is_disabled() && !self.map.contains_key(&key) {
-            self.add(key, commit, false);
-        }
-    }
-
-    fn add(&self, key: K, commit: Arc<Commit<V>>, overwrite: bool) {
-        let ring = self.ring_shared();
-        if ring.len() == 0 {
-            return; // disabled since the caller looked
-        }
-        let node = Node::new_pending(key.clone(), commit);
-        if let Some(victim) = ring.claim(&node) {
-            self.evict(&victim);
-        }
-        match self.map.entry(key) {
-            Entry::Occupied(entry) => {
-                // Another thread added the key meanwhile: write into its node
-                // (if overwriting) and give back the slot this one claimed.
+    /// Writes `value` for `key`: over a present entry if `overwrite`, else
+    /// only if the key is absent. A new key is then given a ring slot.
+    pub(crate) fn write(&self, key: K, value: V, now: Nanos, overwrite: bool) {
+        let version = self.next_version();
+        let key = match self.map.entry(key) {
+            MapEntry::Occupied(mut present) => {
                 if overwrite {
-                    let existing = entry.get();
-                    existing.commit.store(node.commit.load_full());
-                    existing.touch();
+                    present.get().touch(); // a write by the user is a use
+                    let old = present.get_mut().overwrite(value, now, version);
+                    drop(present);
+                    drop(old); // outside the shard lock: dropping a value may be slow
                     self.counters.incr(Counter::Updates);
                 }
-                node.mark_dead();
-                drop(entry);
-                ring.release(&node);
+                return;
             }
-            Entry::Vacant(entry) => {
-                node.mark_live();
-                entry.insert(node);
-                self.counters.incr(Counter::Inserts);
+            MapEntry::Vacant(absent) => {
+                let key = Arc::new(absent.key().clone());
+                absent.insert(Entry::new(value, now, version));
+                key
             }
+        };
+        self.counters.incr(Counter::Inserts);
+        self.place(key);
+    }
+
+    /// Gives a newly added entry a ring slot, evicting the slot's owner if
+    /// the ring is full. Until it is placed, the entry is one over
+    /// `max_size`, which bounds the excess by the number of inserters.
+    fn place(&self, key: Arc<K>) {
+        let ring = self.ring_shared();
+        if ring.len() == 0 {
+            // Disabled since the entry was added: it goes too.
+            if self
+                .map
+                .remove_if(&*key, |_, e| e.slot() == UNPLACED)
+                .is_some()
+            {
+                self.counters.incr(Counter::Evictions);
+            }
+            return;
+        }
+        let (slot, victim) = ring.claim(&key, |owner, slot| self.judge(owner, slot));
+        if let Some(victim) = victim {
+            self.evict(&victim, slot);
+        }
+        let placed = self
+            .map
+            .get(&*key)
+            .is_some_and(|entry| entry.place(slot as u32));
+        if !placed {
+            // Removed meanwhile, or added again and placed by its own writer.
+            ring.release(slot, &key);
         }
     }
 
-    /// Calls `visit` with every node the ring holds (live, pending or dead).
-    pub(crate) fn for_each_node(&self, visit: impl FnMut(&Arc<Node<K, V>>)) {
-        self.ring_shared().for_each_node(visit);
+    /// How the hand treats the slot `slot` whose key is `owner`.
+    fn judge(&self, owner: &K, slot: usize) -> Occupant {
+        let Some(entry) = self.map.get(owner) else {
+            return Occupant::Free;
+        };
+        match entry.slot() {
+            UNPLACED => Occupant::Keep,
+            placed if placed as usize != slot => Occupant::Free,
+            _ if entry.take_referenced() => Occupant::Keep,
+            _ => Occupant::Evict,
+        }
     }
 
-    /// Removes `victim` from the map if it is still the node for its key.
-    fn evict(&self, victim: &Arc<Node<K, V>>) {
-        let removed = self.map.remove_if(&victim.key, |_, node| {
-            let same = Arc::ptr_eq(node, victim);
-            if same {
-                node.mark_dead();
-            }
-            same
-        });
-        if removed.is_some() {
+    /// Removes `victim` if it is still the owner of slot `slot`.
+    fn evict(&self, victim: &K, slot: usize) {
+        if self
+            .map
+            .remove_if(victim, |_, entry| entry.slot() as usize == slot)
+            .is_some()
+        {
             self.counters.incr(Counter::Evictions);
         }
     }
 
-    /// Empties the map, marking every node dead; returns how many were removed.
-    fn remove_all(&self) -> u64 {
+    /// Empties the map and the ring.
+    fn clear(&self) {
+        let mut ring = self.ring_exclusive();
         let mut removed = 0;
-        self.map.retain(|_, node| {
-            node.mark_dead();
+        self.map.retain(|_, _| {
             removed += 1;
             false
         });
-        removed
+        ring.reset();
+        self.counters.add(Counter::Invalidations, removed);
     }
 
+    /// A ring of `max_size` slots holding as many of the present entries as
+    /// fit, the rest evicted by the same second-chance rule as a claim.
     fn resize(&self, max_size: usize) -> Result<(), ConfigError> {
         let mut ring = self.ring_exclusive();
         if max_size == ring.len() {
             return Ok(());
         }
-        let (resized, victims) = ring
-            .resized(max_size)
+        let mut owners: VecDeque<(usize, Arc<K>)> = ring
+            .occupants_from_hand()
+            .into_iter()
+            .filter(|(slot, key)| {
+                self.map
+                    .get(&**key)
+                    .is_some_and(|entry| entry.slot() as usize == *slot)
+            })
+            .collect();
+        let mut victims = Vec::new();
+        while owners.len() > max_size {
+            let (slot, key) = owners.pop_front().expect("longer than max_size");
+            if self
+                .map
+                .get(&*key)
+                .is_some_and(|entry| entry.take_referenced())
+            {
+                owners.push_back((slot, key));
+            } else {
+                victims.push((slot, key));
+            }
+        }
+        let resized = Ring::with_keys(max_size, owners.iter().map(|(_, key)| Arc::clone(key)))
             .ok_or(ConfigError::OutOfMemory { max_size })?;
-        for victim in &victims {
-            self.evict(victim);
+        for (victim_slot, victim) in &victims {
+            self.evict(victim, *victim_slot);
+        }
+        for (slot, (_, key)) in owners.iter().enumerate() {
+            if let Some(entry) = self.map.get(&**key) {
+                entry.move_to(slot as u32);
+            }
         }
         *ring = resized;
         self.max_size.store(max_size, Ordering::Relaxed);

@@ -1,35 +1,42 @@
 //! The eviction ring: an approximate LRU by clock sweep (second chance).
 //!
-//! The ring has one slot per entry the cache may hold. A new key claims a slot:
-//! the hand advances (an atomic counter), and the first slot it finds empty,
-//! holding a dead node, or holding a node whose referenced bit is clear, is
-//! taken; a referenced node has its bit cleared and is passed over, so a key read
-//! since the hand last passed survives one more revolution. The displaced live
-//! node is the victim, which the caller removes from the map.
+//! The ring has one slot per entry the cache may hold, each naming the key of
+//! the entry that owns it (the entry records its slot index, so a slot whose
+//! key has been removed, or has moved to another slot, is free). A new key
+//! claims a slot: the hand advances (an atomic counter) and the first slot it
+//! finds empty, free, or owned by an entry whose referenced bit is clear, is
+//! taken; a referenced entry has its bit cleared and is passed over, so a key
+//! read since the hand last passed survives one more revolution. The owner of
+//! a taken slot is the victim, which the caller removes from the map.
 //!
 //! Slots are [`ArcSwapOption`]s: claimers race with loads and compare-and-swap,
-//! never a lock, and a node a slot lets go of is freed by `arc-swap`'s own
+//! never a lock, and a key a slot lets go of is freed by `arc-swap`'s own
 //! reclamation once no reader still holds it. The whole ring sits behind an
 //! `RwLock` in the cache that claimers take *shared*; only a resize or a clear
 //! takes it exclusively.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwapOption;
 
-use crate::node::Node;
+/// What the hand found in a slot, as the cache judges it from the map.
+pub(crate) enum Occupant {
+    /// No entry owns the slot any more: take it.
+    Free,
+    /// The owner stays: referenced since the hand last passed, or still
+    /// being placed.
+    Keep,
+    /// The owner is evicted: take the slot.
+    Evict,
+}
 
-/// Nodes displaced from the ring, for the caller to remove from the map.
-pub(crate) type Victims<K, V> = Vec<Arc<Node<K, V>>>;
-
-pub(crate) struct Ring<K, V> {
-    slots: Box<[ArcSwapOption<Node<K, V>>]>,
+pub(crate) struct Ring<K> {
+    slots: Box<[ArcSwapOption<K>]>,
     hand: AtomicUsize,
 }
 
-impl<K, V> Ring<K, V> {
+impl<K> Ring<K> {
     /// An empty ring, or `None` if `len` slots cannot be allocated.
     pub(crate) fn new(len: usize) -> Option<Self> {
         let mut slots = Vec::new();
@@ -41,112 +48,167 @@ impl<K, V> Ring<K, V> {
         })
     }
 
+    /// A ring of `len` slots holding `keys` (at most `len` of them) in slots
+    /// `0..`, with the hand on the first slot after them.
+    pub(crate) fn with_keys(
+        len: usize,
+        keys: impl ExactSizeIterator<Item = Arc<K>>,
+    ) -> Option<Self> {
+        let ring = Self::new(len)?;
+        let placed = keys.len().min(len);
+        for (slot, key) in ring.slots.iter().zip(keys) {
+            slot.store(Some(key));
+        }
+        ring.hand
+            .store(if len == 0 { 0 } else { placed % len }, Ordering::Relaxed);
+        Some(ring)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// Puts `node` into a slot and returns the live node it displaced, if any.
+    /// Puts `key` into a slot, judging each occupant the hand meets with
+    /// `judge(occupant_key, slot)`. Returns the slot taken and, if its owner
+    /// was evicted, that owner's key. The ring must not be empty.
     ///
-    /// The ring must not be empty. Pending nodes (claimed but not yet in the
-    /// map) are skipped; they become live or dead within one map insert, so
-    /// the loop yields the thread after each fruitless revolution rather than
-    /// spinning hot.
-    pub(crate) fn claim(&self, node: &Arc<Node<K, V>>) -> Option<Arc<Node<K, V>>> {
+    /// An occupant kept because it is still being placed stays so only for
+    /// one map insert, so after each fruitless revolution the loop yields the
+    /// thread rather than spinning hot.
+    pub(crate) fn claim(
+        &self,
+        key: &Arc<K>,
+        mut judge: impl FnMut(&K, usize) -> Occupant,
+    ) -> (usize, Option<Arc<K>>) {
         let len = self.slots.len();
         debug_assert!(len > 0, "claim on an empty ring");
-        let mut steps = 0usize;
+        let mut kept = 0usize;
         loop {
             let index = self.hand.fetch_add(1, Ordering::Relaxed) % len;
             let slot = &self.slots[index];
             let occupant = slot.load();
-            let victim = match &*occupant {
-                None => None,
-                Some(o) if o.is_dead() => None,
-                Some(o) if !o.is_live() || o.take_referenced() => {
-                    steps += 1;
-                    if steps % len == 0 {
-                        std::thread::yield_now();
+            let evict = match &*occupant {
+                None => false,
+                Some(owner) => match judge(owner, index) {
+                    Occupant::Free => false,
+                    Occupant::Evict => true,
+                    Occupant::Keep => {
+                        kept += 1;
+                        if kept % len == 0 {
+                            std::thread::yield_now();
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Some(o) => Some(Arc::clone(o)),
+                },
             };
-            let previous = slot.compare_and_swap(&occupant, Some(Arc::clone(node)));
-            if ptr_eq_opt(&previous, &occupant) {
-                node.set_slot(index);
-                return victim;
+            let previous = slot.compare_and_swap(&occupant, Some(Arc::clone(key)));
+            if same(&previous, &occupant) {
+                let victim = if evict { (*occupant).clone() } else { None };
+                return (index, victim);
             }
         }
     }
 
-    /// Empties the slot `node` holds, if it still holds it.
-    pub(crate) fn release(&self, node: &Arc<Node<K, V>>) {
-        if let Some(slot) = self.slots.get(node.slot()) {
-            let current = Some(Arc::clone(node));
-            slot.compare_and_swap(&current, None);
+    /// Empties slot `index` if it still holds `key` (this very `Arc`).
+    pub(crate) fn release(&self, index: usize, key: &Arc<K>) {
+        if let Some(slot) = self.slots.get(index) {
+            slot.compare_and_swap(&Some(Arc::clone(key)), None);
         }
     }
 
-    /// Calls `visit` with every node in the ring, by slot loads only.
-    pub(crate) fn for_each_node(&self, mut visit: impl FnMut(&Arc<Node<K, V>>)) {
-        for slot in self.slots.iter() {
-            if let Some(node) = &*slot.load() {
-                visit(node);
+    /// Empties slot `index` if its key is one `matches` accepts.
+    pub(crate) fn release_if(&self, index: usize, matches: impl FnOnce(&K) -> bool) {
+        if let Some(slot) = self.slots.get(index) {
+            let occupant = slot.load();
+            if occupant.as_deref().is_some_and(matches) {
+                slot.compare_and_swap(&occupant, None);
             }
         }
     }
 
-    /// Drops every node the ring holds.
+    /// Every occupied slot with its key, in the order the hand will next
+    /// reach them.
+    pub(crate) fn occupants_from_hand(&self) -> Vec<(usize, Arc<K>)> {
+        let len = self.slots.len();
+        if len == 0 {
+            return Vec::new();
+        }
+        let start = self.hand.load(Ordering::Relaxed) % len;
+        (0..len)
+            .map(|i| (start + i) % len)
+            .filter_map(|i| self.slots[i].load_full().map(|key| (i, key)))
+            .collect()
+    }
+
+    /// Empties every slot.
     pub(crate) fn reset(&mut self) {
         for slot in self.slots.iter() {
             slot.store(None);
         }
         *self.hand.get_mut() = 0;
     }
-
-    /// Every live node, in the order the hand will next reach them.
-    pub(crate) fn live_nodes(&self) -> Vec<Arc<Node<K, V>>> {
-        let len = self.slots.len();
-        let start = if len == 0 {
-            0
-        } else {
-            self.hand.load(Ordering::Relaxed) % len
-        };
-        (0..len)
-            .filter_map(|i| self.slots[(start + i) % len].load_full())
-            .filter(|n| n.is_live())
-            .collect()
-    }
-
-    /// A ring of `len` slots holding this ring's live nodes; returns it with the
-    /// nodes that did not fit, chosen by the same second-chance rule as `claim`.
-    /// `None` if the new ring cannot be allocated. Needs exclusive access, so
-    /// that no claim or release races with the move of slot indices.
-    pub(crate) fn resized(&mut self, len: usize) -> Option<(Self, Victims<K, V>)> {
-        let mut resized = Ring::new(len)?;
-        let mut keep: VecDeque<_> = self.live_nodes().into();
-        let mut victims = Vec::new();
-        while keep.len() > len {
-            let node = keep.pop_front().expect("longer than len");
-            if node.take_referenced() {
-                keep.push_back(node);
-            } else {
-                victims.push(node);
-            }
-        }
-        for (index, node) in keep.iter().enumerate() {
-            node.set_slot(index);
-            resized.slots[index].store(Some(Arc::clone(node)));
-        }
-        *resized.hand.get_mut() = if len == 0 { 0 } else { keep.len() % len };
-        Some((resized, victims))
-    }
 }
 
-fn ptr_eq_opt<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+fn same<K>(a: &Option<Arc<K>>, b: &Option<Arc<K>>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_empty_slots_in_order_then_sweeps() {
+        let ring = Ring::new(3).unwrap();
+        for expected in 0..3 {
+            let (slot, victim) = ring.claim(&Arc::new(expected), |_, _| unreachable!());
+            assert_eq!((slot, victim), (expected, None));
+        }
+        // Full: keep slot 0's owner (referenced), evict slot 1's.
+        let mut judged = Vec::new();
+        let (slot, victim) = ring.claim(&Arc::new(9), |key, index| {
+            judged.push((*key, index));
+            if index == 0 {
+                Occupant::Keep
+            } else {
+                Occupant::Evict
+            }
+        });
+        assert_eq!(judged, vec![(0, 0), (1, 1)]);
+        assert_eq!((slot, victim.as_deref()), (1, Some(&1)));
+    }
+
+    #[test]
+    fn release_only_empties_the_same_key() {
+        let ring = Ring::new(2).unwrap();
+        let key = Arc::new(1);
+        let (slot, _) = ring.claim(&key, |_, _| Occupant::Free);
+        ring.release(slot, &Arc::new(1));
+        assert_eq!(
+            ring.occupants_from_hand().len(),
+            1,
+            "an equal key in another Arc is not the same"
+        );
+        ring.release_if(slot, |k| *k == 2);
+        assert_eq!(ring.occupants_from_hand().len(), 1);
+        ring.release(slot, &key);
+        assert!(ring.occupants_from_hand().is_empty());
+    }
+
+    #[test]
+    fn with_keys_places_keys_first_and_the_hand_after() {
+        let ring = Ring::with_keys(4, [Arc::new(7), Arc::new(8)].into_iter()).unwrap();
+        let occupants: Vec<_> = ring
+            .occupants_from_hand()
+            .into_iter()
+            .map(|(i, k)| (i, *k))
+            .collect();
+        assert_eq!(occupants, vec![(0, 7), (1, 8)]);
+        let (slot, _) = ring.claim(&Arc::new(9), |_, _| Occupant::Keep);
+        assert_eq!(slot, 2, "the next claim takes the first empty slot");
     }
 }

@@ -2,11 +2,11 @@
 //! asks for that key meanwhile (the refresher, [`Cache::refresh`] and
 //! [`Cache::get_or_fetch`]), and the install of its result.
 //!
-//! A fetch of a cached key installs its value by compare-and-swap against the
-//! commit it started from, into the node it started from. A newer `insert`
-//! wins (the swap fails and its value stands), and a key removed meanwhile stays
-//! removed (the swap lands in a node no longer in the map). A fetch of an
-//! uncached key (read-through) inserts its value only if the key is still absent.
+//! A fetch of a cached key installs its value only if the entry still has the
+//! version it started from: a newer write wins and its value stands, and a key
+//! removed meanwhile stays removed (and if added again, it has a new version).
+//! A fetch of an uncached key (read-through) inserts its value only if the key
+//! is still absent.
 //!
 //! [`Cache::refresh`]: crate::Cache::refresh
 //! [`Cache::get_or_fetch`]: crate::Cache::get_or_fetch
@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use crate::cache::Inner;
 use crate::fetcher::{FetchError, Fetched, run_fetch};
 use crate::metrics::Counter;
-use crate::node::{Commit, Node};
 
 /// The outcome of one fetch, once it has one.
 type Outcome<V> = Option<Result<V, FetchError>>;
@@ -29,8 +28,8 @@ type Outcome<V> = Option<Result<V, FetchError>>;
 /// Where a fetch's result will appear.
 pub(crate) type FlightReceiver<V> = watch::Receiver<Outcome<V>>;
 
-/// What a fetch started from: the node and commit of a cached key.
-type Start<K, V> = Option<(Arc<Node<K, V>>, Arc<Commit<V>>)>;
+/// What a fetch started from: the value and version of a cached key.
+type Start<V> = Option<(V, u64)>;
 
 /// A flight joined or started by [`Inner::join_or_start_flight`].
 pub(crate) enum Flight<V, D> {
@@ -74,11 +73,10 @@ where
                 (publish, receiver)
             }
         };
-        let start: Start<K, V> = self.map.get(&key).map(|entry| {
-            let node = Arc::clone(entry.value());
-            let commit = node.commit.load_full();
-            (node, commit)
-        });
+        let start: Start<V> = self
+            .map
+            .get(&key)
+            .map(|entry| (entry.value.clone(), entry.version));
         let landing = FlightLanding {
             cache: Arc::downgrade(self),
             key: key.clone(),
@@ -86,10 +84,11 @@ where
         };
         let timeout = self.refresh.timeout;
         let drive = async move {
-            let current = start.as_ref().map(|(_, commit)| commit.value.clone());
+            let current = start.as_ref().map(|(value, _)| value.clone());
+            let from = start.map(|(_, version)| version);
             let outcome = run_fetch(fetcher.fetch(key, current), timeout).await;
             let result = match landing.cache.upgrade() {
-                Some(cache) => cache.install(&landing.key, start, outcome),
+                Some(cache) => cache.install(&landing.key, from, outcome),
                 None => Err(FetchError::Cancelled),
             };
             // Leave the map before publishing, so a caller who sees the
@@ -104,10 +103,11 @@ where
 
     /// Installs a fetch's outcome and counts it; returns the value the cache
     /// now holds for the key (a newer write's, if one won), or the error.
+    /// `from` is the version the fetch started from, `None` for a read-through.
     fn install(
         &self,
         key: &K,
-        start: Start<K, V>,
+        from: Option<u64>,
         outcome: Result<Fetched<V>, FetchError>,
     ) -> Result<V, FetchError> {
         let now = self.clock.now();
@@ -119,19 +119,12 @@ where
                 return Err(error);
             }
         };
-        match (fetched, start) {
-            (Fetched::Value(value), Some((node, from))) => {
-                self.counters.incr(Counter::Refreshes);
-                Ok(swap_from(&node, &from, Commit::new(value, now)))
-            }
-            (Fetched::Unchanged, Some((node, from))) => {
-                self.counters.incr(Counter::Refreshes);
-                let renewed = Commit::new(from.value.clone(), now);
-                Ok(swap_from(&node, &from, renewed))
-            }
+        match (fetched, from) {
             (Fetched::Value(value), None) => {
                 self.counters.incr(Counter::Refreshes);
-                self.insert_if_absent(key.clone(), Commit::new(value.clone(), now));
+                if !self.is_disabled() {
+                    self.write(key.clone(), value.clone(), now, false);
+                }
                 Ok(value)
             }
             (Fetched::Unchanged, None) => {
@@ -139,19 +132,33 @@ where
                 tracing::warn!("fetcher answered Unchanged for a key the cache does not hold");
                 Err(FetchError::NothingToKeep)
             }
+            (fetched, Some(from)) => {
+                self.counters.incr(Counter::Refreshes);
+                let Some(mut entry) = self.map.get_mut(key) else {
+                    // Removed meanwhile: it stays removed.
+                    return match fetched {
+                        Fetched::Value(value) => Ok(value),
+                        Fetched::Unchanged => Err(FetchError::NothingToKeep),
+                    };
+                };
+                if entry.version != from {
+                    return Ok(entry.value.clone()); // a newer write won
+                }
+                let version = self.next_version();
+                match fetched {
+                    Fetched::Value(value) => {
+                        let old = entry.overwrite(value.clone(), now, version);
+                        drop(entry);
+                        drop(old);
+                        Ok(value)
+                    }
+                    Fetched::Unchanged => {
+                        entry.renew(now, version);
+                        Ok(entry.value.clone())
+                    }
+                }
+            }
         }
-    }
-}
-
-/// Swaps `new` into `node` if `from` is still its commit; returns the value
-/// the node holds afterwards.
-fn swap_from<K, V: Clone>(node: &Node<K, V>, from: &Arc<Commit<V>>, new: Arc<Commit<V>>) -> V {
-    let value = new.value.clone();
-    let previous = node.commit.compare_and_swap(from, new);
-    if Arc::ptr_eq(&previous, from) {
-        value
-    } else {
-        previous.value.clone()
     }
 }
 

@@ -31,30 +31,34 @@
 //! # Concurrency
 //!
 //! `Cache` is `Send + Sync` and cheap to clone (a shared handle). Entries sit
-//! in a sharded map ([`dashmap`]); each holds its current value in an
-//! [`arc_swap`] cell, replaced whole by writes.
+//! inline in a sharded map ([`dashmap`]): value, write time, version and
+//! flags in the table slot itself, so a read touches the line the hash probe
+//! already loaded.
 //!
 //! *Readers never block* means: a `get` never waits for a fetch, a refresh, an
 //! eviction sweep or I/O of any kind. It takes its shard's *read* lock, which
 //! can wait only while a writer is changing that same shard, for a bounded
-//! in-memory step. A `get` does not allocate, send on a channel, take a mutex,
-//! or write to a cache line other threads read, beyond setting an entry's
-//! referenced bit when it is not set already and adding to a per-thread stripe
-//! of counters.
+//! in-memory step (writing a value, removing an entry). A `get` does not
+//! allocate, read the clock, send on a channel or take a mutex; it writes only
+//! an entry's referenced bit when that is not set already, and a counter on a
+//! stripe of its own thread.
 //!
-//! Eviction claims ring slots with compare-and-swap and an atomic hand; a
-//! lock over the whole ring is taken exclusively only by `clear` and a
+//! Writes to a present key (an `insert`, a refresh's result) replace the value
+//! under the shard's write lock. A refresh installs its result only if the
+//! entry still has the version the refresh started from, so it never
+//! overwrites a newer write and never brings back a removed key. New keys claim
+//! a slot of the eviction ring by compare-and-swap behind an atomic hand; a
+//! lock over the whole ring is taken exclusively only by `clear` and by a
 //! `configure` that changes `max_size`. The crate has no `unsafe` code.
 //!
 //! # Memory
 //!
-//! Per entry, with `K` and `V` the sizes of key and value:
-//! a map slot `K + 8` bytes (plus the table's free space: hashbrown tables
-//! are between 44 % and 88 % full), a node `K + 40` bytes, a value cell
-//! `V + 24` bytes, and 8 bytes of eviction ring, which is allocated for
+//! Per entry, with `K` and `V` the sizes of key and value: a map slot of
+//! `K + V + 24` bytes, rounded up to 8 (hashbrown tables are between 44 % and
+//! 88 % full, so count about 1.5 to 2 slots per entry), the key once more for
+//! the eviction ring (`K + 16` bytes), and 8 bytes of ring slot, allocated for
 //! `max_size` entries when the cache is built. Data the key or value points to
-//! (a `String`'s bytes) comes on top. For `u64 → u64` at one million entries
-//! that is about 116 bytes.
+//! (a `String`'s bytes) comes on top. `BENCHMARKS.md` has measured figures.
 //!
 //! # Semantics
 //!
@@ -73,10 +77,10 @@
 mod builder;
 mod cache;
 mod clock;
+mod entry;
 mod fetcher;
 mod flight;
 mod metrics;
-mod node;
 mod refresh;
 mod time;
 
