@@ -9,14 +9,18 @@
 //! read since the hand last passed survives one more revolution. The owner of
 //! a taken slot is the victim, which the caller removes from the map.
 //!
+//! A slot emptied by an invalidation goes on a free list, which claims take
+//! from before the hand moves: a cache that is not full never evicts. The
+//! list is a short mutex-guarded stack, touched only while it is not empty.
+//!
 //! Slots are [`ArcSwapOption`]s: claimers race with loads and compare-and-swap,
 //! never a lock, and a key a slot lets go of is freed by `arc-swap`'s own
 //! reclamation once no reader still holds it. The whole ring sits behind an
 //! `RwLock` in the cache that claimers take *shared*; only a resize or a clear
 //! takes it exclusively.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 
@@ -34,6 +38,10 @@ pub(crate) enum Occupant {
 pub(crate) struct Ring<K> {
     slots: Box<[ArcSwapOption<K>]>,
     hand: AtomicUsize,
+    /// Slots emptied by a release, probably still empty.
+    free: Mutex<Vec<usize>>,
+    /// `free.len()`, readable without the lock.
+    free_len: AtomicUsize,
 }
 
 impl<K> Ring<K> {
@@ -45,6 +53,8 @@ impl<K> Ring<K> {
         Some(Self {
             slots: slots.into_boxed_slice(),
             hand: AtomicUsize::new(0),
+            free: Mutex::new(Vec::new()),
+            free_len: AtomicUsize::new(0),
         })
     }
 
@@ -80,6 +90,9 @@ impl<K> Ring<K> {
         key: &Arc<K>,
         mut judge: impl FnMut(&K, usize) -> Occupant,
     ) -> (usize, Option<Arc<K>>) {
+        if let Some(slot) = self.claim_free(key) {
+            return (slot, None);
+        }
         let len = self.slots.len();
         debug_assert!(len > 0, "claim on an empty ring");
         let mut kept = 0usize;
@@ -109,19 +122,41 @@ impl<K> Ring<K> {
         }
     }
 
-    /// Empties slot `index` if it still holds `key` (this very `Arc`).
-    pub(crate) fn release(&self, index: usize, key: &Arc<K>) {
-        if let Some(slot) = self.slots.get(index) {
-            slot.compare_and_swap(&Some(Arc::clone(key)), None);
+    /// Takes a slot from the free list that is still empty, if any.
+    fn claim_free(&self, key: &Arc<K>) -> Option<usize> {
+        if self.free_len.load(Ordering::Relaxed) == 0 {
+            return None;
         }
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(index) = free.pop() {
+            self.free_len.store(free.len(), Ordering::Relaxed);
+            let previous =
+                self.slots[index].compare_and_swap(&None::<Arc<K>>, Some(Arc::clone(key)));
+            if previous.is_none() {
+                return Some(index);
+            } // else the hand took it meanwhile
+        }
+        None
     }
 
-    /// Empties slot `index` if its key is one `matches` accepts.
+    /// Empties slot `index` if it still holds `key` (this very `Arc`).
+    pub(crate) fn release(&self, index: usize, key: &Arc<K>) {
+        self.release_if(index, |occupant| std::ptr::eq(occupant, &**key));
+    }
+
+    /// Empties slot `index` if its key is one `matches` accepts, and lists it
+    /// as free.
     pub(crate) fn release_if(&self, index: usize, matches: impl FnOnce(&K) -> bool) {
-        if let Some(slot) = self.slots.get(index) {
-            let occupant = slot.load();
-            if occupant.as_deref().is_some_and(matches) {
-                slot.compare_and_swap(&occupant, None);
+        let Some(slot) = self.slots.get(index) else {
+            return;
+        };
+        let occupant = slot.load();
+        if occupant.as_deref().is_some_and(matches) {
+            let previous = slot.compare_and_swap(&occupant, None);
+            if same(&previous, &occupant) {
+                let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+                free.push(index);
+                self.free_len.store(free.len(), Ordering::Relaxed);
             }
         }
     }
@@ -146,6 +181,11 @@ impl<K> Ring<K> {
             slot.store(None);
         }
         *self.hand.get_mut() = 0;
+        self.free
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        *self.free_len.get_mut() = 0;
     }
 }
 
@@ -197,6 +237,24 @@ mod tests {
         assert_eq!(ring.occupants_from_hand().len(), 1);
         ring.release(slot, &key);
         assert!(ring.occupants_from_hand().is_empty());
+    }
+
+    #[test]
+    fn freed_slots_are_claimed_before_the_hand_moves() {
+        let ring = Ring::new(3).unwrap();
+        let keys: Vec<_> = (0..3).map(Arc::new).collect();
+        for key in &keys {
+            ring.claim(key, |_, _| unreachable!("empty slots need no judging"));
+        }
+        ring.release(1, &keys[1]);
+        let (slot, victim) = ring.claim(&Arc::new(9), |_, _| panic!("the hand moved"));
+        assert_eq!((slot, victim), (1, None));
+
+        // A freed slot that someone else filled meanwhile is passed over.
+        ring.release(2, &keys[2]);
+        ring.slots[2].store(Some(Arc::new(10)));
+        let (_, victim) = ring.claim(&Arc::new(11), |_, _| Occupant::Evict);
+        assert!(victim.is_some(), "the free list had nothing left to give");
     }
 
     #[test]
