@@ -38,6 +38,10 @@ pub(crate) struct Inner<K, V, S> {
     max_size: AtomicUsize,
     /// The source of entry versions: one per write, unique in the cache.
     versions: AtomicU64,
+    /// The number of entries in the map, counted as they are added and
+    /// removed: one atomic read for `len()`, where summing the shards would
+    /// lock each and, under churn, add up counts from different moments.
+    entries: AtomicUsize,
     pub(crate) settings: LiveSettings,
     pub(crate) clock: Clock,
     pub(crate) counters: Counters,
@@ -92,6 +96,7 @@ where
                 ring: RwLock::new(ring),
                 max_size: AtomicUsize::new(max_size),
                 versions: AtomicU64::new(0),
+                entries: AtomicUsize::new(0),
                 settings: LiveSettings::new(builder.ttl, builder.refresh_interval),
                 clock: Clock::new(),
                 counters: Counters::new(),
@@ -170,10 +175,9 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let inner = &*self.inner;
-        let Some((key, entry)) = inner.map.remove(key) else {
+        let Some((key, entry)) = inner.remove_where(key, |_| true, Counter::Invalidations) else {
             return false;
         };
-        inner.counters.incr(Counter::Invalidations);
         let slot = entry.slot();
         if slot != UNPLACED {
             inner.ring_shared().release_if(slot as usize, |k| *k == key);
@@ -190,12 +194,12 @@ where
     /// under concurrent inserts of new keys it may pass it by at most one per
     /// inserter, for the moment between claiming a slot and removing the victim.
     pub fn len(&self) -> usize {
-        self.inner.map.len()
+        self.inner.entries.load(Ordering::Acquire)
     }
 
     /// Whether the cache holds no entry.
     pub fn is_empty(&self) -> bool {
-        self.inner.map.is_empty()
+        self.len() == 0
     }
 
     /// The most entries the cache holds; 0 when disabled.
@@ -289,7 +293,9 @@ where
             }
             MapEntry::Vacant(absent) => {
                 let key = Arc::new(absent.key().clone());
-                absent.insert(Entry::new(value, now, version));
+                let added = absent.insert(Entry::new(value, now, version));
+                self.entries.fetch_add(1, Ordering::AcqRel);
+                drop(added);
                 key
             }
         };
@@ -304,13 +310,7 @@ where
         let ring = self.ring_shared();
         if ring.len() == 0 {
             // Disabled since the entry was added: it goes too.
-            if self
-                .map
-                .remove_if(&*key, |_, e| e.slot() == UNPLACED)
-                .is_some()
-            {
-                self.counters.incr(Counter::Evictions);
-            }
+            self.remove_where(&*key, |e| e.slot() == UNPLACED, Counter::Evictions);
             return;
         }
         let (slot, victim) = ring.claim(&key, |owner, slot| self.judge(owner, slot));
@@ -342,13 +342,25 @@ where
 
     /// Removes `victim` if it is still the owner of slot `slot`.
     fn evict(&self, victim: &K, slot: usize) {
-        if self
-            .map
-            .remove_if(victim, |_, entry| entry.slot() as usize == slot)
-            .is_some()
-        {
-            self.counters.incr(Counter::Evictions);
-        }
+        self.remove_where(victim, |e| e.slot() as usize == slot, Counter::Evictions);
+    }
+
+    /// Removes `key` if its entry passes `still`, keeping the entry count and
+    /// counting the removal as `reason`.
+    fn remove_where<Q>(
+        &self,
+        key: &Q,
+        still: impl FnOnce(&Entry<V>) -> bool,
+        reason: Counter,
+    ) -> Option<(K, Entry<V>)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let removed = self.map.remove_if(key, |_, entry| still(entry))?;
+        self.entries.fetch_sub(1, Ordering::AcqRel);
+        self.counters.incr(reason);
+        Some(removed)
     }
 
     /// Empties the map and the ring.
@@ -359,6 +371,7 @@ where
             removed += 1;
             false
         });
+        self.entries.fetch_sub(removed as usize, Ordering::AcqRel);
         ring.reset();
         self.counters.add(Counter::Invalidations, removed);
     }

@@ -1,0 +1,57 @@
+//! Model-based tests: random operation sequences against the reference
+//! model in `support/model.rs`.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+#[path = "support/model.rs"]
+mod model;
+
+use model::{Op, run};
+
+fn op(keys: u8) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..keys, any::<u16>()).prop_map(|(k, v)| Op::Insert(k, v)),
+        6 => (0..keys).prop_map(Op::Get),
+        2 => (0..keys).prop_map(Op::Invalidate),
+        1 => Just(Op::Clear),
+        1 => (0..=8usize).prop_map(Op::Resize),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_operations_agree_with_the_model(
+        initial_size in 0..=8usize,
+        ops in prop::collection::vec(op(16), 1..200),
+    ) {
+        run(initial_size, 16, &ops);
+    }
+
+    /// With room for every key and no resize, nothing is evicted: the cache
+    /// is exactly the model.
+    #[test]
+    fn without_overflow_the_cache_is_the_model(
+        ops in prop::collection::vec(op(8), 1..200)
+            .prop_map(|ops| ops.into_iter().filter(|op| !matches!(op, Op::Resize(_))).collect::<Vec<_>>()),
+    ) {
+        let mut written: HashMap<u8, u16> = HashMap::new();
+        for op in &ops {
+            match *op {
+                Op::Insert(k, v) => { written.insert(k, v); }
+                Op::Invalidate(k) => { written.remove(&k); }
+                Op::Clear => written.clear(),
+                Op::Get(_) | Op::Resize(_) => {}
+            }
+        }
+        let (cache, model) = run(8, 8, &ops);
+        prop_assert_eq!(&model, &written);
+        prop_assert_eq!(cache.metrics().evictions, 0);
+        for (k, v) in &written {
+            prop_assert_eq!(cache.get(k), Some(*v));
+        }
+    }
+}
