@@ -60,6 +60,11 @@
 //! `max_size` entries when the cache is built. Data the key or value points to
 //! (a `String`'s bytes) comes on top. `BENCHMARKS.md` has measured figures.
 //!
+//! # Features
+//!
+//! - `serde` (default): [`Cache::dump`] and [`Cache::load`] of JSON
+//!   snapshots, compatible with the LangSmith SDK's files; see [`snapshot`].
+//!
 //! # Semantics
 //!
 //! - `get` of a missing key is `None` and counts a miss; of a present key, its
@@ -82,6 +87,9 @@ mod fetcher;
 mod flight;
 mod metrics;
 mod refresh;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod snapshot;
 mod time;
 
 pub use builder::{CacheBuilder, ConfigChange, ConfigError, DefaultHasher, MAX_SIZE_LIMIT};
@@ -89,6 +97,8 @@ pub use cache::Cache;
 pub use fetcher::{FetchError, Fetched, Fetcher, IntoFetcher};
 pub use metrics::Metrics;
 pub use refresh::StartError;
+#[cfg(feature = "serde")]
+pub use snapshot::{LoadReport, SNAPSHOT_FORMAT, SnapshotError, SnapshotLimits};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,0 +1,51 @@
+//! Snapshot loading of arbitrary bytes: never a panic; on an error the cache
+//! is as it was; on success it holds at most `max_size` entries.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use swr_cache::{Cache, SnapshotLimits};
+
+const MAX_SIZE: usize = 8;
+
+/// Loads `data` into a cache holding one known entry and checks the outcome.
+fn check<K, V>(data: &[u8], known: (K, V))
+where
+    K: std::hash::Hash
+        + Eq
+        + Clone
+        + Send
+        + Sync
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + 'static,
+    V: Clone
+        + PartialEq
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + 'static,
+{
+    let cache: Cache<K, V> = Cache::builder()
+        .max_size(MAX_SIZE)
+        .ttl(None)
+        .build()
+        .unwrap();
+    cache.insert(known.0.clone(), known.1.clone());
+    match cache.load_from_reader(data, SnapshotLimits::new(1 << 16, 1 << 10)) {
+        Ok(report) => {
+            assert!(cache.len() <= MAX_SIZE);
+            assert!(report.loaded <= MAX_SIZE);
+        }
+        Err(_) => {
+            assert_eq!(cache.len(), 1, "a failed load changed the cache");
+            assert_eq!(cache.get(&known.0), Some(known.1));
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    check::<String, serde_json::Value>(data, ("known".to_string(), serde_json::json!({"v": 1})));
+    check::<u64, String>(data, (7, "seven".to_string()));
+});

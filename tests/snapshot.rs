@@ -1,0 +1,398 @@
+//! Snapshots (DESIGN.md S13): dump and load, LangSmith's file format, crash
+//! safety, and every way a load can fail leaving the cache as it was.
+#![cfg(feature = "serde")]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+use swr_cache::{Cache, SnapshotError, SnapshotLimits};
+use tokio::time::advance;
+
+/// A fresh directory for one test, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("swr-cache-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn strings(max_size: usize) -> Cache<String, String> {
+    Cache::builder().max_size(max_size).build().unwrap()
+}
+
+#[test]
+fn round_trip_of_two_entries() {
+    let dir = TempDir::new("two");
+    let path = dir.path("cache.json");
+    let cache = strings(10);
+    cache.insert("a".into(), "1".into());
+    cache.insert("b".into(), "2".into());
+    cache.dump(&path).unwrap();
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        json["entries"],
+        serde_json::json!({"a": "1", "b": "2"}),
+        "LangSmith's form"
+    );
+    assert_eq!(json["swr_cache_format"], 1);
+
+    let restored = strings(10);
+    let report = restored.load(&path).unwrap();
+    assert_eq!(report.loaded, 2);
+    assert_eq!(report.not_loaded(), 0);
+    assert_eq!(restored.get("a").as_deref(), Some("1"));
+    assert_eq!(restored.get("b").as_deref(), Some("2"));
+    assert_eq!(dir.files(), vec!["cache.json"], "no temporary file left");
+}
+
+#[test]
+fn round_trip_of_ten_thousand_entries_with_non_string_keys() {
+    let dir = TempDir::new("many");
+    let path = dir.path("cache.json");
+    let cache: Cache<(u32, u8), Vec<u16>> = Cache::builder().max_size(20_000).build().unwrap();
+    for i in 0..10_000u32 {
+        cache.insert((i, (i % 7) as u8), vec![i as u16, 1, 2]);
+    }
+    cache.dump(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(
+        json["entries"].is_array(),
+        "non-string keys use the list form"
+    );
+
+    let restored: Cache<(u32, u8), Vec<u16>> = Cache::builder().max_size(20_000).build().unwrap();
+    let report = restored.load(&path).unwrap();
+    assert_eq!(report.loaded, 10_000);
+    assert_eq!(restored.len(), 10_000);
+    for i in (0..10_000u32).step_by(97) {
+        assert_eq!(
+            restored.get(&(i, (i % 7) as u8)),
+            Some(vec![i as u16, 1, 2])
+        );
+    }
+}
+
+#[test]
+fn numeric_keys_load_from_the_object_form() {
+    let cache: Cache<u64, String> = Cache::builder().build().unwrap();
+    let report = cache
+        .load_from_reader(
+            &br#"{"entries": {"42": "answer"}}"#[..],
+            SnapshotLimits::default(),
+        )
+        .unwrap();
+    assert_eq!(report.loaded, 1);
+    assert_eq!(cache.get(&42).as_deref(), Some("answer"));
+}
+
+/// A prompt commit as the LangSmith SDK stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct PromptCommit {
+    owner: String,
+    repo: String,
+    commit_hash: String,
+    manifest: serde_json::Value,
+    examples: Vec<serde_json::Value>,
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/langsmith_prompt_cache.json")
+}
+
+#[test]
+fn loads_a_file_in_the_langsmith_sdk_format() {
+    let typed: Cache<String, PromptCommit> = Cache::builder().build().unwrap();
+    let report = typed.load(fixture()).unwrap();
+    assert_eq!(report.loaded, 2);
+    let commit = typed.get("acme/summarize:2f9e1a").unwrap();
+    assert_eq!(commit.owner, "acme");
+    assert_eq!(commit.repo, "summarize");
+    assert_eq!(commit.commit_hash, "2f9e1a");
+    assert_eq!(commit.manifest["kwargs"]["template"], "Summarize: {text}");
+    assert_eq!(commit.examples.len(), 1);
+
+    let untyped: Cache<String, serde_json::Value> = Cache::builder().build().unwrap();
+    assert_eq!(untyped.load(fixture()).unwrap().loaded, 2);
+    assert_eq!(
+        untyped.get("acme/support-triage:latest").unwrap()["commit_hash"],
+        "4b1c5d0e9f2a7b3c"
+    );
+
+    // And what we dump, the SDK reads: the same `entries` object.
+    let dir = TempDir::new("langsmith");
+    typed.dump(dir.path("out.json")).unwrap();
+    let ours: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path("out.json")).unwrap()).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture()).unwrap()).unwrap();
+    assert_eq!(ours["entries"], theirs["entries"]);
+}
+
+/// Loads `bytes` into a cache holding one entry, expecting an error and the
+/// cache unchanged.
+fn load_fails(bytes: &[u8]) -> SnapshotError {
+    let cache = strings(10);
+    cache.insert("kept".into(), "as it was".into());
+    let error = cache
+        .load_from_reader(bytes, SnapshotLimits::default())
+        .unwrap_err();
+    assert_eq!(cache.len(), 1, "{error}");
+    assert_eq!(cache.get("kept").as_deref(), Some("as it was"));
+    error
+}
+
+#[test]
+fn a_missing_file_is_a_typed_error() {
+    let dir = TempDir::new("missing");
+    let cache = strings(10);
+    let error = cache.load(dir.path("nope.json")).unwrap_err();
+    assert!(
+        matches!(error, SnapshotError::NotFound(ref p) if p.ends_with("nope.json")),
+        "{error}"
+    );
+    assert!(cache.is_empty());
+}
+
+#[test]
+fn a_corrupt_file_is_a_typed_error() {
+    let error = load_fails(br#"{"entries": {"a": "1", "b": "#);
+    assert!(matches!(error, SnapshotError::InvalidJson(_)), "{error}");
+    assert!(std::error::Error::source(&error).is_some());
+    assert!(matches!(
+        load_fails(b"\xff\xfe garbage"),
+        SnapshotError::InvalidJson(_)
+    ));
+}
+
+#[test]
+fn a_wrong_shape_is_a_typed_error() {
+    for bytes in [
+        &b"[1, 2, 3]"[..],
+        br#"{"items": {}}"#,
+        br#"{"entries": "nope"}"#,
+        br#"{"entries": [[1, 2, 3]]}"#,
+    ] {
+        let error = load_fails(bytes);
+        assert!(matches!(error, SnapshotError::WrongShape(_)), "{error}");
+    }
+    let error = load_fails(br#"{"swr_cache_format": 99, "entries": {}}"#);
+    assert!(
+        matches!(error, SnapshotError::UnsupportedFormat(_)),
+        "{error}"
+    );
+}
+
+#[test]
+fn one_bad_entry_among_good_ones_is_skipped_and_reported() {
+    let cache: Cache<String, u32> = Cache::builder().build().unwrap();
+    let report = cache
+        .load_from_reader(
+            &br#"{"entries": {"a": 1, "b": "not a number", "c": 3}}"#[..],
+            SnapshotLimits::default(),
+        )
+        .unwrap();
+    assert_eq!(report.loaded, 2);
+    assert_eq!(report.bad_values, 1);
+    assert_eq!(report.bad_keys, 0);
+    assert!(report.first_skip_reason.unwrap().contains("value"));
+    assert_eq!(cache.get("a"), Some(1));
+    assert_eq!(cache.get("c"), Some(3));
+    assert!(!cache.contains_key("b"));
+
+    let numbers: Cache<u64, u32> = Cache::builder().build().unwrap();
+    let report = numbers
+        .load_from_reader(
+            &br#"{"entries": {"7": 1, "seven": 2}}"#[..],
+            SnapshotLimits::default(),
+        )
+        .unwrap();
+    assert_eq!((report.loaded, report.bad_keys), (1, 1));
+}
+
+#[test]
+fn load_respects_max_size() {
+    let cache = strings(3);
+    cache.insert("existing".into(), "old".into());
+    let entries: serde_json::Map<String, serde_json::Value> = (0..10)
+        .map(|i| (format!("k{i}"), serde_json::json!(format!("v{i}"))))
+        .chain([("existing".to_string(), serde_json::json!("new"))])
+        .collect();
+    let bytes = serde_json::to_vec(&serde_json::json!({ "entries": entries })).unwrap();
+    let report = cache
+        .load_from_reader(&bytes[..], SnapshotLimits::default())
+        .unwrap();
+    assert_eq!(cache.len(), 3);
+    assert_eq!(report.loaded + report.left_out_full, 11);
+    assert_eq!(report.left_out_full, 11 - report.loaded);
+    assert_eq!(
+        cache.metrics().evictions,
+        0,
+        "loading fills free room, never evicts"
+    );
+    assert_eq!(
+        cache.get("existing").as_deref(),
+        Some("new"),
+        "present keys are updated"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn loaded_entries_get_a_fresh_age() {
+    let dir = TempDir::new("age");
+    let path = dir.path("cache.json");
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    cache.insert("k".into(), "v".into());
+    advance(Duration::from_secs(120)).await;
+    assert_eq!(cache.is_stale("k"), Some(true));
+    cache.dump(&path).unwrap();
+
+    cache.load(&path).unwrap();
+    assert_eq!(cache.is_stale("k"), Some(false));
+    advance(Duration::from_secs(61)).await;
+    assert_eq!(cache.is_stale("k"), Some(true), "and ages from the load on");
+}
+
+#[test]
+fn dump_creates_parent_directories() {
+    let dir = TempDir::new("parents");
+    let path = dir.path("a/b/c/cache.json");
+    let cache = strings(10);
+    cache.insert("k".into(), "v".into());
+    cache.dump(&path).unwrap();
+    assert!(path.exists());
+}
+
+/// A value whose serialization fails, for a dump that fails midway.
+#[derive(Clone, Debug, Deserialize)]
+struct Poison(bool);
+
+impl Serialize for Poison {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 {
+            Err(serde::ser::Error::custom("this value cannot be written"))
+        } else {
+            serializer.serialize_bool(false)
+        }
+    }
+}
+
+#[test]
+fn a_dump_that_fails_midway_leaves_the_old_file_intact() {
+    let dir = TempDir::new("midway");
+    let path = dir.path("cache.json");
+    let cache: Cache<String, Poison> = Cache::builder().build().unwrap();
+    for i in 0..100 {
+        cache.insert(format!("good{i}"), Poison(false));
+    }
+    cache.dump(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    cache.insert("bad".into(), Poison(true));
+    let error = cache.dump(&path).unwrap_err();
+    assert!(matches!(error, SnapshotError::Serialize(_)), "{error}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the old snapshot is untouched"
+    );
+    assert_eq!(
+        dir.files(),
+        vec!["cache.json"],
+        "the temporary file is removed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_workflow() {
+    let restored: Cache<String, serde_json::Value> = Cache::builder()
+        .ttl(None)
+        .fetcher(|_: String| async { Err::<serde_json::Value, _>("offline: no network") })
+        .build()
+        .unwrap();
+    restored.load(fixture()).unwrap();
+    restored.start().unwrap();
+    assert!(!restored.is_refreshing(), "no TTL, no task");
+    advance(Duration::from_secs(86_400)).await;
+    assert_eq!(restored.is_stale("acme/summarize:2f9e1a"), Some(false));
+    assert!(restored.get("acme/summarize:2f9e1a").is_some());
+    let m = restored.metrics();
+    assert_eq!((m.refreshes, m.refresh_errors), (0, 0));
+}
+
+#[test]
+fn the_size_limits_reject_oversized_input() {
+    let cache = strings(10);
+    cache.insert("kept".into(), "as it was".into());
+    let big =
+        serde_json::to_vec(&serde_json::json!({"entries": {"k": "x".repeat(10_000)}})).unwrap();
+    let error = cache
+        .load_from_reader(&big[..], SnapshotLimits::new(1_000, 100))
+        .unwrap_err();
+    assert!(
+        matches!(error, SnapshotError::TooLarge { max_bytes: 1_000 }),
+        "{error}"
+    );
+
+    let many = serde_json::to_vec(&serde_json::json!({
+        "entries": (0..50).map(|i| (i.to_string(), serde_json::json!("v"))).collect::<serde_json::Map<_, _>>()
+    }))
+    .unwrap();
+    let error = cache
+        .load_from_reader(&many[..], SnapshotLimits::new(1 << 20, 10))
+        .unwrap_err();
+    assert!(
+        matches!(error, SnapshotError::TooManyEntries { max_entries: 10 }),
+        "{error}"
+    );
+
+    let dir = TempDir::new("limits");
+    std::fs::write(dir.path("big.json"), &big).unwrap();
+    let error = cache
+        .load_with_limits(dir.path("big.json"), SnapshotLimits::new(1_000, 100))
+        .unwrap_err();
+    assert!(matches!(error, SnapshotError::TooLarge { .. }), "{error}");
+
+    let deep = format!(
+        "{{\"entries\": {}{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let error = cache
+        .load_from_reader(deep.as_bytes(), SnapshotLimits::default())
+        .unwrap_err();
+    assert!(
+        matches!(error, SnapshotError::InvalidJson(_)),
+        "deep nesting: {error}"
+    );
+    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.get("kept").as_deref(), Some("as it was"));
+}
