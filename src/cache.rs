@@ -13,8 +13,8 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use crate::builder::{
     CacheBuilder, ConfigChange, ConfigError, DefaultHasher, LiveSettings, RefreshSettings,
 };
-use crate::clock::{Occupant, Ring};
-use crate::entry::{Entry, UNPLACED};
+use crate::clock::{Claimant, Occupant, Ring};
+use crate::entry::Entry;
 use crate::fetcher::DynFetcher;
 use crate::flight::FlightReceiver;
 use crate::metrics::{Counter, Counters, Metrics};
@@ -178,9 +178,12 @@ where
         let Some((key, entry)) = inner.remove_where(key, |_| true, Counter::Invalidations) else {
             return false;
         };
-        let slot = entry.slot();
-        if slot != UNPLACED {
-            inner.ring_shared().release_if(slot as usize, |k| *k == key);
+        if let Some(slot) = entry.slot() {
+            // Unless the key was added again meanwhile and placed in the
+            // same slot: then the slot is the new entry's.
+            inner.ring_shared().release_if(slot as usize, |k| {
+                *k == key && inner.map.get::<K>(k).is_none_or(|e| e.slot() != Some(slot))
+            });
         }
         true
     }
@@ -252,6 +255,45 @@ where
     }
 }
 
+/// One entry's claim of a ring slot, judged against the map.
+struct Placement<'a, K, V, S> {
+    inner: &'a Inner<K, V, S>,
+    key: &'a K,
+    ticket: u32,
+}
+
+impl<K, V, S> Claimant<K> for Placement<'_, K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    fn judge(&mut self, owner: &K, index: usize) -> Occupant {
+        let Some(entry) = self.inner.map.get(owner) else {
+            return Occupant::Free;
+        };
+        if entry.slot() != Some(index as u32) {
+            Occupant::Free // an orphan: its entry was removed, or moved by a resize
+        } else if entry.take_referenced() {
+            Occupant::Keep
+        } else {
+            Occupant::Evict
+        }
+    }
+
+    fn reserve(&mut self, index: usize) -> bool {
+        self.inner
+            .map
+            .get(self.key)
+            .is_some_and(|entry| entry.place(self.ticket, index as u32))
+    }
+
+    fn unreserve(&mut self, index: usize) {
+        if let Some(entry) = self.inner.map.get(self.key) {
+            entry.unplace(self.ticket, index as u32);
+        }
+    }
+}
+
 impl<K, V, S> Inner<K, V, S>
 where
     K: Hash + Eq + Clone,
@@ -300,49 +342,45 @@ where
             }
         };
         self.counters.incr(Counter::Inserts);
-        self.place(key);
+        self.place(key, Entry::<V>::ticket(version));
     }
 
-    /// Gives a newly added entry a ring slot, evicting the slot's owner if
-    /// the ring is full. Until it is placed, the entry is one over
-    /// `max_size`, which bounds the excess by the number of inserters.
-    fn place(&self, key: Arc<K>) {
+    /// Gives the newly added entry of `key` with `ticket` a ring slot,
+    /// evicting the slot's owner if the ring is full. Until it is placed, the
+    /// entry is one over `max_size`, which bounds the excess by the number of
+    /// inserters.
+    fn place(&self, key: Arc<K>, ticket: u32) {
         let ring = self.ring_shared();
         if ring.len() == 0 {
             // Disabled since the entry was added: it goes too.
-            self.remove_where(&*key, |e| e.slot() == UNPLACED, Counter::Evictions);
+            self.remove_where(&*key, |e| e.awaits(ticket), Counter::Evictions);
             return;
         }
-        let (slot, victim) = ring.claim(&key, |owner, slot| self.judge(owner, slot));
+        let mut placement = Placement {
+            inner: self,
+            key: &key,
+            ticket,
+        };
+        let Some((slot, victim)) = ring.claim(&key, &mut placement) else {
+            return; // removed before it had a slot
+        };
         if let Some(victim) = victim {
             self.evict(&victim, slot);
         }
-        let placed = self
+        let still_there = self
             .map
             .get(&*key)
-            .is_some_and(|entry| entry.place(slot as u32));
-        if !placed {
-            // Removed meanwhile, or added again and placed by its own writer.
+            .is_some_and(|entry| entry.slot() == Some(slot as u32));
+        if !still_there {
+            // Removed as the slot was taken: the remover may have missed it.
             ring.release(slot, &key);
-        }
-    }
-
-    /// How the hand treats the slot `slot` whose key is `owner`.
-    fn judge(&self, owner: &K, slot: usize) -> Occupant {
-        let Some(entry) = self.map.get(owner) else {
-            return Occupant::Free;
-        };
-        match entry.slot() {
-            UNPLACED => Occupant::Keep,
-            placed if placed as usize != slot => Occupant::Free,
-            _ if entry.take_referenced() => Occupant::Keep,
-            _ => Occupant::Evict,
         }
     }
 
     /// Removes `victim` if it is still the owner of slot `slot`.
     fn evict(&self, victim: &K, slot: usize) {
-        self.remove_where(victim, |e| e.slot() as usize == slot, Counter::Evictions);
+        let slot = Some(slot as u32);
+        self.remove_where(victim, |e| e.slot() == slot, Counter::Evictions);
     }
 
     /// Removes `key` if its entry passes `still`, keeping the entry count and
@@ -389,7 +427,7 @@ where
             .filter(|(slot, key)| {
                 self.map
                     .get(&**key)
-                    .is_some_and(|entry| entry.slot() as usize == *slot)
+                    .is_some_and(|entry| entry.slot() == Some(*slot as u32))
             })
             .collect();
         let mut victims = Vec::new();

@@ -9,6 +9,12 @@
 //! read since the hand last passed survives one more revolution. The owner of
 //! a taken slot is the victim, which the caller removes from the map.
 //!
+//! A key may be removed and added again while a claim for it is under way,
+//! so the entry a claim places is named by a ticket, not by its key (see
+//! `Entry::ticket`), and the entry records its slot just before the claim
+//! takes it. A slot's key is then always either its entry's or an orphan that
+//! the hand may take: nothing in the ring waits for an insert to finish.
+//!
 //! A slot emptied by an invalidation goes on a free list, which claims take
 //! from before the hand moves: a cache that is not full never evicts. The
 //! list is a short mutex-guarded stack, touched only while it is not empty.
@@ -28,12 +34,26 @@ use arc_swap::ArcSwapOption;
 pub(crate) enum Occupant {
     /// No entry owns the slot any more: take it.
     Free,
-    /// The owner stays: referenced since the hand last passed, or still
-    /// being placed.
+    /// The owner stays: referenced since the hand last passed.
     Keep,
     /// The owner is evicted: take the slot.
     Evict,
 }
+
+/// The cache's side of a claim: it judges occupants by their entries in the
+/// map and records the slot in the entry being placed.
+pub(crate) trait Claimant<K> {
+    /// How the hand treats slot `index`, whose key is `owner`.
+    fn judge(&mut self, owner: &K, index: usize) -> Occupant;
+    /// Records `index` as the placed entry's slot, just before the slot is
+    /// taken; false if the entry is gone.
+    fn reserve(&mut self, index: usize) -> bool;
+    /// Undoes [`Claimant::reserve`] when another thread took the slot first.
+    fn unreserve(&mut self, index: usize);
+}
+
+/// The entry being placed was removed meanwhile.
+struct EntryGone;
 
 pub(crate) struct Ring<K> {
     slots: Box<[ArcSwapOption<K>]>,
@@ -78,20 +98,23 @@ impl<K> Ring<K> {
         self.slots.len()
     }
 
-    /// Puts `key` into a slot, judging each occupant the hand meets with
-    /// `judge(occupant_key, slot)`. Returns the slot taken and, if its owner
-    /// was evicted, that owner's key. The ring must not be empty.
+    /// Puts `key` into a slot for the `claimant`'s entry, judging each
+    /// occupant the hand meets. Returns the slot taken and, if its owner was
+    /// evicted, that owner's key; `None` if the claimant's entry went away
+    /// meanwhile. The ring must not be empty.
     ///
-    /// An occupant kept because it is still being placed stays so only for
-    /// one map insert, so after each fruitless revolution the loop yields the
-    /// thread rather than spinning hot.
+    /// The claimant records a slot in its entry *before* taking it, so that
+    /// anyone who finds the new key in the slot also finds its entry there:
+    /// no slot is ever held by a key whose entry is still on its way, which
+    /// the hand would have to wait for. After each revolution of kept
+    /// (referenced) occupants, the loop yields the thread rather than spin.
     pub(crate) fn claim(
         &self,
         key: &Arc<K>,
-        mut judge: impl FnMut(&K, usize) -> Occupant,
-    ) -> (usize, Option<Arc<K>>) {
-        if let Some(slot) = self.claim_free(key) {
-            return (slot, None);
+        claimant: &mut impl Claimant<K>,
+    ) -> Option<(usize, Option<Arc<K>>)> {
+        if let Some(slot) = self.claim_free(key, claimant).ok()? {
+            return Some((slot, None));
         }
         let len = self.slots.len();
         debug_assert!(len > 0, "claim on an empty ring");
@@ -102,7 +125,7 @@ impl<K> Ring<K> {
             let occupant = slot.load();
             let evict = match &*occupant {
                 None => false,
-                Some(owner) => match judge(owner, index) {
+                Some(owner) => match claimant.judge(owner, index) {
                     Occupant::Free => false,
                     Occupant::Evict => true,
                     Occupant::Keep => {
@@ -114,29 +137,43 @@ impl<K> Ring<K> {
                     }
                 },
             };
+            if !claimant.reserve(index) {
+                return None;
+            }
             let previous = slot.compare_and_swap(&occupant, Some(Arc::clone(key)));
             if same(&previous, &occupant) {
                 let victim = if evict { (*occupant).clone() } else { None };
-                return (index, victim);
+                return Some((index, victim));
             }
+            claimant.unreserve(index);
         }
     }
 
-    /// Takes a slot from the free list that is still empty, if any.
-    fn claim_free(&self, key: &Arc<K>) -> Option<usize> {
+    /// Takes a slot from the free list that is still empty, if any; `Err` if
+    /// the claimant's entry is gone.
+    fn claim_free(
+        &self,
+        key: &Arc<K>,
+        claimant: &mut impl Claimant<K>,
+    ) -> Result<Option<usize>, EntryGone> {
         if self.free_len.load(Ordering::Relaxed) == 0 {
-            return None;
+            return Ok(None);
         }
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(index) = free.pop() {
+        while let Some(&index) = free.last() {
+            if !claimant.reserve(index) {
+                return Err(EntryGone); // and the slot stays listed
+            }
+            free.pop();
             self.free_len.store(free.len(), Ordering::Relaxed);
             let previous =
                 self.slots[index].compare_and_swap(&None::<Arc<K>>, Some(Arc::clone(key)));
             if previous.is_none() {
-                return Some(index);
-            } // else the hand took it meanwhile
+                return Ok(Some(index));
+            }
+            claimant.unreserve(index); // the hand took it meanwhile
         }
-        None
+        Ok(None)
     }
 
     /// Empties slot `index` if it still holds `key` (this very `Arc`).
@@ -201,16 +238,37 @@ fn same<K>(a: &Option<Arc<K>>, b: &Option<Arc<K>>) -> bool {
 mod tests {
     use super::*;
 
+    /// A claimant whose entry never goes away, judging with `F`.
+    struct Judge<F>(F);
+
+    impl<K, F: FnMut(&K, usize) -> Occupant> Claimant<K> for Judge<F> {
+        fn judge(&mut self, owner: &K, index: usize) -> Occupant {
+            (self.0)(owner, index)
+        }
+        fn reserve(&mut self, _: usize) -> bool {
+            true
+        }
+        fn unreserve(&mut self, _: usize) {}
+    }
+
+    fn claim<K>(
+        ring: &Ring<K>,
+        key: &Arc<K>,
+        judge: impl FnMut(&K, usize) -> Occupant,
+    ) -> (usize, Option<Arc<K>>) {
+        ring.claim(key, &mut Judge(judge)).expect("the entry stays")
+    }
+
     #[test]
     fn fills_empty_slots_in_order_then_sweeps() {
         let ring = Ring::new(3).unwrap();
         for expected in 0..3 {
-            let (slot, victim) = ring.claim(&Arc::new(expected), |_, _| unreachable!());
+            let (slot, victim) = claim(&ring, &Arc::new(expected), |_, _| unreachable!());
             assert_eq!((slot, victim), (expected, None));
         }
         // Full: keep slot 0's owner (referenced), evict slot 1's.
         let mut judged = Vec::new();
-        let (slot, victim) = ring.claim(&Arc::new(9), |key, index| {
+        let (slot, victim) = claim(&ring, &Arc::new(9), |key, index| {
             judged.push((*key, index));
             if index == 0 {
                 Occupant::Keep
@@ -226,7 +284,7 @@ mod tests {
     fn release_only_empties_the_same_key() {
         let ring = Ring::new(2).unwrap();
         let key = Arc::new(1);
-        let (slot, _) = ring.claim(&key, |_, _| Occupant::Free);
+        let (slot, _) = claim(&ring, &key, |_, _| Occupant::Free);
         ring.release(slot, &Arc::new(1));
         assert_eq!(
             ring.occupants_from_hand().len(),
@@ -244,17 +302,52 @@ mod tests {
         let ring = Ring::new(3).unwrap();
         let keys: Vec<_> = (0..3).map(Arc::new).collect();
         for key in &keys {
-            ring.claim(key, |_, _| unreachable!("empty slots need no judging"));
+            claim(&ring, key, |_, _| unreachable!("empty slots need no judging"));
         }
         ring.release(1, &keys[1]);
-        let (slot, victim) = ring.claim(&Arc::new(9), |_, _| panic!("the hand moved"));
+        let (slot, victim) = claim(&ring, &Arc::new(9), |_, _| panic!("the hand moved"));
         assert_eq!((slot, victim), (1, None));
 
         // A freed slot that someone else filled meanwhile is passed over.
         ring.release(2, &keys[2]);
         ring.slots[2].store(Some(Arc::new(10)));
-        let (_, victim) = ring.claim(&Arc::new(11), |_, _| Occupant::Evict);
+        let (_, victim) = claim(&ring, &Arc::new(11), |_, _| Occupant::Evict);
         assert!(victim.is_some(), "the free list had nothing left to give");
+    }
+
+    /// A claimant whose entry is removed before it can reserve a slot.
+    struct Gone;
+
+    impl Claimant<u32> for Gone {
+        fn judge(&mut self, _: &u32, _: usize) -> Occupant {
+            Occupant::Evict
+        }
+        fn reserve(&mut self, _: usize) -> bool {
+            false
+        }
+        fn unreserve(&mut self, _: usize) {
+            unreachable!("nothing was reserved")
+        }
+    }
+
+    #[test]
+    fn a_claim_for_a_removed_entry_takes_nothing() {
+        let ring = Ring::new(2).unwrap();
+        let keys: Vec<_> = (0..2).map(Arc::new).collect();
+        for key in &keys {
+            claim(&ring, key, |_, _| unreachable!());
+        }
+        assert!(ring.claim(&Arc::new(9), &mut Gone).is_none(), "full ring");
+        ring.release(0, &keys[0]);
+        assert!(ring.claim(&Arc::new(9), &mut Gone).is_none(), "freed slot");
+        let (slot, _) = claim(&ring, &Arc::new(10), |_, _| panic!("the hand moved"));
+        assert_eq!(slot, 0, "the freed slot stayed listed");
+        let occupants: Vec<_> = ring
+            .occupants_from_hand()
+            .into_iter()
+            .map(|(i, k)| (i, *k))
+            .collect();
+        assert!(occupants.contains(&(1, 1)), "no occupant was displaced");
     }
 
     #[test]
@@ -266,7 +359,7 @@ mod tests {
             .map(|(i, k)| (i, *k))
             .collect();
         assert_eq!(occupants, vec![(0, 7), (1, 8)]);
-        let (slot, _) = ring.claim(&Arc::new(9), |_, _| Occupant::Keep);
+        let (slot, _) = claim(&ring, &Arc::new(9), |_, _| Occupant::Keep);
         assert_eq!(slot, 2, "the next claim takes the first empty slot");
     }
 }

@@ -16,8 +16,10 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use crate::time::Nanos;
 
-/// `Entry::slot` of an entry not yet given a ring slot.
-pub(crate) const UNPLACED: u32 = u32::MAX;
+/// Set in `Entry::slot` while the entry has no ring slot; the other 31 bits
+/// are then the entry's ticket, which only its inserter knows. A ring slot
+/// number never has it set (`max_size` is at most 2^31 - 1).
+const UNPLACED: u32 = 1 << 31;
 
 // Bits of `Entry::flags`.
 /// Read since the clock hand last passed.
@@ -30,22 +32,32 @@ pub(crate) struct Entry<V> {
     /// When the value was written or last confirmed unchanged.
     pub(crate) written_at: Nanos,
     pub(crate) version: u64,
-    /// The ring slot that lists this entry, or [`UNPLACED`] until it has one.
+    /// The ring slot that lists this entry, or [`UNPLACED`] and the ticket
+    /// until it has one.
     slot: AtomicU32,
     flags: AtomicU8,
 }
 
 impl<V> Entry<V> {
     /// A new entry: unplaced and unreferenced, so a key read only once is
-    /// the first to go.
+    /// the first to go. Its ticket ([`Entry::ticket`]) comes from `version`.
     pub(crate) fn new(value: V, written_at: Nanos, version: u64) -> Self {
         Self {
             value,
             written_at,
             version,
-            slot: AtomicU32::new(UNPLACED),
+            slot: AtomicU32::new(Self::ticket(version)),
             flags: AtomicU8::new(0),
         }
+    }
+
+    /// The ticket of an entry created with `version`: what its inserter
+    /// shows to place it. Tickets tell apart an entry from one removed and
+    /// added again under the same key meanwhile, so an inserter places only
+    /// its own entry (31 bits of the version: two entries of one key alive
+    /// at once share a ticket only 2^31 writes apart).
+    pub(crate) fn ticket(version: u64) -> u32 {
+        UNPLACED | (version as u32 & !UNPLACED)
     }
 
     /// Replaces the value, returning the old one so that the caller can drop
@@ -96,15 +108,31 @@ impl<V> Entry<V> {
         self.flags.fetch_and(!REFRESH_QUEUED, Ordering::AcqRel);
     }
 
-    pub(crate) fn slot(&self) -> u32 {
-        self.slot.load(Ordering::Acquire)
+    /// The ring slot that lists this entry, if it has one.
+    pub(crate) fn slot(&self) -> Option<u32> {
+        let slot = self.slot.load(Ordering::Acquire);
+        (slot & UNPLACED == 0).then_some(slot)
     }
 
-    /// Records the entry's ring slot if it has none yet; false if it has one.
-    pub(crate) fn place(&self, slot: u32) -> bool {
+    /// Whether the entry is the unplaced one that `ticket` was issued for.
+    pub(crate) fn awaits(&self, ticket: u32) -> bool {
+        self.slot.load(Ordering::Acquire) == ticket
+    }
+
+    /// Records `slot` as the entry's ring slot if the entry is still the
+    /// unplaced one `ticket` was issued for; false otherwise.
+    pub(crate) fn place(&self, ticket: u32, slot: u32) -> bool {
+        debug_assert_eq!(slot & UNPLACED, 0, "a slot number, not a ticket");
         self.slot
-            .compare_exchange(UNPLACED, slot, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(ticket, slot, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Undoes [`Entry::place`] when the ring slot went to someone else.
+    pub(crate) fn unplace(&self, ticket: u32, slot: u32) {
+        let _ = self
+            .slot
+            .compare_exchange(slot, ticket, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Moves the entry to another slot (a resize, under the ring's exclusive lock).
@@ -137,13 +165,29 @@ mod tests {
 
     #[test]
     fn placing() {
-        let entry = Entry::new((), 0, 0);
-        assert_eq!(entry.slot(), UNPLACED);
-        assert!(entry.place(3));
-        assert!(!entry.place(4), "placed once");
-        assert_eq!(entry.slot(), 3);
+        let entry = Entry::new((), 0, 7);
+        let ticket = Entry::<()>::ticket(7);
+        assert_eq!(entry.slot(), None);
+        assert!(entry.awaits(ticket));
+        assert!(!entry.place(Entry::<()>::ticket(8), 3), "another's ticket");
+        assert!(entry.place(ticket, 3));
+        assert!(!entry.place(ticket, 4), "placed once");
+        assert_eq!(entry.slot(), Some(3));
+        entry.unplace(ticket, 4);
+        assert_eq!(entry.slot(), Some(3), "unplaces only from the slot given");
+        entry.unplace(ticket, 3);
+        assert!(entry.awaits(ticket));
+        assert!(entry.place(ticket, 0));
         entry.move_to(5);
-        assert_eq!(entry.slot(), 5);
+        assert_eq!(entry.slot(), Some(5));
+    }
+
+    #[test]
+    fn tickets_are_never_slot_numbers() {
+        for version in [0, 1, u32::MAX as u64, 1 << 31, u64::MAX] {
+            assert_eq!(Entry::<()>::ticket(version) & UNPLACED, UNPLACED);
+        }
+        assert_ne!(Entry::<()>::ticket(1), Entry::<()>::ticket(2));
     }
 
     #[test]

@@ -1,17 +1,31 @@
-//! Many threads mixing reads, writes and invalidations on an over-full key
-//! space; then the invariants: the capacity bound, no value under a key it was
-//! not written for, and metrics that add up.
+//! Concurrency stress: many threads mixing reads, writes and invalidations on
+//! an over-full key space, then the invariants once the cache is quiet: the
+//! capacity bound, no value under a key it was not written for, no lost or
+//! resurrected write, and metrics that add up exactly.
+//!
+//! Every workload runs under a watchdog ([`within`]), so a deadlock or a
+//! livelock fails the test instead of hanging the suite. Randomness is a
+//! seeded xorshift per thread; there are no sleeps.
 
-use std::sync::Barrier;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Barrier, mpsc};
+use std::time::Duration;
 
-use swr_cache::Cache;
+use swr_cache::{Cache, ConfigChange};
 
 const MAX_SIZE: usize = 64;
 const KEYS: u64 = 256;
 
-/// A value that names the key it was written for, the thread and the write.
+/// How long a workload may take before it is declared stuck. The slowest
+/// one finishes in about a second in a debug build.
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// A value naming the thread that wrote it, the key it was written for and
+/// the write's sequence number in that thread.
 fn value(thread: u64, key: u64, seq: u64) -> u64 {
+    assert!(thread < 1 << 16 && key < 1 << 16 && seq < 1 << 32);
     (thread << 48) | (key << 32) | seq
 }
 
@@ -19,87 +33,141 @@ fn key_of(value: u64) -> u64 {
     (value >> 32) & 0xffff
 }
 
+fn thread_of(value: u64) -> u64 {
+    value >> 48
+}
+
+/// xorshift64, seeded through splitmix64 so that nearby seeds diverge.
 struct Rng(u64);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
 
-#[derive(Default)]
-struct Tally {
-    gets: AtomicUsize,
-    inserts: AtomicUsize,
-    removed: AtomicUsize,
+/// Runs `work` on a thread of its own and fails if it does not finish within
+/// [`WATCHDOG`]: a stuck cache becomes a test failure, not a hung suite.
+fn within<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(work)));
+    });
+    match finished.recv_timeout(WATCHDOG) {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("{what}: not finished after {WATCHDOG:?}: deadlock or livelock"),
+    }
 }
 
-fn mixed_load(threads: u64, ops: u64) {
-    let cache: Cache<u64, u64> = Cache::builder()
-        .max_size(MAX_SIZE)
+fn offline_cache(max_size: usize) -> Cache<u64, u64> {
+    Cache::builder()
+        .max_size(max_size)
         .ttl(None)
         .build()
-        .unwrap();
-    let tally = Tally::default();
-    let start = Barrier::new(threads as usize);
-    std::thread::scope(|s| {
-        for thread in 0..threads {
-            let (cache, tally, start) = (&cache, &tally, &start);
-            s.spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (thread + 1));
-                start.wait();
-                for seq in 0..ops {
-                    let r = rng.next();
-                    let key = (r >> 8) % KEYS;
-                    match r % 10 {
-                        0..=5 => {
-                            tally.gets.fetch_add(1, Ordering::Relaxed);
-                            if let Some(v) = cache.get(&key) {
-                                assert_eq!(key_of(v), key, "a value under another key");
+        .unwrap()
+}
+
+/// What one thread did and saw.
+#[derive(Default)]
+struct Tally {
+    gets: u64,
+    hits: u64,
+    insert_calls: u64,
+    invalidated: u64,
+    /// Every value this thread wrote.
+    written: HashSet<u64>,
+    /// Every value this thread's reads returned.
+    seen: Vec<u64>,
+}
+
+/// `threads` threads, `ops` operations each: 60 % `get`, 30 % `insert`, 10 %
+/// `invalidate`, on `KEYS` keys in a cache of `MAX_SIZE`.
+fn mixed_load(threads: u64, ops: u64) {
+    let (cache, tallies) = within("mixed load", move || {
+        let cache = offline_cache(MAX_SIZE);
+        let start = Barrier::new(threads as usize);
+        let tallies: Vec<Tally> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|thread| {
+                    let (cache, start) = (&cache, &start);
+                    s.spawn(move || {
+                        let mut rng = Rng::new(thread);
+                        let mut tally = Tally::default();
+                        start.wait();
+                        for seq in 0..ops {
+                            let key = rng.below(KEYS);
+                            match rng.below(10) {
+                                0..=5 => {
+                                    tally.gets += 1;
+                                    if let Some(v) = cache.get(&key) {
+                                        assert_eq!(key_of(v), key, "{v:#x} read under key {key}");
+                                        tally.hits += 1;
+                                        tally.seen.push(v);
+                                    }
+                                }
+                                6..=8 => {
+                                    let v = value(thread, key, seq);
+                                    tally.insert_calls += 1;
+                                    tally.written.insert(v);
+                                    cache.insert(key, v);
+                                }
+                                _ => tally.invalidated += u64::from(cache.invalidate(&key)),
                             }
                         }
-                        6..=8 => {
-                            tally.inserts.fetch_add(1, Ordering::Relaxed);
-                            cache.insert(key, value(thread, key, seq));
-                        }
-                        _ => {
-                            if cache.invalidate(&key) {
-                                tally.removed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-            });
-        }
+                        tally
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        (cache, tallies)
     });
 
-    let m = cache.metrics();
+    let written: HashSet<u64> = tallies.iter().flat_map(|t| t.written.iter().copied()).collect();
+    for v in tallies.iter().flat_map(|t| &t.seen) {
+        assert!(written.contains(v), "read {v:#x}, which no thread wrote");
+    }
+
     assert!(cache.len() <= MAX_SIZE, "len {} once quiet", cache.len());
-    assert_eq!(m.hits + m.misses, tally.gets.load(Ordering::Relaxed) as u64);
-    assert_eq!(
-        m.inserts + m.updates,
-        tally.inserts.load(Ordering::Relaxed) as u64
-    );
-    assert_eq!(
-        m.invalidations,
-        tally.removed.load(Ordering::Relaxed) as u64
-    );
+    let present: Vec<u64> = (0..KEYS).filter(|k| cache.contains_key(k)).collect();
+    assert_eq!(present.len(), cache.len(), "len() counts what the map holds");
+    for key in present {
+        let v = cache.get(&key).expect("present");
+        assert_eq!(key_of(v), key);
+        assert!(thread_of(v) < threads);
+        assert!(written.contains(&v), "{key} holds {v:#x}, which no thread wrote");
+    }
+
+    let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
+    let m = cache.metrics();
+    let final_gets = cache.len() as u64; // the reads of the checks above
+    assert_eq!(m.hits, sum(|t| t.hits) + final_gets, "{m:?}");
+    assert_eq!(m.hits + m.misses, sum(|t| t.gets) + final_gets, "{m:?}");
+    assert_eq!(m.inserts + m.updates, sum(|t| t.insert_calls), "{m:?}");
+    assert_eq!(m.invalidations, sum(|t| t.invalidated), "{m:?}");
     assert_eq!(
         m.inserts - m.evictions - m.invalidations,
         cache.len() as u64,
         "{m:?}"
     );
-    assert!(m.evictions > 0, "the key space overflows the cache");
-    let present: Vec<u64> = (0..KEYS).filter(|k| cache.contains_key(k)).collect();
-    assert_eq!(present.len(), cache.len());
-    for key in present {
-        let v = cache.get(&key).expect("present");
-        assert_eq!(key_of(v), key);
-        assert!(v >> 48 < threads, "written by one of the threads");
-    }
+    assert_eq!(m.stale_hits, 0, "offline mode: nothing is stale");
+    assert!(m.evictions > 0, "the key space overflows the cache: {m:?}");
+    assert!(m.hits > 0 && m.misses > 0 && m.updates > 0, "{m:?}");
 }
 
 #[test]
@@ -109,125 +177,297 @@ fn two_threads_mixed() {
 
 #[test]
 fn four_threads_mixed() {
-    mixed_load(4, 25_000);
+    mixed_load(4, 40_000);
 }
 
 #[test]
 fn eight_threads_mixed() {
-    mixed_load(8, 12_500);
+    mixed_load(8, 25_000);
 }
 
+/// Each key has one writer (`key % threads`), which inserts and invalidates
+/// it; every thread reads and invalidates any key. Once quiet, a key whose
+/// writer last invalidated it is absent (nothing brings it back), and a
+/// present key holds its writer's last value (no older write wins).
 #[test]
-fn len_never_passes_max_size_by_more_than_the_inserters() {
-    const INSERTERS: usize = 4;
-    let cache: Cache<u64, u64> = Cache::builder()
-        .max_size(MAX_SIZE)
-        .ttl(None)
-        .build()
-        .unwrap();
-    let done = AtomicBool::new(false);
-    let worst = std::thread::scope(|s| {
-        let watcher = s.spawn(|| {
-            let mut worst = 0;
-            while !done.load(Ordering::Relaxed) {
-                worst = worst.max(cache.len());
-            }
-            worst
-        });
-        let inserters: Vec<_> = (0..INSERTERS as u64)
-            .map(|thread| {
-                let cache = &cache;
-                s.spawn(move || {
-                    for i in 0..20_000 {
-                        cache.insert(thread << 32 | i, i); // always a new key
-                    }
+fn present_keys_hold_their_writers_last_value() {
+    const THREADS: u64 = 4;
+    const OPS: u64 = 30_000;
+    let (cache, last) = within("single writer per key", || {
+        let cache = offline_cache(MAX_SIZE);
+        let start = Barrier::new(THREADS as usize);
+        let last: Vec<HashMap<u64, Option<u64>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    let (cache, start) = (&cache, &start);
+                    s.spawn(move || {
+                        let mut rng = Rng::new(100 + thread);
+                        let mut last = HashMap::new();
+                        start.wait();
+                        for seq in 0..OPS {
+                            let key = rng.below(KEYS);
+                            let mine = key % THREADS == thread;
+                            match rng.below(10) {
+                                0..=3 => {
+                                    if let Some(v) = cache.get(&key) {
+                                        assert_eq!(key_of(v), key);
+                                        assert_eq!(thread_of(v), key % THREADS, "not its writer");
+                                    }
+                                }
+                                4..=7 if mine => {
+                                    let v = value(thread, key, seq);
+                                    cache.insert(key, v);
+                                    last.insert(key, Some(v));
+                                }
+                                8 if mine => {
+                                    cache.invalidate(&key);
+                                    last.insert(key, None);
+                                }
+                                _ => {
+                                    cache.invalidate(&key);
+                                }
+                            }
+                        }
+                        last
+                    })
                 })
-            })
-            .collect();
-        for inserter in inserters {
-            inserter.join().unwrap();
-        }
-        done.store(true, Ordering::Relaxed);
-        watcher.join().unwrap()
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        (cache, last)
     });
-    assert!(worst <= MAX_SIZE + INSERTERS, "len reached {worst}");
-    assert_eq!(cache.len(), MAX_SIZE);
-    let m = cache.metrics();
-    assert_eq!(m.inserts, INSERTERS as u64 * 20_000);
-    assert_eq!(m.inserts - m.evictions, MAX_SIZE as u64);
-}
-
-#[test]
-fn a_one_entry_cache_under_many_threads() {
-    let cache: Cache<u64, u64> = Cache::builder().max_size(1).ttl(None).build().unwrap();
-    std::thread::scope(|s| {
-        for thread in 0..8u64 {
-            let cache = &cache;
-            s.spawn(move || {
-                for i in 0..5_000u64 {
-                    let key = (thread * 7 + i) % 5;
-                    cache.insert(key, value(thread, key, i));
-                    if let Some(v) = cache.get(&key) {
-                        assert_eq!(key_of(v), key);
-                    }
-                    if i % 13 == 0 {
-                        cache.invalidate(&key);
-                    }
-                }
-            });
-        }
-    });
-    assert!(cache.len() <= 1);
-    let m = cache.metrics();
-    assert_eq!(
-        m.inserts - m.evictions - m.invalidations,
-        cache.len() as u64
-    );
-}
-
-#[test]
-fn resizing_while_writers_run_keeps_the_bound() {
-    let cache: Cache<u64, u64> = Cache::builder()
-        .max_size(MAX_SIZE)
-        .ttl(None)
-        .build()
-        .unwrap();
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for thread in 0..3u64 {
-            let (cache, done) = (&cache, &done);
-            s.spawn(move || {
-                let mut rng = Rng(thread + 11);
-                while !done.load(Ordering::Relaxed) {
-                    let key = rng.next() % KEYS;
-                    cache.insert(key, value(thread, key, 0));
-                    cache.get(&(rng.next() % KEYS));
-                }
-            });
-        }
-        for size in [8usize, 128, 1, 0, 32, 64].into_iter().cycle().take(60) {
-            cache
-                .configure(swr_cache::ConfigChange::new().max_size(size))
-                .unwrap();
-            std::thread::yield_now();
-        }
-        done.store(true, Ordering::Relaxed);
-    });
-    let m = cache.metrics();
-    let present = (0..KEYS).filter(|k| cache.contains_key(k)).count();
-    assert_eq!(cache.len(), present, "len counts what the map holds");
+    let last: HashMap<u64, Option<u64>> = last.into_iter().flatten().collect();
     assert!(cache.len() <= MAX_SIZE);
+    let mut present = 0;
+    for key in 0..KEYS {
+        let Some(v) = cache.get(&key) else { continue };
+        present += 1;
+        match last.get(&key) {
+            Some(Some(expected)) => assert_eq!(
+                v, *expected,
+                "key {key}: {v:#x} is not its writer's last value {expected:#x}"
+            ),
+            Some(None) => panic!("key {key} was invalidated last by its writer, yet holds {v:#x}"),
+            None => panic!("key {key} was never written, yet holds {v:#x}"),
+        }
+    }
+    assert_eq!(present, cache.len());
+    let m = cache.metrics();
     assert_eq!(
         m.inserts - m.evictions - m.invalidations,
         cache.len() as u64,
         "{m:?}"
     );
-    for key in (0..KEYS).filter(|k| cache.contains_key(k)) {
+}
+
+/// A watcher samples `len()` while inserters churn new keys: it passes
+/// `max_size` by at most one per inserter, and settles at `max_size`.
+#[test]
+fn len_never_passes_max_size_by_more_than_the_inserters() {
+    const INSERTERS: u64 = 4;
+    const PER_INSERTER: u64 = 25_000;
+    let (cache, worst, samples) = within("len watcher", || {
+        let cache = offline_cache(MAX_SIZE);
+        let done = AtomicBool::new(false);
+        let start = Barrier::new(INSERTERS as usize + 1);
+        let (worst, samples) = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                let (mut worst, mut samples) = (0, 0u64);
+                start.wait();
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let len = cache.len();
+                    assert!(
+                        len <= MAX_SIZE + INSERTERS as usize,
+                        "len {len} > max_size {MAX_SIZE} + {INSERTERS} inserters"
+                    );
+                    worst = worst.max(len);
+                    samples += 1;
+                    if finished {
+                        return (worst, samples);
+                    }
+                }
+            });
+            let inserters: Vec<_> = (0..INSERTERS)
+                .map(|thread| {
+                    let (cache, start) = (&cache, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        for i in 0..PER_INSERTER {
+                            cache.insert(thread << 32 | i, i); // always a new key
+                        }
+                    })
+                })
+                .collect();
+            for inserter in inserters {
+                inserter.join().unwrap();
+            }
+            done.store(true, Ordering::Release);
+            watcher.join().unwrap()
+        });
+        (cache, worst, samples)
+    });
+    assert!(samples > 1, "the watcher sampled during the churn");
+    assert!(worst >= MAX_SIZE, "the cache filled: worst {worst}");
+    assert_eq!(cache.len(), MAX_SIZE, "full and within bounds once quiet");
+    let m = cache.metrics();
+    assert_eq!(m.inserts, INSERTERS * PER_INSERTER);
+    assert_eq!(m.inserts - m.evictions, MAX_SIZE as u64, "{m:?}");
+}
+
+/// One slot for many threads: every claim contends for the same slot.
+#[test]
+fn a_one_entry_cache_under_many_threads() {
+    const THREADS: u64 = 8;
+    let (cache, invalidated) = within("max_size 1", || {
+        let cache = offline_cache(1);
+        let invalidated = AtomicUsize::new(0);
+        let start = Barrier::new(THREADS as usize);
+        std::thread::scope(|s| {
+            for thread in 0..THREADS {
+                let (cache, invalidated, start) = (&cache, &invalidated, &start);
+                s.spawn(move || {
+                    let mut rng = Rng::new(200 + thread);
+                    start.wait();
+                    for i in 0..10_000u64 {
+                        let key = rng.below(5);
+                        cache.insert(key, value(thread, key, i));
+                        if let Some(v) = cache.get(&key) {
+                            assert_eq!(key_of(v), key);
+                        }
+                        if rng.below(8) == 0 && cache.invalidate(&rng.below(5)) {
+                            invalidated.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        (cache, invalidated.into_inner() as u64)
+    });
+    assert!(cache.len() <= 1, "len {}", cache.len());
+    assert_eq!(
+        (0..5).filter(|k| cache.contains_key(k)).count(),
+        cache.len()
+    );
+    let m = cache.metrics();
+    assert_eq!(m.invalidations, invalidated);
+    assert_eq!(
+        m.inserts - m.evictions - m.invalidations,
+        cache.len() as u64,
+        "{m:?}"
+    );
+}
+
+/// Writers, invalidators and a thread that keeps clearing and resizing, on a
+/// ring of one or two slots: the exclusive ring lock must not wait on a claim
+/// that waits on an invalidation that waits on the lock.
+#[test]
+fn a_tiny_ring_with_clear_and_resize_makes_progress() {
+    const THREADS: u64 = 4;
+    let cache = within("tiny ring with clear and resize", || {
+        let cache = offline_cache(1);
+        let done = AtomicBool::new(false);
+        let start = Barrier::new(THREADS as usize + 1);
+        std::thread::scope(|s| {
+            let writers: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    let (cache, start) = (&cache, &start);
+                    s.spawn(move || {
+                        let mut rng = Rng::new(300 + thread);
+                        start.wait();
+                        for i in 0..5_000u64 {
+                            let key = rng.below(3);
+                            cache.insert(key, value(thread, key, i));
+                            cache.invalidate(&rng.below(3));
+                            if let Some(v) = cache.get(&key) {
+                                assert_eq!(key_of(v), key);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            s.spawn(|| {
+                start.wait();
+                let mut i = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    match i % 3 {
+                        0 => cache.clear(),
+                        1 => cache.configure(ConfigChange::new().max_size(2)).unwrap(),
+                        _ => cache.configure(ConfigChange::new().max_size(1)).unwrap(),
+                    }
+                    i += 1;
+                }
+            });
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            done.store(true, Ordering::Release);
+        });
+        cache
+    });
+    let present = (0..3).filter(|k| cache.contains_key(k)).count();
+    assert_eq!(cache.len(), present);
+    assert!(cache.len() <= cache.max_size());
+    let m = cache.metrics();
+    assert_eq!(
+        m.inserts - m.evictions - m.invalidations,
+        cache.len() as u64,
+        "{m:?}"
+    );
+}
+
+/// `configure` resizes the ring under writers and readers: once quiet the
+/// bound holds, `len()` agrees with the map, and the cache works at its
+/// last size.
+#[test]
+fn resizing_while_writers_run_keeps_the_bound() {
+    let cache = within("resize under writers", || {
+        let cache = offline_cache(MAX_SIZE);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for thread in 0..3u64 {
+                let (cache, done) = (&cache, &done);
+                s.spawn(move || {
+                    let mut rng = Rng::new(400 + thread);
+                    let mut seq = 0;
+                    while !done.load(Ordering::Relaxed) {
+                        let key = rng.below(KEYS);
+                        cache.insert(key, value(thread, key, seq));
+                        if let Some(v) = cache.get(&rng.below(KEYS)) {
+                            assert!(thread_of(v) < 3);
+                        }
+                        if rng.below(16) == 0 {
+                            cache.invalidate(&rng.below(KEYS));
+                        }
+                        seq += 1;
+                    }
+                });
+            }
+            for size in [8usize, 128, 1, 0, 32, 64].into_iter().cycle().take(120) {
+                cache.configure(ConfigChange::new().max_size(size)).unwrap();
+                std::thread::yield_now();
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        cache
+    });
+    assert_eq!(cache.max_size(), MAX_SIZE);
+    let present: Vec<u64> = (0..KEYS).filter(|k| cache.contains_key(k)).collect();
+    assert_eq!(cache.len(), present.len(), "len counts what the map holds");
+    assert!(cache.len() <= MAX_SIZE);
+    let m = cache.metrics();
+    assert_eq!(
+        m.inserts - m.evictions - m.invalidations,
+        cache.len() as u64,
+        "{m:?}"
+    );
+    for key in present {
         assert_eq!(key_of(cache.get(&key).unwrap()), key);
     }
-    // Still a working cache of the last size.
+    // Still a working cache of the last size: it fills to it, and no further.
     for key in 1000..1100 {
         cache.insert(key, value(9, key, 0));
     }
     assert_eq!(cache.len(), MAX_SIZE);
+    assert_eq!(cache.get(&1099), Some(value(9, 1099, 0)), "a new key is kept");
 }
