@@ -7,66 +7,111 @@
 //! {"swr_cache_format": 1, "entries": {"owner/prompt:latest": {"commit_hash": "…"}}}
 //! ```
 //!
-//! A cache whose keys serialize as strings is written in the LangSmith SDK's
-//! own form, `{"entries": {key: value, …}}`, so a file dumped by its Python or
-//! JS `dump` loads here and ours loads there (LangSmith's readers ignore the
-//! `swr_cache_format` field). Other keys (numbers, tuples, structs) are written
-//! as a list of pairs, `{"entries": [[key, value], …]}`. `load` accepts either
-//! form, with or without the version field; an object key is read as the key
-//! type from the string, or, failing that, from the JSON the string holds
-//! (`"42"` for a `u64` key).
+//! A cache whose keys all serialize as JSON strings (`String`, `Arc<str>`, a
+//! unit-variant enum, …: each key is serialized to a `serde_json::Value` and
+//! checked) is written in the LangSmith SDK's own form,
+//! `{"entries": {key: value, …}}`, so a file dumped by its Python or JS `dump`
+//! loads here and ours loads there; LangSmith's readers ignore the
+//! `swr_cache_format` field. A cache with any other key (numbers, tuples,
+//! structs) is written as a list of pairs, `{"entries": [[key, value], …]}`,
+//! which LangSmith's readers do not read. An empty cache is written as
+//! `{"entries": {}}` (with the version field).
+//!
+//! `load` accepts either form, with or without the version field
+//! ([`SNAPSHOT_FORMAT`]; any other value is
+//! [`SnapshotError::UnsupportedFormat`]) and ignores other top-level fields.
+//! An object key is read as the key type from the string, or, failing that,
+//! from the JSON the string holds (`"42"` for a `u64` key). Entries are
+//! loaded in the order the file lists them; a key listed twice takes the
+//! value listed last, at the place it was first listed, as Python's `json`
+//! and JavaScript's `JSON.parse` read it.
 //!
 //! # Crash safety
 //!
-//! `dump` creates the parent directories, writes a temporary file beside the
-//! target, flushes it to disk (`fsync`), renames it over the target and
-//! flushes the directory, so the target is always either the old snapshot or
-//! the new one. On any failure (an I/O error, a value whose `Serialize` fails)
-//! the temporary file is removed and the old file is untouched.
+//! `dump` copies the entries out of the cache (so no shard lock is held
+//! during I/O), creates the parent directories, and writes a temporary file
+//! beside the target, named `.<file name>.<process id>.<counter>.tmp` and
+//! created exclusively, with the old file's permissions if there is one. It
+//! flushes the file to disk (`fsync`), renames it over the target and
+//! flushes the directory, so the target is always either the whole old
+//! snapshot or the whole new one. On any failure before the rename (an I/O
+//! error, a value whose `Serialize` fails) the temporary file is removed and
+//! the old file is untouched. A rename replaces a symbolic link at the
+//! target rather than the file it points to.
 //!
 //! # Loading
 //!
-//! `load` decodes the whole file before it changes the cache: a missing,
+//! `load` decodes the whole input before it changes the cache: a missing,
 //! unreadable or oversized file, invalid JSON, a wrong shape or an unknown
 //! format version is an error and leaves the cache as it was. An entry whose
 //! key or value does not decode is skipped and counted in the [`LoadReport`].
 //! Loaded entries get a fresh age, and are refreshed by the fetcher like any
 //! other once the refresher runs. Loading stops adding new keys when the cache
-//! is full (as the LangSmith SDK does); the report counts what was left out.
-//! [`SnapshotLimits`] bounds what a load reads and allocates.
+//! is full (as the LangSmith SDK does), never evicting; the report counts
+//! what was left out.
+//!
+//! # Limits
+//!
+//! [`SnapshotLimits`] bounds one load: at most `max_bytes` are read (the
+//! input is parsed as it is read, and reading stops at the limit with
+//! [`SnapshotError::TooLarge`]), and at most `max_entries` entries are listed
+//! ([`SnapshotError::TooManyEntries`], as soon as one more is seen). Nesting
+//! deeper than serde_json's recursion limit (128) is
+//! [`SnapshotError::InvalidJson`], not a stack overflow. Memory while loading
+//! is the decoded entries plus the JSON tree (`serde_json::Value`) of the one
+//! entry being decoded. For ordinary snapshots that is a few bytes per input
+//! byte; for pathological input (one entry holding a long array of `0`s) the
+//! tree takes about 35 bytes per input byte (2 GB for 60 MiB, measured), so
+//! `max_bytes` (64 MiB by default) is what bounds it: lower it where a load
+//! may meet hostile input, raise it for very large caches.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hash};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
-use serde::{Serialize, Serializer};
+use serde::{Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use serde_json::error::Category;
 
 use crate::Cache;
 
 /// The version written in `swr_cache_format`.
 pub const SNAPSHOT_FORMAT: u64 = 1;
 
-/// Bounds on what one load reads and allocates, so a huge or hostile file
-/// fails cleanly.
+/// Bounds on what one load reads and allocates, so a huge or hostile input
+/// fails cleanly with a [`SnapshotError`].
+///
+/// ```
+/// use swr_cache::{Cache, SnapshotError, SnapshotLimits};
+///
+/// let cache: Cache<String, String> = Cache::builder().build()?;
+/// let input = br#"{"entries": {"a": "1", "b": "2", "c": "3"}}"#;
+/// let error = cache
+///     .load_from_reader(&input[..], SnapshotLimits::new(1 << 20, 2))
+///     .unwrap_err();
+/// assert!(matches!(error, SnapshotError::TooManyEntries { max_entries: 2 }));
+/// assert!(cache.is_empty());
+/// # Ok::<(), swr_cache::ConfigError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SnapshotLimits {
-    /// The most bytes read from the file or reader. Default 256 MiB.
+    /// The most bytes read from the file or reader. Default 64 MiB.
     pub max_bytes: u64,
-    /// The most entries the file may list. Default 10 million.
+    /// The most entries the input may list. Default 10 million.
     pub max_entries: usize,
 }
 
 impl Default for SnapshotLimits {
     fn default() -> Self {
         Self {
-            max_bytes: 256 << 20,
+            max_bytes: 64 << 20,
             max_entries: 10_000_000,
         }
     }
@@ -82,7 +127,8 @@ impl SnapshotLimits {
     }
 }
 
-/// What a load did.
+/// What a load did. Every entry the input lists is counted once, in
+/// `loaded` or in one of the other counts ([`not_loaded`](Self::not_loaded)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadReport {
@@ -94,14 +140,18 @@ pub struct LoadReport {
     pub bad_values: usize,
     /// Entries not loaded because the cache was full.
     pub left_out_full: usize,
-    /// Why the first skipped entry was skipped, if any was.
+    /// Entries whose key the input lists again later: the later value was
+    /// loaded instead.
+    pub duplicate_keys: usize,
+    /// Why the first skipped entry (bad key or bad value) was skipped, if any
+    /// was, naming the entry.
     pub first_skip_reason: Option<String>,
 }
 
 impl LoadReport {
-    /// Entries in the file that are not in the cache after the load.
+    /// Entries in the input that are not in the cache after the load.
     pub fn not_loaded(&self) -> usize {
-        self.bad_keys + self.bad_values + self.left_out_full
+        self.bad_keys + self.bad_values + self.left_out_full + self.duplicate_keys
     }
 }
 
@@ -124,10 +174,12 @@ pub enum SnapshotError {
         /// The limit passed.
         max_entries: usize,
     },
-    /// The input is not JSON.
+    /// The input is not JSON (or nests deeper than serde_json's recursion
+    /// limit).
     InvalidJson(serde_json::Error),
-    /// The JSON is not a snapshot: no `entries` object or list, or a list
-    /// item that is not a `[key, value]` pair.
+    /// The JSON is not a snapshot: not an object, no `entries` field or two
+    /// of them, `entries` neither an object nor a list, or a list item that is
+    /// not a `[key, value]` pair.
     WrongShape(String),
     /// `swr_cache_format` names a version this crate does not read.
     UnsupportedFormat(Value),
@@ -211,13 +263,6 @@ impl<K: Serialize, V: Serialize> Serialize for AsList<'_, K, V> {
     }
 }
 
-/// A decoded entry, or why it was skipped.
-enum Decoded<K, V> {
-    Entry(K, V),
-    BadKey(String),
-    BadValue(String),
-}
-
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 impl<K, V, S> Cache<K, V, S>
 where
@@ -249,7 +294,10 @@ where
     ///
     /// # Errors
     /// [`SnapshotError::Io`] or [`SnapshotError::Serialize`]; the old file, if
-    /// any, is then as it was.
+    /// any, is then as it was. The one exception: if only the last step,
+    /// flushing the directory after the rename, fails, the new file is in
+    /// place but may not survive a power loss, and that `Io` error is
+    /// returned.
     pub fn dump(&self, path: impl AsRef<Path>) -> Result<(), SnapshotError> {
         let path = path.as_ref();
         let dir = match path.parent() {
@@ -257,17 +305,19 @@ where
             _ => Path::new("."),
         };
         fs::create_dir_all(dir)?;
-        let temp = temp_path(path);
-        let written = File::create_new(&temp)
-            .map_err(SnapshotError::from)
-            .and_then(|file| {
-                let mut out = BufWriter::new(file);
-                self.dump_to_writer(&mut out)?;
-                let file = out.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                Ok(())
-            })
-            .and_then(|()| fs::rename(&temp, path).map_err(SnapshotError::from));
+        let (temp, file) = create_temp(path)?;
+        let written = (|| -> Result<(), SnapshotError> {
+            if let Ok(old) = fs::metadata(path) {
+                file.set_permissions(old.permissions())?;
+            }
+            let mut out = BufWriter::new(file);
+            self.dump_to_writer(&mut out)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&temp, path)?;
+            Ok(())
+        })();
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
             return Err(e);
@@ -276,7 +326,25 @@ where
         Ok(())
     }
 
-    /// Writes every entry as snapshot JSON to `writer`.
+    /// Writes every entry as snapshot JSON to `writer` (unbuffered writers
+    /// are best wrapped in a [`BufWriter`]).
+    ///
+    /// ```
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<String, u32> = Cache::builder().build()?;
+    /// cache.insert("a".into(), 1);
+    /// let mut out = Vec::new();
+    /// cache.dump_to_writer(&mut out)?;
+    /// assert_eq!(out, br#"{"swr_cache_format":1,"entries":{"a":1}}"#);
+    ///
+    /// let numbers: Cache<u64, u32> = Cache::builder().build()?;
+    /// numbers.insert(7, 1);
+    /// let mut out = Vec::new();
+    /// numbers.dump_to_writer(&mut out)?;
+    /// assert_eq!(out, br#"{"swr_cache_format":1,"entries":[[7,1]]}"#);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`SnapshotError::Io`] or [`SnapshotError::Serialize`].
@@ -295,7 +363,7 @@ where
             string_keys,
         };
         serde_json::to_writer(writer, &snapshot).map_err(|e| match e.classify() {
-            serde_json::error::Category::Io => SnapshotError::Io(e.into()),
+            Category::Io => SnapshotError::Io(e.into()),
             _ => SnapshotError::Serialize(e),
         })
     }
@@ -309,7 +377,8 @@ where
         self.load_with_limits(path, SnapshotLimits::default())
     }
 
-    /// Loads the snapshot at `path` within `limits`.
+    /// Loads the snapshot at `path` within `limits`; a file longer than
+    /// `limits.max_bytes` fails before it is read.
     ///
     /// # Errors
     /// As [`load`](Cache::load).
@@ -331,7 +400,19 @@ where
         self.load_from_reader(file, limits)
     }
 
-    /// Loads snapshot JSON from `reader`, reading at most `limits.max_bytes`.
+    /// Loads snapshot JSON from `reader` (buffered here), reading at most
+    /// `limits.max_bytes`.
+    ///
+    /// ```
+    /// use swr_cache::{Cache, SnapshotLimits};
+    ///
+    /// let cache: Cache<String, u32> = Cache::builder().max_size(2).build()?;
+    /// let input = br#"{"entries": {"a": 1, "b": "two", "c": 3, "d": 4}}"#;
+    /// let report = cache.load_from_reader(&input[..], SnapshotLimits::default())?;
+    /// assert_eq!((report.loaded, report.bad_values, report.left_out_full), (2, 1, 1));
+    /// assert_eq!(cache.get("c"), Some(3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`SnapshotError::Io`], [`TooLarge`](SnapshotError::TooLarge),
@@ -345,136 +426,338 @@ where
         reader: impl Read,
         limits: SnapshotLimits,
     ) -> Result<LoadReport, SnapshotError> {
-        let mut bytes = Vec::new();
-        reader
-            .take(limits.max_bytes.saturating_add(1))
-            .read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > limits.max_bytes {
-            return Err(SnapshotError::TooLarge {
-                max_bytes: limits.max_bytes,
-            });
-        }
-        let document: Value = serde_json::from_slice(&bytes).map_err(SnapshotError::InvalidJson)?;
-        drop(bytes);
-        let decoded = decode::<K, V>(document, limits)?;
+        let decoded = decode::<K, V>(reader, limits)?;
         Ok(self.apply(decoded))
     }
 
     /// Adds decoded entries while the cache has room for new keys.
-    fn apply(&self, decoded: Vec<Decoded<K, V>>) -> LoadReport {
-        let mut report = LoadReport::default();
-        let skip = |reason: String, report: &mut LoadReport| {
-            report.first_skip_reason.get_or_insert(reason);
+    fn apply(&self, decoded: Decoded<K, V>) -> LoadReport {
+        let mut report = LoadReport {
+            bad_keys: decoded.bad_keys,
+            bad_values: decoded.bad_values,
+            first_skip_reason: decoded.first_skip_reason,
+            ..LoadReport::default()
         };
-        for item in decoded {
-            match item {
-                Decoded::BadKey(why) => {
-                    report.bad_keys += 1;
-                    skip(why, &mut report);
-                }
-                Decoded::BadValue(why) => {
-                    report.bad_values += 1;
-                    skip(why, &mut report);
-                }
-                Decoded::Entry(key, value) => {
-                    let present = self.contains_key(&key);
-                    if present || self.len() < self.max_size() {
-                        self.insert(key, value);
-                        report.loaded += 1;
-                    } else {
-                        report.left_out_full += 1;
-                    }
-                }
+        let (entries, duplicates) = dedup(decoded.entries);
+        report.duplicate_keys = duplicates;
+        for (key, value) in entries {
+            if self.contains_key(&key) || self.len() < self.max_size() {
+                self.insert(key, value);
+                report.loaded += 1;
+            } else {
+                report.left_out_full += 1;
             }
         }
         report
     }
 }
 
-/// Decodes a snapshot document into entries, each decoded or skipped.
-fn decode<K: DeserializeOwned, V: DeserializeOwned>(
-    document: Value,
-    limits: SnapshotLimits,
-) -> Result<Vec<Decoded<K, V>>, SnapshotError> {
-    let Value::Object(mut top) = document else {
-        return Err(SnapshotError::WrongShape(
-            "the top level is not an object".into(),
-        ));
-    };
-    if let Some(version) = top.get("swr_cache_format") {
-        if version.as_u64() != Some(SNAPSHOT_FORMAT) {
-            return Err(SnapshotError::UnsupportedFormat(version.clone()));
+/// Keeps one entry per key: the value listed last, at the place the key was
+/// first listed. Returns the entries and how many were dropped.
+fn dedup<K: Hash + Eq, V>(entries: Vec<(K, V)>) -> (Vec<(K, V)>, usize) {
+    // `last[i]`: for the first listing of a key, the index of its last listing.
+    let mut last: Vec<Option<usize>> = vec![None; entries.len()];
+    {
+        let mut first: HashMap<&K, usize> = HashMap::with_capacity(entries.len());
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let at = *first.entry(key).or_insert(i);
+            last[at] = Some(i);
+        }
+        if first.len() == entries.len() {
+            return (entries, 0);
         }
     }
-    let too_many = |n: usize| {
-        if n > limits.max_entries {
-            Err(SnapshotError::TooManyEntries {
-                max_entries: limits.max_entries,
-            })
+    let duplicates = entries.len() - last.iter().flatten().count();
+    let mut slots: Vec<Option<(K, V)>> = entries.into_iter().map(Some).collect();
+    let mut kept = Vec::with_capacity(slots.len() - duplicates);
+    for (at, last) in last.into_iter().enumerate() {
+        let Some(last) = last else { continue };
+        let first = slots[at].take();
+        let entry = if last == at {
+            first
         } else {
-            Ok(())
+            first
+                .zip(slots[last].take())
+                .map(|((key, _), (_, value))| (key, value))
+        };
+        kept.extend(entry);
+    }
+    (kept, duplicates)
+}
+
+/// What a load decoded, before it changes the cache.
+struct Decoded<K, V> {
+    entries: Vec<(K, V)>,
+    bad_keys: usize,
+    bad_values: usize,
+    first_skip_reason: Option<String>,
+}
+
+/// The state of one decode.
+struct State<K, V> {
+    limits: SnapshotLimits,
+    listed: usize,
+    decoded: Decoded<K, V>,
+    /// The typed error that stopped the decode, if it was not serde_json's.
+    failure: Option<SnapshotError>,
+}
+
+impl<K: DeserializeOwned, V: DeserializeOwned> State<K, V> {
+    /// Records `error` as the reason the decode stops, returning the error
+    /// that makes the deserializer stop.
+    fn fail<E: de::Error>(&mut self, error: SnapshotError) -> E {
+        let message = error.to_string();
+        self.failure = Some(error);
+        E::custom(message)
+    }
+
+    /// Counts one more listed entry, failing past `max_entries`.
+    fn count<E: de::Error>(&mut self) -> Result<(), E> {
+        self.listed += 1;
+        if self.listed > self.limits.max_entries {
+            let max_entries = self.limits.max_entries;
+            return Err(self.fail(SnapshotError::TooManyEntries { max_entries }));
         }
+        Ok(())
+    }
+
+    /// Decodes one entry's value, or records why its key or value did not
+    /// decode.
+    fn entry(&mut self, which: impl FnOnce() -> String, key: Result<K, String>, value: Value) {
+        let decoded = &mut self.decoded;
+        let why = match key {
+            Err(why) => {
+                decoded.bad_keys += 1;
+                format!("key of entry {}: {why}", which())
+            }
+            Ok(key) => match serde_json::from_value::<V>(value) {
+                Ok(value) => {
+                    decoded.entries.push((key, value));
+                    return;
+                }
+                Err(e) => {
+                    decoded.bad_values += 1;
+                    format!("value of entry {}: {e}", which())
+                }
+            },
+        };
+        decoded.first_skip_reason.get_or_insert(why);
+    }
+}
+
+/// Decodes a snapshot from `reader` within `limits`.
+fn decode<K: DeserializeOwned, V: DeserializeOwned>(
+    reader: impl Read,
+    limits: SnapshotLimits,
+) -> Result<Decoded<K, V>, SnapshotError> {
+    let mut state = State {
+        limits,
+        listed: 0,
+        decoded: Decoded {
+            entries: Vec::new(),
+            bad_keys: 0,
+            bad_values: 0,
+            first_skip_reason: None,
+        },
+        failure: None,
     };
-    match top.remove("entries") {
-        Some(Value::Object(entries)) => {
-            too_many(entries.len())?;
-            Ok(entries
-                .into_iter()
-                .map(|(key, value)| decode_entry(decode_object_key(key), value))
-                .collect())
+    let mut limited = Limited {
+        inner: reader,
+        left: limits.max_bytes,
+        exceeded: false,
+    };
+    let result = {
+        let mut de = serde_json::Deserializer::from_reader(BufReader::new(&mut limited));
+        Document(&mut state)
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+    };
+    match result {
+        Ok(()) => Ok(state.decoded),
+        Err(_) if limited.exceeded => Err(SnapshotError::TooLarge {
+            max_bytes: limits.max_bytes,
+        }),
+        Err(e) => Err(state.failure.take().unwrap_or_else(|| match e.classify() {
+            Category::Io => SnapshotError::Io(e.into()),
+            // Only the document's own visitors meet types they do not expect.
+            Category::Data => SnapshotError::WrongShape(e.to_string()),
+            Category::Syntax | Category::Eof => SnapshotError::InvalidJson(e),
+        })),
+    }
+}
+
+/// A reader that fails once more than `left` bytes are asked of it.
+struct Limited<R> {
+    inner: R,
+    left: u64,
+    exceeded: bool,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
         }
-        Some(Value::Array(pairs)) => {
-            too_many(pairs.len())?;
-            pairs
-                .into_iter()
-                .enumerate()
-                .map(|(i, pair)| match pair {
-                    Value::Array(pair) if pair.len() == 2 => {
-                        let mut pair = pair.into_iter();
-                        let (key, value) = (pair.next(), pair.next());
-                        let key = key.map_or(Err("missing key".into()), |k| {
-                            serde_json::from_value::<K>(k).map_err(|e| e.to_string())
-                        });
-                        Ok(decode_entry(key, value.unwrap_or(Value::Null)))
+        if self.left == 0 {
+            // At the limit: the input must end here.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.exceeded = true;
+            return Err(io::Error::other("the snapshot is longer than max_bytes"));
+        }
+        let room = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.inner.read(&mut buf[..room])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The top level: `{"swr_cache_format": 1, "entries": …}`.
+struct Document<'a, K, V>(&'a mut State<K, V>);
+
+impl<'de, K: DeserializeOwned, V: DeserializeOwned> DeserializeSeed<'de> for Document<'_, K, V> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Document<'_, K, V> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a snapshot object with an `entries` field")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let state = self.0;
+        let mut seen_entries = false;
+        while let Some(field) = map.next_key::<String>()? {
+            match field.as_str() {
+                "swr_cache_format" => {
+                    let version: Value = map.next_value()?;
+                    if version.as_u64() != Some(SNAPSHOT_FORMAT) {
+                        return Err(state.fail(SnapshotError::UnsupportedFormat(version)));
                     }
-                    _ => Err(SnapshotError::WrongShape(format!(
-                        "entry {i} is not a [key, value] pair"
-                    ))),
-                })
-                .collect()
+                }
+                "entries" => {
+                    if seen_entries {
+                        let why = "the `entries` field appears twice".into();
+                        return Err(state.fail(SnapshotError::WrongShape(why)));
+                    }
+                    seen_entries = true;
+                    map.next_value_seed(Entries(&mut *state))?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
         }
-        Some(_) => Err(SnapshotError::WrongShape(
-            "`entries` is neither an object nor a list".into(),
-        )),
-        None => Err(SnapshotError::WrongShape("no `entries` field".into())),
+        if !seen_entries {
+            return Err(state.fail(SnapshotError::WrongShape("no `entries` field".into())));
+        }
+        Ok(())
+    }
+}
+
+/// The `entries` field: an object of key to value, or a list of pairs.
+struct Entries<'a, K, V>(&'a mut State<K, V>);
+
+impl<'de, K: DeserializeOwned, V: DeserializeOwned> DeserializeSeed<'de> for Entries<'_, K, V> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Entries<'_, K, V> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("`entries` as an object or a list of [key, value] pairs")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let state = self.0;
+        while let Some(text) = map.next_key::<String>()? {
+            state.count()?;
+            match decode_object_key::<K>(&text) {
+                Ok(key) => {
+                    let value: Value = map.next_value()?;
+                    state.entry(|| quoted(&text), Ok(key), value);
+                }
+                Err(why) => {
+                    map.next_value::<IgnoredAny>()?;
+                    state.entry(|| quoted(&text), Err(why), Value::Null);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let state = self.0;
+        let mut index = 0usize;
+        while let Some(pair) = seq.next_element::<Value>()? {
+            state.count()?;
+            let pair = match pair {
+                Value::Array(items) => <[Value; 2]>::try_from(items).ok(),
+                _ => None,
+            };
+            let Some([key, value]) = pair else {
+                let why = format!("entry {index} is not a [key, value] pair");
+                return Err(state.fail(SnapshotError::WrongShape(why)));
+            };
+            let key = serde_json::from_value::<K>(key).map_err(|e| e.to_string());
+            state.entry(|| index.to_string(), key, value);
+            index += 1;
+        }
+        Ok(())
     }
 }
 
 /// An object key as the key type: from the string itself, else from the
 /// JSON the string holds (`"42"` for a number).
-fn decode_object_key<K: DeserializeOwned>(key: String) -> Result<K, String> {
-    serde_json::from_value::<K>(Value::String(key.clone()))
-        .or_else(|as_string| serde_json::from_str::<K>(&key).map_err(|_| as_string.to_string()))
+fn decode_object_key<K: DeserializeOwned>(text: &str) -> Result<K, String> {
+    serde_json::from_value::<K>(Value::String(text.to_owned()))
+        .or_else(|as_string| serde_json::from_str::<K>(text).map_err(|_| as_string.to_string()))
 }
 
-fn decode_entry<K, V: DeserializeOwned>(key: Result<K, String>, value: Value) -> Decoded<K, V> {
-    match key {
-        Err(why) => Decoded::BadKey(format!("key: {why}")),
-        Ok(key) => match serde_json::from_value::<V>(value) {
-            Ok(value) => Decoded::Entry(key, value),
-            Err(e) => Decoded::BadValue(format!("value: {e}")),
-        },
+/// A key for a message: quoted, and cut short if long.
+fn quoted(text: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    if text.chars().count() <= MAX_CHARS {
+        format!("{text:?}")
+    } else {
+        let head: String = text.chars().take(MAX_CHARS).collect();
+        format!("{head:?}…")
     }
 }
 
-/// A fresh name beside `path` for the file a dump writes before renaming.
-fn temp_path(path: &Path) -> PathBuf {
+/// Creates a fresh temporary file beside `path`, for a dump to write before
+/// renaming it over `path`.
+fn create_temp(path: &Path) -> Result<(PathBuf, File), SnapshotError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map_or_else(|| "snapshot".into(), |n| n.to_string_lossy());
-    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}.{unique}.tmp", std::process::id()))
+    let mut tries = 0;
+    loop {
+        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = path.with_file_name(format!(".{name}.{}.{unique}.tmp", std::process::id()));
+        match File::create_new(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            // Left by a crashed process that had this process id.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Flushes a directory's entries (the rename) to disk, where the platform
@@ -488,5 +771,39 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     {
         let _ = dir;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_keeps_the_first_place_and_the_last_value() {
+        let entries = vec![("a", 1), ("b", 2), ("a", 3), ("c", 4), ("a", 5), ("b", 6)];
+        let (kept, dropped) = dedup(entries);
+        assert_eq!(kept, vec![("a", 5), ("b", 6), ("c", 4)]);
+        assert_eq!(dropped, 3);
+        assert_eq!(
+            dedup(vec![("x", 1), ("y", 2)]),
+            (vec![("x", 1), ("y", 2)], 0)
+        );
+    }
+
+    #[test]
+    fn the_limited_reader_stops_one_byte_past_the_limit() {
+        let read = |input: &[u8], max: u64| {
+            let mut limited = Limited {
+                inner: input,
+                left: max,
+                exceeded: false,
+            };
+            let mut out = Vec::new();
+            let result = limited.read_to_end(&mut out);
+            (result.is_ok(), limited.exceeded, out.len())
+        };
+        assert_eq!(read(b"12345", 5), (true, false, 5));
+        assert_eq!(read(b"123456", 5), (false, true, 5));
+        assert_eq!(read(b"", 0), (true, false, 0));
     }
 }

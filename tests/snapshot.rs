@@ -184,10 +184,15 @@ fn a_corrupt_file_is_a_typed_error() {
     let error = load_fails(br#"{"entries": {"a": "1", "b": "#);
     assert!(matches!(error, SnapshotError::InvalidJson(_)), "{error}");
     assert!(std::error::Error::source(&error).is_some());
-    assert!(matches!(
-        load_fails(b"\xff\xfe garbage"),
-        SnapshotError::InvalidJson(_)
-    ));
+    for bytes in [
+        &b"\xff\xfe garbage"[..],
+        b"",
+        br#"{"entries": {}} trailing"#,
+        br#"{"entries": {"a": "1",}}"#,
+    ] {
+        let error = load_fails(bytes);
+        assert!(matches!(error, SnapshotError::InvalidJson(_)), "{error}");
+    }
 }
 
 #[test]
@@ -197,6 +202,11 @@ fn a_wrong_shape_is_a_typed_error() {
         br#"{"items": {}}"#,
         br#"{"entries": "nope"}"#,
         br#"{"entries": [[1, 2, 3]]}"#,
+        br#"{"entries": [["a", 1], "b"]}"#,
+        br#"{"entries": {}, "entries": {}}"#,
+        b"42",
+        b"null",
+        br#""entries""#,
     ] {
         let error = load_fails(bytes);
         assert!(matches!(error, SnapshotError::WrongShape(_)), "{error}");
@@ -220,7 +230,9 @@ fn one_bad_entry_among_good_ones_is_skipped_and_reported() {
     assert_eq!(report.loaded, 2);
     assert_eq!(report.bad_values, 1);
     assert_eq!(report.bad_keys, 0);
-    assert!(report.first_skip_reason.unwrap().contains("value"));
+    let reason = report.first_skip_reason.clone().unwrap();
+    assert!(reason.starts_with(r#"value of entry "b": "#), "{reason}");
+    assert_eq!(report.not_loaded(), 1);
     assert_eq!(cache.get("a"), Some(1));
     assert_eq!(cache.get("c"), Some(3));
     assert!(!cache.contains_key("b"));
@@ -248,8 +260,9 @@ fn load_respects_max_size() {
         .load_from_reader(&bytes[..], SnapshotLimits::default())
         .unwrap();
     assert_eq!(cache.len(), 3);
-    assert_eq!(report.loaded + report.left_out_full, 11);
-    assert_eq!(report.left_out_full, 11 - report.loaded);
+    // The present key is updated, two new keys fill the room, eight are left out.
+    assert_eq!((report.loaded, report.left_out_full), (3, 8));
+    assert_eq!(report.not_loaded(), 8);
     assert_eq!(
         cache.metrics().evictions,
         0,
@@ -291,17 +304,25 @@ fn dump_creates_parent_directories() {
     assert!(path.exists());
 }
 
-/// A value whose serialization fails, for a dump that fails midway.
+thread_local! {
+    /// Values `Poison` has serialized on this thread, and the one to fail on.
+    static SERIALIZED: std::cell::Cell<(usize, Option<usize>)> =
+        const { std::cell::Cell::new((0, None)) };
+}
+
+/// A value whose serialization fails when told to, for a dump that fails
+/// midway.
 #[derive(Clone, Debug, Deserialize)]
-struct Poison(bool);
+struct Poison(String);
 
 impl Serialize for Poison {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.0 {
-            Err(serde::ser::Error::custom("this value cannot be written"))
-        } else {
-            serializer.serialize_bool(false)
+        let (done, fail_at) = SERIALIZED.get();
+        SERIALIZED.set((done + 1, fail_at));
+        if Some(done) == fail_at {
+            return Err(serde::ser::Error::custom("this value cannot be written"));
         }
+        serializer.serialize_str(&self.0)
     }
 }
 
@@ -309,16 +330,20 @@ impl Serialize for Poison {
 fn a_dump_that_fails_midway_leaves_the_old_file_intact() {
     let dir = TempDir::new("midway");
     let path = dir.path("cache.json");
-    let cache: Cache<String, Poison> = Cache::builder().build().unwrap();
-    for i in 0..100 {
-        cache.insert(format!("good{i}"), Poison(false));
+    let cache: Cache<String, Poison> = Cache::builder().max_size(1_000).build().unwrap();
+    for i in 0..1_000 {
+        cache.insert(format!("key{i}"), Poison("x".repeat(100)));
     }
     cache.dump(&path).unwrap();
     let before = std::fs::read(&path).unwrap();
 
-    cache.insert("bad".into(), Poison(true));
+    // Fail on the 600th value: some 60 KB are already in the temporary file.
+    SERIALIZED.set((0, Some(600)));
+    cache.insert("key0".into(), Poison("changed".into()));
     let error = cache.dump(&path).unwrap_err();
+    assert_eq!(SERIALIZED.get().0, 601, "the dump failed midway");
     assert!(matches!(error, SnapshotError::Serialize(_)), "{error}");
+    assert!(std::error::Error::source(&error).is_some());
     assert_eq!(
         std::fs::read(&path).unwrap(),
         before,
@@ -329,6 +354,63 @@ fn a_dump_that_fails_midway_leaves_the_old_file_intact() {
         vec!["cache.json"],
         "the temporary file is removed"
     );
+
+    // And the next dump that can succeed does.
+    SERIALIZED.set((0, None));
+    cache.dump(&path).unwrap();
+    let restored: Cache<String, String> = Cache::builder().max_size(1_000).build().unwrap();
+    assert_eq!(restored.load(&path).unwrap().loaded, 1_000);
+    assert_eq!(restored.get("key0").as_deref(), Some("changed"));
+}
+
+#[cfg(unix)]
+#[test]
+fn dump_keeps_the_old_file_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("mode");
+    let path = dir.path("cache.json");
+    let cache = strings(10);
+    cache.insert("k".into(), "v".into());
+    cache.dump(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cache.insert("k".into(), "v2".into());
+    cache.dump(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&path).unwrap().contains("v2"));
+}
+
+#[test]
+fn load_follows_the_file_order_like_the_sdk() {
+    // LangSmith's load walks the file in order and stops when the cache is full.
+    let cache: Cache<String, u32> = Cache::builder().max_size(2).build().unwrap();
+    let report = cache
+        .load_from_reader(
+            &br#"{"entries": {"z": 1, "a": 2, "m": 3}}"#[..],
+            SnapshotLimits::default(),
+        )
+        .unwrap();
+    assert_eq!((report.loaded, report.left_out_full), (2, 1));
+    assert_eq!(cache.get("z"), Some(1));
+    assert_eq!(cache.get("a"), Some(2));
+    assert!(!cache.contains_key("m"));
+}
+
+#[test]
+fn a_key_listed_twice_takes_the_last_value() {
+    for input in [
+        &br#"{"entries": {"a": 1, "b": 2, "a": 3}}"#[..],
+        br#"{"entries": [["a", 1], ["b", 2], ["a", 3]]}"#,
+    ] {
+        let cache: Cache<String, u32> = Cache::builder().max_size(2).build().unwrap();
+        let report = cache
+            .load_from_reader(input, SnapshotLimits::default())
+            .unwrap();
+        assert_eq!((report.loaded, report.duplicate_keys), (2, 1));
+        assert_eq!(report.left_out_full, 0, "a repeated key takes no room");
+        assert_eq!(cache.get("a"), Some(3));
+        assert_eq!(cache.get("b"), Some(2));
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -361,6 +443,27 @@ fn the_size_limits_reject_oversized_input() {
         matches!(error, SnapshotError::TooLarge { max_bytes: 1_000 }),
         "{error}"
     );
+    let exact = SnapshotLimits::new(big.len() as u64, 100);
+    let one_short = SnapshotLimits::new(big.len() as u64 - 1, 100);
+    assert!(matches!(
+        cache.load_from_reader(&big[..], one_short),
+        Err(SnapshotError::TooLarge { .. })
+    ));
+    // A complete document followed by more input than the limit allows.
+    let padded = [&br#"{"entries": {}}"#[..], &[b' '; 2_000]].concat();
+    assert!(matches!(
+        cache.load_from_reader(&padded[..], SnapshotLimits::new(1_000, 100)),
+        Err(SnapshotError::TooLarge { .. })
+    ));
+    // An endless input is cut off at the limit.
+    let endless = std::io::Read::chain(&b"{"[..], std::io::repeat(b' '));
+    assert!(matches!(
+        cache.load_from_reader(endless, SnapshotLimits::new(1_000, 100)),
+        Err(SnapshotError::TooLarge { max_bytes: 1_000 })
+    ));
+    assert_eq!(cache.len(), 1, "nothing loaded so far");
+    let other = strings(10);
+    assert_eq!(other.load_from_reader(&big[..], exact).unwrap().loaded, 1);
 
     let many = serde_json::to_vec(&serde_json::json!({
         "entries": (0..50).map(|i| (i.to_string(), serde_json::json!("v"))).collect::<serde_json::Map<_, _>>()

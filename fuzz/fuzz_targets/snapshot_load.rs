@@ -1,5 +1,6 @@
 //! Snapshot loading of arbitrary bytes: never a panic; on an error the cache
-//! is as it was; on success it holds at most `max_size` entries.
+//! is as it was; on success it holds at most `max_size` entries and still
+//! holds the entry it held before (a load never evicts).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -37,6 +38,7 @@ where
         Ok(report) => {
             assert!(cache.len() <= MAX_SIZE);
             assert!(report.loaded <= MAX_SIZE);
+            assert!(cache.contains_key(&known.0), "a load evicted an entry");
         }
         Err(_) => {
             assert_eq!(cache.len(), 1, "a failed load changed the cache");
