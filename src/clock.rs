@@ -302,7 +302,9 @@ mod tests {
         let ring = Ring::new(3).unwrap();
         let keys: Vec<_> = (0..3).map(Arc::new).collect();
         for key in &keys {
-            claim(&ring, key, |_, _| unreachable!("empty slots need no judging"));
+            claim(&ring, key, |_, _| {
+                unreachable!("empty slots need no judging")
+            });
         }
         ring.release(1, &keys[1]);
         let (slot, victim) = claim(&ring, &Arc::new(9), |_, _| panic!("the hand moved"));

@@ -138,19 +138,29 @@ fn mixed_load(threads: u64, ops: u64) {
         (cache, tallies)
     });
 
-    let written: HashSet<u64> = tallies.iter().flat_map(|t| t.written.iter().copied()).collect();
+    let written: HashSet<u64> = tallies
+        .iter()
+        .flat_map(|t| t.written.iter().copied())
+        .collect();
     for v in tallies.iter().flat_map(|t| &t.seen) {
         assert!(written.contains(v), "read {v:#x}, which no thread wrote");
     }
 
     assert!(cache.len() <= MAX_SIZE, "len {} once quiet", cache.len());
     let present: Vec<u64> = (0..KEYS).filter(|k| cache.contains_key(k)).collect();
-    assert_eq!(present.len(), cache.len(), "len() counts what the map holds");
+    assert_eq!(
+        present.len(),
+        cache.len(),
+        "len() counts what the map holds"
+    );
     for key in present {
         let v = cache.get(&key).expect("present");
         assert_eq!(key_of(v), key);
         assert!(thread_of(v) < threads);
-        assert!(written.contains(&v), "{key} holds {v:#x}, which no thread wrote");
+        assert!(
+            written.contains(&v),
+            "{key} holds {v:#x}, which no thread wrote"
+        );
     }
 
     let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
@@ -469,5 +479,9 @@ fn resizing_while_writers_run_keeps_the_bound() {
         cache.insert(key, value(9, key, 0));
     }
     assert_eq!(cache.len(), MAX_SIZE);
-    assert_eq!(cache.get(&1099), Some(value(9, 1099, 0)), "a new key is kept");
+    assert_eq!(
+        cache.get(&1099),
+        Some(value(9, 1099, 0)),
+        "a new key is kept"
+    );
 }
