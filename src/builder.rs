@@ -15,8 +15,8 @@ use std::sync::Arc;
 /// attacker cannot be aimed at one shard.
 pub type DefaultHasher = foldhash::fast::RandomState;
 
-/// The largest `max_size`: slots are numbered with 31 bits.
-pub const MAX_SIZE_LIMIT: usize = (1 << 31) - 1;
+/// The largest `max_size`: slots are numbered with 30 bits.
+pub const MAX_SIZE_LIMIT: usize = (1 << 30) - 1;
 
 pub(crate) const DEFAULT_MAX_SIZE: usize = 100;
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);

@@ -33,7 +33,7 @@ pub(crate) struct Inner<K, V, S> {
     pub(crate) map: DashMap<K, Entry<V>, S>,
     /// Taken shared by every claim and release of a slot, exclusively only to
     /// resize or clear. Never taken while holding a map shard lock.
-    ring: RwLock<Ring<K>>,
+    ring: RwLock<Ring>,
     /// The ring's length, readable without the lock; 0 disables the cache.
     max_size: AtomicUsize,
     /// The source of entry versions: one per write, unique in the cache.
@@ -181,9 +181,10 @@ where
         if let Some(slot) = entry.slot() {
             // Unless the key was added again meanwhile and placed in the
             // same slot: then the slot is the new entry's.
-            inner.ring_shared().release_if(slot as usize, |k| {
-                *k == key && inner.map.get::<K>(k).is_none_or(|e| e.slot() != Some(slot))
-            });
+            let hash = inner.hash(&key);
+            inner
+                .ring_shared()
+                .release_if(slot as usize, hash, || !inner.owns(hash, slot));
         }
         true
     }
@@ -258,39 +259,51 @@ where
 /// One entry's claim of a ring slot, judged against the map.
 struct Placement<'a, K, V, S> {
     inner: &'a Inner<K, V, S>,
-    key: &'a K,
+    /// The hash of the entry's key.
+    hash: u64,
     ticket: u32,
 }
 
-impl<K, V, S> Claimant<K> for Placement<'_, K, V, S>
+impl<K, V, S> Claimant for Placement<'_, K, V, S>
 where
-    K: Hash + Eq,
+    K: Hash + Eq + Clone,
     S: BuildHasher + Clone,
 {
-    fn judge(&mut self, owner: &K, index: usize) -> Occupant {
-        let Some(entry) = self.inner.map.get(owner) else {
-            return Occupant::Free;
-        };
-        if entry.slot() != Some(index as u32) {
-            Occupant::Free // an orphan: its entry was removed, or moved by a resize
-        } else if entry.take_referenced() {
-            Occupant::Keep
-        } else {
-            Occupant::Evict
-        }
+    fn judge(&mut self, hash: u64, index: usize) -> Occupant {
+        let index = index as u32;
+        self.inner
+            .with_entry(
+                hash,
+                |e| e.holds(index),
+                |_, entry| {
+                    if entry.is_reserving(index) || entry.take_referenced() {
+                        Occupant::Keep // being placed, for a moment; or referenced
+                    } else {
+                        Occupant::Evict
+                    }
+                },
+            )
+            .unwrap_or(Occupant::Free) // an orphan: removed, or moved by a resize
     }
 
     fn reserve(&mut self, index: usize) -> bool {
+        let ticket = self.ticket;
         self.inner
-            .map
-            .get(self.key)
-            .is_some_and(|entry| entry.place(self.ticket, index as u32))
+            .with_entry(
+                self.hash,
+                |e| e.awaits(ticket),
+                |_, e| e.reserve(ticket, index as u32),
+            )
+            .unwrap_or(false)
     }
 
     fn unreserve(&mut self, index: usize) {
-        if let Some(entry) = self.inner.map.get(self.key) {
-            entry.unplace(self.ticket, index as u32);
-        }
+        let index = index as u32;
+        self.inner.with_entry(
+            self.hash,
+            |e| e.is_reserving(index),
+            |_, e| e.unreserve(self.ticket, index),
+        );
     }
 }
 
@@ -308,13 +321,53 @@ where
         self.versions.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn ring_shared(&self) -> RwLockReadGuard<'_, Ring<K>> {
+    /// The hash the map files `key` under.
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.map.hasher().hash_one(key)
+    }
+
+    /// Runs `f` on the entry filed under `hash` that `which` picks, if any,
+    /// under its shard's read lock. Looks entries up by hash alone, for the
+    /// ring, which names entries by hash; `which` tells apart the entries
+    /// that share one.
+    fn with_entry<R>(
+        &self,
+        hash: u64,
+        mut which: impl FnMut(&Entry<V>) -> bool,
+        f: impl FnOnce(&K, &Entry<V>) -> R,
+    ) -> Option<R> {
+        let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
+        let table = shard.read();
+        let (key, entry) = table.get(hash, |(_, e)| which(e.get()))?;
+        Some(f(key, entry.get()))
+    }
+
+    /// Whether an entry filed under `hash` is in ring slot `slot`, or is
+    /// being placed there.
+    fn owns(&self, hash: u64, slot: u32) -> bool {
+        self.with_entry(hash, |e| e.holds(slot), |_, _| ())
+            .is_some()
+    }
+
+    /// Removes the entry filed under `hash` that `which` picks, keeping the
+    /// entry count and counting the removal as `reason`.
+    fn remove_at(&self, hash: u64, mut which: impl FnMut(&Entry<V>) -> bool, reason: Counter) {
+        let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
+        let removed = shard.write().remove_entry(hash, |(_, e)| which(e.get()));
+        if removed.is_some() {
+            self.entries.fetch_sub(1, Ordering::AcqRel);
+            self.counters.incr(reason);
+        }
+        drop(removed); // outside the shard lock: dropping a value may be slow
+    }
+
+    fn ring_shared(&self) -> RwLockReadGuard<'_, Ring> {
         // A poisoned lock only means another thread panicked mid-operation;
         // every ring operation leaves the slots consistent, so carry on.
         self.ring.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ring_exclusive(&self) -> RwLockWriteGuard<'_, Ring<K>> {
+    fn ring_exclusive(&self) -> RwLockWriteGuard<'_, Ring> {
         self.ring.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -322,7 +375,7 @@ where
     /// only if the key is absent. A new key is then given a ring slot.
     pub(crate) fn write(&self, key: K, value: V, now: Nanos, overwrite: bool) {
         let version = self.next_version();
-        let key = match self.map.entry(key) {
+        let hash = match self.map.entry(key) {
             MapEntry::Occupied(mut present) => {
                 if overwrite {
                     present.get().touch(); // a write by the user is a use
@@ -334,53 +387,53 @@ where
                 return;
             }
             MapEntry::Vacant(absent) => {
-                let key = Arc::new(absent.key().clone());
+                let hash = self.hash(absent.key());
                 let added = absent.insert(Entry::new(value, now, version));
                 self.entries.fetch_add(1, Ordering::AcqRel);
                 drop(added);
-                key
+                hash
             }
         };
         self.counters.incr(Counter::Inserts);
-        self.place(key, Entry::<V>::ticket(version));
+        self.place(hash, Entry::<V>::ticket(version));
     }
 
-    /// Gives the newly added entry of `key` with `ticket` a ring slot,
-    /// evicting the slot's owner if the ring is full. Until it is placed, the
-    /// entry is one over `max_size`, which bounds the excess by the number of
-    /// inserters.
-    fn place(&self, key: Arc<K>, ticket: u32) {
+    /// Gives the newly added entry with `ticket`, filed under `hash`, a ring
+    /// slot, evicting the slot's owner if the ring is full. Until it is
+    /// placed, the entry is one over `max_size`, which bounds the excess by
+    /// the number of inserters.
+    fn place(&self, hash: u64, ticket: u32) {
         let ring = self.ring_shared();
         if ring.len() == 0 {
             // Disabled since the entry was added: it goes too.
-            self.remove_where(&*key, |e| e.awaits(ticket), Counter::Evictions);
+            self.remove_at(hash, |e| e.awaits(ticket), Counter::Evictions);
             return;
         }
         let mut placement = Placement {
             inner: self,
-            key: &key,
+            hash,
             ticket,
         };
-        let Some((slot, victim)) = ring.claim(&key, &mut placement) else {
+        let Some(taken) = ring.claim(hash, &mut placement) else {
             return; // removed before it had a slot
         };
-        if let Some(victim) = victim {
-            self.evict(&victim, slot);
+        let index = taken.index as u32;
+        if taken.may_be_owned {
+            // The owner the hand judged, or whoever held the slot at the swap;
+            // not the entry being placed, which is only reserving it so far.
+            self.remove_at(
+                taken.previous,
+                |e| e.slot() == Some(index),
+                Counter::Evictions,
+            );
         }
-        let still_there = self
-            .map
-            .get(&*key)
-            .is_some_and(|entry| entry.slot() == Some(slot as u32));
-        if !still_there {
+        let settled = self
+            .with_entry(hash, |e| e.is_reserving(index), |_, e| e.settle(index))
+            .unwrap_or(false);
+        if !settled {
             // Removed as the slot was taken: the remover may have missed it.
-            ring.release(slot, &key);
+            ring.release_if(taken.index, hash, || !self.owns(hash, index));
         }
-    }
-
-    /// Removes `victim` if it is still the owner of slot `slot`.
-    fn evict(&self, victim: &K, slot: usize) {
-        let slot = Some(slot as u32);
-        self.remove_where(victim, |e| e.slot() == slot, Counter::Evictions);
     }
 
     /// Removes `key` if its entry passes `still`, keeping the entry count and
@@ -421,35 +474,37 @@ where
         if max_size == ring.len() {
             return Ok(());
         }
-        let mut owners: VecDeque<(usize, Arc<K>)> = ring
+        // Each owner with its key: entries are moved by key, as two entries
+        // may share a hash.
+        let mut owners: VecDeque<(usize, u64, K)> = ring
             .occupants_from_hand()
             .into_iter()
-            .filter(|(slot, key)| {
-                self.map
-                    .get(&**key)
-                    .is_some_and(|entry| entry.slot() == Some(*slot as u32))
+            .filter_map(|(slot, hash)| {
+                let key = self.with_entry(
+                    hash,
+                    |e| e.slot() == Some(slot as u32),
+                    |key, _| key.clone(),
+                )?;
+                Some((slot, hash, key))
             })
             .collect();
         let mut victims = Vec::new();
         while owners.len() > max_size {
-            let (slot, key) = owners.pop_front().expect("longer than max_size");
-            if self
-                .map
-                .get(&*key)
-                .is_some_and(|entry| entry.take_referenced())
-            {
-                owners.push_back((slot, key));
+            let (slot, hash, key) = owners.pop_front().expect("longer than max_size");
+            if self.map.get(&key).is_some_and(|e| e.take_referenced()) {
+                owners.push_back((slot, hash, key));
             } else {
-                victims.push((slot, key));
+                victims.push((slot, hash));
             }
         }
-        let resized = Ring::with_keys(max_size, owners.iter().map(|(_, key)| Arc::clone(key)))
+        let resized = Ring::with_hashes(max_size, owners.iter().map(|(_, hash, _)| *hash))
             .ok_or(ConfigError::OutOfMemory { max_size })?;
-        for (victim_slot, victim) in &victims {
-            self.evict(victim, *victim_slot);
+        for (slot, hash) in victims {
+            let slot = Some(slot as u32);
+            self.remove_at(hash, |e| e.slot() == slot, Counter::Evictions);
         }
-        for (slot, (_, key)) in owners.iter().enumerate() {
-            if let Some(entry) = self.map.get(&**key) {
+        for (slot, (_, _, key)) in owners.iter().enumerate() {
+            if let Some(entry) = self.map.get(key) {
                 entry.move_to(slot as u32);
             }
         }

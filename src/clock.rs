@@ -1,38 +1,41 @@
 //! The eviction ring: an approximate LRU by clock sweep (second chance).
 //!
-//! The ring has one slot per entry the cache may hold, each naming the key of
-//! the entry that owns it (the entry records its slot index, so a slot whose
-//! key has been removed, or has moved to another slot, is free). A new key
-//! claims a slot: the hand advances (an atomic counter) and the first slot it
-//! finds empty, free, or owned by an entry whose referenced bit is clear, is
-//! taken; a referenced entry has its bit cleared and is passed over, so a key
-//! read since the hand last passed survives one more revolution. The owner of
-//! a taken slot is the victim, which the caller removes from the map.
+//! The ring has one slot per entry the cache may hold, each holding the hash
+//! of the key whose entry owns it. The entry records its slot index, so the
+//! owner of slot `i` holding hash `h` is the entry hashed `h` that says it is
+//! in slot `i`, found by one probe of the map; a slot with no such entry (its
+//! entry removed, or moved by a resize) is an orphan, free to take. Naming
+//! owners by hash rather than by a copy of the key costs no allocation per
+//! insert and 8 bytes per entry in all.
+//!
+//! A new entry claims a slot: first one never used since the ring was built
+//! or cleared, then one emptied by an invalidation (a short mutex-guarded
+//! stack, touched only while not empty), so a cache that is not full never
+//! evicts; then the hand advances (an atomic counter) to the first slot that
+//! is an orphan or whose owner's referenced bit is clear. A referenced owner
+//! has its bit cleared and is passed over, so a key read since the hand last
+//! passed survives one more revolution. The owner of a taken slot is the
+//! victim, which the caller removes from the map.
 //!
 //! A key may be removed and added again while a claim for it is under way,
-//! so the entry a claim places is named by a ticket, not by its key (see
-//! `Entry::ticket`), and the entry records its slot just before the claim
-//! takes it. A slot's key is then always either its entry's or an orphan that
-//! the hand may take: nothing in the ring waits for an insert to finish.
+//! so the entry a claim places is named by a ticket (see `Entry::ticket`),
+//! and the entry records its slot just before the claim swaps its hash in.
+//! A slot's hash is then always its owner's or an orphan's: nothing in the
+//! ring waits for an insert to finish. A slot may return to a hash it held
+//! before between a claimer's look and its swap (the same key placed there
+//! again); the caller then evicts whichever entry of that hash the slot
+//! belonged to, so no entry is left outside the ring.
 //!
-//! A slot emptied by an invalidation goes on a free list, which claims take
-//! from before the hand moves: a cache that is not full never evicts. The
-//! list is a short mutex-guarded stack, touched only while it is not empty.
-//!
-//! Slots are [`ArcSwapOption`]s: claimers race with loads and compare-and-swap,
-//! never a lock, and a key a slot lets go of is freed by `arc-swap`'s own
-//! reclamation once no reader still holds it. The whole ring sits behind an
-//! `RwLock` in the cache that claimers take *shared*; only a resize or a clear
-//! takes it exclusively.
+//! Slots are atomics, claimed by compare-and-swap, never a lock. The whole
+//! ring sits behind an `RwLock` in the cache that claimers take *shared*;
+//! only a resize or a clear takes it exclusively.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
-use arc_swap::ArcSwapOption;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// What the hand found in a slot, as the cache judges it from the map.
 pub(crate) enum Occupant {
-    /// No entry owns the slot any more: take it.
+    /// No entry owns the slot: take it.
     Free,
     /// The owner stays: referenced since the hand last passed.
     Keep,
@@ -42,9 +45,9 @@ pub(crate) enum Occupant {
 
 /// The cache's side of a claim: it judges occupants by their entries in the
 /// map and records the slot in the entry being placed.
-pub(crate) trait Claimant<K> {
-    /// How the hand treats slot `index`, whose key is `owner`.
-    fn judge(&mut self, owner: &K, index: usize) -> Occupant;
+pub(crate) trait Claimant {
+    /// How the hand treats slot `index`, holding `hash`.
+    fn judge(&mut self, hash: u64, index: usize) -> Occupant;
     /// Records `index` as the placed entry's slot, just before the slot is
     /// taken; false if the entry is gone.
     fn reserve(&mut self, index: usize) -> bool;
@@ -52,11 +55,25 @@ pub(crate) trait Claimant<K> {
     fn unreserve(&mut self, index: usize);
 }
 
+/// A slot a claim took.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub(crate) index: usize,
+    /// The hash the slot held before.
+    pub(crate) previous: u64,
+    /// Whether the slot may have had an owner, who must then be evicted:
+    /// false only for a slot never used since the ring was built or cleared.
+    pub(crate) may_be_owned: bool,
+}
+
 /// The entry being placed was removed meanwhile.
 struct EntryGone;
 
-pub(crate) struct Ring<K> {
-    slots: Box<[ArcSwapOption<K>]>,
+pub(crate) struct Ring {
+    slots: Box<[AtomicU64]>,
+    /// Slots `unused..` have not been taken since the ring was built or
+    /// cleared (counts past the length once all have been).
+    unused: AtomicUsize,
     hand: AtomicUsize,
     /// Slots emptied by a release, probably still empty.
     free: Mutex<Vec<usize>>,
@@ -64,33 +81,38 @@ pub(crate) struct Ring<K> {
     free_len: AtomicUsize,
 }
 
-impl<K> Ring<K> {
+/// What an empty slot holds. A key may hash to it too; its slot is then
+/// judged like any other, by looking its owner up.
+const EMPTY: u64 = 0;
+
+impl Ring {
     /// An empty ring, or `None` if `len` slots cannot be allocated.
     pub(crate) fn new(len: usize) -> Option<Self> {
         let mut slots = Vec::new();
         slots.try_reserve_exact(len).ok()?;
-        slots.resize_with(len, ArcSwapOption::empty);
+        slots.resize_with(len, || AtomicU64::new(EMPTY));
         Some(Self {
             slots: slots.into_boxed_slice(),
+            unused: AtomicUsize::new(0),
             hand: AtomicUsize::new(0),
             free: Mutex::new(Vec::new()),
             free_len: AtomicUsize::new(0),
         })
     }
 
-    /// A ring of `len` slots holding `keys` (at most `len` of them) in slots
-    /// `0..`, with the hand on the first slot after them.
-    pub(crate) fn with_keys(
+    /// A ring of `len` slots holding `hashes` (at most `len` of them) in
+    /// slots `0..`, in the order the hand is to judge them once the ring is
+    /// full.
+    pub(crate) fn with_hashes(
         len: usize,
-        keys: impl ExactSizeIterator<Item = Arc<K>>,
+        hashes: impl ExactSizeIterator<Item = u64>,
     ) -> Option<Self> {
         let ring = Self::new(len)?;
-        let placed = keys.len().min(len);
-        for (slot, key) in ring.slots.iter().zip(keys) {
-            slot.store(Some(key));
+        let placed = hashes.len().min(len);
+        for (slot, hash) in ring.slots.iter().zip(hashes) {
+            slot.store(hash, Ordering::Relaxed);
         }
-        ring.hand
-            .store(if len == 0 { 0 } else { placed % len }, Ordering::Relaxed);
+        ring.unused.store(placed, Ordering::Relaxed);
         Some(ring)
     }
 
@@ -98,23 +120,20 @@ impl<K> Ring<K> {
         self.slots.len()
     }
 
-    /// Puts `key` into a slot for the `claimant`'s entry, judging each
-    /// occupant the hand meets. Returns the slot taken and, if its owner was
-    /// evicted, that owner's key; `None` if the claimant's entry went away
+    /// Puts `hash` into a slot for the `claimant`'s entry, judging each
+    /// occupant the hand meets. `None` if the claimant's entry went away
     /// meanwhile. The ring must not be empty.
     ///
     /// The claimant records a slot in its entry *before* taking it, so that
-    /// anyone who finds the new key in the slot also finds its entry there:
-    /// no slot is ever held by a key whose entry is still on its way, which
-    /// the hand would have to wait for. After each revolution of kept
-    /// (referenced) occupants, the loop yields the thread rather than spin.
-    pub(crate) fn claim(
-        &self,
-        key: &Arc<K>,
-        claimant: &mut impl Claimant<K>,
-    ) -> Option<(usize, Option<Arc<K>>)> {
-        if let Some(slot) = self.claim_free(key, claimant).ok()? {
-            return Some((slot, None));
+    /// anyone who finds the new hash in the slot also finds its entry there.
+    /// After each revolution of kept (referenced) occupants, the loop yields
+    /// the thread rather than spin.
+    pub(crate) fn claim(&self, hash: u64, claimant: &mut impl Claimant) -> Option<Taken> {
+        if let Some(taken) = self.claim_unused(hash, claimant).ok()? {
+            return Some(taken);
+        }
+        if let Some(taken) = self.claim_free(hash, claimant).ok()? {
+            return Some(taken);
         }
         let len = self.slots.len();
         debug_assert!(len > 0, "claim on an empty ring");
@@ -122,85 +141,122 @@ impl<K> Ring<K> {
         loop {
             let index = self.hand.fetch_add(1, Ordering::Relaxed) % len;
             let slot = &self.slots[index];
-            let occupant = slot.load();
-            let evict = match &*occupant {
-                None => false,
-                Some(owner) => match claimant.judge(owner, index) {
-                    Occupant::Free => false,
-                    Occupant::Evict => true,
-                    Occupant::Keep => {
-                        kept += 1;
-                        if kept % len == 0 {
-                            std::thread::yield_now();
-                        }
-                        continue;
-                    }
-                },
-            };
-            if !claimant.reserve(index) {
-                return None;
+            let previous = slot.load(Ordering::Acquire);
+            if let Occupant::Keep = claimant.judge(previous, index) {
+                kept += 1;
+                if kept % len == 0 {
+                    std::thread::yield_now();
+                }
+                continue;
             }
-            let previous = slot.compare_and_swap(&occupant, Some(Arc::clone(key)));
-            if same(&previous, &occupant) {
-                let victim = if evict { (*occupant).clone() } else { None };
-                return Some((index, victim));
+            if let Some(taken) = self.take(index, previous, true, hash, claimant)? {
+                return Some(taken);
             }
-            claimant.unreserve(index);
         }
     }
 
-    /// Takes a slot from the free list that is still empty, if any; `Err` if
-    /// the claimant's entry is gone.
+    /// Swaps `hash` into slot `index` if it still holds `previous`, with the
+    /// claimant's entry reserving it first. `Ok(None)` if another thread
+    /// changed the slot first; `None` if the entry is gone.
+    fn take(
+        &self,
+        index: usize,
+        previous: u64,
+        may_be_owned: bool,
+        hash: u64,
+        claimant: &mut impl Claimant,
+    ) -> Option<Option<Taken>> {
+        if !claimant.reserve(index) {
+            return None;
+        }
+        let swapped = self.slots[index]
+            .compare_exchange(previous, hash, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if !swapped {
+            claimant.unreserve(index);
+            return Some(None);
+        }
+        Some(Some(Taken {
+            index,
+            previous,
+            may_be_owned,
+        }))
+    }
+
+    /// Takes a slot never used since the ring was built or cleared, if any.
+    fn claim_unused(
+        &self,
+        hash: u64,
+        claimant: &mut impl Claimant,
+    ) -> Result<Option<Taken>, EntryGone> {
+        let len = self.slots.len();
+        if self.unused.load(Ordering::Relaxed) >= len {
+            return Ok(None);
+        }
+        let index = self.unused.fetch_add(1, Ordering::Relaxed);
+        if index >= len {
+            return Ok(None);
+        }
+        // The hand does not sweep while unused slots remain, but a claim that
+        // found none a moment ago may be sweeping: then the swap can fail.
+        let taken = self.take(index, EMPTY, false, hash, claimant);
+        if taken.is_none() {
+            self.list_free(index); // still empty: keep it for the next claim
+        }
+        taken.ok_or(EntryGone)
+    }
+
+    fn list_free(&self, index: usize) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.push(index);
+        self.free_len.store(free.len(), Ordering::Relaxed);
+    }
+
+    /// Takes a slot from the free list that is still empty, if any.
     fn claim_free(
         &self,
-        key: &Arc<K>,
-        claimant: &mut impl Claimant<K>,
-    ) -> Result<Option<usize>, EntryGone> {
+        hash: u64,
+        claimant: &mut impl Claimant,
+    ) -> Result<Option<Taken>, EntryGone> {
         if self.free_len.load(Ordering::Relaxed) == 0 {
             return Ok(None);
         }
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(&index) = free.last() {
-            if !claimant.reserve(index) {
-                return Err(EntryGone); // and the slot stays listed
-            }
-            free.pop();
+        while let Some(index) = free.pop() {
             self.free_len.store(free.len(), Ordering::Relaxed);
-            let previous =
-                self.slots[index].compare_and_swap(&None::<Arc<K>>, Some(Arc::clone(key)));
-            if previous.is_none() {
-                return Ok(Some(index));
+            match self.take(index, EMPTY, true, hash, claimant) {
+                None => {
+                    free.push(index); // still free: leave it listed
+                    self.free_len.store(free.len(), Ordering::Relaxed);
+                    return Err(EntryGone);
+                }
+                Some(Some(taken)) => return Ok(Some(taken)),
+                Some(None) => {} // the hand took it meanwhile
             }
-            claimant.unreserve(index); // the hand took it meanwhile
         }
         Ok(None)
     }
 
-    /// Empties slot `index` if it still holds `key` (this very `Arc`).
-    pub(crate) fn release(&self, index: usize, key: &Arc<K>) {
-        self.release_if(index, |occupant| std::ptr::eq(occupant, &**key));
-    }
-
-    /// Empties slot `index` if its key is one `matches` accepts, and lists it
-    /// as free.
-    pub(crate) fn release_if(&self, index: usize, matches: impl FnOnce(&K) -> bool) {
+    /// Empties slot `index` if it holds `hash` and `unowned()` says no entry
+    /// owns it, and lists it as free.
+    pub(crate) fn release_if(&self, index: usize, hash: u64, unowned: impl FnOnce() -> bool) {
         let Some(slot) = self.slots.get(index) else {
             return;
         };
-        let occupant = slot.load();
-        if occupant.as_deref().is_some_and(matches) {
-            let previous = slot.compare_and_swap(&occupant, None);
-            if same(&previous, &occupant) {
-                let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-                free.push(index);
-                self.free_len.store(free.len(), Ordering::Relaxed);
-            }
+        if slot.load(Ordering::Acquire) != hash || !unowned() {
+            return;
+        }
+        if slot
+            .compare_exchange(hash, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.list_free(index);
         }
     }
 
-    /// Every occupied slot with its key, in the order the hand will next
-    /// reach them.
-    pub(crate) fn occupants_from_hand(&self) -> Vec<(usize, Arc<K>)> {
+    /// Every slot that has been used with its hash, in the order the hand
+    /// will next reach them.
+    pub(crate) fn occupants_from_hand(&self) -> Vec<(usize, u64)> {
         let len = self.slots.len();
         if len == 0 {
             return Vec::new();
@@ -208,29 +264,22 @@ impl<K> Ring<K> {
         let start = self.hand.load(Ordering::Relaxed) % len;
         (0..len)
             .map(|i| (start + i) % len)
-            .filter_map(|i| self.slots[i].load_full().map(|key| (i, key)))
+            .map(|i| (i, self.slots[i].load(Ordering::Acquire)))
             .collect()
     }
 
     /// Empties every slot.
     pub(crate) fn reset(&mut self) {
-        for slot in self.slots.iter() {
-            slot.store(None);
+        for slot in self.slots.iter_mut() {
+            *slot.get_mut() = EMPTY;
         }
+        *self.unused.get_mut() = 0;
         *self.hand.get_mut() = 0;
         self.free
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         *self.free_len.get_mut() = 0;
-    }
-}
-
-fn same<K>(a: &Option<Arc<K>>, b: &Option<Arc<K>>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        _ => false,
     }
 }
 
@@ -241,9 +290,9 @@ mod tests {
     /// A claimant whose entry never goes away, judging with `F`.
     struct Judge<F>(F);
 
-    impl<K, F: FnMut(&K, usize) -> Occupant> Claimant<K> for Judge<F> {
-        fn judge(&mut self, owner: &K, index: usize) -> Occupant {
-            (self.0)(owner, index)
+    impl<F: FnMut(u64, usize) -> Occupant> Claimant for Judge<F> {
+        fn judge(&mut self, hash: u64, index: usize) -> Occupant {
+            (self.0)(hash, index)
         }
         fn reserve(&mut self, _: usize) -> bool {
             true
@@ -251,77 +300,78 @@ mod tests {
         fn unreserve(&mut self, _: usize) {}
     }
 
-    fn claim<K>(
-        ring: &Ring<K>,
-        key: &Arc<K>,
-        judge: impl FnMut(&K, usize) -> Occupant,
-    ) -> (usize, Option<Arc<K>>) {
-        ring.claim(key, &mut Judge(judge)).expect("the entry stays")
+    fn claim(ring: &Ring, hash: u64, judge: impl FnMut(u64, usize) -> Occupant) -> Taken {
+        ring.claim(hash, &mut Judge(judge))
+            .expect("the entry stays")
+    }
+
+    fn taken(index: usize, previous: u64, may_be_owned: bool) -> Taken {
+        Taken {
+            index,
+            previous,
+            may_be_owned,
+        }
     }
 
     #[test]
-    fn fills_empty_slots_in_order_then_sweeps() {
+    fn fills_unused_slots_in_order_then_sweeps() {
         let ring = Ring::new(3).unwrap();
-        for expected in 0..3 {
-            let (slot, victim) = claim(&ring, &Arc::new(expected), |_, _| unreachable!());
-            assert_eq!((slot, victim), (expected, None));
+        for hash in 10..13 {
+            let got = claim(&ring, hash, |_, _| {
+                unreachable!("unused slots need no judging")
+            });
+            assert_eq!(got, taken(hash as usize - 10, EMPTY, false));
         }
         // Full: keep slot 0's owner (referenced), evict slot 1's.
         let mut judged = Vec::new();
-        let (slot, victim) = claim(&ring, &Arc::new(9), |key, index| {
-            judged.push((*key, index));
+        let got = claim(&ring, 9, |hash, index| {
+            judged.push((hash, index));
             if index == 0 {
                 Occupant::Keep
             } else {
                 Occupant::Evict
             }
         });
-        assert_eq!(judged, vec![(0, 0), (1, 1)]);
-        assert_eq!((slot, victim.as_deref()), (1, Some(&1)));
+        assert_eq!(judged, vec![(10, 0), (11, 1)]);
+        assert_eq!(got, taken(1, 11, true));
     }
 
     #[test]
-    fn release_only_empties_the_same_key() {
+    fn release_empties_only_an_unowned_slot_of_the_hash() {
         let ring = Ring::new(2).unwrap();
-        let key = Arc::new(1);
-        let (slot, _) = claim(&ring, &key, |_, _| Occupant::Free);
-        ring.release(slot, &Arc::new(1));
-        assert_eq!(
-            ring.occupants_from_hand().len(),
-            1,
-            "an equal key in another Arc is not the same"
-        );
-        ring.release_if(slot, |k| *k == 2);
-        assert_eq!(ring.occupants_from_hand().len(), 1);
-        ring.release(slot, &key);
-        assert!(ring.occupants_from_hand().is_empty());
+        let index = claim(&ring, 7, |_, _| Occupant::Free).index;
+        ring.release_if(index, 8, || true);
+        ring.release_if(index, 7, || false);
+        assert_eq!(ring.occupants_from_hand()[index], (index, 7), "still held");
+        ring.release_if(index, 7, || true);
+        assert_eq!(ring.occupants_from_hand()[index], (index, EMPTY));
     }
 
     #[test]
     fn freed_slots_are_claimed_before_the_hand_moves() {
         let ring = Ring::new(3).unwrap();
-        let keys: Vec<_> = (0..3).map(Arc::new).collect();
-        for key in &keys {
-            claim(&ring, key, |_, _| {
-                unreachable!("empty slots need no judging")
-            });
+        for hash in 1..4 {
+            claim(&ring, hash, |_, _| unreachable!());
         }
-        ring.release(1, &keys[1]);
-        let (slot, victim) = claim(&ring, &Arc::new(9), |_, _| panic!("the hand moved"));
-        assert_eq!((slot, victim), (1, None));
+        ring.release_if(1, 2, || true);
+        let got = claim(&ring, 9, |_, _| panic!("the hand moved"));
+        assert_eq!(got, taken(1, EMPTY, true));
 
         // A freed slot that someone else filled meanwhile is passed over.
-        ring.release(2, &keys[2]);
-        ring.slots[2].store(Some(Arc::new(10)));
-        let (_, victim) = claim(&ring, &Arc::new(11), |_, _| Occupant::Evict);
-        assert!(victim.is_some(), "the free list had nothing left to give");
+        ring.release_if(2, 3, || true);
+        ring.slots[2].store(10, Ordering::Relaxed);
+        let got = claim(&ring, 11, |_, _| Occupant::Evict);
+        assert_ne!(
+            got.previous, EMPTY,
+            "the free list had nothing left to give"
+        );
     }
 
     /// A claimant whose entry is removed before it can reserve a slot.
     struct Gone;
 
-    impl Claimant<u32> for Gone {
-        fn judge(&mut self, _: &u32, _: usize) -> Occupant {
+    impl Claimant for Gone {
+        fn judge(&mut self, _: u64, _: usize) -> Occupant {
             Occupant::Evict
         }
         fn reserve(&mut self, _: usize) -> bool {
@@ -335,33 +385,70 @@ mod tests {
     #[test]
     fn a_claim_for_a_removed_entry_takes_nothing() {
         let ring = Ring::new(2).unwrap();
-        let keys: Vec<_> = (0..2).map(Arc::new).collect();
-        for key in &keys {
-            claim(&ring, key, |_, _| unreachable!());
+        assert!(ring.claim(9, &mut Gone).is_none(), "unused slot");
+        for hash in 1..3 {
+            claim(&ring, hash, |_, _| unreachable!("the unused slot was kept"));
         }
-        assert!(ring.claim(&Arc::new(9), &mut Gone).is_none(), "full ring");
-        ring.release(0, &keys[0]);
-        assert!(ring.claim(&Arc::new(9), &mut Gone).is_none(), "freed slot");
-        let (slot, _) = claim(&ring, &Arc::new(10), |_, _| panic!("the hand moved"));
-        assert_eq!(slot, 0, "the freed slot stayed listed");
-        let occupants: Vec<_> = ring
-            .occupants_from_hand()
-            .into_iter()
-            .map(|(i, k)| (i, *k))
-            .collect();
-        assert!(occupants.contains(&(1, 1)), "no occupant was displaced");
+        // Slot 1 was the next unused one; slot 0 came back from the list.
+        let mut held = ring.occupants_from_hand();
+        held.sort();
+        assert_eq!(held, vec![(0, 2), (1, 1)]);
+        assert!(ring.claim(9, &mut Gone).is_none(), "full ring");
+        ring.release_if(1, 1, || true);
+        assert!(ring.claim(9, &mut Gone).is_none(), "freed slot");
+        let got = claim(&ring, 10, |_, _| panic!("the hand moved"));
+        assert_eq!(got.index, 1, "the freed slot stayed listed");
+        let mut held = ring.occupants_from_hand();
+        held.sort();
+        assert_eq!(held, vec![(0, 2), (1, 10)], "nothing else moved");
     }
 
     #[test]
-    fn with_keys_places_keys_first_and_the_hand_after() {
-        let ring = Ring::with_keys(4, [Arc::new(7), Arc::new(8)].into_iter()).unwrap();
-        let occupants: Vec<_> = ring
-            .occupants_from_hand()
-            .into_iter()
-            .map(|(i, k)| (i, *k))
-            .collect();
-        assert_eq!(occupants, vec![(0, 7), (1, 8)]);
-        let (slot, _) = claim(&ring, &Arc::new(9), |_, _| Occupant::Keep);
-        assert_eq!(slot, 2, "the next claim takes the first empty slot");
+    fn a_lost_race_for_a_slot_is_undone_and_the_hand_moves_on() {
+        /// Changes the slot under the claim between its look and its swap.
+        struct Racer<'a> {
+            ring: &'a Ring,
+            reserved: Vec<usize>,
+            unreserved: Vec<usize>,
+        }
+        impl Claimant for Racer<'_> {
+            fn judge(&mut self, _: u64, _: usize) -> Occupant {
+                Occupant::Evict
+            }
+            fn reserve(&mut self, index: usize) -> bool {
+                if self.reserved.is_empty() {
+                    self.ring.slots[index].store(99, Ordering::Relaxed);
+                }
+                self.reserved.push(index);
+                true
+            }
+            fn unreserve(&mut self, index: usize) {
+                self.unreserved.push(index);
+            }
+        }
+        let ring = Ring::with_hashes(2, [1, 2].into_iter()).unwrap();
+        let mut racer = Racer {
+            ring: &ring,
+            reserved: Vec::new(),
+            unreserved: Vec::new(),
+        };
+        let got = ring.claim(5, &mut racer).unwrap();
+        assert_eq!((racer.reserved, racer.unreserved), (vec![0, 1], vec![0]));
+        assert_eq!(got, taken(1, 2, true));
+    }
+
+    #[test]
+    fn with_hashes_fills_the_rest_then_sweeps_from_the_first() {
+        let ring = Ring::with_hashes(4, [7, 8].into_iter()).unwrap();
+        assert_eq!(&ring.occupants_from_hand()[..2], &[(0, 7), (1, 8)]);
+        let got = claim(&ring, 9, |_, _| unreachable!());
+        assert_eq!(got, taken(2, EMPTY, false), "an unused slot first");
+        claim(&ring, 10, |_, _| unreachable!());
+        let mut judged = Vec::new();
+        claim(&ring, 11, |hash, _| {
+            judged.push(hash);
+            Occupant::Evict
+        });
+        assert_eq!(judged, vec![7], "the hand starts at the first hash given");
     }
 }

@@ -16,10 +16,13 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use crate::time::Nanos;
 
-/// Set in `Entry::slot` while the entry has no ring slot; the other 31 bits
-/// are then the entry's ticket, which only its inserter knows. A ring slot
-/// number never has it set (`max_size` is at most 2^31 - 1).
+// States of `Entry::slot`. A ring slot number has neither of the top two
+// bits set (`max_size` is below 2^30).
+/// Set while the entry has no ring slot; the other 31 bits are then the
+/// entry's ticket, which only its inserter knows.
 const UNPLACED: u32 = 1 << 31;
+/// Set, beside a slot number, while the entry's inserter is taking that slot.
+const RESERVING: u32 = 1 << 30;
 
 // Bits of `Entry::flags`.
 /// Read since the clock hand last passed.
@@ -32,8 +35,9 @@ pub(crate) struct Entry<V> {
     /// When the value was written or last confirmed unchanged.
     pub(crate) written_at: Nanos,
     pub(crate) version: u64,
-    /// The ring slot that lists this entry, or [`UNPLACED`] and the ticket
-    /// until it has one.
+    /// The ring slot that lists this entry; until it has one, [`UNPLACED`]
+    /// and the ticket, then [`RESERVING`] and the slot while its inserter
+    /// takes it.
     slot: AtomicU32,
     flags: AtomicU8,
 }
@@ -111,7 +115,17 @@ impl<V> Entry<V> {
     /// The ring slot that lists this entry, if it has one.
     pub(crate) fn slot(&self) -> Option<u32> {
         let slot = self.slot.load(Ordering::Acquire);
-        (slot & UNPLACED == 0).then_some(slot)
+        (slot & (UNPLACED | RESERVING) == 0).then_some(slot)
+    }
+
+    /// Whether the entry is in ring slot `slot`, or its inserter is taking it.
+    pub(crate) fn holds(&self, slot: u32) -> bool {
+        self.slot.load(Ordering::Acquire) & !RESERVING == slot
+    }
+
+    /// Whether the entry's inserter is taking ring slot `slot`.
+    pub(crate) fn is_reserving(&self, slot: u32) -> bool {
+        self.slot.load(Ordering::Acquire) == slot | RESERVING
     }
 
     /// Whether the entry is the unplaced one that `ticket` was issued for.
@@ -119,20 +133,27 @@ impl<V> Entry<V> {
         self.slot.load(Ordering::Acquire) == ticket
     }
 
-    /// Records `slot` as the entry's ring slot if the entry is still the
-    /// unplaced one `ticket` was issued for; false otherwise.
-    pub(crate) fn place(&self, ticket: u32, slot: u32) -> bool {
-        debug_assert_eq!(slot & UNPLACED, 0, "a slot number, not a ticket");
-        self.slot
-            .compare_exchange(ticket, slot, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    /// Marks ring slot `slot` as being taken for the entry, if the entry is
+    /// still the unplaced one `ticket` was issued for; false otherwise.
+    pub(crate) fn reserve(&self, ticket: u32, slot: u32) -> bool {
+        debug_assert_eq!(slot & (UNPLACED | RESERVING), 0, "a slot number");
+        self.transition(ticket, slot | RESERVING)
     }
 
-    /// Undoes [`Entry::place`] when the ring slot went to someone else.
-    pub(crate) fn unplace(&self, ticket: u32, slot: u32) {
-        let _ = self
-            .slot
-            .compare_exchange(slot, ticket, Ordering::AcqRel, Ordering::Acquire);
+    /// Undoes [`Entry::reserve`] when the slot went to someone else.
+    pub(crate) fn unreserve(&self, ticket: u32, slot: u32) -> bool {
+        self.transition(slot | RESERVING, ticket)
+    }
+
+    /// Completes [`Entry::reserve`] once the slot is taken.
+    pub(crate) fn settle(&self, slot: u32) -> bool {
+        self.transition(slot | RESERVING, slot)
+    }
+
+    fn transition(&self, from: u32, to: u32) -> bool {
+        self.slot
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Moves the entry to another slot (a resize, under the ring's exclusive lock).
@@ -169,15 +190,25 @@ mod tests {
         let ticket = Entry::<()>::ticket(7);
         assert_eq!(entry.slot(), None);
         assert!(entry.awaits(ticket));
-        assert!(!entry.place(Entry::<()>::ticket(8), 3), "another's ticket");
-        assert!(entry.place(ticket, 3));
-        assert!(!entry.place(ticket, 4), "placed once");
-        assert_eq!(entry.slot(), Some(3));
-        entry.unplace(ticket, 4);
-        assert_eq!(entry.slot(), Some(3), "unplaces only from the slot given");
-        entry.unplace(ticket, 3);
-        assert!(entry.awaits(ticket));
-        assert!(entry.place(ticket, 0));
+        assert!(
+            !entry.reserve(Entry::<()>::ticket(8), 3),
+            "another's ticket"
+        );
+        assert!(entry.reserve(ticket, 3));
+        assert!(!entry.reserve(ticket, 4), "reserved once");
+        assert_eq!(entry.slot(), None, "not placed until settled");
+        assert!(entry.is_reserving(3) && entry.holds(3) && !entry.holds(4));
+        assert!(
+            !entry.unreserve(ticket, 4),
+            "unreserves only the slot given"
+        );
+        assert!(entry.unreserve(ticket, 3));
+        assert!(entry.awaits(ticket) && !entry.holds(3));
+        assert!(!entry.settle(3), "nothing to settle");
+        assert!(entry.reserve(ticket, 0));
+        assert!(entry.settle(0));
+        assert_eq!(entry.slot(), Some(0));
+        assert!(entry.holds(0) && !entry.is_reserving(0));
         entry.move_to(5);
         assert_eq!(entry.slot(), Some(5));
     }
@@ -186,6 +217,8 @@ mod tests {
     fn tickets_are_never_slot_numbers() {
         for version in [0, 1, u32::MAX as u64, 1 << 31, u64::MAX] {
             assert_eq!(Entry::<()>::ticket(version) & UNPLACED, UNPLACED);
+            let slot = crate::builder::MAX_SIZE_LIMIT as u32 - 1;
+            assert_eq!(slot & (UNPLACED | RESERVING), 0, "the last slot number");
         }
         assert_ne!(Entry::<()>::ticket(1), Entry::<()>::ticket(2));
     }

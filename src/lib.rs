@@ -55,10 +55,10 @@
 //!
 //! Per entry, with `K` and `V` the sizes of key and value: a map slot of
 //! `K + V + 24` bytes, rounded up to 8 (hashbrown tables are between 44 % and
-//! 88 % full, so count about 1.5 to 2 slots per entry), the key once more for
-//! the eviction ring (`K + 16` bytes), and 8 bytes of ring slot, allocated for
-//! `max_size` entries when the cache is built. Data the key or value points to
-//! (a `String`'s bytes) comes on top. `BENCHMARKS.md` has measured figures.
+//! 88 % full, so count about 1.5 to 2 slots per entry), and 8 bytes of
+//! eviction ring slot (the key's hash), allocated for `max_size` entries when
+//! the cache is built. Data the key or value points to (a `String`'s bytes)
+//! comes on top. `BENCHMARKS.md` has measured figures.
 //!
 //! # Features
 //!

@@ -485,3 +485,92 @@ fn resizing_while_writers_run_keeps_the_bound() {
         "a new key is kept"
     );
 }
+
+/// Hashes every key to the same value: the ring, which names entries by
+/// hash, must still keep the bound and the accounting exact.
+#[derive(Clone, Default)]
+struct OneHash;
+
+impl std::hash::BuildHasher for OneHash {
+    type Hasher = OneHasher;
+    fn build_hasher(&self) -> OneHasher {
+        OneHasher
+    }
+}
+
+struct OneHasher;
+
+impl std::hash::Hasher for OneHasher {
+    fn finish(&self) -> u64 {
+        0x5eed
+    }
+    fn write(&mut self, _: &[u8]) {}
+}
+
+#[test]
+fn keys_that_share_one_hash_keep_the_bound() {
+    const THREADS: u64 = 4;
+    const MAX: usize = 8;
+    let cache = within("one hash for every key", || {
+        let cache: Cache<u64, u64, OneHash> = Cache::builder()
+            .hasher(OneHash)
+            .max_size(MAX)
+            .ttl(None)
+            .build()
+            .unwrap();
+        let start = Barrier::new(THREADS as usize);
+        std::thread::scope(|s| {
+            for thread in 0..THREADS {
+                let (cache, start) = (&cache, &start);
+                s.spawn(move || {
+                    let mut rng = Rng::new(400 + thread);
+                    start.wait();
+                    for i in 0..5_000u64 {
+                        let key = rng.below(32);
+                        match rng.below(10) {
+                            0..=4 => cache.insert(key, value(thread, key, i)),
+                            5..=8 => {
+                                if let Some(v) = cache.get(&key) {
+                                    assert_eq!(key_of(v), key);
+                                }
+                            }
+                            _ => {
+                                cache.invalidate(&key);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        cache
+    });
+    assert!(cache.len() <= MAX, "len {}", cache.len());
+    assert_eq!(
+        (0..32).filter(|k| cache.contains_key(k)).count(),
+        cache.len()
+    );
+    let m = cache.metrics();
+    assert!(m.evictions > 0, "{m:?}");
+    assert_eq!(
+        m.inserts - m.evictions - m.invalidations,
+        cache.len() as u64,
+        "{m:?}"
+    );
+    // Once quiet, every entry is in the ring: filling with new keys evicts
+    // them all.
+    for key in 100..100 + MAX as u64 {
+        cache.insert(key, value(9, key, 0));
+    }
+    for key in 100..100 + MAX as u64 {
+        cache.get(&key);
+    }
+    for key in 200..200 + MAX as u64 {
+        cache.insert(key, value(9, key, 0));
+    }
+    assert_eq!(cache.len(), MAX);
+    assert_eq!(
+        (0..32).filter(|k| cache.contains_key(k)).count(),
+        0,
+        "old keys are evicted"
+    );
+}
