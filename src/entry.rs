@@ -12,7 +12,7 @@
 //! version is still current: a newer write wins, and a key removed and added
 //! again meanwhile (a new version) is not overwritten by the old refresh.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::time::Nanos;
 
@@ -24,22 +24,33 @@ const UNPLACED: u32 = 1 << 31;
 /// Set, beside a slot number, while the entry's inserter is taking that slot.
 const RESERVING: u32 = 1 << 30;
 
-// Bits of `Entry::flags`.
+// Bits of `Entry::stamp`: the write time below, flags in the top two bits.
 /// Read since the clock hand last passed.
-const REFERENCED: u8 = 1;
+const REFERENCED: u64 = 1 << 63;
 /// Queued for, or under, a background refresh.
-const REFRESH_QUEUED: u8 = 1 << 1;
+const REFRESH_QUEUED: u64 = 1 << 62;
+/// The write time: 62 bits of nanoseconds since the clock's base, 146 years.
+const WRITTEN_AT: u64 = REFRESH_QUEUED - 1;
 
+/// The version an entry keeps: the low 32 bits of the cache's write counter.
+/// A refresh compares it with the version it started from; the two could
+/// match by wrapping only if 2^32 writes to the cache happened during one
+/// fetch (with the default `refresh_timeout` of 30 s, 143 million writes a
+/// second), and even then the refresh's fresh value would be installed over
+/// a newer one, nothing worse.
+pub(crate) type Version = u32;
+
+/// Three words for word-sized values: the map's table slot is the key and
+/// this, so every byte here is paid per entry, a million times over.
 pub(crate) struct Entry<V> {
     pub(crate) value: V,
-    /// When the value was written or last confirmed unchanged.
-    pub(crate) written_at: Nanos,
-    pub(crate) version: u64,
+    /// When the value was written or last confirmed unchanged, and the flags.
+    stamp: AtomicU64,
+    version: Version,
     /// The ring slot that lists this entry; until it has one, [`UNPLACED`]
     /// and the ticket, then [`RESERVING`] and the slot while its inserter
     /// takes it.
     slot: AtomicU32,
-    flags: AtomicU8,
 }
 
 impl<V> Entry<V> {
@@ -48,10 +59,9 @@ impl<V> Entry<V> {
     pub(crate) fn new(value: V, written_at: Nanos, version: u64) -> Self {
         Self {
             value,
-            written_at,
-            version,
+            stamp: AtomicU64::new(written_at.min(WRITTEN_AT)),
+            version: version as Version,
             slot: AtomicU32::new(Self::ticket(version)),
-            flags: AtomicU8::new(0),
         }
     }
 
@@ -67,49 +77,58 @@ impl<V> Entry<V> {
     /// Replaces the value, returning the old one so that the caller can drop
     /// it after releasing the shard lock.
     pub(crate) fn overwrite(&mut self, value: V, written_at: Nanos, version: u64) -> V {
-        self.written_at = written_at;
-        self.version = version;
+        self.renew(written_at, version);
         std::mem::replace(&mut self.value, value)
     }
 
-    /// Starts the entry's age over, keeping its value.
+    /// Starts the entry's age over, keeping its value and flags.
     pub(crate) fn renew(&mut self, written_at: Nanos, version: u64) {
-        self.written_at = written_at;
-        self.version = version;
+        let stamp = self.stamp.get_mut();
+        *stamp = (*stamp & !WRITTEN_AT) | written_at.min(WRITTEN_AT);
+        self.version = version as Version;
+    }
+
+    /// When the value was written or last confirmed unchanged.
+    pub(crate) fn written_at(&self) -> Nanos {
+        self.stamp.load(Ordering::Relaxed) & WRITTEN_AT
+    }
+
+    pub(crate) fn version(&self) -> Version {
+        self.version
     }
 
     /// Whether the entry is older than `ttl` at `now`; `ttl == 0` means
     /// "no TTL" (a TTL of zero is rejected at configuration).
     #[inline]
     pub(crate) fn is_stale(&self, now: Nanos, ttl: Nanos) -> bool {
-        ttl != 0 && now.saturating_sub(self.written_at) > ttl
+        ttl != 0 && now.saturating_sub(self.written_at()) > ttl
     }
 
     /// Sets the referenced bit, writing only when it is unset, so reads of a
     /// hot key do not keep bouncing its cache line between cores.
     #[inline]
     pub(crate) fn touch(&self) {
-        if self.flags.load(Ordering::Relaxed) & REFERENCED == 0 {
-            self.flags.fetch_or(REFERENCED, Ordering::Relaxed);
+        if self.stamp.load(Ordering::Relaxed) & REFERENCED == 0 {
+            self.stamp.fetch_or(REFERENCED, Ordering::Relaxed);
         }
     }
 
     /// Clears the referenced bit, returning whether it was set.
     pub(crate) fn take_referenced(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & REFERENCED != 0
-            && self.flags.fetch_and(!REFERENCED, Ordering::Relaxed) & REFERENCED != 0
+        self.stamp.load(Ordering::Relaxed) & REFERENCED != 0
+            && self.stamp.fetch_and(!REFERENCED, Ordering::Relaxed) & REFERENCED != 0
     }
 
     /// Claims the right to queue a refresh; false if one is queued or running.
     /// Reads before writing, so reads of a hot stale key write nothing while
     /// its refresh is under way.
     pub(crate) fn try_queue_refresh(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & REFRESH_QUEUED == 0
-            && self.flags.fetch_or(REFRESH_QUEUED, Ordering::AcqRel) & REFRESH_QUEUED == 0
+        self.stamp.load(Ordering::Relaxed) & REFRESH_QUEUED == 0
+            && self.stamp.fetch_or(REFRESH_QUEUED, Ordering::AcqRel) & REFRESH_QUEUED == 0
     }
 
     pub(crate) fn finish_refresh(&self) {
-        self.flags.fetch_and(!REFRESH_QUEUED, Ordering::AcqRel);
+        self.stamp.fetch_and(!REFRESH_QUEUED, Ordering::AcqRel);
     }
 
     /// The ring slot that lists this entry, if it has one.
@@ -167,21 +186,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_entry_of_words_is_four_words() {
-        assert_eq!(std::mem::size_of::<Entry<u64>>(), 32);
+    fn an_entry_of_a_word_is_three_words() {
+        assert_eq!(std::mem::size_of::<Entry<u64>>(), 24);
     }
 
     #[test]
     fn flags() {
-        let entry = Entry::new((), 0, 0);
+        let mut entry = Entry::new((), 5, 0);
         assert!(!entry.take_referenced());
         entry.touch();
         assert!(entry.take_referenced());
         assert!(!entry.take_referenced());
         assert!(entry.try_queue_refresh());
         assert!(!entry.try_queue_refresh());
+        entry.touch();
+        entry.renew(9, 1);
+        assert_eq!(entry.written_at(), 9, "flags are not part of the time");
+        assert!(entry.take_referenced(), "a write keeps the flags");
+        assert!(!entry.try_queue_refresh());
         entry.finish_refresh();
         assert!(entry.try_queue_refresh());
+        assert_eq!(entry.written_at(), 9);
     }
 
     #[test]
@@ -234,8 +259,24 @@ mod tests {
             "a clock behind the write is not stale"
         );
         assert_eq!(entry.overwrite(2, 200, 8), 1);
-        assert_eq!((entry.value, entry.written_at, entry.version), (2, 200, 8));
-        entry.renew(300, 9);
-        assert_eq!((entry.value, entry.written_at, entry.version), (2, 300, 9));
+        assert_eq!(
+            (entry.value, entry.written_at(), entry.version()),
+            (2, 200, 8)
+        );
+        entry.renew(300, (1 << 32) + 9);
+        assert_eq!(
+            (entry.value, entry.written_at(), entry.version()),
+            (2, 300, 9)
+        );
+        entry.renew(u64::MAX, 10);
+        assert_eq!(
+            entry.written_at(),
+            WRITTEN_AT,
+            "a time past 146 years saturates"
+        );
+        assert!(
+            !entry.take_referenced(),
+            "and does not spill into the flags"
+        );
     }
 }

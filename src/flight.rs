@@ -19,6 +19,7 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
 use crate::cache::Inner;
+use crate::entry::Version;
 use crate::fetcher::{FetchError, Fetched, run_fetch};
 use crate::metrics::Counter;
 
@@ -29,7 +30,7 @@ type Outcome<V> = Option<Result<V, FetchError>>;
 pub(crate) type FlightReceiver<V> = watch::Receiver<Outcome<V>>;
 
 /// What a fetch started from: the value and version of a cached key.
-type Start<V> = Option<(V, u64)>;
+type Start<V> = Option<(V, Version)>;
 
 /// A flight joined or started by [`Inner::join_or_start_flight`].
 pub(crate) enum Flight<V, D> {
@@ -76,7 +77,7 @@ where
         let start: Start<V> = self
             .map
             .get(&key)
-            .map(|entry| (entry.value.clone(), entry.version));
+            .map(|entry| (entry.value.clone(), entry.version()));
         let landing = FlightLanding {
             cache: Arc::downgrade(self),
             key: key.clone(),
@@ -107,7 +108,7 @@ where
     fn install(
         &self,
         key: &K,
-        from: Option<u64>,
+        from: Option<Version>,
         outcome: Result<Fetched<V>, FetchError>,
     ) -> Result<V, FetchError> {
         let now = self.clock.now();
@@ -141,7 +142,7 @@ where
                         Fetched::Unchanged => Err(FetchError::NothingToKeep),
                     };
                 };
-                if entry.version != from {
+                if entry.version() != from {
                     return Ok(entry.value.clone()); // a newer write won
                 }
                 let version = self.next_version();

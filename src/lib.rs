@@ -54,7 +54,7 @@
 //! # Memory
 //!
 //! Per entry, with `K` and `V` the sizes of key and value: a map slot of
-//! `K + V + 24` bytes, rounded up to 8 (hashbrown tables are between 44 % and
+//! `K + V + 16` bytes, rounded up to 8 (hashbrown tables are between 44 % and
 //! 88 % full, so count about 1.5 to 2 slots per entry), and 8 bytes of
 //! eviction ring slot (the key's hash), allocated for `max_size` entries when
 //! the cache is built. Data the key or value points to (a `String`'s bytes)
