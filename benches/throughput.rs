@@ -1,1 +1,645 @@
-fn main() {}
+//! Throughput of swr-cache against its peers, all in one run.
+//!
+//! ```text
+//! cargo bench --bench throughput                        # 1 and 2 threads
+//! SWR_BENCH_THREADS=1,2,4 cargo bench --bench throughput
+//! cargo bench --bench throughput -- get_hit/u64         # a filter, as criterion takes
+//! ```
+//!
+//! Caches: swr-cache (with a TTL and its refresher running, as a service runs
+//! it, so every read takes the staleness check on the coarse clock),
+//! quick_cache, moka (sync), mini-moka, and a bare `DashMap` with swr-cache's
+//! hasher: the floor that a cache built on it cannot beat. Workloads:
+//!
+//! - `get_hit`: reads of present keys, Zipf(1.0) or uniform over 100,000
+//!   keys (capacity 200,000, so every read hits), `u64` and `String` keys;
+//! - `mixed`: 95 % reads, 5 % inserts, Zipf(1.0) over 100,000 keys into a
+//!   cache of 10,000 (ten times the capacity), so eviction runs all along;
+//! - `churn`: inserts of new keys only into a full cache of 10,000, each one
+//!   evicting. The floor here inserts and removes the key inserted 10,000
+//!   before, to stay bounded.
+//!
+//! Every measurement (criterion's `iter_custom`) runs `iters` operations split
+//! over the threads, started together behind a barrier, and reports the wall
+//! time of them all, so the figure is operations per second of all threads
+//! together. The caches are concrete types (one copy of the loop per cache,
+//! no dynamic dispatch in the loop). When criterion is done, the bench prints
+//! a markdown table of the medians and the ratios of swr-cache to quick_cache
+//! and to the floor, read from criterion's own estimates
+//! (`$CARGO_TARGET_DIR/criterion/**/new/estimates.json`).
+//!
+//! Then it runs swr-cache, quick_cache and the floor back to back in short
+//! interleaved rounds and prints the median and quartiles of the per-round
+//! throughput ratios: on a shared machine these move far less between
+//! invocations than ratios of criterion medians taken minutes apart. A
+//! criterion filter (the first argument that is not a flag) limits these
+//! rounds to the workloads whose names contain it.
+
+use std::hash::Hash;
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::Zipf;
+use swr_cache::{Cache, DefaultHasher};
+
+/// Keys read by `get_hit`.
+const GET_KEYS: usize = 100_000;
+/// The capacity for `mixed` and `churn`; `mixed` draws from ten times as many keys.
+const CAPACITY: usize = 10_000;
+/// Pre-drawn key indices per thread; a power of two for cheap wrapping.
+const DRAWS: usize = 1 << 16;
+
+const CACHES: [&str; 5] = ["swr-cache", "quick_cache", "moka", "mini-moka", "dashmap"];
+
+/// The operations the workloads need, over every cache measured.
+trait BenchCache<K, V>: Send + Sync {
+    fn get(&self, key: &K) -> Option<V>;
+    fn insert(&self, key: K, value: V);
+    /// Removes `key` where the cache does not bound itself (the floor).
+    fn trim(&self, _key: &K) {}
+}
+
+impl<K, V> BenchCache<K, V> for Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    #[inline]
+    fn get(&self, key: &K) -> Option<V> {
+        Cache::get(self, key)
+    }
+    #[inline]
+    fn insert(&self, key: K, value: V) {
+        Cache::insert(self, key, value)
+    }
+}
+
+impl<K, V> BenchCache<K, V> for quick_cache::sync::Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync,
+    V: Clone + Send + Sync,
+{
+    #[inline]
+    fn get(&self, key: &K) -> Option<V> {
+        quick_cache::sync::Cache::get(self, key)
+    }
+    #[inline]
+    fn insert(&self, key: K, value: V) {
+        quick_cache::sync::Cache::insert(self, key, value)
+    }
+}
+
+impl<K, V> BenchCache<K, V> for moka::sync::Cache<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    #[inline]
+    fn get(&self, key: &K) -> Option<V> {
+        moka::sync::Cache::get(self, key)
+    }
+    #[inline]
+    fn insert(&self, key: K, value: V) {
+        moka::sync::Cache::insert(self, key, value)
+    }
+}
+
+impl<K, V> BenchCache<K, V> for mini_moka::sync::Cache<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    #[inline]
+    fn get(&self, key: &K) -> Option<V> {
+        mini_moka::sync::Cache::get(self, key)
+    }
+    #[inline]
+    fn insert(&self, key: K, value: V) {
+        mini_moka::sync::Cache::insert(self, key, value)
+    }
+}
+
+impl<K, V> BenchCache<K, V> for dashmap::DashMap<K, V, DefaultHasher>
+where
+    K: Hash + Eq + Send + Sync,
+    V: Clone + Send + Sync,
+{
+    #[inline]
+    fn get(&self, key: &K) -> Option<V> {
+        dashmap::DashMap::get(self, key).map(|v| v.value().clone())
+    }
+    #[inline]
+    fn insert(&self, key: K, value: V) {
+        dashmap::DashMap::insert(self, key, value);
+    }
+    #[inline]
+    fn trim(&self, key: &K) {
+        dashmap::DashMap::remove(self, key);
+    }
+}
+
+fn swr<K, V>(capacity: usize, runtime: &tokio::runtime::Runtime) -> Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Default + Send + Sync + 'static,
+{
+    let cache: Cache<K, V> = Cache::builder()
+        .max_size(capacity)
+        .ttl(Some(Duration::from_secs(3600)))
+        .fetcher(|_: K| async { Ok::<_, std::convert::Infallible>(V::default()) })
+        .build()
+        .expect("valid settings");
+    cache.start_on(runtime.handle()).expect("has a fetcher");
+    cache
+}
+
+/// The floor: a bare `DashMap` with swr-cache's hasher.
+fn floor<K: Hash + Eq>(capacity: usize) -> dashmap::DashMap<K, u64, DefaultHasher> {
+    dashmap::DashMap::with_capacity_and_hasher(capacity, DefaultHasher::default())
+}
+
+/// Runs `$body` once per cache, with `$name` the cache's name and `$cache` a
+/// cache of `$capacity` entries, of its own concrete type.
+macro_rules! each_cache {
+    ($k:ty, $v:ty, $capacity:expr, $runtime:expr, |$name:ident, $cache:ident| $body:block) => {{
+        let capacity: usize = $capacity;
+        {
+            let $name = CACHES[0];
+            let $cache = swr::<$k, $v>(capacity, $runtime);
+            $body
+        }
+        {
+            let $name = CACHES[1];
+            let $cache = quick_cache::sync::Cache::<$k, $v>::new(capacity);
+            $body
+        }
+        {
+            let $name = CACHES[2];
+            let $cache = moka::sync::Cache::<$k, $v>::new(capacity as u64);
+            $body
+        }
+        {
+            let $name = CACHES[3];
+            let $cache = mini_moka::sync::Cache::<$k, $v>::new(capacity as u64);
+            $body
+        }
+        {
+            let $name = CACHES[4];
+            let $cache = floor::<$k>(capacity);
+            $body
+        }
+    }};
+}
+
+fn thread_counts() -> Vec<usize> {
+    std::env::var("SWR_BENCH_THREADS")
+        .unwrap_or_else(|_| "1,2".to_string())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect()
+}
+
+/// `DRAWS` key indices for one thread: Zipf(1.0) or uniform over `0..keys`.
+fn draws(keys: usize, zipf: bool, seed: u64) -> Vec<usize> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    if zipf {
+        let zipf = Zipf::new(keys as f64, 1.0).expect("valid Zipf parameters");
+        (0..DRAWS).map(|_| rng.sample(zipf) as usize - 1).collect()
+    } else {
+        (0..DRAWS).map(|_| rng.random_range(0..keys)).collect()
+    }
+}
+
+/// Runs `op(thread, i)` for `i` in `0..iters / threads` on each of `threads`
+/// threads, started together; returns the wall time until the last is done.
+fn run_threads<F>(threads: usize, iters: u64, op: F) -> Duration
+where
+    F: Fn(usize, usize) + Sync,
+{
+    let start = Barrier::new(threads + 1);
+    let per_thread = (iters as usize).div_ceil(threads);
+    let op = &op;
+    let started = std::thread::scope(|s| {
+        for thread in 0..threads {
+            let start = &start;
+            s.spawn(move || {
+                start.wait();
+                for i in 0..per_thread {
+                    op(thread, i);
+                }
+            });
+        }
+        start.wait();
+        Instant::now()
+        // The scope joins every thread before returning.
+    });
+    started.elapsed()
+}
+
+/// Reads of present keys.
+fn bench_get_hit<K, C>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    threads: usize,
+    cache: &C,
+    keys: &[K],
+    draws: &[Vec<usize>],
+) where
+    K: Clone + Sync,
+    C: BenchCache<K, u64>,
+{
+    for (i, key) in keys.iter().enumerate() {
+        cache.insert(key.clone(), i as u64);
+    }
+    assert!(
+        keys.iter().all(|k| cache.get(k).is_some()),
+        "{name}: every key must be present for a get-hit run"
+    );
+    group.bench_function(BenchmarkId::new(name, threads), |b| {
+        b.iter_custom(|iters| get_hit_run(cache, keys, draws, threads, iters))
+    });
+}
+
+fn get_hit_run<K: Sync, C: BenchCache<K, u64>>(
+    cache: &C,
+    keys: &[K],
+    draws: &[Vec<usize>],
+    threads: usize,
+    iters: u64,
+) -> Duration {
+    run_threads(threads, iters, |thread, i| {
+        let key = &keys[draws[thread][i & (DRAWS - 1)]];
+        std::hint::black_box(cache.get(key));
+    })
+}
+
+fn get_hit<K>(c: &mut Criterion, runtime: &tokio::runtime::Runtime, key_type: &str, keys: &[K])
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    for (distribution, zipf) in [("zipf", true), ("uniform", false)] {
+        let mut group = c.benchmark_group(format!("get_hit/{key_type}/{distribution}"));
+        group.throughput(Throughput::Elements(1));
+        for threads in thread_counts() {
+            let draws: Vec<Vec<usize>> = (0..threads)
+                .map(|t| draws(GET_KEYS, zipf, t as u64))
+                .collect();
+            each_cache!(K, u64, GET_KEYS * 2, runtime, |name, cache| {
+                bench_get_hit(&mut group, name, threads, &cache, keys, &draws);
+            });
+        }
+        group.finish();
+    }
+}
+
+/// 95 % reads, 5 % inserts, over ten times the capacity.
+fn bench_mixed<C: BenchCache<u64, u64>>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    threads: usize,
+    cache: &C,
+    draws: &[Vec<usize>],
+) {
+    group.bench_function(BenchmarkId::new(name, threads), |b| {
+        b.iter_custom(|iters| mixed_run(cache, draws, threads, iters))
+    });
+}
+
+fn mixed_run<C: BenchCache<u64, u64>>(
+    cache: &C,
+    draws: &[Vec<usize>],
+    threads: usize,
+    iters: u64,
+) -> Duration {
+    run_threads(threads, iters, |thread, i| {
+        let key = draws[thread][i & (DRAWS - 1)] as u64;
+        if i % 20 == 0 {
+            cache.insert(key, key);
+        } else {
+            std::hint::black_box(cache.get(&key));
+        }
+    })
+}
+
+fn mixed(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("mixed_95_get_5_insert/u64/zipf");
+    group.throughput(Throughput::Elements(1));
+    for threads in thread_counts() {
+        let draws: Vec<Vec<usize>> = (0..threads)
+            .map(|t| draws(CAPACITY * 10, true, 100 + t as u64))
+            .collect();
+        each_cache!(u64, u64, CAPACITY, runtime, |name, cache| {
+            // Fill it first, so eviction runs from the first measurement on.
+            for key in 0..(CAPACITY * 10) as u64 {
+                cache.insert(key, key);
+            }
+            bench_mixed(&mut group, name, threads, &cache, &draws);
+        });
+    }
+    group.finish();
+}
+
+/// Inserts of new keys only, each one evicting.
+fn bench_churn<C: BenchCache<u64, u64>>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    threads: usize,
+    cache: &C,
+) {
+    let next = fill_for_churn(cache);
+    group.bench_function(BenchmarkId::new(name, threads), |b| {
+        b.iter_custom(|iters| churn_run(cache, &next, threads, iters))
+    });
+}
+
+/// Fills `cache` to `CAPACITY`; returns the counter of the next new key.
+fn fill_for_churn<C: BenchCache<u64, u64>>(cache: &C) -> AtomicU64 {
+    for key in 0..CAPACITY as u64 {
+        cache.insert(key, key);
+    }
+    AtomicU64::new(CAPACITY as u64)
+}
+
+fn churn_run<C: BenchCache<u64, u64>>(
+    cache: &C,
+    next: &AtomicU64,
+    threads: usize,
+    iters: u64,
+) -> Duration {
+    // Each run takes a fresh range of keys.
+    let per_thread = iters.div_ceil(threads as u64);
+    let base = next.fetch_add(per_thread * threads as u64, Ordering::Relaxed);
+    run_threads(threads, iters, |thread, i| {
+        let key = base + thread as u64 * per_thread + i as u64;
+        cache.insert(key, key);
+        cache.trim(&(key - CAPACITY as u64));
+    })
+}
+
+fn churn(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("churn_insert_new/u64");
+    group.throughput(Throughput::Elements(1));
+    for threads in thread_counts() {
+        each_cache!(u64, u64, CAPACITY, runtime, |name, cache| {
+            bench_churn(&mut group, name, threads, &cache);
+        });
+    }
+    group.finish();
+}
+
+/// Rounds of the paired comparison; odd, so the median is one round's ratio.
+const PAIRED_ROUNDS: usize = 21;
+/// Operations per run in the paired comparison: tens of milliseconds a run.
+const PAIRED_OPS: u64 = 1 << 19;
+
+/// The quartiles of `swr / quick_cache` and `swr / floor` throughput ratios
+/// over rounds in which the three caches run back to back.
+struct PairedRatios {
+    versus_quick_cache: [f64; 3],
+    versus_floor: [f64; 3],
+}
+
+/// Runs swr-cache, quick_cache and the floor in turn, `PAIRED_ROUNDS` times,
+/// rotating which goes first, and takes each round's throughput ratios. Two
+/// runs a few milliseconds apart share most of what a noisy neighbour does to
+/// the machine, so these ratios move far less between invocations than
+/// criterion's medians, measured minutes apart, do.
+fn paired(
+    swr: &dyn Fn() -> Duration,
+    quick: &dyn Fn() -> Duration,
+    floor: &dyn Fn() -> Duration,
+) -> PairedRatios {
+    let contenders = [swr, quick, floor];
+    let mut versus_quick_cache = Vec::with_capacity(PAIRED_ROUNDS);
+    let mut versus_floor = Vec::with_capacity(PAIRED_ROUNDS);
+    for round in 0..PAIRED_ROUNDS {
+        let mut seconds = [0.0; 3];
+        for turn in 0..3 {
+            let which = (round + turn) % 3;
+            seconds[which] = contenders[which]().as_secs_f64();
+        }
+        // Throughput ratio: the same operations, so the inverse of the times.
+        versus_quick_cache.push(seconds[1] / seconds[0]);
+        versus_floor.push(seconds[2] / seconds[0]);
+    }
+    let quartiles = |mut ratios: Vec<f64>| {
+        ratios.sort_by(f64::total_cmp);
+        let at = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+        [at(1), at(2), at(3)]
+    };
+    PairedRatios {
+        versus_quick_cache: quartiles(versus_quick_cache),
+        versus_floor: quartiles(versus_floor),
+    }
+}
+
+/// The paired comparison of every workload whose name contains `filter`.
+fn paired_ratios(
+    runtime: &tokio::runtime::Runtime,
+    u64_keys: &[u64],
+    string_keys: &[String],
+    filter: &str,
+) -> Vec<(String, usize, PairedRatios)> {
+    let mut results = Vec::new();
+    for threads in thread_counts() {
+        for (distribution, zipf) in [("zipf", true), ("uniform", false)] {
+            let draws: Vec<Vec<usize>> = (0..threads)
+                .map(|t| draws(GET_KEYS, zipf, t as u64))
+                .collect();
+            let group = format!("get_hit/u64/{distribution}");
+            if group.contains(filter) {
+                results.push((
+                    group,
+                    threads,
+                    paired_get_hit(runtime, u64_keys, &draws, threads),
+                ));
+            }
+            let group = format!("get_hit/string/{distribution}");
+            if group.contains(filter) {
+                results.push((
+                    group,
+                    threads,
+                    paired_get_hit(runtime, string_keys, &draws, threads),
+                ));
+            }
+        }
+        let group = "mixed_95_get_5_insert/u64/zipf";
+        if group.contains(filter) {
+            let draws: Vec<Vec<usize>> = (0..threads)
+                .map(|t| draws(CAPACITY * 10, true, 100 + t as u64))
+                .collect();
+            let swr = swr::<u64, u64>(CAPACITY, runtime);
+            let quick = quick_cache::sync::Cache::<u64, u64>::new(CAPACITY);
+            let floor = floor::<u64>(CAPACITY);
+            for key in 0..(CAPACITY * 10) as u64 {
+                swr.insert(key, key);
+                quick.insert(key, key);
+                BenchCache::insert(&floor, key, key);
+            }
+            let ratios = paired(
+                &|| mixed_run(&swr, &draws, threads, PAIRED_OPS),
+                &|| mixed_run(&quick, &draws, threads, PAIRED_OPS),
+                &|| mixed_run(&floor, &draws, threads, PAIRED_OPS),
+            );
+            results.push((group.to_string(), threads, ratios));
+        }
+        let group = "churn_insert_new/u64";
+        if group.contains(filter) {
+            let swr = swr::<u64, u64>(CAPACITY, runtime);
+            let quick = quick_cache::sync::Cache::<u64, u64>::new(CAPACITY);
+            let floor = floor::<u64>(CAPACITY);
+            let (swr_next, quick_next, floor_next) = (
+                fill_for_churn(&swr),
+                fill_for_churn(&quick),
+                fill_for_churn(&floor),
+            );
+            let ratios = paired(
+                &|| churn_run(&swr, &swr_next, threads, PAIRED_OPS),
+                &|| churn_run(&quick, &quick_next, threads, PAIRED_OPS),
+                &|| churn_run(&floor, &floor_next, threads, PAIRED_OPS),
+            );
+            results.push((group.to_string(), threads, ratios));
+        }
+    }
+    results
+}
+
+fn paired_get_hit<K>(
+    runtime: &tokio::runtime::Runtime,
+    keys: &[K],
+    draws: &[Vec<usize>],
+    threads: usize,
+) -> PairedRatios
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    let swr = swr::<K, u64>(GET_KEYS * 2, runtime);
+    let quick = quick_cache::sync::Cache::<K, u64>::new(GET_KEYS * 2);
+    let floor = floor::<K>(GET_KEYS * 2);
+    for (i, key) in keys.iter().enumerate() {
+        swr.insert(key.clone(), i as u64);
+        quick.insert(key.clone(), i as u64);
+        BenchCache::insert(&floor, key.clone(), i as u64);
+    }
+    paired(
+        &|| get_hit_run(&swr, keys, draws, threads, PAIRED_OPS),
+        &|| get_hit_run(&quick, keys, draws, threads, PAIRED_OPS),
+        &|| get_hit_run(&floor, keys, draws, threads, PAIRED_OPS),
+    )
+}
+
+fn print_paired(results: &[(String, usize, PairedRatios)]) {
+    println!(
+        "\n## Paired ratios (throughput of swr-cache over the peer's; median and quartiles of {PAIRED_ROUNDS} interleaved rounds)\n"
+    );
+    println!("| workload | threads | swr / quick_cache | swr / floor |");
+    println!("|---|---|---|---|");
+    let cell = |[q1, median, q3]: [f64; 3]| format!("{median:.2} ({q1:.2}–{q3:.2})");
+    for (group, threads, ratios) in results {
+        println!(
+            "| {group} | {threads} | {} | {} |",
+            cell(ratios.versus_quick_cache),
+            cell(ratios.versus_floor)
+        );
+    }
+}
+
+/// Where criterion writes its estimates (as criterion itself decides).
+fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("criterion")
+}
+
+/// Median nanoseconds per operation (all threads together), from criterion's
+/// estimates of the latest run.
+fn median_ns(group: &str, cache: &str, threads: usize) -> Option<f64> {
+    let path = criterion_dir()
+        .join(group.replace('/', "_"))
+        .join(cache)
+        .join(threads.to_string())
+        .join("new/estimates.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn print_summary(groups: &[String]) {
+    println!("\n## Throughput (million operations per second, all threads; median)\n");
+    println!("Read from {}.\n", criterion_dir().display());
+    println!(
+        "| workload | threads | swr-cache | quick_cache | moka | mini-moka | dashmap (floor) | swr / quick_cache | swr / floor |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for group in groups {
+        for threads in thread_counts() {
+            let mops: Vec<Option<f64>> = CACHES
+                .iter()
+                .map(|cache| median_ns(group, cache, threads).map(|ns| 1e3 / ns))
+                .collect();
+            let cell = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{m:.1}"));
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => format!("{:.2}", a / b),
+                _ => "–".to_string(),
+            };
+            println!(
+                "| {group} | {threads} | {} | {} | {} | {} | {} | {} | {} |",
+                cell(mops[0]),
+                cell(mops[1]),
+                cell(mops[2]),
+                cell(mops[3]),
+                cell(mops[4]),
+                ratio(mops[0], mops[1]),
+                ratio(mops[0], mops[4]),
+            );
+        }
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(15)
+        .configure_from_args();
+    let u64_keys: Vec<u64> = (0..GET_KEYS as u64).collect();
+    get_hit(&mut c, &runtime, "u64", &u64_keys);
+    // Prompt names of 16 bytes: past the inline size of small-string types,
+    // so a clone of the key would allocate.
+    let string_keys: Vec<String> = (0..GET_KEYS).map(|i| format!("prompt-{i:09}")).collect();
+    get_hit(&mut c, &runtime, "string", &string_keys);
+    mixed(&mut c, &runtime);
+    churn(&mut c, &runtime);
+    c.final_summary();
+
+    let mut groups = Vec::new();
+    for key_type in ["u64", "string"] {
+        for distribution in ["zipf", "uniform"] {
+            groups.push(format!("get_hit/{key_type}/{distribution}"));
+        }
+    }
+    groups.push("mixed_95_get_5_insert/u64/zipf".to_string());
+    groups.push("churn_insert_new/u64".to_string());
+    print_summary(&groups);
+
+    // criterion's filter, if one was given: the first argument not a flag.
+    let filter = std::env::args()
+        .skip(1)
+        .find(|arg| !arg.starts_with('-'))
+        .unwrap_or_default();
+    print_paired(&paired_ratios(&runtime, &u64_keys, &string_keys, &filter));
+}
