@@ -17,6 +17,7 @@ use crate::clock::{Claimant, Occupant, Ring};
 use crate::entry::Entry;
 use crate::fetcher::DynFetcher;
 use crate::flight::FlightReceiver;
+use crate::hashing::NonZeroHashes;
 use crate::metrics::{Counter, Counters, Metrics};
 use crate::refresh::Refresher;
 use crate::time::{Clock, Nanos};
@@ -30,7 +31,7 @@ pub struct Cache<K, V, S = DefaultHasher> {
 }
 
 pub(crate) struct Inner<K, V, S> {
-    pub(crate) map: DashMap<K, Entry<V>, S>,
+    pub(crate) map: DashMap<K, Entry<V>, NonZeroHashes<S>>,
     /// Taken shared by every claim and release of a slot, exclusively only to
     /// resize or clear. Never taken while holding a map shard lock.
     ring: RwLock<Ring>,
@@ -89,7 +90,10 @@ where
         let ring = Ring::new(max_size).ok_or(ConfigError::OutOfMemory { max_size })?;
         // Enough room up front for small caches; large ones grow as they fill,
         // so a generous max_size costs nothing until it is used.
-        let map = DashMap::with_capacity_and_hasher(max_size.min(1024), builder.hasher.clone());
+        let map = DashMap::with_capacity_and_hasher(
+            max_size.min(1024),
+            NonZeroHashes(builder.hasher.clone()),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 map,
@@ -182,9 +186,7 @@ where
             // Unless the key was added again meanwhile and placed in the
             // same slot: then the slot is the new entry's.
             let hash = inner.hash(&key);
-            inner
-                .ring_shared()
-                .release_if(slot as usize, hash, || !inner.owns(hash, slot));
+            inner.release(&inner.ring_shared(), slot, hash);
         }
         true
     }
@@ -274,10 +276,13 @@ where
         self.inner
             .with_entry(
                 hash,
-                |e| e.holds(index),
+                |e| e.slot() == Some(index) || e.is_reserving(),
                 |_, entry| {
-                    if entry.is_reserving(index) || entry.take_referenced() {
-                        Occupant::Keep // being placed, for a moment; or referenced
+                    // An entry of this hash taking a slot may be taking this
+                    // one (the hand does not know which): keep it, for a
+                    // moment, as a referenced owner is kept.
+                    if entry.is_reserving() || entry.take_referenced() {
+                        Occupant::Keep
                     } else {
                         Occupant::Evict
                     }
@@ -286,23 +291,19 @@ where
             .unwrap_or(Occupant::Free) // an orphan: removed, or moved by a resize
     }
 
-    fn reserve(&mut self, index: usize) -> bool {
+    fn reserve(&mut self, _: usize) -> bool {
         let ticket = self.ticket;
         self.inner
-            .with_entry(
-                self.hash,
-                |e| e.awaits(ticket),
-                |_, e| e.reserve(ticket, index as u32),
-            )
+            .with_entry(self.hash, |e| e.awaits(ticket), |_, e| e.reserve(ticket))
             .unwrap_or(false)
     }
 
-    fn unreserve(&mut self, index: usize) {
-        let index = index as u32;
+    fn unreserve(&mut self, _: usize) {
+        let ticket = self.ticket;
         self.inner.with_entry(
             self.hash,
-            |e| e.is_reserving(index),
-            |_, e| e.unreserve(self.ticket, index),
+            |e| e.reserving_for(ticket),
+            |_, e| e.unreserve(ticket),
         );
     }
 }
@@ -338,22 +339,42 @@ where
     ) -> Option<R> {
         let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
         let table = shard.read();
-        let (key, entry) = table.get(hash, |(_, e)| which(e.get()))?;
+        let (key, entry) = table.get(hash, |(k, e)| which(e.get()) && self.hash(k) == hash)?;
         Some(f(key, entry.get()))
     }
 
-    /// Whether an entry filed under `hash` is in ring slot `slot`, or is
-    /// being placed there.
+    /// Whether an entry filed under `hash` is in ring slot `slot`, or may be
+    /// taking it.
     fn owns(&self, hash: u64, slot: u32) -> bool {
-        self.with_entry(hash, |e| e.holds(slot), |_, _| ())
-            .is_some()
+        self.with_entry(
+            hash,
+            |e| e.slot() == Some(slot) || e.is_reserving(),
+            |_, _| (),
+        )
+        .is_some()
+    }
+
+    /// Empties ring slot `slot`, which the entry of `hash` just removed held,
+    /// unless another entry of that hash is in it or may be taking it.
+    fn release(&self, ring: &Ring, slot: u32, hash: u64) {
+        if ring.release_if(slot as usize, hash, || !self.owns(hash, slot)) {
+            // An entry of this hash may have settled into the slot between
+            // the look and the release, and is outside the ring now: it goes.
+            // (Had it settled after, it saw the slot empty and went itself;
+            // see `place`.)
+            self.remove_at(hash, |e| e.slot() == Some(slot), Counter::Evictions);
+        }
     }
 
     /// Removes the entry filed under `hash` that `which` picks, keeping the
     /// entry count and counting the removal as `reason`.
     fn remove_at(&self, hash: u64, mut which: impl FnMut(&Entry<V>) -> bool, reason: Counter) {
         let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
-        let removed = shard.write().remove_entry(hash, |(_, e)| which(e.get()));
+        // The table compares only 7 bits of the hash before asking `eq`:
+        // the full hash tells entries of other hashes apart.
+        let removed = shard
+            .write()
+            .remove_entry(hash, |(k, e)| which(e.get()) && self.hash(k) == hash);
         if removed.is_some() {
             self.entries.fetch_sub(1, Ordering::AcqRel);
             self.counters.incr(reason);
@@ -418,7 +439,11 @@ where
             return; // removed before it had a slot
         };
         let index = taken.index as u32;
-        if taken.may_be_owned {
+        // Tests widen the windows between a claim's steps, where other
+        // threads' claims and releases interleave.
+        #[cfg(test)]
+        std::thread::yield_now();
+        if taken.may_be_owned() {
             // The owner the hand judged, or whoever held the slot at the swap;
             // not the entry being placed, which is only reserving it so far.
             self.remove_at(
@@ -428,11 +453,27 @@ where
             );
         }
         let settled = self
-            .with_entry(hash, |e| e.is_reserving(index), |_, e| e.settle(index))
+            .with_entry(
+                hash,
+                |e| e.reserving_for(ticket),
+                |_, e| e.settle(ticket, index),
+            )
             .unwrap_or(false);
+        #[cfg(test)]
+        std::thread::yield_now();
         if !settled {
             // Removed as the slot was taken: the remover may have missed it.
-            ring.release_if(taken.index, hash, || !self.owns(hash, index));
+            self.release(&ring, index, hash);
+        } else if ring.hash_at(taken.index) != hash {
+            // Another claim swapped the slot between our swap and our
+            // settling: it had judged the slot's previous owner, of the same
+            // hash as ours (a key placed there again meanwhile, or another
+            // key of the same hash), and looked for that owner before ours
+            // was settled. The entry is outside the ring, so it goes. (Had
+            // that claim looked after we settled, it removed ours itself:
+            // settling and reading the slot are sequentially consistent, as
+            // are its swap and its look.)
+            self.remove_at(hash, |e| e.slot() == Some(index), Counter::Evictions);
         }
     }
 
@@ -511,5 +552,134 @@ where
         *ring = resized;
         self.max_size.store(max_size, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ring's invariant, checked from inside: once writers are quiet,
+    //! every entry is placed in a ring slot of its own that holds its hash.
+    //! (An entry outside the ring is never evicted, so the cache would
+    //! outgrow `max_size` for good.)
+
+    use super::*;
+    use std::collections::HashSet;
+    use std::hash::{BuildHasherDefault, Hasher};
+    use std::sync::Barrier;
+
+    /// Entries outside the ring: not placed, placed in a slot that holds
+    /// another hash, or placed in a slot another entry is placed in too.
+    fn outside_the_ring<K, V, S>(cache: &Cache<K, V, S>) -> usize
+    where
+        K: Hash + Eq + Clone,
+        S: BuildHasher + Clone,
+    {
+        let inner = &*cache.inner;
+        let ring = inner.ring_exclusive();
+        let mut slots = HashSet::new();
+        inner
+            .map
+            .iter()
+            .filter(|entry| match entry.value().slot() {
+                Some(slot) => {
+                    let slot = slot as usize;
+                    !slots.insert(slot)
+                        || slot >= ring.len()
+                        || ring.hash_at(slot) != inner.hash(entry.key())
+                }
+                None => true,
+            })
+            .count()
+    }
+
+    /// Four threads insert, read and invalidate 64 keys in a cache of
+    /// four, so claims, evictions and releases race on every slot.
+    fn race<S: BuildHasher + Clone + Send + Sync + 'static>(hasher: S) -> Cache<u64, u64, S> {
+        const THREADS: u64 = 4;
+        let cache: Cache<u64, u64, S> = Cache::builder()
+            .hasher(hasher)
+            .max_size(4)
+            .ttl(None)
+            .build()
+            .unwrap();
+        let start = Barrier::new(THREADS as usize);
+        std::thread::scope(|s| {
+            for thread in 0..THREADS {
+                let (cache, start) = (&cache, &start);
+                s.spawn(move || {
+                    let mut state = thread.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                    start.wait();
+                    for _ in 0..20_000 {
+                        // xorshift: a cheap, seeded sequence per thread.
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let key = state % 64;
+                        match (state >> 8) % 10 {
+                            0..=4 => cache.insert(key, key),
+                            5..=7 => {
+                                cache.get(&key);
+                            }
+                            _ => {
+                                cache.invalidate(&key);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        cache
+    }
+
+    fn assert_all_in_the_ring<S: BuildHasher + Clone + Send + Sync + 'static>(hasher: S) {
+        for round in 0..10 {
+            let cache = race(hasher.clone());
+            assert_eq!(outside_the_ring(&cache), 0, "round {round}");
+            assert!(cache.len() <= 4, "round {round}: len {}", cache.len());
+        }
+    }
+
+    #[test]
+    fn every_entry_stays_in_the_ring_with_the_default_hasher() {
+        assert_all_in_the_ring(crate::DefaultHasher::default());
+    }
+
+    /// Hashes a key to itself shifted left by 8, so every key's hash has
+    /// the same top 7 bits (the tag the map's table compares first) and
+    /// key 0 hashes to 0, the ring's mark for an empty slot.
+    #[derive(Default)]
+    struct SameTag(u64);
+
+    impl Hasher for SameTag {
+        fn finish(&self) -> u64 {
+            self.0 << 8
+        }
+        fn write(&mut self, _: &[u8]) {
+            unreachable!("only u64 keys")
+        }
+        fn write_u64(&mut self, key: u64) {
+            self.0 = key;
+        }
+    }
+
+    #[test]
+    fn every_entry_stays_in_the_ring_when_hashes_share_their_tag() {
+        assert_all_in_the_ring(BuildHasherDefault::<SameTag>::default());
+    }
+
+    /// One hash for every key.
+    #[derive(Default)]
+    struct OneHash;
+
+    impl Hasher for OneHash {
+        fn finish(&self) -> u64 {
+            0x5eed
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    #[test]
+    fn every_entry_stays_in_the_ring_when_keys_share_one_hash() {
+        assert_all_in_the_ring(BuildHasherDefault::<OneHash>::default());
     }
 }

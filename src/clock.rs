@@ -19,12 +19,20 @@
 //!
 //! A key may be removed and added again while a claim for it is under way,
 //! so the entry a claim places is named by a ticket (see `Entry::ticket`),
-//! and the entry records its slot just before the claim swaps its hash in.
-//! A slot's hash is then always its owner's or an orphan's: nothing in the
-//! ring waits for an insert to finish. A slot may return to a hash it held
-//! before between a claimer's look and its swap (the same key placed there
-//! again); the caller then evicts whichever entry of that hash the slot
-//! belonged to, so no entry is left outside the ring.
+//! and the entry is marked as taking a slot just before the claim swaps its
+//! hash in: nothing in the ring waits for an insert to finish, and the hand
+//! passes over a slot whose hash belongs to an entry being placed. No key
+//! hashes to [`EMPTY`] (the map's hasher moves a zero hash to one), so an
+//! empty slot has no owner to judge or evict.
+//!
+//! A slot may return to a hash it held before between a claimer's look and
+//! its swap (the same key placed there again, or another key of the same
+//! hash), so the swap can succeed against an owner the claimer never judged.
+//! The claimer evicts whichever entry of that hash is settled in the slot; an
+//! entry still being placed there finds, once settled, that the slot no
+//! longer holds its hash, and goes itself. Settling, swapping, and the two
+//! looks are sequentially consistent, so one of the two sees the other and
+//! no entry is left outside the ring.
 //!
 //! Slots are atomics, claimed by compare-and-swap, never a lock. The whole
 //! ring sits behind an `RwLock` in the cache that claimers take *shared*;
@@ -46,7 +54,8 @@ pub(crate) enum Occupant {
 /// The cache's side of a claim: it judges occupants by their entries in the
 /// map and records the slot in the entry being placed.
 pub(crate) trait Claimant {
-    /// How the hand treats slot `index`, holding `hash`.
+    /// How the hand treats slot `index`, holding `hash` (never [`EMPTY`]:
+    /// an empty slot is taken without asking).
     fn judge(&mut self, hash: u64, index: usize) -> Occupant;
     /// Records `index` as the placed entry's slot, just before the slot is
     /// taken; false if the entry is gone.
@@ -61,9 +70,14 @@ pub(crate) struct Taken {
     pub(crate) index: usize,
     /// The hash the slot held before.
     pub(crate) previous: u64,
-    /// Whether the slot may have had an owner, who must then be evicted:
-    /// false only for a slot never used since the ring was built or cleared.
-    pub(crate) may_be_owned: bool,
+}
+
+impl Taken {
+    /// Whether the slot may have had an owner, who must then be evicted: an
+    /// empty slot had none, since no key hashes to [`EMPTY`].
+    pub(crate) fn may_be_owned(&self) -> bool {
+        self.previous != EMPTY
+    }
 }
 
 /// The entry being placed was removed meanwhile.
@@ -81,8 +95,8 @@ pub(crate) struct Ring {
     free_len: AtomicUsize,
 }
 
-/// What an empty slot holds. A key may hash to it too; its slot is then
-/// judged like any other, by looking its owner up.
+/// What an empty slot holds; the map's hasher never gives a key this hash
+/// (see [`crate::hashing`]).
 const EMPTY: u64 = 0;
 
 impl Ring {
@@ -120,6 +134,11 @@ impl Ring {
         self.slots.len()
     }
 
+    /// The hash slot `index` holds now.
+    pub(crate) fn hash_at(&self, index: usize) -> u64 {
+        self.slots[index].load(Ordering::SeqCst)
+    }
+
     /// Puts `hash` into a slot for the `claimant`'s entry, judging each
     /// occupant the hand meets. `None` if the claimant's entry went away
     /// meanwhile. The ring must not be empty.
@@ -142,14 +161,16 @@ impl Ring {
             let index = self.hand.fetch_add(1, Ordering::Relaxed) % len;
             let slot = &self.slots[index];
             let previous = slot.load(Ordering::Acquire);
-            if let Occupant::Keep = claimant.judge(previous, index) {
+            if previous != EMPTY && matches!(claimant.judge(previous, index), Occupant::Keep) {
                 kept += 1;
                 if kept % len == 0 {
                     std::thread::yield_now();
                 }
                 continue;
             }
-            if let Some(taken) = self.take(index, previous, true, hash, claimant)? {
+            #[cfg(test)]
+            std::thread::yield_now(); // widens the window for tests, as in `Inner::place`
+            if let Some(taken) = self.take(index, previous, hash, claimant)? {
                 return Some(taken);
             }
         }
@@ -162,25 +183,21 @@ impl Ring {
         &self,
         index: usize,
         previous: u64,
-        may_be_owned: bool,
         hash: u64,
         claimant: &mut impl Claimant,
     ) -> Option<Option<Taken>> {
         if !claimant.reserve(index) {
             return None;
         }
+        // Sequentially consistent: see `Entry::slot`.
         let swapped = self.slots[index]
-            .compare_exchange(previous, hash, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(previous, hash, Ordering::SeqCst, Ordering::Acquire)
             .is_ok();
         if !swapped {
             claimant.unreserve(index);
             return Some(None);
         }
-        Some(Some(Taken {
-            index,
-            previous,
-            may_be_owned,
-        }))
+        Some(Some(Taken { index, previous }))
     }
 
     /// Takes a slot never used since the ring was built or cleared, if any.
@@ -199,7 +216,7 @@ impl Ring {
         }
         // The hand does not sweep while unused slots remain, but a claim that
         // found none a moment ago may be sweeping: then the swap can fail.
-        let taken = self.take(index, EMPTY, false, hash, claimant);
+        let taken = self.take(index, EMPTY, hash, claimant);
         if taken.is_none() {
             self.list_free(index); // still empty: keep it for the next claim
         }
@@ -224,7 +241,7 @@ impl Ring {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(index) = free.pop() {
             self.free_len.store(free.len(), Ordering::Relaxed);
-            match self.take(index, EMPTY, true, hash, claimant) {
+            match self.take(index, EMPTY, hash, claimant) {
                 None => {
                     free.push(index); // still free: leave it listed
                     self.free_len.store(free.len(), Ordering::Relaxed);
@@ -238,20 +255,27 @@ impl Ring {
     }
 
     /// Empties slot `index` if it holds `hash` and `unowned()` says no entry
-    /// owns it, and lists it as free.
-    pub(crate) fn release_if(&self, index: usize, hash: u64, unowned: impl FnOnce() -> bool) {
+    /// owns it, and lists it as free; whether it did.
+    pub(crate) fn release_if(
+        &self,
+        index: usize,
+        hash: u64,
+        unowned: impl FnOnce() -> bool,
+    ) -> bool {
         let Some(slot) = self.slots.get(index) else {
-            return;
+            return false;
         };
         if slot.load(Ordering::Acquire) != hash || !unowned() {
-            return;
+            return false;
         }
-        if slot
-            .compare_exchange(hash, EMPTY, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        // Sequentially consistent: see `Entry::slot`.
+        let released = slot
+            .compare_exchange(hash, EMPTY, Ordering::SeqCst, Ordering::Acquire)
+            .is_ok();
+        if released {
             self.list_free(index);
         }
+        released
     }
 
     /// Every slot that has been used with its hash, in the order the hand
@@ -305,12 +329,8 @@ mod tests {
             .expect("the entry stays")
     }
 
-    fn taken(index: usize, previous: u64, may_be_owned: bool) -> Taken {
-        Taken {
-            index,
-            previous,
-            may_be_owned,
-        }
+    fn taken(index: usize, previous: u64) -> Taken {
+        Taken { index, previous }
     }
 
     #[test]
@@ -320,7 +340,7 @@ mod tests {
             let got = claim(&ring, hash, |_, _| {
                 unreachable!("unused slots need no judging")
             });
-            assert_eq!(got, taken(hash as usize - 10, EMPTY, false));
+            assert_eq!(got, taken(hash as usize - 10, EMPTY));
         }
         // Full: keep slot 0's owner (referenced), evict slot 1's.
         let mut judged = Vec::new();
@@ -333,18 +353,19 @@ mod tests {
             }
         });
         assert_eq!(judged, vec![(10, 0), (11, 1)]);
-        assert_eq!(got, taken(1, 11, true));
+        assert_eq!(got, taken(1, 11));
     }
 
     #[test]
     fn release_empties_only_an_unowned_slot_of_the_hash() {
         let ring = Ring::new(2).unwrap();
         let index = claim(&ring, 7, |_, _| Occupant::Free).index;
-        ring.release_if(index, 8, || true);
-        ring.release_if(index, 7, || false);
-        assert_eq!(ring.occupants_from_hand()[index], (index, 7), "still held");
-        ring.release_if(index, 7, || true);
-        assert_eq!(ring.occupants_from_hand()[index], (index, EMPTY));
+        assert!(!ring.release_if(index, 8, || true), "another hash");
+        assert!(!ring.release_if(index, 7, || false), "owned");
+        assert_eq!(ring.hash_at(index), 7, "still held");
+        assert!(ring.release_if(index, 7, || true));
+        assert_eq!(ring.hash_at(index), EMPTY);
+        assert!(!ring.release_if(index, 7, || true), "released once");
     }
 
     #[test]
@@ -353,12 +374,12 @@ mod tests {
         for hash in 1..4 {
             claim(&ring, hash, |_, _| unreachable!());
         }
-        ring.release_if(1, 2, || true);
+        assert!(ring.release_if(1, 2, || true));
         let got = claim(&ring, 9, |_, _| panic!("the hand moved"));
-        assert_eq!(got, taken(1, EMPTY, true));
+        assert_eq!(got, taken(1, EMPTY));
 
         // A freed slot that someone else filled meanwhile is passed over.
-        ring.release_if(2, 3, || true);
+        assert!(ring.release_if(2, 3, || true));
         ring.slots[2].store(10, Ordering::Relaxed);
         let got = claim(&ring, 11, |_, _| Occupant::Evict);
         assert_ne!(
@@ -394,7 +415,7 @@ mod tests {
         held.sort();
         assert_eq!(held, vec![(0, 2), (1, 1)]);
         assert!(ring.claim(9, &mut Gone).is_none(), "full ring");
-        ring.release_if(1, 1, || true);
+        assert!(ring.release_if(1, 1, || true));
         assert!(ring.claim(9, &mut Gone).is_none(), "freed slot");
         let got = claim(&ring, 10, |_, _| panic!("the hand moved"));
         assert_eq!(got.index, 1, "the freed slot stayed listed");
@@ -434,7 +455,7 @@ mod tests {
         };
         let got = ring.claim(5, &mut racer).unwrap();
         assert_eq!((racer.reserved, racer.unreserved), (vec![0, 1], vec![0]));
-        assert_eq!(got, taken(1, 2, true));
+        assert_eq!(got, taken(1, 2));
     }
 
     #[test]
@@ -442,7 +463,7 @@ mod tests {
         let ring = Ring::with_hashes(4, [7, 8].into_iter()).unwrap();
         assert_eq!(&ring.occupants_from_hand()[..2], &[(0, 7), (1, 8)]);
         let got = claim(&ring, 9, |_, _| unreachable!());
-        assert_eq!(got, taken(2, EMPTY, false), "an unused slot first");
+        assert_eq!(got, taken(2, EMPTY), "an unused slot first");
         claim(&ring, 10, |_, _| unreachable!());
         let mut judged = Vec::new();
         claim(&ring, 11, |hash, _| {

@@ -7,10 +7,11 @@
 //! an `ArcSwap`, about a third.) Writes to a present key replace the value
 //! under the map shard's write lock, a bounded in-memory step.
 //!
-//! Each write gives the entry a new `version`, unique across the cache, so a
-//! refresh that started from one version installs its result only if that
-//! version is still current: a newer write wins, and a key removed and added
-//! again meanwhile (a new version) is not overwritten by the old refresh.
+//! Each write gives the entry a new `version` from a cache-wide counter (its
+//! low 32 bits; see [`Version`]), so a refresh that started from one version
+//! installs its result only if that version is still current: a newer write
+//! wins, and a key removed and added again meanwhile (a new version) is not
+//! overwritten by the old refresh.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -18,10 +19,13 @@ use crate::time::Nanos;
 
 // States of `Entry::slot`. A ring slot number has neither of the top two
 // bits set (`max_size` is below 2^30).
-/// Set while the entry has no ring slot; the other 31 bits are then the
+/// Set while the entry has no ring slot; the low 30 bits are then the
 /// entry's ticket, which only its inserter knows.
 const UNPLACED: u32 = 1 << 31;
-/// Set, beside a slot number, while the entry's inserter is taking that slot.
+/// Set, beside [`UNPLACED`] and the ticket, while the entry's inserter is
+/// taking a slot. The slot's number is the inserter's to know: the ticket
+/// stays, so an inserter acts only on its own entry, even beside another
+/// entry of the same hash that is taking the same slot.
 const RESERVING: u32 = 1 << 30;
 
 // Bits of `Entry::stamp`: the write time below, flags in the top two bits.
@@ -68,10 +72,10 @@ impl<V> Entry<V> {
     /// The ticket of an entry created with `version`: what its inserter
     /// shows to place it. Tickets tell apart an entry from one removed and
     /// added again under the same key meanwhile, so an inserter places only
-    /// its own entry (31 bits of the version: two entries of one key alive
-    /// at once share a ticket only 2^31 writes apart).
+    /// its own entry (30 bits of the version: two entries of one hash alive
+    /// at once share a ticket only 2^30 writes apart).
     pub(crate) fn ticket(version: u64) -> u32 {
-        UNPLACED | (version as u32 & !UNPLACED)
+        UNPLACED | (version as u32 & (RESERVING - 1))
     }
 
     /// Replaces the value, returning the old one so that the caller can drop
@@ -132,19 +136,19 @@ impl<V> Entry<V> {
     }
 
     /// The ring slot that lists this entry, if it has one.
+    ///
+    /// Sequentially consistent, as is [`Entry::settle`]: an inserter settles
+    /// its entry and then reads its slot in the ring, while a thread that
+    /// swaps the slot from under it then looks for the entry there; one of
+    /// the two must see the other's write (see `Inner::place`).
     pub(crate) fn slot(&self) -> Option<u32> {
-        let slot = self.slot.load(Ordering::Acquire);
-        (slot & (UNPLACED | RESERVING) == 0).then_some(slot)
+        let slot = self.slot.load(Ordering::SeqCst);
+        (slot & UNPLACED == 0).then_some(slot)
     }
 
-    /// Whether the entry is in ring slot `slot`, or its inserter is taking it.
-    pub(crate) fn holds(&self, slot: u32) -> bool {
-        self.slot.load(Ordering::Acquire) & !RESERVING == slot
-    }
-
-    /// Whether the entry's inserter is taking ring slot `slot`.
-    pub(crate) fn is_reserving(&self, slot: u32) -> bool {
-        self.slot.load(Ordering::Acquire) == slot | RESERVING
+    /// Whether the entry's inserter is taking a ring slot for it.
+    pub(crate) fn is_reserving(&self) -> bool {
+        self.slot.load(Ordering::Acquire) & (UNPLACED | RESERVING) == UNPLACED | RESERVING
     }
 
     /// Whether the entry is the unplaced one that `ticket` was issued for.
@@ -152,26 +156,31 @@ impl<V> Entry<V> {
         self.slot.load(Ordering::Acquire) == ticket
     }
 
-    /// Marks ring slot `slot` as being taken for the entry, if the entry is
-    /// still the unplaced one `ticket` was issued for; false otherwise.
-    pub(crate) fn reserve(&self, ticket: u32, slot: u32) -> bool {
-        debug_assert_eq!(slot & (UNPLACED | RESERVING), 0, "a slot number");
-        self.transition(ticket, slot | RESERVING)
+    /// Whether the entry is the one `ticket` was issued for, taking a slot.
+    pub(crate) fn reserving_for(&self, ticket: u32) -> bool {
+        self.slot.load(Ordering::Acquire) == ticket | RESERVING
+    }
+
+    /// Marks the entry as taking a ring slot, if it is still the unplaced one
+    /// `ticket` was issued for; false otherwise.
+    pub(crate) fn reserve(&self, ticket: u32) -> bool {
+        self.transition(ticket, ticket | RESERVING)
     }
 
     /// Undoes [`Entry::reserve`] when the slot went to someone else.
-    pub(crate) fn unreserve(&self, ticket: u32, slot: u32) -> bool {
-        self.transition(slot | RESERVING, ticket)
+    pub(crate) fn unreserve(&self, ticket: u32) -> bool {
+        self.transition(ticket | RESERVING, ticket)
     }
 
-    /// Completes [`Entry::reserve`] once the slot is taken.
-    pub(crate) fn settle(&self, slot: u32) -> bool {
-        self.transition(slot | RESERVING, slot)
+    /// Completes [`Entry::reserve`] once ring slot `slot` is taken.
+    pub(crate) fn settle(&self, ticket: u32, slot: u32) -> bool {
+        debug_assert_eq!(slot & UNPLACED, 0, "a slot number");
+        self.transition(ticket | RESERVING, slot)
     }
 
     fn transition(&self, from: u32, to: u32) -> bool {
         self.slot
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::Acquire)
             .is_ok()
     }
 
@@ -213,37 +222,35 @@ mod tests {
     fn placing() {
         let entry = Entry::new((), 0, 7);
         let ticket = Entry::<()>::ticket(7);
+        let other = Entry::<()>::ticket(8);
         assert_eq!(entry.slot(), None);
-        assert!(entry.awaits(ticket));
-        assert!(
-            !entry.reserve(Entry::<()>::ticket(8), 3),
-            "another's ticket"
-        );
-        assert!(entry.reserve(ticket, 3));
-        assert!(!entry.reserve(ticket, 4), "reserved once");
+        assert!(entry.awaits(ticket) && !entry.is_reserving());
+        assert!(!entry.reserve(other), "another's ticket");
+        assert!(entry.reserve(ticket));
+        assert!(!entry.reserve(ticket), "reserved once");
         assert_eq!(entry.slot(), None, "not placed until settled");
-        assert!(entry.is_reserving(3) && entry.holds(3) && !entry.holds(4));
-        assert!(
-            !entry.unreserve(ticket, 4),
-            "unreserves only the slot given"
-        );
-        assert!(entry.unreserve(ticket, 3));
-        assert!(entry.awaits(ticket) && !entry.holds(3));
-        assert!(!entry.settle(3), "nothing to settle");
-        assert!(entry.reserve(ticket, 0));
-        assert!(entry.settle(0));
+        assert!(entry.is_reserving() && entry.reserving_for(ticket));
+        assert!(!entry.reserving_for(other) && !entry.awaits(ticket));
+        assert!(!entry.unreserve(other), "only by its own ticket");
+        assert!(!entry.settle(other, 3), "only by its own ticket");
+        assert!(entry.unreserve(ticket));
+        assert!(entry.awaits(ticket) && !entry.is_reserving());
+        assert!(!entry.settle(ticket, 3), "nothing to settle");
+        assert!(entry.reserve(ticket));
+        assert!(entry.settle(ticket, 0));
         assert_eq!(entry.slot(), Some(0));
-        assert!(entry.holds(0) && !entry.is_reserving(0));
+        assert!(!entry.is_reserving() && !entry.awaits(ticket));
         entry.move_to(5);
         assert_eq!(entry.slot(), Some(5));
     }
 
     #[test]
     fn tickets_are_never_slot_numbers() {
-        for version in [0, 1, u32::MAX as u64, 1 << 31, u64::MAX] {
-            assert_eq!(Entry::<()>::ticket(version) & UNPLACED, UNPLACED);
-            let slot = crate::builder::MAX_SIZE_LIMIT as u32 - 1;
-            assert_eq!(slot & (UNPLACED | RESERVING), 0, "the last slot number");
+        let last_slot = crate::builder::MAX_SIZE_LIMIT as u32 - 1;
+        assert_eq!(last_slot & (UNPLACED | RESERVING), 0);
+        for version in [0, 1, u32::MAX as u64, 1 << 30, 1 << 31, u64::MAX] {
+            let ticket = Entry::<()>::ticket(version);
+            assert_eq!(ticket & (UNPLACED | RESERVING), UNPLACED, "{version}");
         }
         assert_ne!(Entry::<()>::ticket(1), Entry::<()>::ticket(2));
     }

@@ -97,6 +97,7 @@ mod clock;
 mod entry;
 mod fetcher;
 mod flight;
+mod hashing;
 mod metrics;
 mod refresh;
 #[cfg(feature = "serde")]

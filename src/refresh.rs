@@ -387,7 +387,7 @@ where
             Arc::downgrade(self),
             Arc::clone(&signals),
             nudged,
-            self.map.hasher().clone(),
+            self.map.hasher().0.clone(),
         ));
         Run { signals, task }
     }

@@ -574,3 +574,70 @@ fn keys_that_share_one_hash_keep_the_bound() {
         "old keys are evicted"
     );
 }
+
+/// Hashes a `u64` key to itself, as integer-keyed services often do: the
+/// key 0 hashes to 0, which the ring uses to mark an empty slot.
+#[derive(Clone, Default)]
+struct Identity;
+
+impl std::hash::BuildHasher for Identity {
+    type Hasher = IdentityHasher;
+    fn build_hasher(&self) -> IdentityHasher {
+        IdentityHasher(0)
+    }
+}
+
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
+#[test]
+fn a_key_hashing_to_zero_stays_within_the_bound() {
+    // Each round fills an empty cache from several threads at once, so some
+    // inserts sweep the hand while others still take never-used slots: the
+    // moment a key whose hash looks like an empty slot could be lost from
+    // the ring, and stay cached beyond the bound.
+    const THREADS: u64 = 4;
+    const MAX: usize = 4;
+    let cache = within("identity hashes", || {
+        let cache: Cache<u64, u64, Identity> = Cache::builder()
+            .hasher(Identity)
+            .max_size(MAX)
+            .ttl(None)
+            .build()
+            .unwrap();
+        let start = Barrier::new(THREADS as usize);
+        for round in 0..5_000u64 {
+            std::thread::scope(|s| {
+                for thread in 0..THREADS {
+                    let (cache, start) = (&cache, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        for i in 0..3 {
+                            let key = if thread == round % THREADS && i == 1 {
+                                0
+                            } else {
+                                1 + thread * 100 + i
+                            };
+                            cache.insert(key, value(thread, key, i));
+                        }
+                    });
+                }
+            });
+            assert!(cache.len() <= MAX, "round {round}: len {}", cache.len());
+            cache.clear();
+        }
+        cache
+    });
+    assert!(cache.is_empty());
+}
