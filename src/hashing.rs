@@ -55,13 +55,13 @@ impl<H: Hasher> Hasher for NonZeroHasher<H> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::hash::BuildHasherDefault;
 
-    /// Hashes an integer to itself.
+    /// Hashes an integer to itself, as services with integer keys often do.
     #[derive(Default)]
-    struct Identity(u64);
+    pub(crate) struct Identity(u64);
 
     impl Hasher for Identity {
         fn finish(&self) -> u64 {
