@@ -64,9 +64,9 @@
 //! # Performance
 //!
 //! Measured on 2 cores against peers in the same run (`BENCHMARKS.md` has the
-//! tables and commands): a hit reads at 0.8–1.05× quick_cache's speed and
-//! 0.8–1.0× a bare `DashMap`'s, many times moka's; with 5 % inserts and
-//! eviction running, 0.85–1.0× quick_cache. Inserting new keys into a full
+//! tables and commands): a hit reads at 0.85–1.05× quick_cache's speed and
+//! 0.75–0.9× a bare `DashMap`'s, many times moka's; with 5 % inserts and
+//! eviction running, 0.85–0.95× quick_cache. Inserting new keys into a full
 //! cache is the slow side, at 0.4× quick_cache: a claim on the ring costs
 //! several map lookups. The hit ratio equals a textbook CLOCK's and is at
 //! least exact LRU's on every trace measured, but it is below quick_cache's
