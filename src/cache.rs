@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dashmap::DashMap;
+use dashmap::SharedValue;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use crate::builder::{
     CacheBuilder, ConfigChange, ConfigError, DefaultHasher, LiveSettings, RefreshSettings,
 };
-use crate::clock::{Claimant, Occupant, Ring};
+use crate::clock::{Claimant, Occupant, Ring, Taken};
 use crate::entry::Entry;
 use crate::fetcher::DynFetcher;
 use crate::flight::FlightReceiver;
@@ -258,6 +259,16 @@ where
     }
 }
 
+/// How [`Inner::settle`] left a placed entry.
+enum Settled {
+    /// Removed before it was settled.
+    Gone,
+    /// The only entry of its hash in its slot.
+    Alone,
+    /// Settled in a slot another entry of its hash is settled in too.
+    Shared,
+}
+
 /// One entry's claim of a ring slot, judged against the map.
 struct Placement<'a, K, V, S> {
     inner: &'a Inner<K, V, S>,
@@ -438,6 +449,12 @@ where
         let Some(taken) = ring.claim(hash, &mut placement) else {
             return; // removed before it had a slot
         };
+        self.finish_placement(&ring, hash, ticket, taken);
+    }
+
+    /// Evicts the owner of the slot a claim took and settles the placed
+    /// entry in it.
+    fn finish_placement(&self, ring: &Ring, hash: u64, ticket: u32, taken: Taken) {
         let index = taken.index as u32;
         // Tests widen the windows between a claim's steps, where other
         // threads' claims and releases interleave.
@@ -452,28 +469,52 @@ where
                 Counter::Evictions,
             );
         }
-        let settled = self
-            .with_entry(
-                hash,
-                |e| e.reserving_for(ticket),
-                |_, e| e.settle(ticket, index),
-            )
-            .unwrap_or(false);
+        let settled = self.settle(hash, ticket, index);
         #[cfg(test)]
         std::thread::yield_now();
-        if !settled {
+        match settled {
             // Removed as the slot was taken: the remover may have missed it.
-            self.release(&ring, index, hash);
-        } else if ring.hash_at(taken.index) != hash {
+            Settled::Gone => self.release(ring, index, hash),
+            Settled::Alone if ring.hash_at(taken.index) == hash => {}
             // Another claim swapped the slot between our swap and our
-            // settling: it had judged the slot's previous owner, of the same
-            // hash as ours (a key placed there again meanwhile, or another
-            // key of the same hash), and looked for that owner before ours
-            // was settled. The entry is outside the ring, so it goes. (Had
-            // that claim looked after we settled, it removed ours itself:
-            // settling and reading the slot are sequentially consistent, as
-            // are its swap and its look.)
-            self.remove_at(hash, |e| e.slot() == Some(index), Counter::Evictions);
+            // settling. It had judged the slot's previous owner, of our hash
+            // (a key placed there again meanwhile, or another key of the same
+            // hash), and looked for that owner before ours was settled. Our
+            // entry is outside the ring, so it goes; had that claim looked
+            // after we settled, it removed ours itself. If the claim put our
+            // hash back (another key of it), both entries are settled in the
+            // slot, and the later to settle sees the other: one goes.
+            // Settling, swapping and these looks are sequentially
+            // consistent, so one side always sees the other.
+            Settled::Alone | Settled::Shared => {
+                self.remove_at(hash, |e| e.slot() == Some(index), Counter::Evictions)
+            }
+        }
+    }
+
+    /// Settles the entry `ticket` was issued for into ring slot `slot`, and
+    /// says whether another entry of `hash` is settled there too.
+    fn settle(&self, hash: u64, ticket: u32, slot: u32) -> Settled {
+        let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
+        let table = shard.read();
+        let ours = |(k, e): &(K, SharedValue<Entry<V>>)| {
+            e.get().reserving_for(ticket) && self.hash(k) == hash
+        };
+        match table.get(hash, ours) {
+            Some((_, entry)) if entry.get().settle(ticket, slot) => {}
+            _ => return Settled::Gone,
+        }
+        let mut settled_here = 0;
+        let shared = table.get(hash, |(k, e)| {
+            if e.get().slot() == Some(slot) && self.hash(k) == hash {
+                settled_here += 1;
+            }
+            settled_here == 2
+        });
+        if shared.is_some() {
+            Settled::Shared
+        } else {
+            Settled::Alone
         }
     }
 
@@ -667,5 +708,57 @@ mod tests {
     #[test]
     fn every_entry_stays_in_the_ring_when_keys_share_one_hash() {
         assert_all_in_the_ring(BuildHasherDefault::<OneHash>::default());
+    }
+
+    /// Adds `key` to the map as `Inner::write` does, without placing it;
+    /// returns its ticket.
+    fn add_unplaced<S: BuildHasher + Clone>(inner: &Inner<u64, u64, S>, key: u64) -> u32 {
+        let version = inner.next_version();
+        assert!(inner.map.insert(key, Entry::new(key, 0, version)).is_none());
+        inner.entries.fetch_add(1, Ordering::AcqRel);
+        Entry::<u64>::ticket(version)
+    }
+
+    /// Two keys of one hash, and a slot that goes back to that hash between
+    /// a claimer's look and its swap, step by step: both claims succeed and
+    /// both entries settle in the slot, and one of them must go.
+    #[test]
+    fn a_slot_swapped_back_to_the_same_hash_keeps_one_entry() {
+        let cache: Cache<u64, u64, BuildHasherDefault<OneHash>> = Cache::builder()
+            .hasher(Default::default())
+            .max_size(1)
+            .ttl(None)
+            .build()
+            .unwrap();
+        let inner = &*cache.inner;
+        let hash = inner.hash(&0u64);
+        cache.insert(0, 0);
+        // A claim for key 1 judges slot 0, held by key 0: evict.
+        let late = add_unplaced(inner, 1);
+        let mut late_claim = Placement {
+            inner,
+            hash,
+            ticket: late,
+        };
+        assert!(matches!(late_claim.judge(hash, 0), Occupant::Evict));
+        // Key 0 goes and comes back, its claim taking slot 0 off the free list.
+        assert!(cache.invalidate(&0));
+        let early = add_unplaced(inner, 0);
+        let ring = inner.ring_shared();
+        let mut early_claim = Placement {
+            inner,
+            hash,
+            ticket: early,
+        };
+        let early_taken = ring.claim(hash, &mut early_claim).unwrap();
+        assert_eq!((early_taken.index, early_taken.previous), (0, 0));
+        // The first claim's swap finds the hash it judged, and succeeds.
+        let late_taken = ring.take(0, hash, hash, &mut late_claim).unwrap().unwrap();
+        inner.finish_placement(&ring, hash, late, late_taken);
+        inner.finish_placement(&ring, hash, early, early_taken);
+        drop(ring);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(outside_the_ring(&cache), 0);
+        assert_eq!(cache.metrics().evictions, 1);
     }
 }

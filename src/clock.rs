@@ -22,7 +22,7 @@
 //! and the entry is marked as taking a slot just before the claim swaps its
 //! hash in: nothing in the ring waits for an insert to finish, and the hand
 //! passes over a slot whose hash belongs to an entry being placed. No key
-//! hashes to [`EMPTY`] (the map's hasher moves a zero hash to one), so an
+//! hashes to [`EMPTY`] (the map's hasher moves a zero hash elsewhere), so an
 //! empty slot has no owner to judge or evict.
 //!
 //! A slot may return to a hash it held before between a claimer's look and
@@ -30,9 +30,11 @@
 //! hash), so the swap can succeed against an owner the claimer never judged.
 //! The claimer evicts whichever entry of that hash is settled in the slot; an
 //! entry still being placed there finds, once settled, that the slot no
-//! longer holds its hash, and goes itself. Settling, swapping, and the two
-//! looks are sequentially consistent, so one of the two sees the other and
-//! no entry is left outside the ring.
+//! longer holds its hash, and goes itself. If the slot went back to the same
+//! hash for another key of it, both entries may settle in the slot; the later
+//! to settle sees the other, and one goes. Settling, swapping, and the looks
+//! are sequentially consistent, so one side always sees the other and no
+//! entry is left outside the ring.
 //!
 //! Slots are atomics, claimed by compare-and-swap, never a lock. The whole
 //! ring sits behind an `RwLock` in the cache that claimers take *shared*;
@@ -179,7 +181,7 @@ impl Ring {
     /// Swaps `hash` into slot `index` if it still holds `previous`, with the
     /// claimant's entry reserving it first. `Ok(None)` if another thread
     /// changed the slot first; `None` if the entry is gone.
-    fn take(
+    pub(crate) fn take(
         &self,
         index: usize,
         previous: u64,

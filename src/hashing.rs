@@ -1,11 +1,16 @@
-//! The map's hasher: the user's, with a hash of zero moved to one.
+//! The map's hasher: the user's, with a hash of zero moved elsewhere.
 //!
 //! The eviction ring names each slot's owner by its hash and marks an empty
 //! slot with zero, so no key may hash to zero. A seeded hasher returns zero
 //! once in 2^64 keys, but an identity hasher (common for integer keys) does
 //! for the key 0, and a key that shared the empty mark could be taken for no
-//! one and slip out of the ring. Moving zero to one costs a conditional move
-//! per hash and makes one hash value twice as likely, which no lookup notices.
+//! one and slip out of the ring. Zero moves to [`ZERO_MOVED_TO`], a value no
+//! small integer hashes to under an identity hasher (moving it to 1 would
+//! make the keys 0 and 1 share a hash). It costs a conditional move per hash
+//! and makes one hash value twice as likely, which no lookup notices.
+
+/// Where a hash of zero goes: an odd constant with bits spread over the word.
+const ZERO_MOVED_TO: u64 = 0x9e37_79b9_7f4a_7c15;
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -40,7 +45,7 @@ impl<H: Hasher> Hasher for NonZeroHasher<H> {
     #[inline]
     fn finish(&self) -> u64 {
         match self.0.finish() {
-            0 => 1,
+            0 => ZERO_MOVED_TO,
             hash => hash,
         }
     }
@@ -78,9 +83,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn zero_becomes_one_and_the_rest_pass_through() {
+    fn zero_moves_away_and_the_rest_pass_through() {
         let hashes = NonZeroHashes(BuildHasherDefault::<Identity>::default());
-        assert_eq!(hashes.hash_one(0u64), 1);
+        assert_eq!(hashes.hash_one(0u64), ZERO_MOVED_TO);
         assert_eq!(hashes.hash_one(1u64), 1);
         assert_eq!(hashes.hash_one(7u64), 7, "write_u64 is forwarded");
         assert_eq!(hashes.hash_one(u64::MAX), u64::MAX);
