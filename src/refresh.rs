@@ -7,8 +7,7 @@
 //! one shard's *read* lock at a time, which readers share, so it never stalls
 //! a read, and it delays a write to that shard by at most one shard's walk
 //! (`len / shards` entries, about 60 µs for 100,000 entries). It then fetches
-//! the queue
-//! `max_concurrent_refreshes` at a time, each fetch bounded by
+//! the queue `max_concurrent_refreshes` at a time, each fetch bounded by
 //! `refresh_timeout`. A `get` that finds a stale entry queues it at once
 //! through a bounded channel (refresh-on-read), so a read entry need not wait
 //! for the next interval.
