@@ -263,9 +263,9 @@ where
 enum Settled {
     /// Removed before it was settled.
     Gone,
-    /// The only entry of its hash in its slot.
+    /// The only entry of its hash in its slot when it looked.
     Alone,
-    /// Settled in a slot another entry of its hash is settled in too.
+    /// Settled in a slot another entry of its hash was settled in too.
     Shared,
 }
 
@@ -372,20 +372,37 @@ where
             // An entry of this hash may have settled into the slot between
             // the look and the release, and is outside the ring now: it goes.
             // (Had it settled after, it saw the slot empty and went itself;
-            // see `place`.)
+            // see `keep_one_in_slot`.)
             self.remove_at(hash, |e| e.slot() == Some(slot), Counter::Evictions);
         }
     }
 
     /// Removes the entry filed under `hash` that `which` picks, keeping the
     /// entry count and counting the removal as `reason`.
-    fn remove_at(&self, hash: u64, mut which: impl FnMut(&Entry<V>) -> bool, reason: Counter) {
+    fn remove_at(&self, hash: u64, which: impl FnMut(&Entry<V>) -> bool, reason: Counter) {
+        self.remove_nth_at(hash, which, 1, reason);
+    }
+
+    /// Removes the `nth` (from 1, in probe order) of the entries filed under
+    /// `hash` that `which` picks, if there are that many, keeping the entry
+    /// count and counting the removal as `reason`.
+    fn remove_nth_at(
+        &self,
+        hash: u64,
+        mut which: impl FnMut(&Entry<V>) -> bool,
+        nth: usize,
+        reason: Counter,
+    ) {
         let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
+        let mut picked = 0;
         // The table compares only 7 bits of the hash before asking `eq`:
         // the full hash tells entries of other hashes apart.
-        let removed = shard
-            .write()
-            .remove_entry(hash, |(k, e)| which(e.get()) && self.hash(k) == hash);
+        let removed = shard.write().remove_entry(hash, |(k, e)| {
+            if which(e.get()) && self.hash(k) == hash {
+                picked += 1;
+            }
+            picked == nth
+        });
         if removed.is_some() {
             self.entries.fetch_sub(1, Ordering::AcqRel);
             self.counters.incr(reason);
@@ -472,23 +489,37 @@ where
         let settled = self.settle(hash, ticket, index);
         #[cfg(test)]
         std::thread::yield_now();
+        self.keep_one_in_slot(ring, hash, index, settled);
+    }
+
+    /// Acts on how `settle` left the entry just placed in `slot`, so that no
+    /// entry is left outside the ring and no two entries share the slot.
+    fn keep_one_in_slot(&self, ring: &Ring, hash: u64, slot: u32, settled: Settled) {
+        let in_slot = |e: &Entry<V>| e.slot() == Some(slot);
         match settled {
             // Removed as the slot was taken: the remover may have missed it.
-            Settled::Gone => self.release(ring, index, hash),
-            Settled::Alone if ring.hash_at(taken.index) == hash => {}
-            // Another claim swapped the slot between our swap and our
-            // settling. It had judged the slot's previous owner, of our hash
-            // (a key placed there again meanwhile, or another key of the same
-            // hash), and looked for that owner before ours was settled. Our
-            // entry is outside the ring, so it goes; had that claim looked
-            // after we settled, it removed ours itself. If the claim put our
-            // hash back (another key of it), both entries are settled in the
-            // slot, and the later to settle sees the other: one goes.
-            // Settling, swapping and these looks are sequentially
-            // consistent, so one side always sees the other.
-            Settled::Alone | Settled::Shared => {
-                self.remove_at(hash, |e| e.slot() == Some(index), Counter::Evictions)
-            }
+            Settled::Gone => return self.release(ring, slot, hash),
+            Settled::Alone => {}
+            // Two entries of our hash settled in the slot: two claims swapped
+            // it to our hash, one of them against an owner it judged before
+            // the slot went back to that hash. The later of the two to settle
+            // sees the other (settling and these looks are sequentially
+            // consistent), and both may. One goes, chosen under the shard's
+            // write lock and only while two remain, so that two settlers that
+            // saw each other, or a settler whose partner was invalidated
+            // meanwhile, do not both go.
+            Settled::Shared => self.remove_nth_at(hash, in_slot, 2, Counter::Evictions),
+        }
+        if ring.hash_at(slot as usize) != hash {
+            // Another claim swapped the slot since our swap. It had judged
+            // the slot's previous owner, of our hash (a key placed there
+            // again meanwhile, or another key of the same hash), and looked
+            // for that owner before ours was settled or before the removal
+            // above. Our entry is outside the ring, so it goes; had that
+            // claim looked later, it removed ours itself. Settling, removing,
+            // swapping and both looks are sequentially consistent, so one
+            // side sees the other.
+            self.remove_at(hash, in_slot, Counter::Evictions);
         }
     }
 
@@ -719,11 +750,21 @@ mod tests {
         Entry::<u64>::ticket(version)
     }
 
-    /// Two keys of one hash, and a slot that goes back to that hash between
-    /// a claimer's look and its swap, step by step: both claims succeed and
-    /// both entries settle in the slot, and one of them must go.
-    #[test]
-    fn a_slot_swapped_back_to_the_same_hash_keeps_one_entry() {
+    /// Two claims of one slot, for keys 1 (`late`) and 0 (`early`) of one
+    /// hash, in a cache of one slot, each with its ticket and taken slot.
+    struct SameHashClaims {
+        cache: Cache<u64, u64, BuildHasherDefault<OneHash>>,
+        hash: u64,
+        late: (u32, Taken),
+        early: (u32, Taken),
+    }
+
+    /// Plays the claims of two keys of one hash for a slot that goes back to
+    /// that hash between a claimer's look and its swap: a claim for key 1
+    /// judges key 0's slot; key 0 goes and comes back, its claim taking the
+    /// slot off the free list; then key 1's swap finds the hash it judged
+    /// and succeeds. Both claims hold slot 0, and neither is settled yet.
+    fn same_hash_claims() -> SameHashClaims {
         let cache: Cache<u64, u64, BuildHasherDefault<OneHash>> = Cache::builder()
             .hasher(Default::default())
             .max_size(1)
@@ -733,7 +774,6 @@ mod tests {
         let inner = &*cache.inner;
         let hash = inner.hash(&0u64);
         cache.insert(0, 0);
-        // A claim for key 1 judges slot 0, held by key 0: evict.
         let late = add_unplaced(inner, 1);
         let mut late_claim = Placement {
             inner,
@@ -741,7 +781,6 @@ mod tests {
             ticket: late,
         };
         assert!(matches!(late_claim.judge(hash, 0), Occupant::Evict));
-        // Key 0 goes and comes back, its claim taking slot 0 off the free list.
         assert!(cache.invalidate(&0));
         let early = add_unplaced(inner, 0);
         let ring = inner.ring_shared();
@@ -751,14 +790,84 @@ mod tests {
             ticket: early,
         };
         let early_taken = ring.claim(hash, &mut early_claim).unwrap();
-        assert_eq!((early_taken.index, early_taken.previous), (0, 0));
-        // The first claim's swap finds the hash it judged, and succeeds.
+        assert_eq!(early_taken.index, 0);
+        assert!(
+            !early_taken.may_be_owned(),
+            "taken off the free list, empty"
+        );
         let late_taken = ring.take(0, hash, hash, &mut late_claim).unwrap().unwrap();
-        inner.finish_placement(&ring, hash, late, late_taken);
-        inner.finish_placement(&ring, hash, early, early_taken);
+        drop(ring);
+        SameHashClaims {
+            cache,
+            hash,
+            late: (late, late_taken),
+            early: (early, early_taken),
+        }
+    }
+
+    /// Both entries settle in the slot, one after the other: the later sees
+    /// the earlier, and one of them goes.
+    #[test]
+    fn a_slot_swapped_back_to_the_same_hash_keeps_one_entry() {
+        let SameHashClaims {
+            cache,
+            hash,
+            late,
+            early,
+        } = same_hash_claims();
+        let inner = &*cache.inner;
+        let ring = inner.ring_shared();
+        inner.finish_placement(&ring, hash, late.0, late.1);
+        inner.finish_placement(&ring, hash, early.0, early.1);
         drop(ring);
         assert_eq!(cache.len(), 1);
         assert_eq!(outside_the_ring(&cache), 0);
         assert_eq!(cache.metrics().evictions, 1);
+    }
+
+    /// Both settlers saw each other: only one of them goes.
+    #[test]
+    fn two_settlers_that_saw_each_other_keep_one_entry() {
+        let SameHashClaims {
+            cache,
+            hash,
+            late,
+            early,
+        } = same_hash_claims();
+        let inner = &*cache.inner;
+        let ring = inner.ring_shared();
+        let slot = late.1.index as u32;
+        assert!(matches!(inner.settle(hash, late.0, slot), Settled::Alone));
+        assert!(matches!(inner.settle(hash, early.0, slot), Settled::Shared));
+        // The late settler's look, had it come after the early settling.
+        inner.keep_one_in_slot(&ring, hash, slot, Settled::Shared);
+        inner.keep_one_in_slot(&ring, hash, slot, Settled::Shared);
+        drop(ring);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(outside_the_ring(&cache), 0);
+        assert_eq!(cache.metrics().evictions, 1);
+    }
+
+    /// A settler that saw another entry in its slot, which was invalidated
+    /// before the settler acted, keeps its entry.
+    #[test]
+    fn a_settler_whose_partner_was_invalidated_stays() {
+        let SameHashClaims {
+            cache,
+            hash,
+            late,
+            early,
+        } = same_hash_claims();
+        let inner = &*cache.inner;
+        let ring = inner.ring_shared();
+        let slot = late.1.index as u32;
+        assert!(matches!(inner.settle(hash, late.0, slot), Settled::Alone));
+        assert!(matches!(inner.settle(hash, early.0, slot), Settled::Shared));
+        assert!(cache.invalidate(&1));
+        inner.keep_one_in_slot(&ring, hash, slot, Settled::Shared);
+        drop(ring);
+        assert_eq!(cache.get(&0), Some(0));
+        assert_eq!(outside_the_ring(&cache), 0);
+        assert_eq!(cache.metrics().evictions, 0);
     }
 }

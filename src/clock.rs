@@ -32,9 +32,10 @@
 //! entry still being placed there finds, once settled, that the slot no
 //! longer holds its hash, and goes itself. If the slot went back to the same
 //! hash for another key of it, both entries may settle in the slot; the later
-//! to settle sees the other, and one goes. Settling, swapping, and the looks
-//! are sequentially consistent, so one side always sees the other and no
-//! entry is left outside the ring.
+//! to settle sees the other (both may), and one goes, picked under the
+//! shard's write lock only while two remain. Settling, swapping, and the
+//! looks are sequentially consistent, so one side always sees the other and
+//! no entry is left outside the ring.
 //!
 //! Slots are atomics, claimed by compare-and-swap, never a lock. The whole
 //! ring sits behind an `RwLock` in the cache that claimers take *shared*;
@@ -171,7 +172,7 @@ impl Ring {
                 continue;
             }
             #[cfg(test)]
-            std::thread::yield_now(); // widens the window for tests, as in `Inner::place`
+            std::thread::yield_now(); // widens the window for tests, as in `Inner::finish_placement`
             if let Some(taken) = self.take(index, previous, hash, claimant)? {
                 return Some(taken);
             }

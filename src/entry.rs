@@ -138,9 +138,10 @@ impl<V> Entry<V> {
     /// The ring slot that lists this entry, if it has one.
     ///
     /// Sequentially consistent, as is [`Entry::settle`]: an inserter settles
-    /// its entry and then reads its slot in the ring, while a thread that
-    /// swaps the slot from under it then looks for the entry there; one of
-    /// the two must see the other's write (see `Inner::place`).
+    /// its entry and then reads its slot in the ring (and the slots of other
+    /// entries of its hash), while a thread that swaps the slot from under it
+    /// (or settles another entry there) then looks for the entry; one of the
+    /// two must see the other's write (see `Inner::keep_one_in_slot`).
     pub(crate) fn slot(&self) -> Option<u32> {
         let slot = self.slot.load(Ordering::SeqCst);
         (slot & UNPLACED == 0).then_some(slot)
