@@ -199,7 +199,8 @@ where
 
     /// The number of entries. Never above `max_size` once writers are quiet;
     /// under concurrent inserts of new keys it may pass it by at most one per
-    /// inserter, for the moment between claiming a slot and removing the victim.
+    /// inserter, for the moment between adding a key and removing the entry
+    /// its slot claim displaced.
     pub fn len(&self) -> usize {
         self.inner.entries.load(Ordering::Acquire)
     }
@@ -505,20 +506,22 @@ where
             // the slot went back to that hash. The later of the two to settle
             // sees the other (settling and these looks are sequentially
             // consistent), and both may. One goes, chosen under the shard's
-            // write lock and only while two remain, so that two settlers that
-            // saw each other, or a settler whose partner was invalidated
-            // meanwhile, do not both go.
+            // write lock and only while two remain: two settlers that saw
+            // each other do not both go, and a settler whose partner was
+            // invalidated meanwhile stays.
             Settled::Shared => self.remove_nth_at(hash, in_slot, 2, Counter::Evictions),
         }
         if ring.hash_at(slot as usize) != hash {
-            // Another claim swapped the slot since our swap. It had judged
-            // the slot's previous owner, of our hash (a key placed there
-            // again meanwhile, or another key of the same hash), and looked
-            // for that owner before ours was settled or before the removal
-            // above. Our entry is outside the ring, so it goes; had that
-            // claim looked later, it removed ours itself. Settling, removing,
-            // swapping and both looks are sequentially consistent, so one
-            // side sees the other.
+            // The slot left our hash since our swap: another claim swapped
+            // it, having judged the slot's previous owner, of our hash (a key
+            // placed there again meanwhile, or another key of the same hash),
+            // or a release emptied it; and it looked for that owner before
+            // ours was settled or before the removal above. The entries of
+            // our hash listed in the slot are outside the ring, and one is
+            // left at most: it goes (ours, or the one it displaced, which is
+            // the same to the ring). Had the other side looked later, it
+            // removed it itself. Settling, removing, swapping and both looks
+            // are sequentially consistent, so one side sees the other.
             self.remove_at(hash, in_slot, Counter::Evictions);
         }
     }
@@ -825,9 +828,11 @@ mod tests {
         assert_eq!(cache.metrics().evictions, 1);
     }
 
-    /// Both settlers saw each other: only one of them goes.
+    /// Both entries settle, then each acts as a settler that saw the other
+    /// (the late settler's look played after the early settling, as a
+    /// thread may interleave it): only one of them goes.
     #[test]
-    fn two_settlers_that_saw_each_other_keep_one_entry() {
+    fn two_settlers_that_each_see_the_other_keep_one_entry() {
         let SameHashClaims {
             cache,
             hash,
@@ -863,11 +868,36 @@ mod tests {
         let slot = late.1.index as u32;
         assert!(matches!(inner.settle(hash, late.0, slot), Settled::Alone));
         assert!(matches!(inner.settle(hash, early.0, slot), Settled::Shared));
+        drop(ring); // invalidating takes the ring's lock
         assert!(cache.invalidate(&1));
+        let ring = inner.ring_shared();
         inner.keep_one_in_slot(&ring, hash, slot, Settled::Shared);
         drop(ring);
         assert_eq!(cache.get(&0), Some(0));
         assert_eq!(outside_the_ring(&cache), 0);
         assert_eq!(cache.metrics().evictions, 0);
+    }
+
+    /// A settler that saw another entry in its slot, whose slot then left
+    /// their hash before it acted, removes both: neither is in the ring.
+    #[test]
+    fn a_settler_whose_slot_left_its_hash_removes_what_is_outside() {
+        let SameHashClaims {
+            cache,
+            hash,
+            late,
+            early,
+        } = same_hash_claims();
+        let inner = &*cache.inner;
+        let ring = inner.ring_shared();
+        let slot = late.1.index as u32;
+        assert!(matches!(inner.settle(hash, late.0, slot), Settled::Alone));
+        assert!(matches!(inner.settle(hash, early.0, slot), Settled::Shared));
+        // The slot leaves the hash after the early settler's look.
+        assert!(ring.release_if(slot as usize, hash, || true));
+        inner.keep_one_in_slot(&ring, hash, slot, Settled::Shared);
+        drop(ring);
+        assert_eq!(cache.len(), 0);
+        assert_eq!(outside_the_ring(&cache), 0);
     }
 }

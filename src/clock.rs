@@ -30,7 +30,7 @@
 //! hash), so the swap can succeed against an owner the claimer never judged.
 //! The claimer evicts whichever entry of that hash is settled in the slot; an
 //! entry still being placed there finds, once settled, that the slot no
-//! longer holds its hash, and goes itself. If the slot went back to the same
+//! longer holds its hash, and goes (or the entry it displaced does). If the slot went back to the same
 //! hash for another key of it, both entries may settle in the slot; the later
 //! to settle sees the other (both may), and one goes, picked under the
 //! shard's write lock only while two remain. Settling, swapping, and the
