@@ -64,11 +64,11 @@
 //! # Performance
 //!
 //! Measured on 2 cores against peers in the same run (`BENCHMARKS.md` has the
-//! tables and commands): a hit reads at 0.85–1.05× quick_cache's speed and
-//! 0.75–0.9× a bare `DashMap`'s, many times moka's; with 5 % inserts and
-//! eviction running, 0.85–0.95× quick_cache. Inserting new keys into a full
-//! cache is the slow side, at 0.4× quick_cache: a claim on the ring costs
-//! several map lookups. The hit ratio equals a textbook CLOCK's and is at
+//! tables and commands): a hit reads at 0.9–1.1× quick_cache's speed and
+//! 0.75–0.95× a bare `DashMap`'s, many times moka's; with 5 % inserts and
+//! eviction running, 0.8–0.95× quick_cache. Inserting new keys into a full
+//! cache is the slow side, at 0.25–0.4× quick_cache: a claim on the ring
+//! costs several map lookups. The hit ratio equals a textbook CLOCK's and is at
 //! least exact LRU's on every trace measured, but it is below quick_cache's
 //! and S3-FIFO's where one-hit keys crowd the cache.
 //!
