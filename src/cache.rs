@@ -762,6 +762,20 @@ mod tests {
         early: (u32, Taken),
     }
 
+    impl SameHashClaims {
+        /// Settles the late entry, then the early one, which sees the late
+        /// one in the slot; returns the cache, the hash and the slot.
+        fn settle_both(self) -> (Cache<u64, u64, BuildHasherDefault<OneHash>>, u64, u32) {
+            let inner = &*self.cache.inner;
+            let slot = self.late.1.index as u32;
+            let late = inner.settle(self.hash, self.late.0, slot);
+            assert!(matches!(late, Settled::Alone));
+            let early = inner.settle(self.hash, self.early.0, slot);
+            assert!(matches!(early, Settled::Shared));
+            (self.cache, self.hash, slot)
+        }
+    }
+
     /// Plays the claims of two keys of one hash for a slot that goes back to
     /// that hash between a claimer's look and its swap: a claim for key 1
     /// judges key 0's slot; key 0 goes and comes back, its claim taking the
@@ -833,17 +847,9 @@ mod tests {
     /// thread may interleave it): only one of them goes.
     #[test]
     fn two_settlers_that_each_see_the_other_keep_one_entry() {
-        let SameHashClaims {
-            cache,
-            hash,
-            late,
-            early,
-        } = same_hash_claims();
+        let (cache, hash, slot) = same_hash_claims().settle_both();
         let inner = &*cache.inner;
         let ring = inner.ring_shared();
-        let slot = late.1.index as u32;
-        assert!(matches!(inner.settle(hash, late.0, slot), Settled::Alone));
-        assert!(matches!(inner.settle(hash, early.0, slot), Settled::Shared));
         // The late settler's look, had it come after the early settling.
         inner.keep_one_in_slot(&ring, hash, slot, Settled::Shared);
         inner.keep_one_in_slot(&ring, hash, slot, Settled::Shared);
@@ -857,17 +863,9 @@ mod tests {
     /// before the settler acted, keeps its entry.
     #[test]
     fn a_settler_whose_partner_was_invalidated_stays() {
-        let SameHashClaims {
-            cache,
-            hash,
-            late,
-            early,
-        } = same_hash_claims();
+        let (cache, hash, slot) = same_hash_claims().settle_both();
         let inner = &*cache.inner;
         let ring = inner.ring_shared();
-        let slot = late.1.index as u32;
-        assert!(matches!(inner.settle(hash, late.0, slot), Settled::Alone));
-        assert!(matches!(inner.settle(hash, early.0, slot), Settled::Shared));
         drop(ring); // invalidating takes the ring's lock
         assert!(cache.invalidate(&1));
         let ring = inner.ring_shared();
@@ -882,17 +880,9 @@ mod tests {
     /// their hash before it acted, removes both: neither is in the ring.
     #[test]
     fn a_settler_whose_slot_left_its_hash_removes_what_is_outside() {
-        let SameHashClaims {
-            cache,
-            hash,
-            late,
-            early,
-        } = same_hash_claims();
+        let (cache, hash, slot) = same_hash_claims().settle_both();
         let inner = &*cache.inner;
         let ring = inner.ring_shared();
-        let slot = late.1.index as u32;
-        assert!(matches!(inner.settle(hash, late.0, slot), Settled::Alone));
-        assert!(matches!(inner.settle(hash, early.0, slot), Settled::Shared));
         // The slot leaves the hash after the early settler's look.
         assert!(ring.release_if(slot as usize, hash, || true));
         inner.keep_one_in_slot(&ring, hash, slot, Settled::Shared);
