@@ -30,12 +30,12 @@
 //! hash), so the swap can succeed against an owner the claimer never judged.
 //! The claimer evicts whichever entry of that hash is settled in the slot; an
 //! entry still being placed there finds, once settled, that the slot no
-//! longer holds its hash, and goes (or the entry it displaced does). If the slot went back to the same
-//! hash for another key of it, both entries may settle in the slot; the later
-//! to settle sees the other (both may), and one goes, picked under the
-//! shard's write lock only while two remain. Settling, swapping, and the
-//! looks are sequentially consistent, so one side always sees the other and
-//! no entry is left outside the ring.
+//! longer holds its hash, and goes (or the entry it displaced does). If the
+//! slot went back to the same hash for another key of it, both entries may
+//! settle in the slot; the later to settle sees the other (both may), and one
+//! goes, picked under the shard's write lock only while two remain. Settling,
+//! swapping, and the looks are sequentially consistent, so one side always
+//! sees the other and no entry is left outside the ring.
 //!
 //! Slots are atomics, claimed by compare-and-swap, never a lock. The whole
 //! ring sits behind an `RwLock` in the cache that claimers take *shared*;

@@ -9,10 +9,10 @@
 //! make the keys 0 and 1 share a hash). It costs a conditional move per hash
 //! and makes one hash value twice as likely, which no lookup notices.
 
+use std::hash::{BuildHasher, Hasher};
+
 /// Where a hash of zero goes: an odd constant with bits spread over the word.
 const ZERO_MOVED_TO: u64 = 0x9e37_79b9_7f4a_7c15;
-
-use std::hash::{BuildHasher, Hasher};
 
 /// Builds [`NonZeroHasher`]s around the user's hasher.
 #[derive(Clone, Debug, Default)]
