@@ -346,13 +346,32 @@ where
     fn with_entry<R>(
         &self,
         hash: u64,
-        mut which: impl FnMut(&Entry<V>) -> bool,
+        which: impl FnMut(&Entry<V>) -> bool,
         f: impl FnOnce(&K, &Entry<V>) -> R,
     ) -> Option<R> {
         let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
         let table = shard.read();
-        let (key, entry) = table.get(hash, |(k, e)| which(e.get()) && self.hash(k) == hash)?;
+        let (key, entry) = table.get(hash, self.nth_filed_under(hash, which, 1))?;
         Some(f(key, entry.get()))
+    }
+
+    /// A table probe's `eq` for the `nth` (from 1, in probe order) of the
+    /// entries filed under `hash` that `which` picks.
+    fn nth_filed_under(
+        &self,
+        hash: u64,
+        mut which: impl FnMut(&Entry<V>) -> bool,
+        nth: usize,
+    ) -> impl FnMut(&(K, SharedValue<Entry<V>>)) -> bool {
+        let mut picked = 0;
+        // The table compares only 7 bits of the hash before asking `eq`:
+        // the full hash tells entries of other hashes apart.
+        move |(k, e)| {
+            if which(e.get()) && self.hash(k) == hash {
+                picked += 1;
+            }
+            picked == nth
+        }
     }
 
     /// Whether an entry filed under `hash` is in ring slot `slot`, or may be
@@ -390,20 +409,14 @@ where
     fn remove_nth_at(
         &self,
         hash: u64,
-        mut which: impl FnMut(&Entry<V>) -> bool,
+        which: impl FnMut(&Entry<V>) -> bool,
         nth: usize,
         reason: Counter,
     ) {
         let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
-        let mut picked = 0;
-        // The table compares only 7 bits of the hash before asking `eq`:
-        // the full hash tells entries of other hashes apart.
-        let removed = shard.write().remove_entry(hash, |(k, e)| {
-            if which(e.get()) && self.hash(k) == hash {
-                picked += 1;
-            }
-            picked == nth
-        });
+        let removed = shard
+            .write()
+            .remove_entry(hash, self.nth_filed_under(hash, which, nth));
         if removed.is_some() {
             self.entries.fetch_sub(1, Ordering::AcqRel);
             self.counters.incr(reason);
@@ -531,21 +544,13 @@ where
     fn settle(&self, hash: u64, ticket: u32, slot: u32) -> Settled {
         let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
         let table = shard.read();
-        let ours = |(k, e): &(K, SharedValue<Entry<V>>)| {
-            e.get().reserving_for(ticket) && self.hash(k) == hash
-        };
+        let ours = self.nth_filed_under(hash, |e| e.reserving_for(ticket), 1);
         match table.get(hash, ours) {
             Some((_, entry)) if entry.get().settle(ticket, slot) => {}
             _ => return Settled::Gone,
         }
-        let mut settled_here = 0;
-        let shared = table.get(hash, |(k, e)| {
-            if e.get().slot() == Some(slot) && self.hash(k) == hash {
-                settled_here += 1;
-            }
-            settled_here == 2
-        });
-        if shared.is_some() {
+        let second_in_slot = self.nth_filed_under(hash, |e| e.slot() == Some(slot), 2);
+        if table.get(hash, second_in_slot).is_some() {
             Settled::Shared
         } else {
             Settled::Alone
