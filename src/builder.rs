@@ -1,29 +1,18 @@
-//! [`CacheBuilder`], the live settings of a cache, and [`ConfigError`].
+//! [`CacheBuilder`]: every setting of a cache, checked when it is built.
 
-use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Cache;
-use crate::fetcher::{DynFetcher, IntoFetcher};
-use crate::time::{Nanos, duration_to_nanos};
-use std::sync::Arc;
+use crate::fetcher::{ErasedFetcher, IntoFetcher};
+use crate::removal::{Listener, RemovalCause, Weigher};
+use crate::settings::{ConfigError, MAX_SIZE_LIMIT, Settings};
 
 /// The default hasher: foldhash, seeded at random, so keys chosen by an
 /// attacker cannot be aimed at one shard.
 pub type DefaultHasher = foldhash::fast::RandomState;
-
-/// The largest `max_size`: slots are numbered with 30 bits.
-pub const MAX_SIZE_LIMIT: usize = (1 << 30) - 1;
-
-pub(crate) const DEFAULT_MAX_SIZE: usize = 100;
-pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
-pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
-pub(crate) const DEFAULT_MAX_CONCURRENT_REFRESHES: usize = 16;
-pub(crate) const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
-pub(crate) const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Builds a [`Cache`]; from [`Cache::builder`].
 ///
@@ -44,38 +33,22 @@ pub(crate) const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(600);
 /// ```
 #[must_use]
 pub struct CacheBuilder<K, V, S = DefaultHasher> {
-    pub(crate) max_size: usize,
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) refresh_interval: Duration,
+    pub(crate) settings: Settings,
     pub(crate) hasher: S,
-    pub(crate) fetcher: Option<Arc<dyn DynFetcher<K, V>>>,
-    pub(crate) refresh: RefreshSettings,
+    pub(crate) fetcher: Option<ErasedFetcher<K, V>>,
+    pub(crate) weigher: Option<Weigher<K, V>>,
+    pub(crate) listener: Option<Listener<K, V>>,
     _types: PhantomData<fn(K) -> V>,
-}
-
-/// The refresher's settings, fixed at build time.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RefreshSettings {
-    pub(crate) max_concurrent: usize,
-    pub(crate) timeout: Duration,
-    pub(crate) on_read: bool,
-    pub(crate) max_retry_backoff: Duration,
 }
 
 impl<K, V> Default for CacheBuilder<K, V> {
     fn default() -> Self {
         Self {
-            max_size: DEFAULT_MAX_SIZE,
-            ttl: Some(DEFAULT_TTL),
-            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            settings: Settings::default(),
             hasher: DefaultHasher::default(),
             fetcher: None,
-            refresh: RefreshSettings {
-                max_concurrent: DEFAULT_MAX_CONCURRENT_REFRESHES,
-                timeout: DEFAULT_REFRESH_TIMEOUT,
-                on_read: true,
-                max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
-            },
+            weigher: None,
+            listener: None,
             _types: PhantomData,
         }
     }
@@ -84,33 +57,106 @@ impl<K, V> Default for CacheBuilder<K, V> {
 impl<K, V, S> CacheBuilder<K, V, S> {
     /// The most entries the cache holds; `0` disables it (nothing is stored,
     /// `get` returns `None` and counts nothing). At most [`MAX_SIZE_LIMIT`].
+    ///
+    /// With a [`weigher`](Self::weigher), the bound is
+    /// [`max_weight`](Self::max_weight) instead, and `max_size` is the number
+    /// of entries you expect the cache to hold: it only sizes the shards.
     pub fn max_size(mut self, max_size: usize) -> Self {
-        self.max_size = max_size;
+        self.settings.max_size = max_size;
+        self
+    }
+
+    /// Weighs each entry, so the cache is bound by the sum of the weights
+    /// ([`max_weight`](Self::max_weight), which must be set too) instead of
+    /// the count of entries: a prompt of 40 KB and one of 200 B are not the
+    /// same. A weight of 0 counts as 1.
+    ///
+    /// The cache is split into shards, each holding its share of
+    /// `max_weight` (`max_weight / shards`); an entry weighing more than its
+    /// shard's share is not stored (the listener hears of it as
+    /// [`RemovalCause::Evicted`]). The weigher runs once per write, before
+    /// any lock is taken.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<String, Arc<str>> = Cache::builder()
+    ///     .weigher(|key: &String, value: &Arc<str>| (key.len() + value.len()) as u64)
+    ///     .max_weight(1 << 20) // a megabyte of prompts
+    ///     .build()?;
+    /// cache.insert("greeting".into(), Arc::from("hello"));
+    /// assert_eq!(cache.weight(), 13);
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// The most total weight the cache holds, with a
+    /// [`weigher`](Self::weigher); `0` disables the cache.
+    pub fn max_weight(mut self, max_weight: u64) -> Self {
+        self.settings.max_weight = Some(max_weight);
+        self
+    }
+
+    /// Called with every entry that leaves the cache, and why: evicted by
+    /// the policy, invalidated, replaced (the old value), or cleared.
+    ///
+    /// It runs on the thread whose call removed the entry, after every lock
+    /// is released and the cache is consistent, so it may call the cache
+    /// itself. A panic in it is caught and counted
+    /// ([`Metrics::listener_panics`](crate::Metrics::listener_panics)).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use swr_cache::{Cache, RemovalCause};
+    ///
+    /// let evicted = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&evicted);
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .max_size(1)
+    ///     .eviction_listener(move |key, _value, cause| {
+    ///         if cause == RemovalCause::Evicted {
+    ///             log.lock().unwrap().push(key);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// cache.insert(1, 10);
+    /// cache.insert(2, 20);
+    /// assert_eq!(*evicted.lock().unwrap(), vec![1]);
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(K, V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Arc::new(listener));
         self
     }
 
     /// The age after which an entry is stale: still served, and due for a
     /// refresh. `None` is offline mode: nothing is ever stale.
     pub fn ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.ttl = ttl;
+        self.settings.ttl = ttl;
         self
     }
 
     /// How often the refresher looks for stale entries.
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
-        self.refresh_interval = interval;
+        self.settings.refresh_interval = interval;
         self
     }
 
     /// Hashes keys with `hasher` instead of the default, seeded foldhash.
     pub fn hasher<S2>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
         CacheBuilder {
-            max_size: self.max_size,
-            ttl: self.ttl,
-            refresh_interval: self.refresh_interval,
+            settings: self.settings,
             hasher,
             fetcher: self.fetcher,
-            refresh: self.refresh,
+            weigher: self.weigher,
+            listener: self.listener,
             _types: PhantomData,
         }
     }
@@ -128,29 +174,29 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// or a type implementing [`Fetcher`](crate::Fetcher), which also sees the
     /// cached value and may answer [`Fetched::Unchanged`](crate::Fetched).
     /// The refresher ([`Cache::start`]), [`Cache::get_or_fetch`] and
-    /// [`Cache::refresh`] call it.
+    /// [`Cache::refresh`] call it. [`Cache::set_fetcher`] swaps it later.
     pub fn fetcher<M>(mut self, fetcher: impl IntoFetcher<K, V, M>) -> Self {
-        self.fetcher = Some(fetcher.into_fetcher().0);
+        self.fetcher = Some(fetcher.into_fetcher());
         self
     }
 
     /// How many fetches the refresher runs at once.
     pub fn max_concurrent_refreshes(mut self, max: usize) -> Self {
-        self.refresh.max_concurrent = max;
+        self.settings.max_concurrent_refreshes = max;
         self
     }
 
     /// How long one fetch may take before it is cancelled and counted as an
     /// error.
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
-        self.refresh.timeout = timeout;
+        self.settings.refresh_timeout = timeout;
         self
     }
 
     /// Whether a `get` that finds a stale entry asks the refresher to fetch it
     /// now rather than at its next interval (Caffeine's refresh-after-write).
     pub fn refresh_on_read(mut self, enabled: bool) -> Self {
-        self.refresh.on_read = enabled;
+        self.settings.refresh_on_read = enabled;
         self
     }
 
@@ -158,11 +204,12 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// Retries start one `refresh_interval` after the first failure and double
     /// with each failure after it, with random jitter, up to this cap.
     pub fn max_retry_backoff(mut self, cap: Duration) -> Self {
-        self.refresh.max_retry_backoff = cap;
+        self.settings.max_retry_backoff = cap;
         self
     }
 
-    /// Checks the settings and builds the cache.
+    /// Checks the settings and builds the cache. Nothing is allocated for
+    /// entries until they come, however large `max_size` is.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first invalid setting.
@@ -172,221 +219,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         V: Clone + Send + Sync + 'static,
         S: BuildHasher + Clone + Send + Sync + 'static,
     {
-        let change = ConfigChange {
-            max_size: Some(self.max_size),
-            ttl: Some(self.ttl),
-            refresh_interval: Some(self.refresh_interval),
-        };
-        change.validate()?;
-        if self.refresh.max_concurrent == 0 {
-            return Err(ConfigError::ZeroMaxConcurrentRefreshes);
-        }
-        if self.refresh.timeout.is_zero() {
-            return Err(ConfigError::ZeroRefreshTimeout);
-        }
-        if self.refresh.max_retry_backoff.is_zero() {
-            return Err(ConfigError::ZeroMaxRetryBackoff);
-        }
-        Cache::from_builder(self)
-    }
-}
-
-/// A change to a running cache's settings, for [`Cache::configure`]: only the
-/// settings given change.
-///
-/// ```
-/// use std::time::Duration;
-/// use swr_cache::{Cache, ConfigChange};
-///
-/// let cache: Cache<u32, u32> = Cache::builder().max_size(100).build()?;
-/// cache.configure(ConfigChange::new().max_size(10).ttl(None))?;
-/// # Ok::<(), swr_cache::ConfigError>(())
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[must_use]
-pub struct ConfigChange {
-    pub(crate) max_size: Option<usize>,
-    pub(crate) ttl: Option<Option<Duration>>,
-    pub(crate) refresh_interval: Option<Duration>,
-}
-
-impl ConfigChange {
-    /// A change that changes nothing yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// See [`CacheBuilder::max_size`]. Shrinking evicts down to the new size.
-    pub fn max_size(mut self, max_size: usize) -> Self {
-        self.max_size = Some(max_size);
-        self
-    }
-
-    /// See [`CacheBuilder::ttl`]. Ages already reached are judged against the
-    /// new TTL at once.
-    pub fn ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// See [`CacheBuilder::refresh_interval`].
-    pub fn refresh_interval(mut self, interval: Duration) -> Self {
-        self.refresh_interval = Some(interval);
-        self
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(max_size) = self.max_size {
-            if max_size > MAX_SIZE_LIMIT {
-                return Err(ConfigError::MaxSizeTooLarge { max_size });
-            }
-        }
-        if self.ttl == Some(Some(Duration::ZERO)) {
-            return Err(ConfigError::ZeroTtl);
-        }
-        if self.refresh_interval == Some(Duration::ZERO) {
-            return Err(ConfigError::ZeroRefreshInterval);
-        }
-        Ok(())
-    }
-}
-
-/// A setting that cannot be used, from [`CacheBuilder::build`] or
-/// [`Cache::configure`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// `ttl` was `Some(0)`: every entry would be stale as soon as written. Use
-    /// `None` for entries that never go stale.
-    ZeroTtl,
-    /// `refresh_interval` was zero.
-    ZeroRefreshInterval,
-    /// `refresh_timeout` was zero.
-    ZeroRefreshTimeout,
-    /// `max_concurrent_refreshes` was zero: nothing would ever be refreshed.
-    ZeroMaxConcurrentRefreshes,
-    /// `max_retry_backoff` was zero.
-    ZeroMaxRetryBackoff,
-    /// `max_size` was above [`MAX_SIZE_LIMIT`].
-    MaxSizeTooLarge {
-        /// The size asked for.
-        max_size: usize,
-    },
-    /// The eviction ring for `max_size` entries (8 bytes each) could not be
-    /// allocated.
-    OutOfMemory {
-        /// The size asked for.
-        max_size: usize,
-    },
-}
-
-impl ConfigError {
-    /// The name of the setting at fault, as the builder method is named.
-    pub fn setting(&self) -> &'static str {
-        match self {
-            Self::ZeroTtl => "ttl",
-            Self::ZeroRefreshInterval => "refresh_interval",
-            Self::ZeroRefreshTimeout => "refresh_timeout",
-            Self::ZeroMaxConcurrentRefreshes => "max_concurrent_refreshes",
-            Self::ZeroMaxRetryBackoff => "max_retry_backoff",
-            Self::MaxSizeTooLarge { .. } | Self::OutOfMemory { .. } => "max_size",
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::ZeroTtl => f.write_str("ttl must be more than zero (use None for no ttl)"),
-            Self::ZeroRefreshInterval => f.write_str("refresh_interval must be more than zero"),
-            Self::ZeroRefreshTimeout => f.write_str("refresh_timeout must be more than zero"),
-            Self::ZeroMaxConcurrentRefreshes => {
-                f.write_str("max_concurrent_refreshes must be more than zero")
-            }
-            Self::ZeroMaxRetryBackoff => f.write_str("max_retry_backoff must be more than zero"),
-            Self::MaxSizeTooLarge { max_size } => {
-                write!(
-                    f,
-                    "max_size {max_size} is above the limit of {MAX_SIZE_LIMIT}"
-                )
-            }
-            Self::OutOfMemory { max_size } => {
-                write!(
-                    f,
-                    "could not allocate the eviction ring for max_size {max_size}"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The settings a running cache reads on its paths, changeable live.
-pub(crate) struct LiveSettings {
-    /// Nanoseconds; 0 means no TTL.
-    ttl: AtomicU64,
-    refresh_interval: AtomicU64,
-}
-
-impl LiveSettings {
-    pub(crate) fn new(ttl: Option<Duration>, refresh_interval: Duration) -> Self {
-        let settings = Self {
-            ttl: AtomicU64::new(0),
-            refresh_interval: AtomicU64::new(0),
-        };
-        settings.set_ttl(ttl);
-        settings.set_refresh_interval(refresh_interval);
-        settings
-    }
-
-    #[inline]
-    pub(crate) fn ttl_nanos(&self) -> Nanos {
-        self.ttl.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn ttl(&self) -> Option<Duration> {
-        match self.ttl_nanos() {
-            0 => None,
-            n => Some(Duration::from_nanos(n)),
-        }
-    }
-
-    pub(crate) fn set_ttl(&self, ttl: Option<Duration>) {
-        // A validated TTL is non-zero; clamp so one nanosecond does not read as "none".
-        let nanos = ttl.map_or(0, |t| duration_to_nanos(t).max(1));
-        self.ttl.store(nanos, Ordering::Relaxed);
-    }
-
-    pub(crate) fn refresh_interval(&self) -> Duration {
-        Duration::from_nanos(self.refresh_interval.load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn set_refresh_interval(&self, interval: Duration) {
-        let nanos = duration_to_nanos(interval).max(1);
-        self.refresh_interval.store(nanos, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_invalid_setting_is_named() {
-        let cases = [
-            (ConfigChange::new().ttl(Some(Duration::ZERO)), "ttl"),
-            (
-                ConfigChange::new().refresh_interval(Duration::ZERO),
-                "refresh_interval",
-            ),
-            (ConfigChange::new().max_size(usize::MAX), "max_size"),
-        ];
-        for (change, setting) in cases {
-            let err = change.validate().unwrap_err();
-            assert_eq!(err.setting(), setting);
-            assert!(err.to_string().contains(setting));
-        }
-        assert_eq!(ConfigChange::new().max_size(0).ttl(None).validate(), Ok(()));
+        self.settings.validate(self.weigher.is_some())?;
+        debug_assert!(self.settings.max_size <= MAX_SIZE_LIMIT);
+        Ok(Cache::from_builder(self))
     }
 }

@@ -18,16 +18,11 @@ use std::sync::{Arc, Weak};
 use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
-use crate::cache::Inner;
-use crate::entry::Version;
 use crate::fetcher::{FetchError, Fetched, run_fetch};
+use crate::inner::{FlightReceiver, Inner};
 use crate::metrics::Counter;
-
-/// The outcome of one fetch, once it has one.
-type Outcome<V> = Option<Result<V, FetchError>>;
-
-/// Where a fetch's result will appear.
-pub(crate) type FlightReceiver<V> = watch::Receiver<Outcome<V>>;
+use crate::removal::{RemovalCause, Removed};
+use crate::store::{Install, Installed, Version, Write, Written};
 
 /// What a fetch started from: the value and version of a cached key.
 type Start<V> = Option<(V, Version)>;
@@ -65,7 +60,12 @@ where
         key: K,
     ) -> Result<Flight<V, impl Future<Output = Result<V, FetchError>> + Send + 'static>, FetchError>
     {
-        let fetcher = self.fetcher.clone().ok_or(FetchError::NoFetcher)?;
+        let fetcher = self
+            .fetcher
+            .load_full()
+            .ok_or(FetchError::NoFetcher)?
+            .0
+            .clone();
         let (publish, receiver) = match self.flights.entry(key.clone()) {
             Entry::Occupied(flight) => return Ok(Flight::Joined(flight.get().clone())),
             Entry::Vacant(slot) => {
@@ -75,15 +75,14 @@ where
             }
         };
         let start: Start<V> = self
-            .map
-            .get(&key)
-            .map(|entry| (entry.value.clone(), entry.version()));
+            .store
+            .read(&key, |node| (node.value.clone(), node.version));
         let landing = FlightLanding {
             cache: Arc::downgrade(self),
             key: key.clone(),
             receiver,
         };
-        let timeout = self.refresh.timeout;
+        let timeout = self.settings.load().refresh_timeout;
         let drive = async move {
             let current = start.as_ref().map(|(value, _)| value.clone());
             let from = start.map(|(_, version)| version);
@@ -111,7 +110,6 @@ where
         from: Option<Version>,
         outcome: Result<Fetched<V>, FetchError>,
     ) -> Result<V, FetchError> {
-        let now = self.clock.now();
         let fetched = match outcome {
             Ok(fetched) => fetched,
             Err(error) => {
@@ -120,46 +118,70 @@ where
                 return Err(error);
             }
         };
-        match (fetched, from) {
-            (Fetched::Value(value), None) => {
-                self.counters.incr(Counter::Refreshes);
-                if !self.is_disabled() {
-                    self.write(key.clone(), value.clone(), now, false);
-                }
-                Ok(value)
-            }
-            (Fetched::Unchanged, None) => {
-                self.counters.incr(Counter::RefreshErrors);
-                tracing::warn!("fetcher answered Unchanged for a key the cache does not hold");
-                Err(FetchError::NothingToKeep)
-            }
-            (fetched, Some(from)) => {
-                self.counters.incr(Counter::Refreshes);
-                let Some(mut entry) = self.map.get_mut(key) else {
-                    // Removed meanwhile: it stays removed.
-                    return match fetched {
-                        Fetched::Value(value) => Ok(value),
-                        Fetched::Unchanged => Err(FetchError::NothingToKeep),
-                    };
-                };
-                if entry.version() != from {
-                    return Ok(entry.value.clone()); // a newer write won
-                }
-                let version = self.next_version();
-                match fetched {
-                    Fetched::Value(value) => {
-                        let old = entry.overwrite(value.clone(), now, version);
-                        drop(entry);
-                        drop(old);
-                        Ok(value)
+        let Some(from) = from else {
+            return match fetched {
+                Fetched::Value(value) => {
+                    self.counters.incr(Counter::Refreshes);
+                    if !self.is_disabled() {
+                        // Only if still absent: a write meanwhile wins.
+                        if let Written::Refused(..) =
+                            self.write(key.clone(), value.clone(), Write::IfAbsent)
+                        {
+                            if let Some(newer) = self.store.read(key, |n| n.value.clone()) {
+                                return Ok(newer);
+                            }
+                        }
                     }
-                    Fetched::Unchanged => {
-                        entry.renew(now, version);
-                        Ok(entry.value.clone())
-                    }
+                    Ok(value)
+                }
+                Fetched::Unchanged => {
+                    self.counters.incr(Counter::RefreshErrors);
+                    tracing::warn!("fetcher answered Unchanged for a key the cache does not hold");
+                    Err(FetchError::NothingToKeep)
+                }
+            };
+        };
+        self.counters.incr(Counter::Refreshes);
+        let (update, fresh) = match fetched {
+            Fetched::Value(value) => {
+                let weight = self.weigh(key, &value);
+                (Install::Value(value.clone(), weight), Some(value))
+            }
+            Fetched::Unchanged => (Install::Renew, None),
+        };
+        let mut removed = Removed::new();
+        let installed =
+            self.store
+                .install(key, from, update, self.read.clock.stamp(), &mut removed);
+        let result = match installed {
+            Installed::Done(old) => {
+                if let Some(old) = old {
+                    removed.push(key.clone(), old, RemovalCause::Replaced);
+                }
+                match fresh {
+                    Some(value) => Ok(value),
+                    None => self
+                        .store
+                        .read(key, |n| n.value.clone())
+                        .ok_or(FetchError::NothingToKeep),
                 }
             }
-        }
+            Installed::Superseded(stale) => {
+                drop(stale);
+                // Removed meanwhile (it stays removed), or a newer write won.
+                match self.store.read(key, |n| n.value.clone()) {
+                    Some(newer) => Ok(newer),
+                    None => fresh.ok_or(FetchError::NothingToKeep),
+                }
+            }
+            Installed::Overweight(value) => {
+                removed.push(key.clone(), value, RemovalCause::Evicted);
+                fresh.ok_or(FetchError::NothingToKeep)
+            }
+        };
+        self.count_removed(&removed);
+        self.report(removed);
+        result
     }
 }
 

@@ -20,69 +20,84 @@
 //!
 //! # Policy
 //!
-//! The cache holds at most `max_size` entries. A new key in a full cache evicts
-//! one entry chosen by a *clock sweep* (second chance), an approximation of
-//! least-recently-used: every read sets an entry's referenced bit; the hand
-//! passes over referenced entries, clearing their bit, and evicts the first
-//! unreferenced one. An entry older than the TTL is *stale*: it is still
-//! served, and counted as a stale hit. `ttl = None` is offline mode: nothing
-//! is ever stale.
+//! The cache holds at most `max_size` entries (or, with a
+//! [weigher](CacheBuilder::weigher), at most `max_weight` of total weight).
+//! It is split into shards by key hash, each holding its share of the bound
+//! and running its own eviction policy: S3-FIFO's queues with TinyLFU's
+//! frequency duels.
+//!
+//! - A new key enters *probation*, a FIFO of about 5 % of the shard. Reads
+//!   raise a small per-entry counter, and only that.
+//! - When room is needed, the oldest entry on probation leaves it: read twice
+//!   or more, it moves to the *main* queue; otherwise it moves there only if a
+//!   frequency sketch (how often each key was wanted lately) rates it above
+//!   main's next victim, and else it is evicted, its key remembered by a
+//!   *ghost*. A remembered key that comes back asks for a place in main at
+//!   once, by the same duel.
+//! - Main is a CLOCK: its oldest entry, if read since it last passed, spends
+//!   a read and goes to the back; if not, it is evicted.
+//!
+//! So a scan of keys read once passes through probation without pushing out
+//! what is read often, and a loop a little larger than the cache keeps a
+//! stable part of itself (where LRU and CLOCK never hit). `docs/design.md`
+//! says how the policy was chosen and where it loses (large caches whose
+//! reuse is mostly recent), and `BENCHMARKS.md` gives the hit ratios beside
+//! quick_cache's, moka's and exact LRU's.
+//!
+//! An entry older than the TTL is *stale*: it is still served, and counted
+//! as a stale hit. `ttl = None` is offline mode: nothing is ever stale.
 //!
 //! # Concurrency
 //!
-//! `Cache` is `Send + Sync` and cheap to clone (a shared handle). Entries sit
-//! inline in a sharded map ([`dashmap`]): value, write time, version and
-//! flags in the table slot itself, so a read touches the line the hash probe
-//! already loaded.
+//! `Cache` is `Send + Sync` and cheap to clone (a shared handle). Each shard
+//! is a table, a slab of entries and its policy behind one `RwLock`:
 //!
-//! *Readers never block* means: a `get` never waits for a fetch, a refresh, an
-//! eviction sweep or I/O of any kind. It takes its shard's *read* lock, which
-//! can wait only while a writer is changing that same shard, for a bounded
-//! in-memory step (writing a value, removing an entry). A `get` does not
-//! allocate, read the clock, send on a channel or take a mutex; it writes only
-//! an entry's referenced bit when that is not set already, and a counter on a
-//! stripe of its own thread.
+//! - *Readers never block* means: a `get` never waits for a fetch, a refresh
+//!   or I/O of any kind. It takes its shard's *read* lock, which can wait only
+//!   while a writer is changing that same shard, for a bounded in-memory step.
+//!   A `get` does not allocate, send on a channel or take a mutex (a stale
+//!   hit, with the refresher running, is the exception: it queues its key
+//!   for the refresher on a bounded channel); it writes only the entry's
+//!   frequency counter, while that is below its cap, and a count on a metrics
+//!   stripe of its own thread.
+//! - A write (`insert`, `invalidate`, a refresh's result) takes its shard's
+//!   write lock once and does everything there: replacing a value, evicting to
+//!   make room, admitting the new key. So `len()` is never above `max_size`
+//!   (nor `weight()` above `max_weight`), at any moment.
+//! - Entries leaving the cache (evicted, replaced, invalidated, cleared) are
+//!   handed to the [eviction listener](CacheBuilder::eviction_listener), or
+//!   dropped, after the lock is released: no user code but `Eq` (and the
+//!   value's `Clone` on a read) runs under a lock, and none while the store
+//!   is mid-change.
 //!
-//! Writes to a present key (an `insert`, a refresh's result) replace the value
-//! under the shard's write lock. A refresh installs its result only if the
-//! entry still has the version the refresh started from, so it never
-//! overwrites a newer write and never brings back a removed key. New keys claim
-//! a slot of the eviction ring by compare-and-swap behind an atomic hand; a
-//! lock over the whole ring is taken exclusively only by `clear` and by a
-//! `configure` that changes `max_size`. The crate has no `unsafe` code.
+//! A refresh installs its result only if the entry still has the version the
+//! refresh started from, so it never overwrites a newer write and never
+//! brings back a removed key. The crate has no `unsafe` code.
 //!
 //! # Memory
 //!
-//! Per entry, with `K` and `V` the sizes of key and value: a map slot of
-//! `K + V + 16` bytes, rounded up to 8 (hashbrown tables are between 44 % and
-//! 88 % full, so count about 1.5 to 2 slots per entry), and 8 bytes of
-//! eviction ring slot (the key's hash), allocated for `max_size` entries when
-//! the cache is built. Data the key or value points to (a `String`'s bytes)
-//! comes on top. Measured at a million `u64 → u64` entries: 77 heap bytes
-//! per entry (quick_cache 53, moka 233).
-//!
-//! # Performance
-//!
-//! Measured on 2 cores against peers in the same run (`BENCHMARKS.md` has the
-//! tables and commands): a hit reads at 0.9–1.1× quick_cache's speed and
-//! 0.75–0.95× a bare `DashMap`'s, many times moka's; with 5 % inserts and
-//! eviction running, 0.8–0.95× quick_cache. Inserting new keys into a full
-//! cache is the slow side, at 0.25–0.4× quick_cache: a claim on the ring
-//! costs several map lookups. The hit ratio equals a textbook CLOCK's and is at
-//! least exact LRU's on every trace measured, but it is below quick_cache's
-//! and S3-FIFO's where one-hit keys crowd the cache.
+//! Per entry, with `K` and `V` the sizes of key and value: a node of
+//! `K + V + 16` bytes, rounded up to a multiple of 32; 8 bytes of queue
+//! links; a table slot of 5 bytes (tables are between 44 % and 88 % full);
+//! and, once a shard has evicted, 3.6 bytes of ghost and 8 to 16 of
+//! frequency sketch. Data the key or value points to (a `String`'s bytes)
+//! comes on top. Nothing is allocated per entry when the cache is built, so a
+//! generous `max_size` costs nothing until it is used. `BENCHMARKS.md` has
+//! the figures at a million entries beside the peers'.
 //!
 //! # Features
 //!
 //! - `serde` (default): [`Cache::dump`] and [`Cache::load`] of JSON
 //!   snapshots, compatible with the LangSmith SDK's files; see [`snapshot`].
+//! - `shuttle`: not for users. It swaps the store's locks and atomics for
+//!   shuttle's, for the crate's permutation tests (`tests/shuttle.rs`).
 //!
 //! # Semantics
 //!
 //! - `get` of a missing key is `None` and counts a miss; of a present key, its
 //!   value fresh or stale, counting a hit (and a stale hit when stale).
-//! - `insert` of a new key into a full cache evicts one entry; overwriting a
-//!   key resets its age.
+//! - `insert` of a new key into a full cache evicts by the policy; overwriting
+//!   a key resets its age.
 //! - `max_size = 0` disables the cache: `get` is `None` without counting,
 //!   `insert` stores nothing.
 //! - Invalid settings are rejected by [`CacheBuilder::build`] and
@@ -94,22 +109,26 @@
 mod builder;
 mod cache;
 mod clock;
-mod entry;
 mod fetcher;
 mod flight;
-mod hashing;
+mod inner;
 mod metrics;
 mod refresh;
+mod removal;
+mod settings;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub mod snapshot;
-mod time;
+mod store;
+mod sync;
 
-pub use builder::{CacheBuilder, ConfigChange, ConfigError, DefaultHasher, MAX_SIZE_LIMIT};
+pub use builder::{CacheBuilder, DefaultHasher};
 pub use cache::Cache;
 pub use fetcher::{FetchError, Fetched, Fetcher, IntoFetcher};
 pub use metrics::Metrics;
 pub use refresh::StartError;
+pub use removal::RemovalCause;
+pub use settings::{ConfigChange, ConfigError, MAX_SIZE_LIMIT};
 #[cfg(feature = "serde")]
 pub use snapshot::{LoadReport, SNAPSHOT_FORMAT, SnapshotError, SnapshotLimits};
 

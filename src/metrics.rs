@@ -38,7 +38,8 @@ pub struct Metrics {
     pub inserts: u64,
     /// Writes to keys already present (their age starts over).
     pub updates: u64,
-    /// Entries removed to make room, or by shrinking `max_size`.
+    /// Entries removed to make room, by shrinking the bound, or refused as
+    /// heavier than their shard's share.
     pub evictions: u64,
     /// Entries removed by `invalidate` or `clear`.
     pub invalidations: u64,
@@ -46,6 +47,9 @@ pub struct Metrics {
     pub refreshes: u64,
     /// Fetches that failed, timed out or panicked.
     pub refresh_errors: u64,
+    /// Calls of the eviction listener that panicked (each caught; the cache
+    /// carried on).
+    pub listener_panics: u64,
 }
 
 impl Metrics {
@@ -71,9 +75,10 @@ pub(crate) enum Counter {
     Invalidations,
     Refreshes,
     RefreshErrors,
+    ListenerPanics,
 }
 
-const COUNTERS: usize = 9;
+const COUNTERS: usize = 10;
 
 /// Stripes shared by threads whose id has no exclusive stripe.
 const SHARED_STRIPES: usize = 8;
@@ -145,6 +150,7 @@ impl Counters {
             invalidations: sum(Counter::Invalidations),
             refreshes: sum(Counter::Refreshes),
             refresh_errors: sum(Counter::RefreshErrors),
+            listener_panics: sum(Counter::ListenerPanics),
         }
     }
 
@@ -161,6 +167,7 @@ impl Counters {
             invalidations: t.invalidations.wrapping_sub(baseline.invalidations),
             refreshes: t.refreshes.wrapping_sub(baseline.refreshes),
             refresh_errors: t.refresh_errors.wrapping_sub(baseline.refresh_errors),
+            listener_panics: t.listener_panics.wrapping_sub(baseline.listener_panics),
         }
     }
 

@@ -46,9 +46,9 @@
 //! format version is an error and leaves the cache as it was. An entry whose
 //! key or value does not decode is skipped and counted in the [`LoadReport`].
 //! Loaded entries get a fresh age, and are refreshed by the fetcher like any
-//! other once the refresher runs. Loading stops adding new keys when the cache
-//! is full (as the LangSmith SDK does), never evicting; the report counts
-//! what was left out.
+//! other once the refresher runs. Loading never evicts: a new key is left
+//! out when the part of the cache it falls in (its shard) is full, as the
+//! LangSmith SDK stops at a full cache; the report counts what was left out.
 //!
 //! # Limits
 //!
@@ -80,6 +80,7 @@ use serde_json::Value;
 use serde_json::error::Category;
 
 use crate::Cache;
+use crate::store::{Write as Store, Written};
 
 /// The version written in `swr_cache_format`.
 pub const SNAPSHOT_FORMAT: u64 = 1;
@@ -349,12 +350,10 @@ where
     /// # Errors
     /// [`SnapshotError::Io`] or [`SnapshotError::Serialize`].
     pub fn dump_to_writer(&self, writer: impl Write) -> Result<(), SnapshotError> {
-        let entries: Vec<(K, V)> = self
-            .inner
-            .map
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.value.clone()))
-            .collect();
+        let mut entries: Vec<(K, V)> = Vec::with_capacity(self.len());
+        self.inner
+            .store
+            .for_each(|node| entries.push((node.key.clone(), node.value.clone())));
         let string_keys = entries
             .iter()
             .all(|(key, _)| matches!(serde_json::to_value(key), Ok(Value::String(_))));
@@ -441,11 +440,13 @@ where
         let (entries, duplicates) = dedup(decoded.entries);
         report.duplicate_keys = duplicates;
         for (key, value) in entries {
-            if self.contains_key(&key) || self.len() < self.max_size() {
-                self.insert(key, value);
-                report.loaded += 1;
-            } else {
+            if self.inner.is_disabled() {
                 report.left_out_full += 1;
+                continue;
+            }
+            match self.inner.write(key, value, Store::IfRoom) {
+                Written::Refused(..) => report.left_out_full += 1,
+                Written::Added | Written::Replaced => report.loaded += 1,
             }
         }
         report

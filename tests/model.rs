@@ -28,7 +28,16 @@ proptest! {
         initial_size in 0..=8usize,
         ops in prop::collection::vec(op(16), 1..200),
     ) {
-        run(initial_size, 16, &ops);
+        run(initial_size, 16, &ops, false);
+    }
+
+    /// The same with weights: the bound is on their sum.
+    #[test]
+    fn random_weighted_operations_agree_with_the_model(
+        initial_size in 0..=12usize,
+        ops in prop::collection::vec(op(16), 1..200),
+    ) {
+        run(initial_size, 16, &ops, true);
     }
 
     /// With room for every key and no resize, nothing is evicted: the cache
@@ -47,7 +56,7 @@ proptest! {
                 Op::Get(_) | Op::Resize(_) => {}
             }
         }
-        let (cache, model) = run(8, 8, &ops);
+        let (cache, model) = run(8, 8, &ops, false);
         prop_assert_eq!(&model, &written);
         prop_assert_eq!(cache.metrics().evictions, 0);
         for (k, v) in &written {

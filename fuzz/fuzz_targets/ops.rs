@@ -1,5 +1,7 @@
-//! Arbitrary operation sequences on a small cache, checked against the
-//! reference model the proptest suite uses (`tests/support/model.rs`).
+//! Arbitrary operation sequences on a small cache, weighted or not, checked
+//! against the reference model the proptest suite uses
+//! (`tests/support/model.rs`): after every operation the cache holds exactly
+//! what the model holds, and the store's invariants (`validate`) hold.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,8 +20,8 @@ enum FuzzOp {
 
 const KEYS: u8 = 16;
 
-fuzz_target!(|input: (u8, Vec<FuzzOp>)| {
-    let (initial_size, ops) = input;
+fuzz_target!(|input: (u8, bool, Vec<FuzzOp>)| {
+    let (initial_size, weighted, ops) = input;
     let ops: Vec<model::Op> = ops
         .into_iter()
         .map(|op| match op {
@@ -27,8 +29,8 @@ fuzz_target!(|input: (u8, Vec<FuzzOp>)| {
             FuzzOp::Get(k) => model::Op::Get(k % KEYS),
             FuzzOp::Invalidate(k) => model::Op::Invalidate(k % KEYS),
             FuzzOp::Clear => model::Op::Clear,
-            FuzzOp::Resize(size) => model::Op::Resize(usize::from(size % 9)),
+            FuzzOp::Resize(size) => model::Op::Resize(usize::from(size % 13)),
         })
         .collect();
-    model::run(usize::from(initial_size % 9), KEYS, &ops);
+    model::run(usize::from(initial_size % 13), KEYS, &ops, weighted);
 });

@@ -2,16 +2,18 @@
 //! fuzz target: random operation sequences run against the cache and the
 //! model side by side.
 //!
-//! The model cannot predict which entry the clock evicts, so it keeps, per
-//! key, the value last written since the key's last removal, and learns of
-//! evictions when the cache reports a key absent. What it checks after every
-//! operation: a value read is the one last written for that key; the cache
-//! never holds a key the model does not; the size bound; and metrics that add
-//! up.
+//! The model cannot predict which entry the policy evicts, but the cache
+//! tells it: an eviction listener reports every removal with its cause, and
+//! the model applies them. So after every operation the model must be the
+//! cache exactly: the same keys with the same values. Also checked after
+//! every step: the store's own invariants (`validate`), the bound, that an
+//! eviction happens only when a write needs the room, and that the metrics
+//! add up.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use swr_cache::{Cache, ConfigChange};
+use swr_cache::{Cache, ConfigChange, RemovalCause};
 
 /// One operation on a `Cache<u8, u16>`.
 #[derive(Clone, Debug)]
@@ -23,62 +25,115 @@ pub enum Op {
     Resize(usize),
 }
 
+type Events = Arc<Mutex<Vec<(u8, u16, RemovalCause)>>>;
+
+/// The weight of a value in a weighted run: 1 to 4.
+pub fn weight_of(value: u16) -> u64 {
+    u64::from(value % 4) + 1
+}
+
 /// Runs `ops` against the cache and the model, checking after every step;
-/// returns the model at the end.
-pub fn run(initial_size: usize, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u16>) {
-    let cache: Cache<u8, u16> = Cache::builder()
+/// returns the cache and the model at the end. With `weighted`, entries weigh
+/// [`weight_of`] their value and the bound (`initial_size`, then each
+/// `Resize`) is on the sum of weights.
+pub fn run(
+    initial_size: usize,
+    keys: u8,
+    ops: &[Op],
+    weighted: bool,
+) -> (Cache<u8, u16>, HashMap<u8, u16>) {
+    let events: Events = Arc::default();
+    let sink = Arc::clone(&events);
+    let builder = Cache::builder()
         .max_size(initial_size)
         .ttl(None)
-        .build()
-        .unwrap();
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
+    let cache: Cache<u8, u16> = if weighted {
+        builder
+            .weigher(|_, v| weight_of(*v))
+            .max_weight(initial_size as u64)
+            .build()
+            .unwrap()
+    } else {
+        builder.build().unwrap()
+    };
+    assert_eq!(cache.shard_count(), 1, "small caches have one shard");
+    let bound = |cache: &Cache<u8, u16>| cache.max_weight().unwrap_or(cache.max_size() as u64);
     let mut model: HashMap<u8, u16> = HashMap::new();
     let mut gets = 0u64;
     for op in ops {
-        let enabled = cache.max_size() > 0;
+        let weight_before = cache.weight();
+        let bound_before = bound(&cache);
         match *op {
             Op::Insert(k, v) => {
+                let present = model.contains_key(&k);
                 cache.insert(k, v);
-                if enabled {
+                if bound_before > 0 {
                     model.insert(k, v);
                 }
+                // Room was needed only if the new weight does not fit.
+                let old = if present {
+                    cache_weight_of(&events, k, weighted)
+                } else {
+                    0
+                };
+                let incoming = if weighted { weight_of(v) } else { 1 };
+                let needed = weight_before - old + incoming > bound_before;
+                let evicted = events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.2 == RemovalCause::Evicted && e.0 != k);
+                assert!(
+                    needed || !evicted,
+                    "insert {k} evicted with room to spare ({weight_before} of {bound_before})"
+                );
             }
             Op::Get(k) => {
-                gets += u64::from(enabled);
-                match cache.get(&k) {
-                    Some(v) => assert_eq!(model.get(&k), Some(&v), "get {k} after {ops:?}"),
-                    None => {
-                        model.remove(&k);
-                    }
-                }
+                gets += u64::from(bound_before > 0);
+                let got = cache.get(&k);
+                assert_eq!(got, model.get(&k).copied(), "get {k} after {op:?}");
             }
             Op::Invalidate(k) => {
                 let removed = cache.invalidate(&k);
-                assert!(
-                    !removed || model.contains_key(&k),
-                    "removed a key never written"
-                );
-                model.remove(&k);
+                assert_eq!(removed, model.contains_key(&k), "invalidate {k}");
             }
-            Op::Clear => {
-                cache.clear();
-                model.clear();
-            }
+            Op::Clear => cache.clear(),
             Op::Resize(size) => {
-                cache.configure(ConfigChange::new().max_size(size)).unwrap();
+                let change = if weighted {
+                    ConfigChange::new().max_weight(size as u64)
+                } else {
+                    ConfigChange::new().max_size(size)
+                };
+                cache.configure(change).unwrap();
             }
         }
-        // Learn evictions; the cache holds nothing the model does not.
-        for k in 0..keys {
-            if !cache.contains_key(&k) {
-                model.remove(&k);
+        for (k, v, cause) in events.lock().unwrap().drain(..) {
+            match cause {
+                RemovalCause::Replaced => {}
+                _ => {
+                    // A refused overweight write reports its own value.
+                    let held = model.get(&k).copied();
+                    assert!(
+                        held == Some(v) || matches!(*op, Op::Insert(ok, ov) if ok == k && ov == v),
+                        "{cause} {k}={v}, but the model holds {held:?}"
+                    );
+                    model.remove(&k);
+                }
             }
+        }
+        cache.validate();
+        for k in 0..keys {
+            assert_eq!(
+                cache.peek(&k),
+                model.get(&k).copied(),
+                "key {k} after {op:?}"
+            );
         }
         assert_eq!(cache.len(), model.len(), "len after {op:?}");
         assert!(
-            cache.len() <= cache.max_size(),
-            "{} > {}",
-            cache.len(),
-            cache.max_size()
+            cache.weight() <= bound(&cache),
+            "over the bound after {op:?}"
         );
         let m = cache.metrics();
         assert_eq!(m.hits + m.misses, gets);
@@ -89,4 +144,19 @@ pub fn run(initial_size: usize, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMa
         );
     }
     (cache, model)
+}
+
+/// The weight the cache gave `k`'s value before this write replaced it: the
+/// replaced value is the one the listener was just told of.
+fn cache_weight_of(events: &Events, k: u8, weighted: bool) -> u64 {
+    let events = events.lock().unwrap();
+    let replaced = events
+        .iter()
+        .find(|e| e.0 == k && e.2 == RemovalCause::Replaced)
+        .map(|e| e.1);
+    match replaced {
+        Some(v) if weighted => weight_of(v),
+        Some(_) => 1,
+        None => 0,
+    }
 }

@@ -1,0 +1,282 @@
+//! [`Inner`]: what every handle of one cache shares, and the operations
+//! that change entries, count what happened and report what left.
+//!
+//! Each operation here is: user code that must run first (hashing happens
+//! in the store; weighing here), one store call under one shard lock, then,
+//! with every lock released, the counting and the report of removed entries
+//! to the listener, or their drop.
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::clock::{Clock, Nanos, duration_to_nanos};
+use crate::fetcher::{ErasedFetcher, FetchError};
+use crate::metrics::{Counter, Counters};
+use crate::refresh::requests::{RefreshMarks, Refresher};
+use crate::removal::{Listener, RemovalCause, Removed, Weigher};
+use crate::settings::{ConfigChange, ConfigError, Settings};
+use crate::store::{Refusal, Store, Write, Written, shard_count};
+
+/// The outcome of one fetch, once it has one.
+pub(crate) type Outcome<V> = Option<Result<V, FetchError>>;
+
+/// Where a fetch's result will appear.
+pub(crate) type FlightReceiver<V> = watch::Receiver<Outcome<V>>;
+
+/// What every `get` reads besides the store, alone on its cache line(s):
+/// written only by `configure` and the refresher's clock ticks.
+#[repr(align(128))]
+pub(crate) struct ReadPath {
+    /// The TTL in nanoseconds, 0 for none: a copy of the settings' TTL.
+    pub(crate) ttl: AtomicU64,
+    pub(crate) clock: Clock,
+}
+
+pub(crate) struct Inner<K, V, S> {
+    pub(crate) store: Store<K, V, S>,
+    pub(crate) read: ReadPath,
+    /// The live settings, swapped whole by `configure`.
+    pub(crate) settings: ArcSwap<Settings>,
+    /// Serializes `configure`, so two changes do not interleave their steps.
+    configuring: Mutex<()>,
+    pub(crate) counters: Counters,
+    pub(crate) fetcher: ArcSwapOption<ErasedFetcher<K, V>>,
+    weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
+    /// The fetch under way for each key being fetched.
+    pub(crate) flights: DashMap<K, FlightReceiver<V>, S>,
+    pub(crate) refresher: Refresher<K>,
+}
+
+impl<K, V, S> Inner<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(
+        settings: Settings,
+        hasher: S,
+        fetcher: Option<ErasedFetcher<K, V>>,
+        weigher: Option<Weigher<K, V>>,
+        listener: Option<Listener<K, V>>,
+    ) -> Self {
+        let shards = shard_count(settings.max_size as u64);
+        let store = Store::new(
+            settings.capacity(),
+            weigher.is_some(),
+            shards,
+            hasher.clone(),
+        );
+        let read = ReadPath {
+            ttl: AtomicU64::new(ttl_nanos(&settings)),
+            clock: Clock::new(),
+        };
+        Self {
+            store,
+            read,
+            settings: ArcSwap::from_pointee(settings),
+            configuring: Mutex::new(()),
+            counters: Counters::new(),
+            fetcher: ArcSwapOption::new(fetcher.map(Arc::new)),
+            weigher,
+            listener,
+            flights: DashMap::with_hasher(hasher),
+            refresher: Refresher::new(),
+        }
+    }
+
+    /// Whether the cache stores nothing (`max_size` or `max_weight` 0).
+    pub(crate) fn is_disabled(&self) -> bool {
+        self.store.capacity() == 0
+    }
+
+    #[inline]
+    pub(crate) fn ttl_nanos(&self) -> Nanos {
+        self.read.ttl.load(Ordering::Relaxed)
+    }
+
+    /// The value of `key`, counting a hit (and a stale hit) or a miss.
+    #[inline]
+    pub(crate) fn get<Q>(self: &Arc<Self>, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let ttl = self.ttl_nanos();
+        let found = self.store.read(key, |node| {
+            node.meta.touch();
+            let stale = ttl != 0 && node.meta.is_stale(self.read.clock.recent(), ttl);
+            if stale {
+                self.refresher.nudge(self, node);
+            }
+            (node.value.clone(), stale)
+        });
+        match found {
+            Some((value, stale)) => {
+                if stale {
+                    self.counters.incr(Counter::StaleHits);
+                }
+                self.counters.incr(Counter::Hits);
+                Some(value)
+            }
+            None => {
+                // A disabled cache is empty, so only a miss asks whether to count.
+                if !self.is_disabled() {
+                    self.counters.incr(Counter::Misses);
+                }
+                None
+            }
+        }
+    }
+
+    /// The weight of an entry: the weigher's (at least 1), or 1.
+    pub(crate) fn weigh(&self, key: &K, value: &V) -> u64 {
+        self.weigher
+            .as_ref()
+            .map_or(1, |weigh| weigh(key, value).max(1))
+    }
+
+    /// Writes `value` for `key` as `how` says, stamped so that it is never
+    /// judged stale before its TTL ([`Clock::stamp`]), then counts and
+    /// reports.
+    /// Returns what the store did, with a refused key and value already
+    /// dropped or reported.
+    pub(crate) fn write(&self, key: K, value: V, how: Write) -> Written<(), ()> {
+        let weight = self.weigh(&key, &value);
+        let now = self.read.clock.stamp();
+        let mut removed = Removed::new();
+        let written = self.store.write(key, value, weight, now, how, &mut removed);
+        let replaced_one = removed.count(RemovalCause::Replaced) > 0;
+        let written = match written {
+            Written::Added => {
+                self.counters.incr(Counter::Inserts);
+                Written::Added
+            }
+            Written::Replaced => {
+                self.counters.incr(Counter::Updates);
+                Written::Replaced
+            }
+            Written::Refused(key, value, Refusal::Overweight) => {
+                // Admitted and at once evicted for its weight: counted as a
+                // write and (below) an eviction, so inserts - evictions -
+                // invalidations stays the entry count.
+                self.counters.incr(if replaced_one {
+                    Counter::Updates
+                } else {
+                    Counter::Inserts
+                });
+                removed.push(key, value, RemovalCause::Evicted);
+                Written::Refused((), (), Refusal::Overweight)
+            }
+            Written::Refused(key, value, refusal) => {
+                drop((key, value));
+                Written::Refused((), (), refusal)
+            }
+        };
+        self.count_removed(&removed);
+        self.report(removed);
+        written
+    }
+
+    /// Counts the entries a store call removed.
+    pub(crate) fn count_removed(&self, removed: &Removed<K, V>) {
+        if removed.is_empty() {
+            return;
+        }
+        self.counters
+            .add(Counter::Evictions, removed.count(RemovalCause::Evicted));
+        self.counters.add(
+            Counter::Invalidations,
+            removed.count(RemovalCause::Invalidated) + removed.count(RemovalCause::Cleared),
+        );
+    }
+
+    /// Hands removed entries to the listener, one by one, each call's panic
+    /// caught and counted; without a listener, drops them. Called with no
+    /// lock held. A value whose `Drop` panics unwinds to the caller, the
+    /// cache already consistent.
+    pub(crate) fn report(&self, removed: Removed<K, V>) {
+        if removed.is_empty() {
+            return;
+        }
+        let Some(listener) = &self.listener else {
+            drop(removed);
+            return;
+        };
+        for (key, value, cause) in removed.into_iter() {
+            let heard = catch_unwind(AssertUnwindSafe(|| listener(key, value, cause)));
+            if heard.is_err() {
+                self.counters.incr(Counter::ListenerPanics);
+                tracing::error!(%cause, "the eviction listener panicked; the cache carries on");
+            }
+        }
+    }
+
+    /// Removes `key`; whether it was cached.
+    pub(crate) fn invalidate<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some((key, value)) = self.store.remove(key, |_| true) else {
+            return false;
+        };
+        self.counters.incr(Counter::Invalidations);
+        let mut removed = Removed::new();
+        removed.push(key, value, RemovalCause::Invalidated);
+        self.report(removed);
+        true
+    }
+
+    /// Removes every entry.
+    pub(crate) fn clear(&self) {
+        let mut removed = Removed::new();
+        self.store.clear(&mut removed);
+        self.count_removed(&removed);
+        self.report(removed);
+    }
+
+    /// Applies `change`: checked whole, then the capacity, then the rest.
+    pub(crate) fn configure(self: &Arc<Self>, change: &ConfigChange) -> Result<(), ConfigError> {
+        let mut removed = Removed::new();
+        {
+            let _serialized = self.configuring.lock().unwrap_or_else(|e| e.into_inner());
+            let current = self.settings.load_full();
+            let next = change.apply(&current);
+            next.validate(self.weigher.is_some())?;
+            if next.capacity() != current.capacity() {
+                self.store.set_capacity(next.capacity(), &mut removed);
+            }
+            self.read.ttl.store(ttl_nanos(&next), Ordering::Relaxed);
+            self.settings.store(Arc::new(next));
+        }
+        self.count_removed(&removed);
+        self.report(removed);
+        self.reconcile_refresher();
+        Ok(())
+    }
+}
+
+impl<K, V, S> RefreshMarks<K> for Inner<K, V, S>
+where
+    K: Hash + Eq + Send + Sync,
+    V: Send + Sync,
+    S: BuildHasher + Send + Sync,
+{
+    fn finish_refresh(&self, key: &K) {
+        self.store.read(key, |node| node.meta.finish_refresh());
+    }
+}
+
+fn ttl_nanos(settings: &Settings) -> Nanos {
+    // A validated TTL is non-zero; clamp so one nanosecond does not read as "none".
+    settings.ttl.map_or(0, |t| duration_to_nanos(t).max(1))
+}

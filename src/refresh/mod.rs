@@ -1,0 +1,28 @@
+//! Refreshing: the cache's side of the refresher (`requests`: where stale
+//! reads queue keys, and the task's handle) and the task that fetches them
+//! (`task`).
+
+pub(crate) mod requests;
+pub(crate) mod task;
+
+/// Why [`Cache::start`](crate::Cache::start) could not start the refresher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Not called from inside a tokio runtime; use
+    /// [`Cache::start_on`](crate::Cache::start_on).
+    NoRuntime,
+    /// The cache has no fetcher, so there is nothing to refresh with.
+    NoFetcher,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoRuntime => f.write_str("not inside a tokio runtime; use start_on"),
+            Self::NoFetcher => f.write_str("the cache has no fetcher to refresh with"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}

@@ -1,0 +1,235 @@
+//! One entry as the store keeps it: key, value, and the words of state the
+//! policy and the refresher need.
+//!
+//! A node lives in its shard's slab (a `Vec`), named by its index there. The
+//! shard's table maps a key to that index; the shard's two queues link the
+//! index in a [`Link`](super::queue::Link) kept beside the slab. Every field
+//! but [`Meta`] is written only under the shard's write lock; readers, who
+//! hold the read lock, write only the frequency and refresh bits of `meta`,
+//! and only with atomic `fetch_or`.
+//!
+//! For a `u64 → u64` cache a node is 32 bytes (key, value, `meta`, version
+//! and fingerprint), aligned to 32 so that a read, which loads one node,
+//! never straddles two cache lines.
+
+use std::sync::atomic::Ordering;
+
+use crate::sync::AtomicU64;
+
+use crate::clock::Nanos;
+
+/// The version of an entry's value: which write it came from, unique within
+/// the shard while 2^32 writes have not passed. A refresh installs its
+/// result only over the version it fetched from (see `Shard::install`).
+pub(crate) type Version = u32;
+
+#[repr(align(32))]
+pub(crate) struct Node<K, V> {
+    pub(crate) key: K,
+    pub(crate) value: V,
+    pub(crate) meta: Meta,
+    pub(crate) version: Version,
+    /// The key's 32-bit fingerprint: what the shard's table is hashed by and
+    /// what the ghost remembers, so no user `Hash` runs inside the store.
+    pub(crate) fingerprint: u32,
+}
+
+impl<K, V> Node<K, V> {
+    #[inline]
+    pub(crate) fn new(key: K, value: V, fingerprint: u32, version: Version, now: Nanos) -> Self {
+        Self {
+            key,
+            value,
+            meta: Meta::new(now),
+            version,
+            fingerprint,
+        }
+    }
+}
+
+// The bits of `Meta`, from the top.
+/// Set while the refresher has the entry queued or under way; set by the
+/// reader (or scan) that queues it, cleared when that request ends.
+const REFRESH_QUEUED: u64 = 1 << 63;
+/// Set while the node is in the main queue, clear while in the small
+/// (probationary) queue. Written under the write lock only.
+const IN_MAIN: u64 = 1 << 62;
+/// The frequency counter, three bits as a thermometer: level `n` has the
+/// lowest `n` of them set. A reader raises the level by setting the next
+/// bit with `fetch_or`, so two readers racing at one level raise it once
+/// (an increment lost, which a saturating counter shrugs off) and the
+/// counter can never overflow into the bits beside it. Lowered only under
+/// the write lock, when no reader is there.
+const FREQ_SHIFT: u32 = 59;
+const FREQ_MASK: u64 = 0b111 << FREQ_SHIFT;
+/// The highest frequency level.
+pub(crate) const MAX_FREQ: u8 = 3;
+/// When the value was written or last confirmed unchanged: 59 bits of
+/// nanoseconds since the clock's base, 18 years, saturating.
+const WRITTEN_AT: u64 = (1 << FREQ_SHIFT) - 1;
+
+/// The node's atomic word: write time, frequency and two flags.
+pub(crate) struct Meta(AtomicU64);
+
+impl Meta {
+    #[inline]
+    fn new(now: Nanos) -> Self {
+        Self(AtomicU64::new(now.min(WRITTEN_AT)))
+    }
+
+    #[inline]
+    fn load(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    // Readers' transitions (shared access).
+
+    /// A hit: raises the frequency by one level unless at the top. Reads
+    /// first, so reads of a hot key write nothing once it is at the top.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        let meta = self.load();
+        let level = freq_of(meta);
+        if level < MAX_FREQ {
+            self.0
+                .fetch_or(1 << (FREQ_SHIFT + u32::from(level)), Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn written_at(&self) -> Nanos {
+        self.load() & WRITTEN_AT
+    }
+
+    /// Whether the value is older than `ttl` at `now`; `ttl == 0` is no TTL.
+    #[inline]
+    pub(crate) fn is_stale(&self, now: Nanos, ttl: Nanos) -> bool {
+        ttl != 0 && now.saturating_sub(self.written_at()) > ttl
+    }
+
+    /// Claims the right to queue a refresh: false if one is queued already.
+    /// Reads first, so reads of a stale key write nothing while its refresh
+    /// is under way.
+    #[inline]
+    pub(crate) fn try_queue_refresh(&self) -> bool {
+        self.load() & REFRESH_QUEUED == 0
+            && self.0.fetch_or(REFRESH_QUEUED, Ordering::AcqRel) & REFRESH_QUEUED == 0
+    }
+
+    /// Ends the request [`Meta::try_queue_refresh`] claimed.
+    pub(crate) fn finish_refresh(&self) {
+        self.0.fetch_and(!REFRESH_QUEUED, Ordering::AcqRel);
+    }
+
+    #[inline]
+    pub(crate) fn freq(&self) -> u8 {
+        freq_of(self.load())
+    }
+
+    #[inline]
+    pub(crate) fn in_main(&self) -> bool {
+        self.load() & IN_MAIN != 0
+    }
+
+    // The write lock's transitions (exclusive access).
+
+    /// Starts the value's age over at `now`, keeping the flags.
+    #[inline]
+    pub(crate) fn renew(&mut self, now: Nanos) {
+        let meta = self.0.get_mut();
+        *meta = (*meta & !WRITTEN_AT) | now.min(WRITTEN_AT);
+    }
+
+    /// Lowers the frequency by one level; false if it was at zero.
+    #[inline]
+    pub(crate) fn cool(&mut self) -> bool {
+        let meta = self.0.get_mut();
+        let level = freq_of(*meta);
+        if level == 0 {
+            return false;
+        }
+        *meta &= !(1 << (FREQ_SHIFT + u32::from(level) - 1));
+        true
+    }
+
+    /// Sets the frequency to `level` (at most [`MAX_FREQ`]).
+    #[inline]
+    pub(crate) fn set_freq(&mut self, level: u8) {
+        let meta = self.0.get_mut();
+        let bits = (1u64 << level.min(MAX_FREQ)) - 1;
+        *meta = (*meta & !FREQ_MASK) | (bits << FREQ_SHIFT);
+    }
+
+    /// Moves the node's queue mark: main if `main`, else small.
+    #[inline]
+    pub(crate) fn set_in_main(&mut self, main: bool) {
+        let meta = self.0.get_mut();
+        if main {
+            *meta |= IN_MAIN;
+        } else {
+            *meta &= !IN_MAIN;
+        }
+    }
+}
+
+#[inline]
+fn freq_of(meta: u64) -> u8 {
+    ((meta & FREQ_MASK) >> FREQ_SHIFT).trailing_ones() as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_of_words_is_half_a_cache_line() {
+        assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 32);
+        assert_eq!(std::mem::align_of::<Node<u64, u64>>(), 32);
+    }
+
+    #[test]
+    fn the_frequency_saturates_and_never_touches_the_time_or_flags() {
+        let mut meta = Meta::new(1234);
+        assert_eq!(meta.freq(), 0);
+        for level in 1..=MAX_FREQ {
+            meta.touch();
+            assert_eq!(meta.freq(), level);
+        }
+        meta.touch();
+        assert_eq!(meta.freq(), MAX_FREQ, "saturates");
+        assert_eq!(meta.written_at(), 1234);
+        assert!(!meta.in_main());
+        assert!(meta.try_queue_refresh());
+        assert!(meta.cool());
+        assert_eq!(meta.freq(), 2);
+        meta.set_freq(0);
+        assert!(!meta.cool(), "nothing to lower");
+        meta.set_freq(9);
+        assert_eq!(meta.freq(), MAX_FREQ, "clamped");
+        assert!(!meta.try_queue_refresh(), "the flag survived");
+        meta.finish_refresh();
+        assert!(meta.try_queue_refresh());
+        assert_eq!(meta.written_at(), 1234);
+    }
+
+    #[test]
+    fn staleness_and_renewal() {
+        let mut meta = Meta::new(100);
+        assert!(!meta.is_stale(150, 50));
+        assert!(meta.is_stale(151, 50));
+        assert!(!meta.is_stale(u64::MAX, 0), "ttl 0 means never stale");
+        assert!(
+            !meta.is_stale(0, 50),
+            "a clock behind the write is not stale"
+        );
+        meta.set_in_main(true);
+        meta.touch();
+        meta.renew(u64::MAX);
+        assert_eq!(meta.written_at(), WRITTEN_AT, "saturates");
+        assert!(meta.in_main() && meta.freq() == 1, "flags kept");
+        meta.renew(7);
+        assert_eq!(meta.written_at(), 7);
+        meta.set_in_main(false);
+        assert!(!meta.in_main());
+    }
+}

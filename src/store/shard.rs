@@ -1,0 +1,735 @@
+//! One shard: its entries, its table, and its whole eviction policy, behind
+//! one lock in the [store](super). Every method that changes anything takes
+//! `&mut self`, so the shard's write lock covers the table, the slab, both
+//! queues, the ghost, the sketch and the totals at once; no other lock, no
+//! atomics between them, and nothing another shard can see.
+//!
+//! # The policy: S3-FIFO with frequency duels
+//!
+//! Entries sit in one of two FIFO queues: the *small* queue (probation, 5 %
+//! of the shard's weight) and the *main* queue (the rest), which is a CLOCK:
+//! its head entry is passed to the back while it has reads to spend. Hits
+//! raise a small saturating counter in the entry ([`Meta::touch`]), and only
+//! that: readers never move entries. A ghost remembers the fingerprints of
+//! keys recently evicted from probation, and a frequency sketch counts, for
+//! every key, how often it was wanted lately (each miss, and the reads an
+//! entry collected, folded in as a queue passes it).
+//!
+//! - A new key enters the small queue. A key the ghost remembers has shown
+//!   that it comes back: it asks for a place in main at once, and gets it if
+//!   the sketch rates it above the entry main would evict; otherwise it is a
+//!   newcomer like any other.
+//! - To make room, while main holds no more than its share, the small
+//!   queue's oldest entry leaves probation: read twice or more, it moves to
+//!   main; read less, it moves to main only by winning the same duel against
+//!   main's next victim (the victim then goes), and otherwise it is evicted
+//!   and remembered by the ghost. One-hit keys (a scan) thus pass through
+//!   probation without disturbing main, and keys that recur (a loop a bit
+//!   larger than the cache) keep the place their frequency earns.
+//! - Once main holds more than its share, its CLOCK hand evicts: an entry
+//!   with reads left spends one and passes to the back, one without goes.
+//! - Until the shard first evicts, a new key finding probation full enters
+//!   main directly, so a cache that is filling keeps what it has.
+//!
+//! Each step evicts, moves an entry out of probation, or spends a read, so
+//! making room ends, and costs O(1) amortized. The design was chosen by
+//! replaying 21 real and synthetic traces against S3-FIFO, quick_cache and
+//! moka (`docs/design.md`, *Eviction*).
+//!
+//! Entries live in a dense slab (`nodes`), named by index. Removing one
+//! moves the last node into its place (`swap_remove`) and repoints the
+//! table and queue links at the moved node, so the slab never has holes and
+//! needs no free list or empty marker; a new key evicting one takes the
+//! victim's slot over instead.
+//!
+//! [`Meta::touch`]: super::node::Meta::touch
+
+use hashbrown::HashTable;
+
+use super::ghost::Ghost;
+use super::node::{MAX_FREQ, Node, Version};
+use super::queue::{Link, Queue};
+use super::sketch::Sketch;
+use crate::clock::Nanos;
+use crate::removal::{RemovalCause, Removed};
+
+/// The small queue's share of the shard's weight, in percent.
+const SMALL_PERCENT: u64 = 5;
+/// Reads during probation that earn a place in main without a duel.
+const PROMOTE_AT: u8 = 2;
+/// How many evicted keys the ghost remembers, in percent of the entries the
+/// shard held when it first evicted.
+const GHOST_PERCENT: usize = 90;
+/// The most entries a shard numbers (indices are 32 bits, one kept for
+/// "none").
+const MAX_ENTRIES: usize = u32::MAX as usize - 1;
+
+/// The table's hash for a fingerprint: the fingerprint spread over 64 bits,
+/// so the table's probe position (low bits) and tag (top 7 bits) both vary.
+#[inline]
+fn table_hash(fingerprint: u32) -> u64 {
+    u64::from(fingerprint).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// An entry to write, hashed, weighed (at least 1) and stamped before the
+/// lock is taken.
+pub(crate) struct Incoming<K, V> {
+    pub(crate) fingerprint: u32,
+    pub(crate) key: K,
+    pub(crate) value: V,
+    pub(crate) weight: u64,
+    pub(crate) now: Nanos,
+}
+
+/// How a write treats the key's present entry and a full shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Replaces a present value; a new key evicts to make room.
+    Upsert,
+    /// Leaves a present value alone; a new key evicts to make room.
+    IfAbsent,
+    /// Replaces a present value; a new key is added only if there is room.
+    IfRoom,
+}
+
+/// Why a write stored nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// [`Write::IfAbsent`] found the key present.
+    Present,
+    /// [`Write::IfRoom`] found the shard full.
+    Full,
+    /// The entry alone weighs more than the shard holds. A present value of
+    /// the key was removed (reported as replaced).
+    Overweight,
+}
+
+/// What a write did.
+#[derive(Debug)]
+pub(crate) enum Written<K, V> {
+    /// A new entry was added.
+    Added,
+    /// The key's value was replaced; the old one is among the removed.
+    Replaced,
+    /// Nothing was stored; the key and value come back, to be dropped (or
+    /// reported) outside the lock.
+    Refused(K, V, Refusal),
+}
+
+/// A refresh's result, for [`Shard::install`].
+pub(crate) enum Install<V> {
+    /// A new value, weighing this much.
+    Value(V, u64),
+    /// The value is still right: only its age starts over.
+    Renew,
+}
+
+/// What an install did.
+pub(crate) enum Installed<V> {
+    /// Installed; the value it replaced, if any (to be reported with the
+    /// caller's copy of the key, outside the lock).
+    Done(Option<V>),
+    /// The entry is gone or was written since the fetch started: nothing
+    /// changed. A value comes back to be dropped outside the lock.
+    Superseded(Option<V>),
+    /// The new value alone weighs more than the shard holds: the entry was
+    /// removed (its old value is among the removed), and the new value comes
+    /// back.
+    Overweight(V),
+}
+
+pub(crate) struct Shard<K, V> {
+    /// Key fingerprint → index in `nodes`.
+    table: HashTable<u32>,
+    nodes: Vec<Node<K, V>>,
+    /// Each node's place in its queue, by index.
+    links: Vec<Link>,
+    /// Each node's weight, by index, when the cache has a weigher; empty
+    /// otherwise, and every entry weighs 1.
+    weights: Vec<u64>,
+    weighted: bool,
+    small: Queue,
+    main: Queue,
+    ghost: Ghost,
+    sketch: Sketch,
+    /// Whether the shard has evicted since it was built, cleared or resized.
+    evicted: bool,
+    /// The most weight (without a weigher: entries) the shard holds.
+    capacity: u64,
+    next_version: Version,
+}
+
+impl<K, V> Shard<K, V> {
+    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
+        Self {
+            table: HashTable::new(),
+            nodes: Vec::new(),
+            links: Vec::new(),
+            weights: Vec::new(),
+            weighted,
+            small: Queue::new(),
+            main: Queue::new(),
+            ghost: Ghost::new(0),
+            sketch: Sketch::new(),
+            evicted: false,
+            capacity,
+            next_version: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The sum of the entries' weights.
+    pub(crate) fn weight(&self) -> u64 {
+        self.small.weight() + self.main.weight()
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Every entry, in no particular order (for scans and dumps).
+    pub(crate) fn nodes(&self) -> &[Node<K, V>] {
+        &self.nodes
+    }
+
+    /// The entry whose key has `fingerprint` and passes `is_key`.
+    #[inline]
+    pub(crate) fn find(
+        &self,
+        fingerprint: u32,
+        mut is_key: impl FnMut(&K) -> bool,
+    ) -> Option<&Node<K, V>> {
+        let nodes = &self.nodes;
+        self.table
+            .find(table_hash(fingerprint), |&i| {
+                let node = &nodes[i as usize];
+                node.fingerprint == fingerprint && is_key(&node.key)
+            })
+            .map(|&i| &nodes[i as usize])
+    }
+
+    fn index_of(&self, fingerprint: u32, mut is_key: impl FnMut(&K) -> bool) -> Option<u32> {
+        let nodes = &self.nodes;
+        self.table
+            .find(table_hash(fingerprint), |&i| {
+                let node = &nodes[i as usize];
+                node.fingerprint == fingerprint && is_key(&node.key)
+            })
+            .copied()
+    }
+
+    fn weight_of(&self, i: u32) -> u64 {
+        if self.weighted {
+            self.weights[i as usize]
+        } else {
+            1
+        }
+    }
+
+    fn version(&mut self) -> Version {
+        self.next_version = self.next_version.wrapping_add(1);
+        self.next_version
+    }
+
+    fn queue_of(&mut self, i: u32) -> &mut Queue {
+        if self.nodes[i as usize].meta.in_main() {
+            &mut self.main
+        } else {
+            &mut self.small
+        }
+    }
+
+    /// Writes `entry` as `how` says. Entries evicted or replaced go to
+    /// `out`.
+    ///
+    /// Comparing keys (`Eq`) is the only user code this runs, and it runs
+    /// before anything changes.
+    pub(crate) fn write(
+        &mut self,
+        entry: Incoming<K, V>,
+        how: Write,
+        out: &mut Removed<K, V>,
+    ) -> Written<K, V>
+    where
+        K: Eq,
+    {
+        let present = self.index_of(entry.fingerprint, |k| *k == entry.key);
+        if present.is_some() && how == Write::IfAbsent {
+            return Written::Refused(entry.key, entry.value, Refusal::Present);
+        }
+        if entry.weight > self.capacity {
+            if let Some(i) = present {
+                let old = self.detach(i);
+                out.push(old.key, old.value, RemovalCause::Replaced);
+            }
+            return Written::Refused(entry.key, entry.value, Refusal::Overweight);
+        }
+        if let Some(i) = present {
+            let version = self.version();
+            let old_weight = self.weight_of(i);
+            let node = &mut self.nodes[i as usize];
+            let old = std::mem::replace(&mut node.value, entry.value);
+            node.version = version;
+            node.meta.renew(entry.now);
+            // A write by the user is a use of the key.
+            let level = node.meta.freq().saturating_add(1).min(MAX_FREQ);
+            node.meta.set_freq(level);
+            if self.weighted {
+                self.weights[i as usize] = entry.weight;
+                self.queue_of(i).reweigh(old_weight, entry.weight);
+            }
+            // The key itself is dropped by the caller, the old value here.
+            out.push(entry.key, old, RemovalCause::Replaced);
+            self.evict_while_over(0, out);
+            return Written::Replaced;
+        }
+        if how == Write::IfRoom && self.over(entry.weight) {
+            return Written::Refused(entry.key, entry.value, Refusal::Full);
+        }
+        self.sketch.increment(entry.fingerprint);
+        let (hole, to_main) = self.admit(entry.fingerprint, entry.weight, out);
+        if let Some(victim) = self.add(hole, to_main, entry) {
+            out.push(victim.key, victim.value, RemovalCause::Evicted);
+        }
+        Written::Added
+    }
+
+    /// Installs a refresh's result over the entry of `key`, if it still has
+    /// `version` (the one the fetch started from).
+    pub(crate) fn install(
+        &mut self,
+        fingerprint: u32,
+        is_key: impl FnMut(&K) -> bool,
+        from: Version,
+        update: Install<V>,
+        now: Nanos,
+        out: &mut Removed<K, V>,
+    ) -> Installed<V> {
+        let current = self
+            .index_of(fingerprint, is_key)
+            .filter(|&i| self.nodes[i as usize].version == from);
+        let Some(i) = current else {
+            return Installed::Superseded(match update {
+                Install::Value(value, _) => Some(value),
+                Install::Renew => None,
+            });
+        };
+        let version = self.version();
+        match update {
+            Install::Renew => {
+                let node = &mut self.nodes[i as usize];
+                node.meta.renew(now);
+                node.version = version;
+                Installed::Done(None)
+            }
+            Install::Value(value, weight) if weight > self.capacity => {
+                let old = self.detach(i);
+                out.push(old.key, old.value, RemovalCause::Replaced);
+                Installed::Overweight(value)
+            }
+            Install::Value(value, weight) => {
+                let old_weight = self.weight_of(i);
+                let node = &mut self.nodes[i as usize];
+                let old = std::mem::replace(&mut node.value, value);
+                node.meta.renew(now);
+                node.version = version;
+                if self.weighted {
+                    self.weights[i as usize] = weight;
+                    self.queue_of(i).reweigh(old_weight, weight);
+                    self.evict_while_over(0, out);
+                }
+                Installed::Done(Some(old))
+            }
+        }
+    }
+
+    /// Removes the entry of `key`, if it passes `remove_if`.
+    pub(crate) fn remove(
+        &mut self,
+        fingerprint: u32,
+        is_key: impl FnMut(&K) -> bool,
+        remove_if: impl FnOnce(&Node<K, V>) -> bool,
+    ) -> Option<Node<K, V>> {
+        let i = self.index_of(fingerprint, is_key)?;
+        if !remove_if(&self.nodes[i as usize]) {
+            return None;
+        }
+        Some(self.detach(i))
+    }
+
+    /// Empties the shard; the entries go to `out`.
+    pub(crate) fn clear(&mut self, out: &mut Removed<K, V>) {
+        out.reserve(self.nodes.len());
+        for node in std::mem::take(&mut self.nodes) {
+            out.push(node.key, node.value, RemovalCause::Cleared);
+        }
+        self.table = HashTable::new();
+        self.links = Vec::new();
+        self.weights = Vec::new();
+        self.small.clear();
+        self.main.clear();
+        self.forget_history();
+    }
+
+    /// Forgets the ghost and the sketch, sized again at the next eviction.
+    fn forget_history(&mut self) {
+        self.ghost.reset(0);
+        self.sketch.reset();
+        self.evicted = false;
+    }
+
+    /// Sets the shard's capacity, evicting down to it.
+    pub(crate) fn set_capacity(&mut self, capacity: u64, out: &mut Removed<K, V>) {
+        self.capacity = capacity;
+        self.evict_while_over(0, out);
+        self.forget_history();
+        if self.nodes.is_empty() {
+            self.table = HashTable::new();
+            self.nodes = Vec::new();
+            self.links = Vec::new();
+            self.weights = Vec::new();
+        }
+    }
+
+    /// Whether `incoming` more weight (for a new entry, at least 1) would
+    /// put the shard over its capacity, or over the entries it can number.
+    fn over(&self, incoming: u64) -> bool {
+        self.weight() + incoming > self.capacity
+            || (incoming > 0 && self.small.len() + self.main.len() >= MAX_ENTRIES)
+    }
+
+    /// Makes room for a new key of `weight`, and says which queue it enters:
+    /// returns the slot of the last victim (out of the table and the queues,
+    /// still in the slab, for the new entry to take over) and whether the
+    /// new key goes to main.
+    fn admit(
+        &mut self,
+        fingerprint: u32,
+        weight: u64,
+        out: &mut Removed<K, V>,
+    ) -> (Option<u32>, bool) {
+        let returning = self.ghost.take(fingerprint);
+        if !self.over(weight) {
+            // Room to spare: a returning key goes to main, and so does any
+            // key while probation is full before the first eviction.
+            let warming = !self.evicted && self.small.weight() + weight > self.small_share();
+            return (None, returning || warming);
+        }
+        let mut hole = None;
+        let mut to_main = false;
+        if returning {
+            if let Some(victim) = self.main_victim() {
+                if self.sketch.estimate(fingerprint)
+                    > self
+                        .sketch
+                        .estimate(self.nodes[victim as usize].fingerprint)
+                {
+                    // Won its place: the victim goes, not to the ghost.
+                    self.unindex(victim);
+                    hole = Some(victim);
+                    to_main = true;
+                }
+            }
+        }
+        (self.make_room(weight, hole, out), to_main)
+    }
+
+    /// The small queue's share of the shard's weight.
+    fn small_share(&self) -> u64 {
+        (self.capacity * SMALL_PERCENT / 100).max(1)
+    }
+
+    /// Evicts until `incoming` more weight fits, starting from `hole` (a
+    /// victim already out of the table and queues). The last victim is left
+    /// in its slab slot and its index returned: a new entry takes the slot
+    /// over, sparing the slab a move.
+    fn make_room(
+        &mut self,
+        incoming: u64,
+        mut hole: Option<u32>,
+        out: &mut Removed<K, V>,
+    ) -> Option<u32> {
+        while self.over(incoming) {
+            if let Some(h) = hole.take() {
+                let node = self.vacate(h);
+                out.push(node.key, node.value, RemovalCause::Evicted);
+            }
+            let Some((i, remember)) = self.pick_victim() else {
+                break;
+            };
+            if remember {
+                self.ghost.insert(self.nodes[i as usize].fingerprint);
+            }
+            self.unindex(i);
+            hole = Some(i);
+        }
+        hole
+    }
+
+    /// Evicts until `incoming` more weight fits, when nothing is added.
+    fn evict_while_over(&mut self, incoming: u64, out: &mut Removed<K, V>) {
+        if let Some(h) = self.make_room(incoming, None, out) {
+            let node = self.vacate(h);
+            out.push(node.key, node.value, RemovalCause::Evicted);
+        }
+    }
+
+    /// Adds a new entry in `hole` (from [`Shard::make_room`]) or at the end
+    /// of the slab, in main or in probation; returns the victim whose slot
+    /// it took.
+    fn add(
+        &mut self,
+        hole: Option<u32>,
+        to_main: bool,
+        entry: Incoming<K, V>,
+    ) -> Option<Node<K, V>> {
+        let version = self.version();
+        let Incoming {
+            fingerprint,
+            key,
+            value,
+            weight,
+            now,
+        } = entry;
+        let mut node = Node::new(key, value, fingerprint, version, now);
+        node.meta.set_in_main(to_main);
+        let (i, victim) = match hole {
+            Some(h) => {
+                if self.weighted {
+                    self.weights[h as usize] = weight;
+                }
+                (
+                    h,
+                    Some(std::mem::replace(&mut self.nodes[h as usize], node)),
+                )
+            }
+            None => {
+                self.nodes.push(node);
+                self.links.push(Link::UNLINKED);
+                if self.weighted {
+                    self.weights.push(weight);
+                }
+                ((self.nodes.len() - 1) as u32, None)
+            }
+        };
+        let queue = if to_main {
+            &mut self.main
+        } else {
+            &mut self.small
+        };
+        queue.push_back(&mut self.links, i, weight);
+        let nodes = &self.nodes;
+        self.table.insert_unique(table_hash(fingerprint), i, |&j| {
+            table_hash(nodes[j as usize].fingerprint)
+        });
+        victim
+    }
+
+    /// Picks the next entry to evict by the policy (module docs), moving,
+    /// cooling and counting others on the way; with it, whether the ghost
+    /// should remember it. `None` if the shard is empty.
+    fn pick_victim(&mut self) -> Option<(u32, bool)> {
+        if !self.evicted {
+            // The first eviction: the shard is full, so its entry count
+            // sizes what remembers evicted and wanted keys.
+            self.evicted = true;
+            let entries = self.nodes.len();
+            self.ghost.reset((entries * GHOST_PERCENT / 100).max(1));
+            self.sketch.size_for(entries);
+        }
+        let main_share = self.capacity - self.small_share().min(self.capacity);
+        loop {
+            if self.main.weight() > main_share || self.small.len() == 0 {
+                return self.main_victim().map(|i| (i, false));
+            }
+            while let Some(i) = self.small.head() {
+                let (fingerprint, reads) = {
+                    let node = &self.nodes[i as usize];
+                    (node.fingerprint, node.meta.freq())
+                };
+                for _ in 0..reads {
+                    self.sketch.increment(fingerprint);
+                }
+                if reads >= PROMOTE_AT || self.main.weight() < main_share {
+                    self.promote(i);
+                    continue;
+                }
+                return match self.main_victim() {
+                    Some(victim)
+                        if self.sketch.estimate(fingerprint)
+                            > self
+                                .sketch
+                                .estimate(self.nodes[victim as usize].fingerprint) =>
+                    {
+                        self.promote(i);
+                        Some((victim, false))
+                    }
+                    _ => Some((i, true)),
+                };
+            }
+        }
+    }
+
+    /// Main's CLOCK hand: passes entries with reads left to the back, each
+    /// spending one (and counting it in the sketch), and stops at the first
+    /// without, which it returns (still main's head). `None` if main is empty.
+    fn main_victim(&mut self) -> Option<u32> {
+        loop {
+            let i = self.main.head()?;
+            let node = &mut self.nodes[i as usize];
+            if !node.meta.cool() {
+                return Some(i);
+            }
+            let fingerprint = node.fingerprint;
+            self.sketch.increment(fingerprint);
+            self.main.rotate(&self.links);
+        }
+    }
+
+    /// Moves a small-queue entry to main, its reads spent.
+    fn promote(&mut self, i: u32) {
+        let weight = self.weight_of(i);
+        self.small.unlink(&mut self.links, i, weight);
+        let meta = &mut self.nodes[i as usize].meta;
+        meta.set_in_main(true);
+        meta.set_freq(0);
+        self.main.push_back(&mut self.links, i, weight);
+    }
+
+    /// Takes node `i` out of its queue and the table; it stays in the slab.
+    fn unindex(&mut self, i: u32) {
+        let weight = self.weight_of(i);
+        let node = &self.nodes[i as usize];
+        if node.meta.in_main() {
+            self.main.unlink(&mut self.links, i, weight);
+        } else {
+            self.small.unlink(&mut self.links, i, weight);
+        }
+        self.table
+            .find_entry(table_hash(node.fingerprint), |&j| j == i)
+            .expect("every indexed node is in the table")
+            .remove();
+    }
+
+    /// Takes unindexed node `i` out of the slab; the last node moves into
+    /// its place, and its queue links and table entry follow it.
+    fn vacate(&mut self, i: u32) -> Node<K, V> {
+        let last = (self.nodes.len() - 1) as u32;
+        let node = self.nodes.swap_remove(i as usize);
+        self.links.swap_remove(i as usize);
+        if self.weighted {
+            self.weights.swap_remove(i as usize);
+        }
+        if i != last {
+            let moved = &self.nodes[i as usize];
+            let moved_fingerprint = moved.fingerprint;
+            if moved.meta.in_main() {
+                self.main.relocate(&mut self.links, last, i);
+            } else {
+                self.small.relocate(&mut self.links, last, i);
+            }
+            *self
+                .table
+                .find_mut(table_hash(moved_fingerprint), |&j| j == last)
+                .expect("every indexed node is in the table") = i;
+        }
+        node
+    }
+
+    /// Takes node `i` out of its queue, the table and the slab.
+    fn detach(&mut self, i: u32) -> Node<K, V> {
+        self.unindex(i);
+        self.vacate(i)
+    }
+
+    /// Checks every invariant of the shard; the error says which failed.
+    ///
+    /// Counts and weights add up; every entry is in exactly one queue, the
+    /// one its mark names, and in the table under its own fingerprint at its
+    /// own index; the table names nothing else; the weight is within the
+    /// capacity; the ghost is consistent and within its size.
+    pub(crate) fn validate(&self) -> Result<(), String>
+    where
+        K: Eq,
+    {
+        let n = self.nodes.len();
+        if self.table.len() != n || self.links.len() != n {
+            return Err(format!(
+                "table has {} entries, links {}, slab {n}",
+                self.table.len(),
+                self.links.len()
+            ));
+        }
+        if self.weighted && self.weights.len() != n {
+            return Err(format!("{} weights for {n} nodes", self.weights.len()));
+        }
+        if !self.weighted && !self.weights.is_empty() {
+            return Err("weights kept without a weigher".into());
+        }
+        let mut seen = vec![false; n];
+        for (queue, main, name) in [(&self.small, false, "small"), (&self.main, true, "main")] {
+            let mut count = 0;
+            let mut weight = 0;
+            for i in queue.walk(&self.links).take(n + 1) {
+                let node = self
+                    .nodes
+                    .get(i as usize)
+                    .ok_or_else(|| format!("{name} queue links to {i}, past the slab"))?;
+                if std::mem::replace(&mut seen[i as usize], true) {
+                    return Err(format!("node {i} is queued twice"));
+                }
+                if node.meta.in_main() != main {
+                    return Err(format!("node {i} in the {name} queue is marked otherwise"));
+                }
+                let next = self.links[i as usize].next;
+                if self.links.get(next as usize).map(|l| l.prev) != Some(i) {
+                    return Err(format!("node {i}'s next does not link back"));
+                }
+                count += 1;
+                weight += self.weight_of(i);
+            }
+            if count != queue.len() || weight != queue.weight() {
+                return Err(format!(
+                    "{name} queue counts {} entries of weight {}, links {count} of {weight}",
+                    queue.len(),
+                    queue.weight()
+                ));
+            }
+        }
+        if let Some(i) = seen.iter().position(|&s| !s) {
+            return Err(format!("node {i} is in no queue"));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let indexed = self
+                .table
+                .find(table_hash(node.fingerprint), |&j| j == i as u32)
+                .is_some();
+            if !indexed {
+                return Err(format!("node {i} is not in the table"));
+            }
+            let first = self.index_of(node.fingerprint, |k| *k == node.key);
+            if first != Some(i as u32) {
+                return Err(format!("node {i}'s key is filed twice"));
+            }
+            if self.weighted && self.weights[i] == 0 {
+                return Err(format!("node {i} weighs nothing"));
+            }
+        }
+        if self.weight() > self.capacity {
+            return Err(format!(
+                "weight {} over capacity {}",
+                self.weight(),
+                self.capacity
+            ));
+        }
+        self.ghost.check()?;
+        self.sketch.check()?;
+        if self.evicted != self.sketch.is_sized() {
+            return Err("the sketch is sized only once the shard evicts".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,14 @@
+//! The synchronization types the store is built on: std's, or shuttle's
+//! under the `shuttle` feature, so the permutation tests (`tests/shuttle.rs`)
+//! drive every lock and atomic of the store through shuttle's scheduler.
+//! Only the types change; no code path differs between the two.
+
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize};
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::sync::atomic::{AtomicU64, AtomicUsize};
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
