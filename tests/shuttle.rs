@@ -1,0 +1,208 @@
+//! Permutation tests: the store's locks and atomics run under shuttle's
+//! scheduler (feature `shuttle`), which explores the interleavings of a few
+//! threads working a tiny cache, thousands of schedules per test, randomly
+//! and with PCT (probabilistic concurrency testing, which finds bugs that
+//! need a few ordered preemptions).
+//!
+//! ```text
+//! cargo test --features shuttle --test shuttle --release
+//! ```
+//!
+//! Every schedule checks, once the threads are done: the store's invariants
+//! (`validate`, which each thread also calls mid-run); the bound; metrics
+//! that add up; only values some thread wrote; and no lost insert — a
+//! thread's `get` right after its `insert` sees its value unless the
+//! listener was told that value left (replaced, invalidated, evicted or
+//! cleared).
+#![cfg(feature = "shuttle")]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use shuttle::thread;
+use swr_cache::{Cache, ConfigChange, RemovalCause};
+
+/// Schedules per test and scheduler.
+const SCHEDULES: usize = 3_000;
+
+type Removed = Arc<Mutex<Vec<(u8, u32, RemovalCause)>>>;
+
+/// A cache of `max_size` entries (one shard) whose listener logs removals.
+fn tiny(max_size: usize) -> (Cache<u8, u32>, Removed) {
+    let removed: Removed = Arc::default();
+    let sink = Arc::clone(&removed);
+    let cache = Cache::builder()
+        .max_size(max_size)
+        .ttl(None)
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .build()
+        .unwrap();
+    (cache, removed)
+}
+
+/// Inserts `value` under `key`, validates, and reads the key back: `None`
+/// if the value was seen, else the value, for the caller to check against
+/// the log of removals.
+fn insert_then_get(cache: &Cache<u8, u32>, key: u8, value: u32) -> Option<u32> {
+    cache.insert(key, value);
+    cache.validate();
+    (cache.get(&key) != Some(value)).then_some(value)
+}
+
+/// The checks every schedule ends with.
+fn settle(cache: &Cache<u8, u32>, removed: &Removed, suspects: &[u32], written: &HashSet<u32>) {
+    cache.validate();
+    assert!(cache.len() <= cache.max_size(), "len {}", cache.len());
+    let log = removed.lock().unwrap();
+    let gone: HashSet<u32> = log.iter().map(|(_, v, _)| *v).collect();
+    for v in suspects {
+        assert!(
+            gone.contains(v),
+            "insert of {v} lost: not read back, not removed"
+        );
+    }
+    for k in 0..8u8 {
+        if let Some(v) = cache.peek(&k) {
+            assert!(written.contains(&v), "{k} holds {v}, which nobody wrote");
+            assert!(!gone.contains(&v), "{k} holds {v}, reported removed");
+        }
+    }
+    let m = cache.metrics();
+    assert_eq!(
+        m.inserts - m.evictions - m.invalidations,
+        cache.len() as u64,
+        "{m:?}"
+    );
+}
+
+/// Two threads insert the same new key into a full cache while a third
+/// invalidates it and inserts another, so eviction, replacement and
+/// removal of one key interleave.
+fn same_key_into_a_full_cache() {
+    let (cache, removed) = tiny(2);
+    cache.insert(0, 100);
+    cache.insert(1, 101);
+    let a = thread::spawn({
+        let cache = cache.clone();
+        move || insert_then_get(&cache, 2, 1)
+    });
+    let b = thread::spawn({
+        let cache = cache.clone();
+        move || insert_then_get(&cache, 2, 2)
+    });
+    let c = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            cache.invalidate(&2);
+            let lost = insert_then_get(&cache, 3, 3);
+            cache.get(&0);
+            lost
+        }
+    });
+    let suspects: Vec<u32> = [a, b, c]
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+    let written = HashSet::from([100, 101, 1, 2, 3]);
+    settle(&cache, &removed, &suspects, &written);
+}
+
+/// Inserts race a `clear` and a shrinking then growing `configure`.
+fn inserts_against_clear_and_resize() {
+    let (cache, removed) = tiny(3);
+    for k in 0..3 {
+        cache.insert(k, 100 + u32::from(k));
+    }
+    let a = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            let first = insert_then_get(&cache, 4, 4);
+            let second = insert_then_get(&cache, 0, 5);
+            [first, second]
+        }
+    });
+    let b = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            cache.clear();
+            insert_then_get(&cache, 5, 6)
+        }
+    });
+    let c = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            cache.configure(ConfigChange::new().max_size(1)).unwrap();
+            cache.validate();
+            cache.configure(ConfigChange::new().max_size(3)).unwrap();
+        }
+    });
+    let mut suspects: Vec<u32> = a.join().unwrap().into_iter().flatten().collect();
+    suspects.extend(b.join().unwrap());
+    c.join().unwrap();
+    let written = HashSet::from([100, 101, 102, 4, 5, 6]);
+    settle(&cache, &removed, &suspects, &written);
+}
+
+/// Readers raise entries' counters while writers evict around them in a
+/// one-entry cache: the reads that race a write see a whole value.
+fn reads_race_evictions_in_a_one_entry_cache() {
+    let (cache, removed) = tiny(1);
+    cache.insert(0, 100);
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let cache = cache.clone();
+            thread::spawn(move || {
+                for k in 0..3u8 {
+                    if let Some(v) = cache.get(&k) {
+                        assert!([100, 1, 2, 3].contains(&v), "read {v}");
+                    }
+                }
+            })
+        })
+        .collect();
+    let writer = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            let mut lost = Vec::new();
+            for k in 1..=3u8 {
+                lost.extend(insert_then_get(&cache, k, u32::from(k)));
+            }
+            lost
+        }
+    });
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let suspects = writer.join().unwrap();
+    settle(&cache, &removed, &suspects, &HashSet::from([100, 1, 2, 3]));
+}
+
+#[test]
+fn same_key_into_a_full_cache_random() {
+    shuttle::check_random(same_key_into_a_full_cache, SCHEDULES);
+}
+
+#[test]
+fn same_key_into_a_full_cache_pct() {
+    shuttle::check_pct(same_key_into_a_full_cache, SCHEDULES, 3);
+}
+
+#[test]
+fn inserts_against_clear_and_resize_random() {
+    shuttle::check_random(inserts_against_clear_and_resize, SCHEDULES);
+}
+
+#[test]
+fn inserts_against_clear_and_resize_pct() {
+    shuttle::check_pct(inserts_against_clear_and_resize, SCHEDULES, 3);
+}
+
+#[test]
+fn reads_race_evictions_random() {
+    shuttle::check_random(reads_race_evictions_in_a_one_entry_cache, SCHEDULES);
+}
+
+#[test]
+fn reads_race_evictions_pct() {
+    shuttle::check_pct(reads_race_evictions_in_a_one_entry_cache, SCHEDULES, 3);
+}
