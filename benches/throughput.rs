@@ -17,7 +17,11 @@
 //!   cache of 10,000 (ten times the capacity), so eviction runs all along;
 //! - `churn`: inserts of new keys only into a full cache of 10,000, each one
 //!   evicting. The floor here inserts and removes the key inserted 10,000
-//!   before, to stay bounded.
+//!   before, to stay bounded;
+//! - `get_or_insert`: a read of a Zipf(1.0) key over 100,000, and an insert
+//!   when it misses, into a cache of 10,000 (a tenth of the keys): what a
+//!   read-through cache does. The floor, unbounded, stops missing once it
+//!   holds every key.
 //!
 //! Every measurement (criterion's `iter_custom`) runs `iters` operations split
 //! over the threads, started together behind a barrier, and reports the wall
@@ -33,7 +37,8 @@
 //! throughput ratios: on a shared machine these move far less between
 //! invocations than ratios of criterion medians taken minutes apart. A
 //! criterion filter (the first argument that is not a flag) limits these
-//! rounds to the workloads whose names contain it.
+//! rounds to the workloads whose names contain it. `SWR_BENCH_PAIRED_ONLY=1`
+//! skips criterion and runs only these rounds.
 
 use std::hash::Hash;
 use std::path::PathBuf;
@@ -393,6 +398,37 @@ fn churn(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     group.finish();
 }
 
+/// Reads a Zipf key and inserts it on a miss, over ten times the capacity.
+fn get_or_insert_run<C: BenchCache<u64, u64>>(
+    cache: &C,
+    draws: &[Vec<usize>],
+    threads: usize,
+    iters: u64,
+) -> Duration {
+    run_threads(threads, iters, |thread, i| {
+        let key = draws[thread][i & (DRAWS - 1)] as u64;
+        if cache.get(&key).is_none() {
+            cache.insert(key, key);
+        }
+    })
+}
+
+fn get_or_insert(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("get_or_insert/u64/zipf");
+    group.throughput(Throughput::Elements(1));
+    for threads in thread_counts() {
+        let draws: Vec<Vec<usize>> = (0..threads)
+            .map(|t| draws(CAPACITY * 10, true, 200 + t as u64))
+            .collect();
+        each_cache!(u64, u64, CAPACITY, runtime, |name, cache| {
+            group.bench_function(BenchmarkId::new(name, threads), |b| {
+                b.iter_custom(|iters| get_or_insert_run(&cache, &draws, threads, iters))
+            });
+        });
+    }
+    group.finish();
+}
+
 /// Rounds of the paired comparison; odd, so the median is one round's ratio.
 const PAIRED_ROUNDS: usize = 21;
 /// Operations per run in the paired comparison: tens of milliseconds a run.
@@ -486,6 +522,21 @@ fn paired_ratios(
                 &|| mixed_run(&swr, &draws, threads, PAIRED_OPS),
                 &|| mixed_run(&quick, &draws, threads, PAIRED_OPS),
                 &|| mixed_run(&floor, &draws, threads, PAIRED_OPS),
+            );
+            results.push((group.to_string(), threads, ratios));
+        }
+        let group = "get_or_insert/u64/zipf";
+        if group.contains(filter) {
+            let draws: Vec<Vec<usize>> = (0..threads)
+                .map(|t| draws(CAPACITY * 10, true, 200 + t as u64))
+                .collect();
+            let swr = swr::<u64, u64>(CAPACITY, runtime);
+            let quick = quick_cache::sync::Cache::<u64, u64>::new(CAPACITY);
+            let floor = floor::<u64>(CAPACITY);
+            let ratios = paired(
+                &|| get_or_insert_run(&swr, &draws, threads, PAIRED_OPS),
+                &|| get_or_insert_run(&quick, &draws, threads, PAIRED_OPS),
+                &|| get_or_insert_run(&floor, &draws, threads, PAIRED_OPS),
             );
             results.push((group.to_string(), threads, ratios));
         }
@@ -611,30 +662,35 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    let paired_only = std::env::var_os("SWR_BENCH_PAIRED_ONLY").is_some_and(|v| v == "1");
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .sample_size(15)
         .configure_from_args();
     let u64_keys: Vec<u64> = (0..GET_KEYS as u64).collect();
-    get_hit(&mut c, &runtime, "u64", &u64_keys);
     // Prompt names of 16 bytes: past the inline size of small-string types,
     // so a clone of the key would allocate.
     let string_keys: Vec<String> = (0..GET_KEYS).map(|i| format!("prompt-{i:09}")).collect();
-    get_hit(&mut c, &runtime, "string", &string_keys);
-    mixed(&mut c, &runtime);
-    churn(&mut c, &runtime);
-    c.final_summary();
+    if !paired_only {
+        get_hit(&mut c, &runtime, "u64", &u64_keys);
+        get_hit(&mut c, &runtime, "string", &string_keys);
+        mixed(&mut c, &runtime);
+        get_or_insert(&mut c, &runtime);
+        churn(&mut c, &runtime);
+        c.final_summary();
 
-    let mut groups = Vec::new();
-    for key_type in ["u64", "string"] {
-        for distribution in ["zipf", "uniform"] {
-            groups.push(format!("get_hit/{key_type}/{distribution}"));
+        let mut groups = Vec::new();
+        for key_type in ["u64", "string"] {
+            for distribution in ["zipf", "uniform"] {
+                groups.push(format!("get_hit/{key_type}/{distribution}"));
+            }
         }
+        groups.push("mixed_95_get_5_insert/u64/zipf".to_string());
+        groups.push("get_or_insert/u64/zipf".to_string());
+        groups.push("churn_insert_new/u64".to_string());
+        print_summary(&groups);
     }
-    groups.push("mixed_95_get_5_insert/u64/zipf".to_string());
-    groups.push("churn_insert_new/u64".to_string());
-    print_summary(&groups);
 
     // criterion's filter, if one was given: the first argument not a flag.
     let filter = std::env::args()
