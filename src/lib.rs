@@ -77,7 +77,7 @@
 //! # Memory
 //!
 //! Per entry, with `K` and `V` the sizes of key and value: a node of
-//! `K + V + 16` bytes, rounded up to a multiple of 32; 8 bytes of queue
+//! `K + V + 16` bytes, rounded up to a multiple of 8; 8 bytes of queue
 //! links; a table slot of 5 bytes (tables are between 44 % and 88 % full);
 //! and, once a shard has evicted, 3.6 bytes of ghost and 8 to 16 of
 //! frequency sketch. Data the key or value points to (a `String`'s bytes)

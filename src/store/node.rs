@@ -8,9 +8,10 @@
 //! hold the read lock, write only the frequency and refresh bits of `meta`,
 //! and only with atomic `fetch_or`.
 //!
-//! For a `u64 → u64` cache a node is 32 bytes (key, value, `meta`, version
-//! and fingerprint), aligned to 32 so that a read, which loads one node,
-//! never straddles two cache lines.
+//! For a `u64 → u64` cache a node is 32 bytes: key, value, `meta`, version
+//! and fingerprint. (Aligning nodes to 32 bytes, so that none straddles two
+//! cache lines, measured no faster on uniform reads and costs 8 bytes on a
+//! `String → Arc<str>` node.)
 
 use std::sync::atomic::Ordering;
 
@@ -23,7 +24,6 @@ use crate::clock::Nanos;
 /// result only over the version it fetched from (see `Shard::install`).
 pub(crate) type Version = u32;
 
-#[repr(align(32))]
 pub(crate) struct Node<K, V> {
     pub(crate) key: K,
     pub(crate) value: V,
@@ -184,7 +184,6 @@ mod tests {
     #[test]
     fn a_node_of_words_is_half_a_cache_line() {
         assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 32);
-        assert_eq!(std::mem::align_of::<Node<u64, u64>>(), 32);
     }
 
     #[test]

@@ -507,6 +507,15 @@ impl<K, V> Shard<K, V> {
                 )
             }
             None => {
+                if self.nodes.len() == self.nodes.capacity() && !self.weighted {
+                    // Double, as a Vec does, but never past the most entries
+                    // the shard holds: a full shard has no slack.
+                    let len = self.nodes.len();
+                    let most = usize::try_from(self.capacity).unwrap_or(usize::MAX);
+                    let more = len.max(4).min(most.saturating_sub(len)).max(1);
+                    self.nodes.reserve_exact(more);
+                    self.links.reserve_exact(more);
+                }
                 self.nodes.push(node);
                 self.links.push(Link::UNLINKED);
                 if self.weighted {
