@@ -10,7 +10,10 @@
 //! for by live allocations: an allocation adds its size, a deallocation takes
 //! it away, a reallocation adds the difference) from before the cache was
 //! built, divided by the entries the cache then holds (also printed: a cache
-//! may admit fewer). The bytes already taken once the empty cache is built
+//! may admit fewer). Then 1,000,000 more new keys churn through it, each
+//! evicting, and the same is measured again: this is the figure with the
+//! policy's memory of evicted keys (swr-cache's ghost and frequency sketch,
+//! quick_cache's ghost entries, moka's sketch) at its full size. The bytes already taken once the empty cache is built
 //! are printed too (what a generous `max_size` costs before it is used). Two
 //! shapes: `u64 → u64`, and `String → Arc<str>` (16-byte keys, 32-byte
 //! values; the bytes the key and value point to count too: 16 + 48 = 64 of
@@ -47,6 +50,10 @@ struct Measured {
     filled: isize,
     /// Entries it holds.
     held: usize,
+    /// Live bytes after as many new keys again went through it.
+    churned: isize,
+    /// Entries it then holds.
+    held_after_churn: usize,
 }
 
 /// Builds a cache, fills it with `entries` keys, and measures it.
@@ -75,11 +82,19 @@ fn measure<C, K, V>(
     }
     let held = len(&cache);
     let filled = live() - before;
+    for i in entries..2 * entries {
+        let (key, value) = entry(i);
+        insert(&cache, key, value);
+    }
+    let held_after_churn = len(&cache);
+    let churned = live() - before;
     drop(cache);
     Measured {
         built,
         filled,
         held,
+        churned,
+        held_after_churn,
     }
 }
 
@@ -161,10 +176,12 @@ where
     ];
     for (name, m) in results {
         println!(
-            "| {shape} | {name} | {} | {:.1} | {:.1} |",
+            "| {shape} | {name} | {} | {:.1} | {:.1} | {} | {:.1} |",
             m.held,
             m.filled as f64 / m.held.max(1) as f64,
             m.built as f64 / entries as f64,
+            m.held_after_churn,
+            m.churned as f64 / m.held_after_churn.max(1) as f64,
         );
     }
 }
@@ -174,9 +191,9 @@ fn main() {
     let entries = if bench { 1_000_000 } else { 10_000 };
     println!("## Heap bytes per entry, {entries} entries\n");
     println!(
-        "| shape | cache | entries held | bytes per entry held | of which taken when built (per slot) |"
+        "| shape | cache | entries held | bytes per entry held | of which taken when built (per slot) | entries held after churn | bytes per entry after churn |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     row(entries, "u64 → u64", |i| (i as u64, i as u64));
     row(entries, "String → Arc<str>", |i| {
         // `format!` may leave spare capacity; keys of exactly 16 bytes.
