@@ -70,6 +70,14 @@ impl Clock {
         }
     }
 
+    /// The last time a tick published, without reading the clock: what a
+    /// write is stamped with while there is no TTL (nothing is stale then,
+    /// and a stamp costs no clock read).
+    #[inline]
+    pub(crate) fn last_tick(&self) -> Nanos {
+        self.recent.load(Ordering::Relaxed)
+    }
+
     /// Sets the longest the ticker will wait before its next tick.
     pub(crate) fn set_period(&self, period: Nanos) {
         self.period.store(period, Ordering::Relaxed);

@@ -150,9 +150,9 @@ where
             Fetched::Unchanged => (Install::Renew, None),
         };
         let mut removed = Removed::new();
-        let installed =
-            self.store
-                .install(key, from, update, self.read.clock.stamp(), &mut removed);
+        let installed = self
+            .store
+            .install(key, from, update, self.write_stamp(), &mut removed);
         let result = match installed {
             Installed::Done(old) => {
                 if let Some(old) = old {

@@ -144,14 +144,26 @@ where
             .map_or(1, |weigh| weigh(key, value).max(1))
     }
 
-    /// Writes `value` for `key` as `how` says, stamped so that it is never
-    /// judged stale before its TTL ([`Clock::stamp`]), then counts and
-    /// reports.
+    /// The time a write is stamped with: so that it is never judged stale
+    /// before its TTL ([`Clock::stamp`]); with no TTL, the last tick (no
+    /// clock read), so an entry written then counts, should a TTL be set
+    /// later, as written at the last tick before it.
+    #[inline]
+    pub(crate) fn write_stamp(&self) -> Nanos {
+        if self.ttl_nanos() == 0 {
+            self.read.clock.last_tick()
+        } else {
+            self.read.clock.stamp()
+        }
+    }
+
+    /// Writes `value` for `key` as `how` says, stamped by
+    /// [`Inner::write_stamp`], then counts and reports.
     /// Returns what the store did, with a refused key and value already
     /// dropped or reported.
     pub(crate) fn write(&self, key: K, value: V, how: Write) -> Written<(), ()> {
         let weight = self.weigh(&key, &value);
-        let now = self.read.clock.stamp();
+        let now = self.write_stamp();
         let mut removed = Removed::new();
         let written = self.store.write(key, value, weight, now, how, &mut removed);
         let replaced_one = removed.count(RemovalCause::Replaced) > 0;
@@ -254,6 +266,11 @@ where
             next.validate(self.weigher.is_some())?;
             if next.capacity() != current.capacity() {
                 self.store.set_capacity(next.capacity(), &mut removed);
+            }
+            if current.ttl.is_none() && next.ttl.is_some() {
+                // Entries written without a TTL count from the last tick:
+                // make that now.
+                self.read.clock.tick();
             }
             self.read.ttl.store(ttl_nanos(&next), Ordering::Relaxed);
             self.settings.store(Arc::new(next));

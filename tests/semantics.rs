@@ -471,3 +471,28 @@ async fn configure_ttl_applies_to_existing_entries() {
     cache.configure(ConfigChange::new().ttl(None)).unwrap();
     assert_eq!(cache.is_stale(&1), Some(false));
 }
+
+/// Writes without a TTL read no clock: an entry written then counts as
+/// written at the last tick of the cache's coarse clock (here, when it was
+/// built), so a TTL set later finds it as old as that; writes after the TTL
+/// is set are timed as usual.
+#[tokio::test(start_paused = true)]
+async fn entries_written_without_a_ttl_count_from_the_last_tick_once_one_is_set() {
+    let cache: Cache<u32, u32> = Cache::builder().ttl(None).build().unwrap();
+    advance(Duration::from_secs(3600)).await;
+    cache.insert(1, 1);
+    assert_eq!(
+        cache.is_stale(&1),
+        Some(false),
+        "nothing is stale without a TTL"
+    );
+    cache
+        .configure(ConfigChange::new().ttl(Some(Duration::from_secs(10))))
+        .unwrap();
+    assert_eq!(cache.is_stale(&1), Some(true), "counted from the build");
+    cache.insert(2, 2);
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(cache.is_stale(&2), Some(false));
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(cache.is_stale(&2), Some(true));
+}
