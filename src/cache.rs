@@ -211,6 +211,13 @@ where
     /// once, by the policy (counted as evictions); `0` empties and disables
     /// the cache. A running refresher picks the new settings up at once.
     ///
+    /// The number of shards is fixed when the cache is built (from
+    /// `max_size`: shards of at least 1,024 entries, up to four per core), and
+    /// each holds its share of the bound. Shrinking far below the size the
+    /// cache was built for leaves small shards, and below one entry per shard
+    /// the keys of some shards cannot be cached at all (each such insert is
+    /// evicted at once, and the listener hears so).
+    ///
     /// # Errors
     /// A [`ConfigError`] naming the first invalid setting; then nothing changes.
     pub fn configure(&self, change: ConfigChange) -> Result<(), ConfigError> {
@@ -352,10 +359,11 @@ where
         }
     }
 
-    /// Checks the store's invariants (every shard's counts, queues, table and
-    /// ghost, and the totals), panicking with the first that fails. It locks
-    /// every shard in turn and walks every entry: for tests and fuzzing, at
-    /// a quiet moment.
+    /// Checks the store's invariants (every shard's counts, queues, table,
+    /// ghost and sketch, and the totals), panicking with the first that
+    /// fails. It holds every shard's write lock at once and walks every
+    /// entry, so it sees one moment of the whole cache and may run while
+    /// other threads use it: for tests and fuzzing.
     #[doc(hidden)]
     pub fn validate(&self) {
         if let Err(broken) = self.inner.store.validate() {

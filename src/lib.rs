@@ -66,13 +66,19 @@
 //!   (nor `weight()` above `max_weight`), at any moment.
 //! - Entries leaving the cache (evicted, replaced, invalidated, cleared) are
 //!   handed to the [eviction listener](CacheBuilder::eviction_listener), or
-//!   dropped, after the lock is released: no user code but `Eq` (and the
-//!   value's `Clone` on a read) runs under a lock, and none while the store
-//!   is mid-change.
+//!   dropped, after the lock is released. The user code that does run
+//!   under a shard lock is the key's `Eq` (in a write, before anything
+//!   changes), and, under a *read* lock, the value's `Clone` on a read and
+//!   the key's `Clone`, `Hash` and `Eq` when a stale entry is queued for the
+//!   refresher (or a dump copies entries). The weigher, the listener, the
+//!   fetcher and the drops of removed entries never run under a lock.
 //!
-//! A refresh installs its result only if the entry still has the version the
-//! refresh started from, so it never overwrites a newer write and never
-//! brings back a removed key. The crate has no `unsafe` code.
+//! A refresh of a cached key installs its result only if the entry still
+//! has the version the refresh started from, so it never overwrites a newer
+//! write and never brings back a key removed meanwhile. (A read-through of a
+//! key that was not cached, by `get_or_fetch`, inserts only if the key is
+//! still absent, so a key inserted and removed during that fetch comes back
+//! with the fetched value.) The crate has no `unsafe` code.
 //!
 //! # Memory
 //!
@@ -128,7 +134,7 @@ pub use fetcher::{FetchError, Fetched, Fetcher, IntoFetcher};
 pub use metrics::Metrics;
 pub use refresh::StartError;
 pub use removal::RemovalCause;
-pub use settings::{ConfigChange, ConfigError, MAX_SIZE_LIMIT};
+pub use settings::{ConfigChange, ConfigError, MAX_SIZE_LIMIT, MAX_WEIGHT_LIMIT};
 #[cfg(feature = "serde")]
 pub use snapshot::{LoadReport, SNAPSHOT_FORMAT, SnapshotError, SnapshotLimits};
 

@@ -14,6 +14,11 @@ use std::time::Duration;
 /// The largest `max_size`: a shard numbers its entries with 32 bits.
 pub const MAX_SIZE_LIMIT: usize = u32::MAX as usize - 1;
 
+/// The largest `max_weight`, a quarter of `u64::MAX`: weights are summed
+/// with this much headroom, so no sum wraps. (It is 4.6 exabytes, should the
+/// weights be bytes.)
+pub const MAX_WEIGHT_LIMIT: u64 = u64::MAX >> 2;
+
 pub(crate) const DEFAULT_MAX_SIZE: usize = 100;
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
@@ -68,6 +73,9 @@ impl Settings {
         match (weighted, self.max_weight) {
             (true, None) => return Err(ConfigError::WeigherWithoutMaxWeight),
             (false, Some(_)) => return Err(ConfigError::MaxWeightWithoutWeigher),
+            (true, Some(max_weight)) if max_weight > MAX_WEIGHT_LIMIT => {
+                return Err(ConfigError::MaxWeightTooLarge { max_weight });
+            }
             _ => {}
         }
         if self.ttl == Some(Duration::ZERO) {
@@ -230,6 +238,11 @@ pub enum ConfigError {
         /// The size asked for.
         max_size: usize,
     },
+    /// `max_weight` was above [`MAX_WEIGHT_LIMIT`].
+    MaxWeightTooLarge {
+        /// The weight asked for.
+        max_weight: u64,
+    },
     /// A weigher was given without `max_weight`, the bound it weighs against.
     WeigherWithoutMaxWeight,
     /// `max_weight` was given without a weigher to weigh entries with.
@@ -246,7 +259,9 @@ impl ConfigError {
             Self::ZeroMaxConcurrentRefreshes => "max_concurrent_refreshes",
             Self::ZeroMaxRetryBackoff => "max_retry_backoff",
             Self::MaxSizeTooLarge { .. } => "max_size",
-            Self::WeigherWithoutMaxWeight | Self::MaxWeightWithoutWeigher => "max_weight",
+            Self::MaxWeightTooLarge { .. }
+            | Self::WeigherWithoutMaxWeight
+            | Self::MaxWeightWithoutWeigher => "max_weight",
         }
     }
 }
@@ -265,6 +280,12 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "max_size {max_size} is above the limit of {MAX_SIZE_LIMIT}"
+                )
+            }
+            Self::MaxWeightTooLarge { max_weight } => {
+                write!(
+                    f,
+                    "max_weight {max_weight} is above the limit of {MAX_WEIGHT_LIMIT}"
                 )
             }
             Self::WeigherWithoutMaxWeight => {
@@ -311,6 +332,7 @@ mod tests {
             ),
             (ConfigChange::new().max_weight(10), false, "max_weight"),
             (ConfigChange::new(), true, "max_weight"),
+            (ConfigChange::new().max_weight(u64::MAX), true, "max_weight"),
         ];
         for (change, weighted, setting) in cases {
             let err = change.apply(&base).validate(weighted).unwrap_err();

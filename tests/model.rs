@@ -8,7 +8,7 @@ use proptest::prelude::*;
 #[path = "support/model.rs"]
 mod model;
 
-use model::{Op, run};
+use model::{Op, Setup, run};
 
 fn op(keys: u8) -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -28,7 +28,8 @@ proptest! {
         initial_size in 0..=8usize,
         ops in prop::collection::vec(op(16), 1..200),
     ) {
-        run(initial_size, 16, &ops, false);
+        let setup = Setup { initial_size, weighted: false, sharded: false };
+        run(setup, 16, &ops);
     }
 
     /// The same with weights: the bound is on their sum.
@@ -37,7 +38,19 @@ proptest! {
         initial_size in 0..=12usize,
         ops in prop::collection::vec(op(16), 1..200),
     ) {
-        run(initial_size, 16, &ops, true);
+        let setup = Setup { initial_size, weighted: true, sharded: false };
+        run(setup, 16, &ops);
+    }
+
+    /// Several shards sharing a tiny bound, weighted or not.
+    #[test]
+    fn random_operations_on_several_shards_agree_with_the_model(
+        initial_size in 0..=12usize,
+        weighted in any::<bool>(),
+        ops in prop::collection::vec(op(16), 1..200),
+    ) {
+        let setup = Setup { initial_size, weighted, sharded: true };
+        run(setup, 16, &ops);
     }
 
     /// With room for every key and no resize, nothing is evicted: the cache
@@ -56,7 +69,8 @@ proptest! {
                 Op::Get(_) | Op::Resize(_) => {}
             }
         }
-        let (cache, model) = run(8, 8, &ops, false);
+        let setup = Setup { initial_size: 8, weighted: false, sharded: false };
+        let (cache, model) = run(setup, 8, &ops);
         prop_assert_eq!(&model, &written);
         prop_assert_eq!(cache.metrics().evictions, 0);
         for (k, v) in &written {

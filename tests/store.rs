@@ -326,3 +326,54 @@ fn a_refresh_result_is_weighed_like_an_insert() {
         cache.validate();
     });
 }
+
+#[test]
+fn the_largest_weights_neither_wrap_nor_panic() {
+    assert_eq!(
+        Cache::<u32, u64>::builder()
+            .weigher(|_: &u32, v: &u64| *v)
+            .max_weight(u64::MAX)
+            .build()
+            .unwrap_err(),
+        ConfigError::MaxWeightTooLarge {
+            max_weight: u64::MAX
+        }
+    );
+    let cache: Cache<u32, u64> = Cache::builder()
+        .weigher(|_: &u32, v: &u64| *v)
+        .max_weight(swr_cache::MAX_WEIGHT_LIMIT)
+        .ttl(None)
+        .build()
+        .unwrap();
+    let half = swr_cache::MAX_WEIGHT_LIMIT / 2;
+    cache.insert(1, half);
+    cache.insert(2, half);
+    cache.insert(3, u64::MAX); // heavier than the whole cache: refused
+    cache.insert(4, half); // evicts one of the halves
+    assert!(!cache.contains_key(&3));
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.weight(), 2 * half);
+    cache.insert(2, u64::MAX); // over a present key: it goes
+    assert!(!cache.contains_key(&2));
+    assert!(cache.weight() <= swr_cache::MAX_WEIGHT_LIMIT);
+    cache.validate();
+}
+
+#[test]
+fn shrinking_below_one_entry_per_shard_keeps_the_bound() {
+    // Built large, the cache has several shards; shrunk to fewer entries
+    // than shards, some shards hold none: their keys are refused, each
+    // reported as evicted, and the bound holds.
+    let (cache, log) = recorded(100_000);
+    let shards = cache.shard_count();
+    assert!(shards > 1, "{shards} shards on this machine");
+    cache.configure(ConfigChange::new().max_size(1)).unwrap();
+    for k in 0..64 {
+        cache.insert(k, k);
+        assert!(cache.len() <= 1);
+    }
+    let events = taken(&log);
+    assert!(events.iter().all(|e| e.2 == RemovalCause::Evicted));
+    assert_eq!(events.len(), 64 - cache.len());
+    cache.validate();
+}

@@ -1,4 +1,5 @@
-//! Arbitrary operation sequences on a small cache, weighted or not, checked
+//! Arbitrary operation sequences on a small cache, weighted or not, of one
+//! shard or several, checked
 //! against the reference model the proptest suite uses
 //! (`tests/support/model.rs`): after every operation the cache holds exactly
 //! what the model holds, and the store's invariants (`validate`) hold.
@@ -20,8 +21,8 @@ enum FuzzOp {
 
 const KEYS: u8 = 16;
 
-fuzz_target!(|input: (u8, bool, Vec<FuzzOp>)| {
-    let (initial_size, weighted, ops) = input;
+fuzz_target!(|input: (u8, bool, bool, Vec<FuzzOp>)| {
+    let (initial_size, weighted, sharded, ops) = input;
     let ops: Vec<model::Op> = ops
         .into_iter()
         .map(|op| match op {
@@ -32,5 +33,10 @@ fuzz_target!(|input: (u8, bool, Vec<FuzzOp>)| {
             FuzzOp::Resize(size) => model::Op::Resize(usize::from(size % 13)),
         })
         .collect();
-    model::run(usize::from(initial_size % 13), KEYS, &ops, weighted);
+    let setup = model::Setup {
+        initial_size: usize::from(initial_size % 13),
+        weighted,
+        sharded,
+    };
+    model::run(setup, KEYS, &ops);
 });

@@ -29,7 +29,9 @@
 //! - Once main holds more than its share, its CLOCK hand evicts: an entry
 //!   with reads left spends one and passes to the back, one without goes.
 //! - Until the shard first evicts, a new key finding probation full enters
-//!   main directly, so a cache that is filling keeps what it has.
+//!   main directly, so a cache that is filling keeps what it has; and
+//!   whenever main holds less than its share (after invalidations, or with
+//!   weights), an entry leaving probation moves to main without a duel.
 //!
 //! Each step evicts, moves an entry out of probation, or spends a read, so
 //! making room ends, and costs O(1) amortized. The design was chosen by
@@ -397,6 +399,8 @@ impl<K, V> Shard<K, V> {
     /// Whether `incoming` more weight (for a new entry, at least 1) would
     /// put the shard over its capacity, or over the entries it can number.
     fn over(&self, incoming: u64) -> bool {
+        // Weights and capacities are at most MAX_WEIGHT_LIMIT, a quarter of
+        // u64, so these sums cannot wrap.
         self.weight() + incoming > self.capacity
             || (incoming > 0 && self.small.len() + self.main.len() >= MAX_ENTRIES)
     }
@@ -439,7 +443,7 @@ impl<K, V> Shard<K, V> {
 
     /// The small queue's share of the shard's weight.
     fn small_share(&self) -> u64 {
-        (self.capacity * SMALL_PERCENT / 100).max(1)
+        (self.capacity / 100 * SMALL_PERCENT + self.capacity % 100 * SMALL_PERCENT / 100).max(1)
     }
 
     /// Evicts until `incoming` more weight fits, starting from `hole` (a

@@ -32,20 +32,30 @@ pub fn weight_of(value: u16) -> u64 {
     u64::from(value % 4) + 1
 }
 
+/// How the cache under test is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    /// The bound: `max_size`, or `max_weight` when `weighted`.
+    pub initial_size: usize,
+    /// Entries weigh [`weight_of`] their value and the bound is on the sum.
+    pub weighted: bool,
+    /// Built for 4,096 entries (several shards) and then shrunk to the
+    /// bound, so the shards share a tiny capacity; else one shard.
+    pub sharded: bool,
+}
+
 /// Runs `ops` against the cache and the model, checking after every step;
-/// returns the cache and the model at the end. With `weighted`, entries weigh
-/// [`weight_of`] their value and the bound (`initial_size`, then each
-/// `Resize`) is on the sum of weights.
-pub fn run(
-    initial_size: usize,
-    keys: u8,
-    ops: &[Op],
-    weighted: bool,
-) -> (Cache<u8, u16>, HashMap<u8, u16>) {
+/// returns the cache and the model at the end.
+pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u16>) {
+    let Setup {
+        initial_size,
+        weighted,
+        sharded,
+    } = setup;
     let events: Events = Arc::default();
     let sink = Arc::clone(&events);
     let builder = Cache::builder()
-        .max_size(initial_size)
+        .max_size(if sharded { 4096 } else { initial_size })
         .ttl(None)
         .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
     let cache: Cache<u8, u16> = if weighted {
@@ -57,7 +67,17 @@ pub fn run(
     } else {
         builder.build().unwrap()
     };
-    assert_eq!(cache.shard_count(), 1, "small caches have one shard");
+    if sharded {
+        assert!(cache.shard_count() > 1);
+        let bound = if weighted {
+            ConfigChange::new().max_weight(initial_size as u64)
+        } else {
+            ConfigChange::new().max_size(initial_size)
+        };
+        cache.configure(bound).unwrap();
+    } else {
+        assert_eq!(cache.shard_count(), 1, "small caches have one shard");
+    }
     let bound = |cache: &Cache<u8, u16>| cache.max_weight().unwrap_or(cache.max_size() as u64);
     let mut model: HashMap<u8, u16> = HashMap::new();
     let mut gets = 0u64;
@@ -84,8 +104,9 @@ pub fn run(
                     .unwrap()
                     .iter()
                     .any(|e| e.2 == RemovalCause::Evicted && e.0 != k);
+                // (With several shards, one can be full while the cache is not.)
                 assert!(
-                    needed || !evicted,
+                    needed || !evicted || sharded,
                     "insert {k} evicted with room to spare ({weight_before} of {bound_before})"
                 );
             }
