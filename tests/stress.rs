@@ -598,22 +598,24 @@ fn keys_that_share_one_hash_keep_the_bound() {
         "{m:?}"
     );
     cache.validate();
-    // Once quiet, every entry is in a queue: new keys read once (so they
-    // are kept) followed by more new keys evict every old key.
-    for key in 100..100 + MAX as u64 {
-        cache.insert(key, value(9, key, 0));
-    }
-    for key in 100..100 + MAX as u64 {
-        cache.get(&key);
-    }
-    for key in 200..200 + MAX as u64 {
+    // Once quiet, the cache still works at its bound: new keys fill it,
+    // evicting as they must. (Which keys go is the policy's to say, and with
+    // one fingerprint for every key its frequency sketch cannot tell them
+    // apart, so nothing more is asserted.)
+    for key in 100..100 + 4 * MAX as u64 {
         cache.insert(key, value(9, key, 0));
     }
     assert_eq!(cache.len(), MAX);
+    assert!(
+        cache.contains_key(&(99 + 4 * MAX as u64)),
+        "the last key stands"
+    );
+    cache.validate();
+    let m = cache.metrics();
     assert_eq!(
-        (0..32).filter(|k| cache.contains_key(k)).count(),
-        0,
-        "old keys are evicted"
+        m.inserts - m.evictions - m.invalidations,
+        cache.len() as u64,
+        "{m:?}"
     );
 }
 

@@ -291,6 +291,19 @@ impl<K, V> Shard<K, V> {
         if how == Write::IfRoom && self.over(entry.weight) {
             return Written::Refused(entry.key, entry.value, Refusal::Full);
         }
+        let entries = self.nodes.len() + 1;
+        if self.sketch.outgrown_by(entries) {
+            // Doubled, but not past the entries the shard can hold, where
+            // it keeps a word per entry and halves every 10 x entries.
+            let most = usize::try_from(self.capacity).unwrap_or(usize::MAX);
+            let (target, period) = if self.weighted {
+                (2 * entries, 2 * entries)
+            } else {
+                ((2 * entries).min(most).max(entries), most)
+            };
+            let fingerprints = self.nodes.iter().map(|n| n.fingerprint);
+            self.sketch = self.sketch.grown(target, period, fingerprints);
+        }
         self.sketch.increment(entry.fingerprint);
         let (hole, to_main) = self.admit(entry.fingerprint, entry.weight, out);
         if let Some(victim) = self.add(hole, to_main, entry) {
@@ -376,7 +389,8 @@ impl<K, V> Shard<K, V> {
         self.forget_history();
     }
 
-    /// Forgets the ghost and the sketch, sized again at the next eviction.
+    /// Forgets the ghost (sized again at the next eviction) and the sketch
+    /// (grown again as entries come).
     fn forget_history(&mut self) {
         self.ghost.reset(0);
         self.sketch.reset();
@@ -547,11 +561,10 @@ impl<K, V> Shard<K, V> {
     fn pick_victim(&mut self) -> Option<(u32, bool)> {
         if !self.evicted {
             // The first eviction: the shard is full, so its entry count
-            // sizes what remembers evicted and wanted keys.
+            // sizes the memory of evicted keys.
             self.evicted = true;
             let entries = self.nodes.len();
             self.ghost.reset((entries * GHOST_PERCENT / 100).max(1));
-            self.sketch.size_for(entries);
         }
         let main_share = self.capacity - self.small_share().min(self.capacity);
         loop {
@@ -740,9 +753,6 @@ impl<K, V> Shard<K, V> {
         }
         self.ghost.check()?;
         self.sketch.check()?;
-        if self.evicted != self.sketch.is_sized() {
-            return Err("the sketch is sized only once the shard evicts".into());
-        }
         Ok(())
     }
 }

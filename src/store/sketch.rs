@@ -6,8 +6,12 @@
 //! The shard feeds it only under its write lock: one count per miss (a new
 //! key written), and the reads an entry collected, folded in when a queue
 //! passes over it. Every `10 × entries` counts, every counter is halved, so
-//! the sketch forgets at the pace the shard turns over. Its memory (8 to 16
-//! bytes per entry) is taken when the shard first evicts.
+//! the sketch forgets at the pace the shard turns over (`entries` being the
+//! most the shard holds, from the start, so that a sketch still growing does
+//! not forget faster). Its memory (8 to 16 bytes per entry) grows with the
+//! shard: it doubles when the shard holds more entries than it has words,
+//! carrying over what it knew of the keys the shard holds
+//! ([`Sketch::grown`]).
 
 /// Counters per word, 4 bits each.
 const NIBBLES: u32 = 16;
@@ -41,17 +45,40 @@ impl Sketch {
         }
     }
 
-    /// Whether it was sized (and so counts).
-    pub(crate) fn is_sized(&self) -> bool {
-        !self.words.is_empty()
+    /// A sketch of a word (16 counters) per entry for `entries` entries, in
+    /// a power of two, halved every `10 × period` counts.
+    fn sized_for(entries: usize, period: usize) -> Self {
+        Self {
+            words: vec![0; entries.max(BLOCK).next_power_of_two()],
+            size: 0,
+            sample: 10 * period.max(BLOCK) as u64,
+        }
     }
 
-    /// Sizes it for a shard of `entries` entries, forgetting everything.
-    pub(crate) fn size_for(&mut self, entries: usize) {
-        let words = entries.max(BLOCK).next_power_of_two();
-        self.words = vec![0; words];
-        self.size = 0;
-        self.sample = 10 * entries.max(1) as u64;
+    /// Whether a shard of `entries` entries needs a larger sketch: the
+    /// sketch keeps a word (16 counters) per entry, at least.
+    #[inline]
+    pub(crate) fn outgrown_by(&self, entries: usize) -> bool {
+        entries > self.words.len()
+    }
+
+    /// A sketch for `entries` entries, halving every `10 × period` counts,
+    /// that knows what this one knew of `fingerprints`, the keys the shard
+    /// holds: each is counted as often as this one estimates it. The rest is
+    /// forgotten, as halving would forget it soon.
+    pub(crate) fn grown(
+        &self,
+        entries: usize,
+        period: usize,
+        fingerprints: impl Iterator<Item = u32>,
+    ) -> Self {
+        let mut grown = Self::sized_for(entries, period);
+        for fingerprint in fingerprints {
+            for _ in 0..self.estimate(fingerprint) {
+                grown.increment(fingerprint);
+            }
+        }
+        grown
     }
 
     /// Frees its memory; it counts nothing until sized again.
@@ -122,7 +149,8 @@ impl Sketch {
 
     /// Checks the count against its period; for `validate`.
     pub(crate) fn check(&self) -> Result<(), String> {
-        if self.is_sized() && (self.size >= self.sample || !self.words.len().is_power_of_two()) {
+        let sized = !self.words.is_empty();
+        if sized && (self.size >= self.sample || !self.words.len().is_power_of_two()) {
             return Err(format!(
                 "sketch of {} words counts {} of {}",
                 self.words.len(),
@@ -143,7 +171,9 @@ mod tests {
         let mut sketch = Sketch::new();
         sketch.increment(7);
         assert_eq!(sketch.estimate(7), 0, "unsized: counts nothing");
-        sketch.size_for(1000);
+        assert!(sketch.outgrown_by(1));
+        let mut sketch = sketch.grown(1000, 1000, std::iter::empty());
+        assert!(!sketch.outgrown_by(1000) && sketch.outgrown_by(1025));
         for n in 1..=20u8 {
             sketch.increment(7);
             assert_eq!(sketch.estimate(7), n.min(15));
@@ -152,15 +182,14 @@ mod tests {
     }
 
     #[test]
-    fn halves_every_ten_entries_worth_of_counts() {
-        let mut sketch = Sketch::new();
-        sketch.size_for(10);
+    fn halves_every_ten_words_worth_of_counts() {
+        let mut sketch = Sketch::sized_for(64, 64);
         for _ in 0..8 {
             sketch.increment(1);
         }
         assert_eq!(sketch.estimate(1), 8);
-        // 100 counts in all reach the period: every counter is halved.
-        for fp in 1000..1092 {
+        // 640 counts in all reach the period: every counter is halved.
+        for fp in 1000..1632 {
             sketch.increment(fp);
         }
         assert_eq!(sketch.estimate(1), 4, "halved once");
@@ -168,9 +197,21 @@ mod tests {
     }
 
     #[test]
+    fn growing_keeps_what_it_knew_of_the_keys_held() {
+        let mut sketch = Sketch::sized_for(64, 64);
+        for _ in 0..5 {
+            sketch.increment(42);
+        }
+        sketch.increment(7);
+        let grown = sketch.grown(128, 128, [42u32].into_iter());
+        assert_eq!(grown.estimate(42), 5);
+        assert_eq!(grown.estimate(7), 0, "not held: forgotten");
+        assert!(!grown.outgrown_by(128));
+    }
+
+    #[test]
     fn keys_seldom_collide() {
-        let mut sketch = Sketch::new();
-        sketch.size_for(4096);
+        let mut sketch = Sketch::sized_for(4096, 4096);
         for fp in 0..4096u32 {
             sketch.increment(fp.wrapping_mul(0x85eb_ca6b));
         }
