@@ -36,7 +36,10 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn sleeping_cache(latency: Duration, ttl: Duration, interval: Duration) -> Cache<u64, u64> {
     Cache::builder()
-        .max_size(ENTRIES as usize)
+        // Room to spare: each shard holds its share of max_size, and keys do
+        // not split exactly evenly, so a cache of exactly ENTRIES would
+        // evict a few of them.
+        .max_size(2 * ENTRIES as usize)
         .ttl(Some(ttl))
         .refresh_interval(interval)
         .max_concurrent_refreshes(CONCURRENCY)
