@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use crate::Cache;
 use crate::fetcher::{ErasedFetcher, IntoFetcher};
+use crate::hasher::DefaultHasher;
+use crate::inner::Inner;
 use crate::removal::{Listener, RemovalCause, Weigher};
 use crate::settings::{ConfigError, MAX_SIZE_LIMIT, Settings};
-
-/// The default hasher: foldhash, seeded at random, so keys chosen by an
-/// attacker cannot be aimed at one shard.
-pub type DefaultHasher = foldhash::fast::RandomState;
 
 /// Builds a [`Cache`]; from [`Cache::builder`].
 ///
@@ -39,6 +37,14 @@ pub struct CacheBuilder<K, V, S = DefaultHasher> {
     pub(crate) weigher: Option<Weigher<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
     _types: PhantomData<fn(K) -> V>,
+}
+
+impl<K, V> Cache<K, V> {
+    /// A builder with the LangSmith SDK's defaults: `max_size` 100, `ttl`
+    /// 300 s, `refresh_interval` 60 s, and a randomly seeded hasher.
+    pub fn builder() -> CacheBuilder<K, V> {
+        CacheBuilder::default()
+    }
 }
 
 impl<K, V> Default for CacheBuilder<K, V> {
@@ -221,6 +227,15 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     {
         self.settings.validate(self.weigher.is_some())?;
         debug_assert!(self.settings.max_size <= MAX_SIZE_LIMIT);
-        Ok(Cache::from_builder(self))
+        let inner = Inner::new(
+            self.settings,
+            self.hasher,
+            self.fetcher,
+            self.weigher,
+            self.listener,
+        );
+        Ok(Cache {
+            inner: Arc::new(inner),
+        })
     }
 }

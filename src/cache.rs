@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
-use crate::builder::{CacheBuilder, DefaultHasher};
 use crate::fetcher::{FetchError, IntoFetcher};
 use crate::flight::{Flight, wait};
+use crate::hasher::DefaultHasher;
 use crate::inner::Inner;
 use crate::metrics::Metrics;
 use crate::refresh::StartError;
@@ -47,32 +47,12 @@ impl<K, V, S> fmt::Debug for Cache<K, V, S> {
     }
 }
 
-impl<K, V> Cache<K, V> {
-    /// A builder with the LangSmith SDK's defaults: `max_size` 100, `ttl`
-    /// 300 s, `refresh_interval` 60 s, and a randomly seeded hasher.
-    pub fn builder() -> CacheBuilder<K, V> {
-        CacheBuilder::default()
-    }
-}
-
 impl<K, V, S> Cache<K, V, S>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    pub(crate) fn from_builder(builder: CacheBuilder<K, V, S>) -> Self {
-        Self {
-            inner: Arc::new(Inner::new(
-                builder.settings,
-                builder.hasher,
-                builder.fetcher,
-                builder.weigher,
-                builder.listener,
-            )),
-        }
-    }
-
     /// The value for `key`, fresh or stale; `None` if it is not cached.
     ///
     /// Counts a hit (and a stale hit if the entry is older than the TTL) or a

@@ -29,10 +29,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::requests::{Control, NUDGE_CAPACITY, Queued, Run, Signals};
-use crate::builder::DefaultHasher;
 use crate::clock::{Nanos, duration_to_nanos};
 use crate::fetcher::FetchError;
 use crate::flight::{Flight, wait};
+use crate::hasher::DefaultHasher;
 use crate::inner::Inner;
 
 impl<K, V, S> Inner<K, V, S>
