@@ -2,7 +2,7 @@
 //! measured by a counting global allocator in one run.
 //!
 //! ```text
-//! cargo bench --bench memory
+//! cargo bench -p swr-cache-peers --bench memory
 //! ```
 //!
 //! Each cache is built for 1,000,000 entries and filled with 1,000,000

@@ -1,9 +1,9 @@
 //! Throughput of swr-cache against its peers, all in one run.
 //!
 //! ```text
-//! cargo bench --bench throughput                        # 1 and 2 threads
-//! SWR_BENCH_THREADS=1,2,4 cargo bench --bench throughput
-//! cargo bench --bench throughput -- get_hit/u64         # a filter, as criterion takes
+//! cargo bench -p swr-cache-peers --bench throughput                  # 1 and 2 threads
+//! SWR_BENCH_THREADS=1,2,4 cargo bench -p swr-cache-peers --bench throughput
+//! cargo bench -p swr-cache-peers --bench throughput -- get_hit/u64   # a filter, as criterion takes
 //! ```
 //!
 //! Caches: swr-cache (with a TTL and its refresher running, as a service runs
@@ -41,7 +41,7 @@
 //! skips criterion and runs only these rounds.
 
 use std::hash::Hash;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -601,14 +601,16 @@ fn print_paired(results: &[(String, usize, PairedRatios)]) {
     }
 }
 
-/// Where criterion writes its estimates (as criterion itself decides).
+/// Where criterion writes its estimates: `criterion/` in the target
+/// directory (cargo's scratch directory for benches is `<target>/tmp`),
+/// set explicitly, as the bench runs in its own crate's directory.
 fn criterion_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("CRITERION_HOME") {
         return PathBuf::from(home);
     }
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
         .join("criterion")
 }
 
@@ -667,6 +669,7 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .sample_size(15)
+        .output_directory(&criterion_dir())
         .configure_from_args();
     let u64_keys: Vec<u64> = (0..GET_KEYS as u64).collect();
     // Prompt names of 16 bytes: past the inline size of small-string types,

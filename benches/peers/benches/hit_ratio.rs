@@ -2,15 +2,16 @@
 //! workloads, next to the reference figures; draws one SVG plot per workload.
 //!
 //! ```text
-//! cargo bench --bench hit_ratio [-- TRACE_DIR]
+//! cargo bench -p swr-cache-peers --bench hit_ratio [-- TRACE_DIR] [--write-docs]
 //! ```
 //!
 //! Traces are the ARC paper's (`OLTP`, `P3`, `P6`) and two from the
 //! Caffeine simulator's set (`lirs-ps`, a program's loops, and `web07`, a web
 //! shop's page requests), zstd-compressed, one line `start count _ _`
 //! standing for `count` requests of blocks `start..start + count`; looked
-//! for in the first argument, else `$SWR_TRACES`, else `../shared/traces`
-//! beside the crate (and in `arc/` and `more/` below it); rows for missing
+//! for in the first argument, else `$SWR_TRACES`, else `traces/` beside
+//! this bench's crate (copies of the workspace's shared traces; also looked
+//! for in `arc/` and `more/` below the directory given); rows for missing
 //! traces are skipped with a message. Synthetic workloads: Zipf(1.0) over a
 //! million keys; Zipf(0.9) over 100,000 keys broken every 50,000 requests by
 //! a scan of 20,000 keys never seen again; and loops over 1.1 times the
@@ -25,8 +26,9 @@
 //! the policy swr-cache approximates. The table puts the reference figures of
 //! `traces/README.md` (libCacheSim's LRU, CLOCK and S3-FIFO, and quick_cache
 //! and moka as measured there) beside ours, and a second table gives each
-//! replay's wall time. Plots go to `$CARGO_TARGET_DIR/hit_ratio/*.svg` (or
-//! `target/hit_ratio/`) and are copied to `docs/hit_ratio_*.svg`.
+//! replay's wall time. Plots go to `hit_ratio/*.svg` in the target
+//! directory, and with `--write-docs` are also copied over the repository's
+//! `docs/hit_ratio_*.svg`, which `BENCHMARKS.md` shows.
 //!
 //! Run by `cargo test --benches` (without `--bench`), it replays only short
 //! synthetic workloads and writes nothing, as a smoke test.
@@ -372,7 +374,7 @@ fn trace_dir() -> PathBuf {
         .find(|a| !a.starts_with('-'))
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("SWR_TRACES").map(PathBuf::from))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("traces"))
 }
 
 /// `name.lis.zst` in `dir`, or in its `arc/` or `more/` folder.
@@ -538,21 +540,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     if bench {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        // Cargo's scratch directory for benches is `<target>/tmp`.
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
             .join("hit_ratio");
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        let docs = std::env::args()
+            .any(|a| a == "--write-docs")
+            .then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs"));
         std::fs::create_dir_all(&target)?;
-        std::fs::create_dir_all(&docs)?;
         println!();
         for w in &workloads {
             let of_workload: Vec<&Row> = rows.iter().filter(|r| r.workload == w.name).collect();
             let file = format!("hit_ratio_{}.svg", w.slug);
             let path = target.join(&file);
             plot(w.name, &of_workload, &path)?;
-            std::fs::copy(&path, docs.join(&file))?;
-            println!("plot: {} (copied to docs/{file})", path.display());
+            match &docs {
+                Some(docs) => {
+                    std::fs::copy(&path, docs.join(&file))?;
+                    println!("plot: {} (copied to docs/{file})", path.display());
+                }
+                None => println!("plot: {}", path.display()),
+            }
         }
     }
     eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
