@@ -2,86 +2,188 @@
 //!
 //! A simulated hub serves prompt commits with some latency, fails some of its
 //! calls, and publishes new commits of random prompts as time goes on. Reader
-//! tasks read prompts with Zipf-distributed keys as fast as they can; a miss
-//! reads through. The refresher keeps entries fresh in the background, so
-//! readers never wait for the hub once a prompt is cached.
+//! tasks read prompts with Zipf-distributed names as fast as they can, from
+//! more prompts than the cache holds. A miss is filled from the hub in the
+//! background (at most 256 fills at once, one per prompt) while the reader
+//! moves on, as a service answering with a fallback would; the refresher
+//! keeps cached prompts fresh, so readers never wait for the hub.
 //!
 //! ```text
-//! cargo run --release --example demo -- [--duration SECS] [--entries N]
-//!     [--readers N] [--latency-ms MS] [--error-rate FRACTION]
-//!     [--ttl-ms MS] [--interval-ms MS] [--changes-per-sec N]
+//! cargo run --release --example demo              # 15 s with the defaults
+//! cargo run --release --example demo -- --help    # every flag, with its default
 //! ```
 //!
-//! It prints a progress line each second and a report at the end: reads/s,
-//! read latency percentiles, hit rate, the share of reads served stale,
-//! refreshes and refresh errors, and the largest staleness any reader saw:
-//! how long after the hub published a newer commit a reader still got the
-//! older one.
+//! It prints a progress line each second (rewritten in place on a terminal,
+//! one line per second in a log) and a report at the end: reads/s, read
+//! latency percentiles, hit rate, the share of reads served stale, refreshes
+//! and errors, and how stale the commits readers got were: the time since
+//! the hub had published a newer commit of that prompt, beside the bound the
+//! settings promise.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::{Arg, ArgMatches, Command, value_parser};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::Zipf;
 use swr_cache::Cache;
 
+/// The longest run the demo accepts: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+fn command() -> Command {
+    let seconds = |name: &'static str, default: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .value_name("SECONDS")
+            .default_value(default)
+            .value_parser(parse_seconds)
+            .help(help)
+    };
+    let count = |name: &'static str, default: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .value_name("N")
+            .default_value(default)
+            .value_parser(value_parser!(u64).range(1..=100_000_000))
+            .help(help)
+    };
+    Command::new("demo")
+        .about("A simulated prompt hub behind swr-cache, read by many tasks at once.")
+        .arg(seconds("duration", "15", "How long the readers run"))
+        .arg(count(
+            "prompts",
+            "20000",
+            "Prompts the hub holds (the key space)",
+        ))
+        .arg(count(
+            "cache-size",
+            "10000",
+            "Prompts the cache holds (max_size)",
+        ))
+        .arg(
+            count("readers", "4", "Reader tasks reading as fast as they can")
+                .value_parser(value_parser!(u64).range(1..=1024)),
+        )
+        .arg(seconds("latency", "0.02", "The hub's latency per call"))
+        .arg(
+            Arg::new("error-rate")
+                .long("error-rate")
+                .value_name("FRACTION")
+                .default_value("0.05")
+                .value_parser(parse_fraction)
+                .help("The share of hub calls that fail, 0 to 1"),
+        )
+        .arg(seconds(
+            "ttl",
+            "2",
+            "Age after which a cached commit is stale",
+        ))
+        .arg(seconds(
+            "refresh-interval",
+            "0.5",
+            "How often the refresher looks for stale commits",
+        ))
+        .arg(seconds(
+            "refresh-timeout",
+            "1",
+            "How long one hub call may take before it is given up",
+        ))
+        .arg(
+            count(
+                "changes-per-sec",
+                "200",
+                "New commits the hub publishes a second",
+            )
+            .value_parser(value_parser!(u64).range(0..=1_000_000)),
+        )
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= MAX_SECONDS) {
+        return Err(format!(
+            "must be more than 0 and at most {MAX_SECONDS} seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let fraction: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if !(0.0..=1.0).contains(&fraction) {
+        return Err("must be between 0 and 1".into());
+    }
+    Ok(fraction)
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Options {
     duration: Duration,
-    entries: usize,
+    prompts: usize,
+    cache_size: usize,
     readers: usize,
     latency: Duration,
     error_rate: f64,
     ttl: Duration,
     interval: Duration,
+    timeout: Duration,
     changes_per_sec: u64,
 }
 
 impl Options {
-    fn from_args() -> Result<Self, String> {
-        let mut options = Self {
-            duration: Duration::from_secs(15),
-            entries: 10_000,
-            readers: 4,
-            latency: Duration::from_millis(20),
-            error_rate: 0.05,
-            ttl: Duration::from_secs(2),
-            interval: Duration::from_millis(500),
-            changes_per_sec: 200,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            if flag == "--help" || flag == "-h" {
-                return Err(String::new());
-            }
-            let value = args.next().ok_or(format!("{flag} needs a value"))?;
-            let number = |v: &str| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
-            let n = number(&value)?;
-            if n < 0.0 || !n.is_finite() {
-                return Err(format!("{flag} must be a finite number >= 0"));
-            }
-            match flag.as_str() {
-                "--duration" => options.duration = Duration::from_secs_f64(n),
-                "--entries" => options.entries = (n as usize).max(1),
-                "--readers" => options.readers = (n as usize).max(1),
-                "--latency-ms" => options.latency = Duration::from_secs_f64(n / 1000.0),
-                "--error-rate" => options.error_rate = n.min(1.0),
-                "--ttl-ms" => {
-                    options.ttl = Duration::from_secs_f64(n / 1000.0).max(Duration::from_millis(1))
-                }
-                "--interval-ms" => {
-                    options.interval =
-                        Duration::from_secs_f64(n / 1000.0).max(Duration::from_millis(1))
-                }
-                "--changes-per-sec" => options.changes_per_sec = n as u64,
-                _ => return Err(format!("unknown flag {flag}")),
-            }
+    fn from(matches: &ArgMatches) -> Self {
+        let duration = |name| *matches.get_one::<Duration>(name).expect("has a default");
+        let count = |name| *matches.get_one::<u64>(name).expect("has a default");
+        Self {
+            duration: duration("duration"),
+            prompts: count("prompts") as usize,
+            cache_size: count("cache-size") as usize,
+            readers: count("readers") as usize,
+            latency: duration("latency"),
+            error_rate: *matches.get_one::<f64>("error-rate").expect("has a default"),
+            ttl: duration("ttl"),
+            interval: duration("refresh-interval"),
+            timeout: duration("refresh-timeout"),
+            changes_per_sec: count("changes-per-sec"),
         }
-        Ok(options)
+    }
+
+    /// How stale a commit a reader gets can be, if the hub answers: it was
+    /// fresh when fetched, goes stale a TTL later, and its next refresh
+    /// starts within a refresh interval (at once if read) and takes one hub
+    /// call.
+    fn staleness_bound(&self) -> Duration {
+        self.ttl + self.interval + self.latency.min(self.timeout)
+    }
+
+    fn describe(&self) {
+        println!(
+            "swr-cache demo: {} prompts on a hub, {} of them fit in the cache.",
+            self.prompts, self.cache_size
+        );
+        println!(
+            "The hub answers in {:?}, fails {:.1} % of its calls, and publishes {} new commits a second.",
+            self.latency,
+            self.error_rate * 100.0,
+            self.changes_per_sec
+        );
+        println!(
+            "A cached commit is stale after {:?}; the refresher looks every {:?} and gives a hub call {:?}.",
+            self.ttl, self.interval, self.timeout
+        );
+        println!(
+            "{} readers read Zipf-distributed prompts for {:?}; a miss reads through the hub.\n",
+            self.readers, self.duration
+        );
     }
 }
 
@@ -93,12 +195,17 @@ struct Commit {
     manifest: Arc<str>,
 }
 
+/// How many recent publish times the hub keeps per prompt.
+const HISTORY: usize = 8;
+
 /// The simulated prompt hub.
 struct Hub {
     start: Instant,
-    /// Per prompt: its current version and when that version was published
-    /// (nanoseconds since `start`), packed as `version << 40 | published_ms`.
-    prompts: Vec<AtomicU64>,
+    /// Per prompt: its current version.
+    versions: Vec<AtomicU64>,
+    /// Per prompt: when its recent versions were published (ms since
+    /// `start`), version `v` at `v % HISTORY`.
+    published: Vec<[AtomicU64; HISTORY]>,
     latency: Duration,
     error_rate: f64,
     /// Draws which calls fail; off the read path, so a mutex is fine.
@@ -106,13 +213,14 @@ struct Hub {
     calls: AtomicU64,
 }
 
-const MS_BITS: u32 = 40;
-
 impl Hub {
-    fn new(entries: usize, latency: Duration, error_rate: f64) -> Self {
+    fn new(prompts: usize, latency: Duration, error_rate: f64) -> Self {
         Self {
             start: Instant::now(),
-            prompts: (0..entries).map(|_| AtomicU64::new(0)).collect(),
+            versions: (0..prompts).map(|_| AtomicU64::new(0)).collect(),
+            published: (0..prompts)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
             latency,
             error_rate,
             failures: Mutex::new(SmallRng::seed_from_u64(11)),
@@ -124,16 +232,24 @@ impl Hub {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// The current version of a prompt and when it was published.
-    fn current(&self, prompt: usize) -> (u64, u64) {
-        let packed = self.prompts[prompt].load(Ordering::Relaxed);
-        (packed >> MS_BITS, packed & ((1 << MS_BITS) - 1))
+    fn publish(&self, prompt: usize) {
+        let next = self.versions[prompt].load(Ordering::Relaxed) + 1;
+        self.published[prompt][next as usize % HISTORY].store(self.now_ms(), Ordering::Relaxed);
+        self.versions[prompt].store(next, Ordering::Release);
     }
 
-    fn publish(&self, prompt: usize) {
-        let (version, _) = self.current(prompt);
-        let packed = ((version + 1) << MS_BITS) | self.now_ms();
-        self.prompts[prompt].store(packed, Ordering::Relaxed);
+    /// How long ago the commit `version` of `prompt` was superseded by a
+    /// newer one; `None` while it is the current one. For a commit more
+    /// than `HISTORY` versions behind, the oldest time kept (so at least
+    /// that long).
+    fn superseded_for(&self, prompt: usize, version: u64) -> Option<u64> {
+        let current = self.versions[prompt].load(Ordering::Acquire);
+        if version >= current {
+            return None;
+        }
+        let next = (version + 1).max(current.saturating_sub(HISTORY as u64 - 1));
+        let at = self.published[prompt][next as usize % HISTORY].load(Ordering::Relaxed);
+        Some(self.now_ms().saturating_sub(at))
     }
 
     async fn pull(&self, prompt: usize) -> Result<Commit, String> {
@@ -143,7 +259,7 @@ impl Hub {
         if fail {
             return Err(format!("hub: 503 for prompt {prompt}"));
         }
-        let (version, _) = self.current(prompt);
+        let version = self.versions[prompt].load(Ordering::Acquire);
         Ok(Commit {
             version,
             manifest: Arc::from(format!("prompt {prompt} at version {version}")),
@@ -154,34 +270,33 @@ impl Hub {
 struct ReaderReport {
     latency: Histogram<u64>,
     reads: u64,
-    max_staleness_ms: u64,
+    /// Reads that got a commit the hub had superseded, and how long before.
+    stale_reads: u64,
+    staleness_ms: Histogram<u64>,
+    /// Misses whose fill was left to one already under way or skipped as
+    /// 256 were under way.
+    fills_skipped: u64,
 }
+
+/// Fills missed prompts from the hub in the background, at most this many
+/// at once.
+const FILLS: usize = 256;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let options = match Options::from_args() {
-        Ok(options) => options,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("demo: {message}");
-            }
-            eprintln!(
-                "usage: demo [--duration SECS] [--entries N] [--readers N] [--latency-ms MS]\n            [--error-rate FRACTION] [--ttl-ms MS] [--interval-ms MS] [--changes-per-sec N]"
-            );
-            std::process::exit(if message.is_empty() { 0 } else { 2 });
-        }
-    };
-    println!("swr-cache demo: {options:?}");
+    let options = Options::from(&command().get_matches());
+    options.describe();
 
     let hub = Arc::new(Hub::new(
-        options.entries,
+        options.prompts,
         options.latency,
         options.error_rate,
     ));
     let cache: Cache<usize, Commit> = Cache::builder()
-        .max_size(options.entries)
+        .max_size(options.cache_size)
         .ttl(Some(options.ttl))
         .refresh_interval(options.interval)
+        .refresh_timeout(options.timeout)
         .max_concurrent_refreshes(256)
         .fetcher({
             let hub = Arc::clone(&hub);
@@ -193,69 +308,76 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     cache.start()?;
 
-    // Warm the cache as a service would at start-up: every prompt read
-    // through, 256 at a time, retrying the hub's failures.
+    // Warm the cache as a service would at start-up: the most read prompts
+    // read through, 256 at a time, each tried three times at most.
     let warm_start = Instant::now();
-    let mut cold: Vec<usize> = (0..options.entries).collect();
-    while !cold.is_empty() {
-        let mut fills = tokio::task::JoinSet::new();
-        for chunk in cold.chunks(cold.len().div_ceil(256)) {
-            let (cache, chunk) = (cache.clone(), chunk.to_vec());
-            fills.spawn(async move {
-                let mut failed = Vec::new();
-                for prompt in chunk {
-                    if cache.get_or_fetch(&prompt).await.is_err() {
-                        failed.push(prompt);
+    let warm: Vec<usize> = (0..options.cache_size.min(options.prompts)).collect();
+    let mut fills = tokio::task::JoinSet::new();
+    for chunk in warm.chunks(warm.len().div_ceil(256).max(1)) {
+        let (cache, chunk) = (cache.clone(), chunk.to_vec());
+        fills.spawn(async move {
+            let mut cold = 0;
+            for prompt in chunk {
+                let mut tries = 0;
+                while cache.get_or_fetch(&prompt).await.is_err() {
+                    tries += 1;
+                    if tries == 3 {
+                        cold += 1;
+                        break;
                     }
                 }
-                failed
-            });
-        }
-        cold = fills.join_all().await.concat();
+            }
+            cold
+        });
     }
+    let cold: usize = fills.join_all().await.into_iter().sum();
     println!(
-        "warmed {} prompts in {:.2} s",
+        "Warmed {} prompts in {:.2} s ({cold} left cold after three failed tries).",
         cache.len(),
         warm_start.elapsed().as_secs_f64()
     );
     cache.reset_metrics();
 
     let running = Arc::new(AtomicBool::new(true));
-    let zipf = Zipf::new(options.entries as f64, 1.0).map_err(|e| format!("zipf: {e:?}"))?;
+    let zipf = Zipf::new(options.prompts as f64, 1.0).map_err(|e| format!("zipf: {e:?}"))?;
 
     // The hub publishes new commits of random prompts as time goes on.
     let publisher = tokio::spawn({
         let (hub, running) = (Arc::clone(&hub), Arc::clone(&running));
-        let per_tick = (options.changes_per_sec / 10).max(1);
         async move {
             let mut rng = SmallRng::seed_from_u64(3);
             let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut owed = 0.0;
             while running.load(Ordering::Relaxed) {
                 tick.tick().await;
-                if options.changes_per_sec > 0 {
-                    for _ in 0..per_tick {
-                        hub.publish(rng.random_range(0..hub.prompts.len()));
-                    }
+                owed += options.changes_per_sec as f64 / 10.0;
+                while owed >= 1.0 {
+                    hub.publish(rng.random_range(0..hub.versions.len()));
+                    owed -= 1.0;
                 }
             }
         }
     });
 
     let reads = Arc::new(AtomicU64::new(0));
+    let fills = Arc::new(tokio::sync::Semaphore::new(FILLS));
     let mut readers = Vec::new();
     for reader in 0..options.readers {
-        let (cache, hub, running, reads) = (
+        let (cache, hub, running, reads, fills) = (
             cache.clone(),
             Arc::clone(&hub),
             Arc::clone(&running),
             Arc::clone(&reads),
+            Arc::clone(&fills),
         );
         readers.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(reader as u64);
             let mut report = ReaderReport {
                 latency: Histogram::new(3).expect("valid precision"),
                 reads: 0,
-                max_staleness_ms: 0,
+                stale_reads: 0,
+                staleness_ms: Histogram::new(3).expect("valid precision"),
+                fills_skipped: 0,
             };
             while running.load(Ordering::Relaxed) {
                 for _ in 0..256 {
@@ -265,19 +387,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     report
                         .latency
                         .saturating_record(started.elapsed().as_nanos() as u64);
-                    let commit = match commit {
-                        Some(commit) => commit,
-                        // A miss reads through; its wait is the hub's, not the cache's.
-                        None => match cache.get_or_fetch(&prompt).await {
-                            Ok(commit) => commit,
-                            Err(_) => continue,
-                        },
+                    let Some(commit) = commit else {
+                        // The fill joins one under way for the prompt, if any.
+                        match Arc::clone(&fills).try_acquire_owned() {
+                            Ok(permit) => {
+                                let cache = cache.clone();
+                                tokio::spawn(async move {
+                                    let _ = cache.get_or_fetch(&prompt).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => report.fills_skipped += 1,
+                        }
+                        continue;
                     };
-                    let (version, published_ms) = hub.current(prompt);
-                    if commit.version < version {
-                        // A newer commit exists; it has for at least this long.
-                        let staleness = hub.now_ms().saturating_sub(published_ms);
-                        report.max_staleness_ms = report.max_staleness_ms.max(staleness);
+                    if let Some(ms) = hub.superseded_for(prompt, commit.version) {
+                        report.stale_reads += 1;
+                        report.staleness_ms.saturating_record(ms);
                     }
                 }
                 report.reads += 256;
@@ -288,6 +414,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
 
+    let terminal = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut last_reads = 0;
     let mut progress = tokio::time::interval(Duration::from_secs(1));
@@ -296,8 +423,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         progress.tick().await;
         let total = reads.load(Ordering::Relaxed);
         let m = cache.metrics();
-        print!(
-            "\r[{:>4.0}s] {:>11} reads/s  hit {:>6.2}%  stale {:>6.2}%  refreshes {:>7}  errors {:>5}  len {:>6}",
+        let line = format!(
+            "{:>4.0} s: {:>10} reads/s, hit {:>6.2} %, served stale {:>5.2} %, {:>7} refreshes, {:>5} errors, {:>6} cached",
             started.elapsed().as_secs_f64(),
             total - last_reads,
             m.hit_rate() * 100.0,
@@ -306,29 +433,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             m.refresh_errors,
             cache.len(),
         );
-        std::io::stdout().flush()?;
+        if terminal {
+            print!("\r{line}");
+            std::io::stdout().flush()?;
+        } else {
+            println!("{line}");
+        }
         last_reads = total;
     }
     running.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let mut latency = Histogram::<u64>::new(3)?;
-    let mut total_reads = 0;
-    let mut max_staleness_ms = 0;
+    let mut staleness = Histogram::<u64>::new(3)?;
+    let (mut total_reads, mut stale_reads, mut fills_skipped) = (0, 0, 0);
     for reader in readers {
         let report = reader.await?;
         latency.add(&report.latency)?;
+        staleness.add(&report.staleness_ms)?;
         total_reads += report.reads;
-        max_staleness_ms = max_staleness_ms.max(report.max_staleness_ms);
+        stale_reads += report.stale_reads;
+        fills_skipped += report.fills_skipped;
     }
     publisher.await?;
     cache.stop().await;
 
     let m = cache.metrics();
-    println!("\n\n## swr-cache demo report\n");
+    if terminal {
+        println!();
+    }
+    println!("\n## swr-cache demo report\n");
     println!("| measure | value |\n|---|---|");
     println!("| duration | {:.1} s |", elapsed.as_secs_f64());
-    println!("| readers | {} |", options.readers);
-    println!("| reads | {total_reads} |");
+    println!("| reads | {total_reads} by {} readers |", options.readers);
     println!(
         "| reads/s | {:.0} |",
         total_reads as f64 / elapsed.as_secs_f64()
@@ -339,23 +475,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             latency.value_at_quantile(q)
         );
     }
-    println!("| hit rate | {:.3} % |", m.hit_rate() * 100.0);
     println!(
-        "| served stale | {:.3} % of hits |",
+        "| hit rate | {:.2} % ({} prompts, {} cached) |",
+        m.hit_rate() * 100.0,
+        options.prompts,
+        options.cache_size
+    );
+    println!(
+        "| served stale (older than the TTL) | {:.2} % of hits |",
         m.stale_hits as f64 / m.hits.max(1) as f64 * 100.0
     );
-    println!("| refreshes | {} |", m.refreshes);
-    println!("| refresh errors | {} |", m.refresh_errors);
-    println!("| hub calls | {} |", hub.calls.load(Ordering::Relaxed));
-    println!("| largest staleness seen | {max_staleness_ms} ms |");
     println!(
-        "\n(ttl {:?}, refresh interval {:?}, hub latency {:?}, hub error rate {:.1} %, {} entries, {} changes/s)",
-        options.ttl,
-        options.interval,
-        options.latency,
-        options.error_rate * 100.0,
-        options.entries,
-        options.changes_per_sec
+        "| refreshes, refresh errors | {}, {} |",
+        m.refreshes, m.refresh_errors
+    );
+    println!("| hub calls | {} |", hub.calls.load(Ordering::Relaxed));
+    println!(
+        "| misses left unfilled ({FILLS} fills already under way) | {fills_skipped} of {} |",
+        m.misses
+    );
+    println!(
+        "| reads that got a superseded commit | {:.2} % |",
+        stale_reads as f64 / total_reads.max(1) as f64 * 100.0
+    );
+    if stale_reads > 0 {
+        println!(
+            "| superseded for, p50 / p99 / max | {} / {} / {} ms |",
+            staleness.value_at_quantile(0.5),
+            staleness.value_at_quantile(0.99),
+            staleness.max()
+        );
+    }
+    println!(
+        "| staleness the settings promise, if the hub answers | {} ms (ttl + refresh interval + one hub call) |",
+        options.staleness_bound().as_millis()
     );
     Ok(())
 }
