@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::Cache;
 use crate::fetcher::{ErasedFetcher, IntoFetcher};
-use crate::hasher::DefaultHasher;
+use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 use crate::removal::{Listener, RemovalCause, Weigher};
 use crate::settings::{ConfigError, MAX_SIZE_LIMIT, Settings};
@@ -30,7 +30,7 @@ use crate::settings::{ConfigError, MAX_SIZE_LIMIT, Settings};
 /// # Ok::<(), swr_cache::ConfigError>(())
 /// ```
 #[must_use]
-pub struct CacheBuilder<K, V, S = DefaultHasher> {
+pub struct CacheBuilder<K, V, S = DefaultBuildHasher> {
     pub(crate) settings: Settings,
     pub(crate) hasher: S,
     pub(crate) fetcher: Option<ErasedFetcher<K, V>>,
@@ -51,7 +51,7 @@ impl<K, V> Default for CacheBuilder<K, V> {
     fn default() -> Self {
         Self {
             settings: Settings::default(),
-            hasher: DefaultHasher::default(),
+            hasher: DefaultBuildHasher::default(),
             fetcher: None,
             weigher: None,
             listener: None,

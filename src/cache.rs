@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 
 use crate::fetcher::{FetchError, IntoFetcher};
 use crate::flight::{Flight, wait};
-use crate::hasher::DefaultHasher;
+use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 use crate::metrics::Metrics;
 use crate::refresh::StartError;
@@ -23,7 +23,7 @@ use crate::store::Write;
 /// [crate docs](crate) for the policy, the concurrency model and the costs.
 ///
 /// `Cache` is a handle: clones share one cache.
-pub struct Cache<K, V, S = DefaultHasher> {
+pub struct Cache<K, V, S = DefaultBuildHasher> {
     pub(crate) inner: Arc<Inner<K, V, S>>,
 }
 

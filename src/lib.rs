@@ -142,7 +142,7 @@ mod sync;
 pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use fetcher::{FetchError, Fetched, Fetcher, IntoFetcher};
-pub use hasher::DefaultHasher;
+pub use hasher::DefaultBuildHasher;
 pub use metrics::Metrics;
 pub use refresh::StartError;
 pub use removal::RemovalCause;

@@ -20,9 +20,11 @@
 //! [`crate::clock`]), every `ttl / 16`, clamped to 1 ms ..= 1 s.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -32,7 +34,7 @@ use super::requests::{Control, NUDGE_CAPACITY, Queued, Run, Signals};
 use crate::clock::{Nanos, duration_to_nanos};
 use crate::fetcher::FetchError;
 use crate::flight::{Flight, wait};
-use crate::hasher::DefaultHasher;
+use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 
 impl<K, V, S> Inner<K, V, S>
@@ -176,18 +178,42 @@ async fn run_refresher<K, V, S>(
             .instant_at(next_scan.min(now.saturating_add(tick)));
         drop(inner);
 
-        tokio::select! {
-            () = signals.wake.notified() => {}
-            Some(queued) = nudged.recv() => nudges.push(queued),
-            Some(done) = pass.fetching.join_next(), if !pass.fetching.is_empty() => {
+        // Waits for a wake-up, stale reads queued, fetches finished or the
+        // next tick, whichever comes first, taking everything ready at once
+        // so none of them starves the others. (Written out rather than with
+        // `tokio::select!`, so the library needs no tokio macros and users'
+        // builds no proc-macro for it.)
+        let mut wake = std::pin::pin!(signals.wake.notified());
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(wake_at));
+        std::future::poll_fn(|cx| {
+            let mut ready = wake.as_mut().poll(cx).is_ready();
+            while nudges.len() < NUDGE_CAPACITY {
+                match nudged.poll_recv(cx) {
+                    Poll::Ready(Some(queued)) => nudges.push(queued),
+                    // Closed (the cache is gone) or empty.
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+                ready = true;
+            }
+            while !pass.fetching.is_empty() {
+                let Poll::Ready(Some(done)) = pass.fetching.poll_join_next(cx) else {
+                    break;
+                };
                 // A fetch task only fails by being aborted, which happens
                 // only when this loop drops the set.
                 if let Ok(done) = done {
                     finished.push(done);
                 }
+                ready = true;
             }
-            () = tokio::time::sleep_until(wake_at) => {}
-        }
+            ready |= sleep.as_mut().poll(cx).is_ready();
+            if ready {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 }
 
@@ -296,7 +322,7 @@ struct Jitter(u64);
 
 impl Jitter {
     fn new() -> Self {
-        Self(DefaultHasher::default().hash_one(0u64) | 1)
+        Self(DefaultBuildHasher::default().hash_one(0u64) | 1)
     }
 
     /// A number in `[0, 1)`.

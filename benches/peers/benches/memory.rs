@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use mini_moka::sync::ConcurrentCacheExt;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
-use swr_cache::{Cache, DefaultHasher};
+use swr_cache::{Cache, DefaultBuildHasher};
 
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -161,9 +161,9 @@ where
             measure(
                 entries,
                 |n| {
-                    dashmap::DashMap::<K, V, DefaultHasher>::with_capacity_and_hasher(
+                    dashmap::DashMap::<K, V, DefaultBuildHasher>::with_capacity_and_hasher(
                         n,
-                        DefaultHasher::default(),
+                        DefaultBuildHasher::default(),
                     )
                 },
                 |c, k, v| {

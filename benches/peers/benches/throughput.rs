@@ -50,7 +50,7 @@ use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement:
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::Zipf;
-use swr_cache::{Cache, DefaultHasher};
+use swr_cache::{Cache, DefaultBuildHasher};
 
 /// Keys read by `get_hit`.
 const GET_KEYS: usize = 100_000;
@@ -129,7 +129,7 @@ where
     }
 }
 
-impl<K, V> BenchCache<K, V> for dashmap::DashMap<K, V, DefaultHasher>
+impl<K, V> BenchCache<K, V> for dashmap::DashMap<K, V, DefaultBuildHasher>
 where
     K: Hash + Eq + Send + Sync,
     V: Clone + Send + Sync,
@@ -164,8 +164,8 @@ where
 }
 
 /// The floor: a bare `DashMap` with swr-cache's hasher.
-fn floor<K: Hash + Eq>(capacity: usize) -> dashmap::DashMap<K, u64, DefaultHasher> {
-    dashmap::DashMap::with_capacity_and_hasher(capacity, DefaultHasher::default())
+fn floor<K: Hash + Eq>(capacity: usize) -> dashmap::DashMap<K, u64, DefaultBuildHasher> {
+    dashmap::DashMap::with_capacity_and_hasher(capacity, DefaultBuildHasher::default())
 }
 
 /// Runs `$body` once per cache, with `$name` the cache's name and `$cache` a
