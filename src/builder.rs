@@ -1,12 +1,13 @@
 //! [`CacheBuilder`]: every setting of a cache, checked when it is built.
 
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Cache;
-use crate::fetcher::{ErasedFetcher, IntoFetcher};
+use crate::fetcher::{ErasedFetcher, Fetcher};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 use crate::removal::{Listener, RemovalCause, Weigher};
@@ -37,6 +38,26 @@ pub struct CacheBuilder<K, V, S = DefaultBuildHasher> {
     pub(crate) weigher: Option<Weigher<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
     _types: PhantomData<fn(K) -> V>,
+}
+
+impl<K, V, S> std::fmt::Debug for CacheBuilder<K, V, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.settings;
+        f.debug_struct("CacheBuilder")
+            .field("max_size", &s.max_size)
+            .field("max_weight", &s.max_weight)
+            .field("ttl", &s.ttl)
+            .field("refresh_interval", &s.refresh_interval)
+            .field("max_concurrent_refreshes", &s.max_concurrent_refreshes)
+            .field("refresh_timeout", &s.refresh_timeout)
+            .field("refresh_on_read", &s.refresh_on_read)
+            .field("max_retry_backoff", &s.max_retry_backoff)
+            .field("fetcher", &self.fetcher.is_some())
+            .field("weigher", &self.weigher.is_some())
+            .field("eviction_listener", &self.listener.is_some())
+            .field("hasher", &std::any::type_name::<S>())
+            .finish()
+    }
 }
 
 impl<K, V> Cache<K, V> {
@@ -143,9 +164,19 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     /// The age after which an entry is stale: still served, and due for a
-    /// refresh. `None` is offline mode: nothing is ever stale.
-    pub fn ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.settings.ttl = ttl;
+    /// refresh. `None` is offline mode: nothing is ever stale. Takes a
+    /// `Duration` or an `Option<Duration>`:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use swr_cache::Cache;
+    /// let fresh_for_a_minute: Cache<u32, u32> =
+    ///     Cache::builder().ttl(Duration::from_secs(60)).build()?;
+    /// let offline: Cache<u32, u32> = Cache::builder().ttl(None).build()?;
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn ttl(mut self, ttl: impl Into<Option<Duration>>) -> Self {
+        self.settings.ttl = ttl.into();
         self
     }
 
@@ -167,22 +198,46 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         }
     }
 
-    /// Where values come from: an async closure taking the key,
+    /// Where values come from: an async closure taking the key and
+    /// returning `Result<V, E>`, for any error type `E` that converts into
+    /// `Box<dyn Error + Send + Sync>`. The key's type is inferred where the
+    /// closure's body lets the compiler see it; where it asks, write it out
+    /// (`|key: String|`).
     ///
     /// ```
     /// # use swr_cache::Cache;
     /// let cache: Cache<String, String> = Cache::builder()
-    ///     .fetcher(|key: String| async move { Ok::<_, std::io::Error>(key.to_uppercase()) })
+    ///     .fetcher(|key| async move { Ok::<_, std::io::Error>(format!("fetched {key}")) })
     ///     .build()?;
     /// # Ok::<(), swr_cache::ConfigError>(())
     /// ```
     ///
-    /// or a type implementing [`Fetcher`](crate::Fetcher), which also sees the
-    /// cached value and may answer [`Fetched::Unchanged`](crate::Fetched).
     /// The refresher ([`Cache::start`]), [`Cache::get_or_fetch`] and
-    /// [`Cache::refresh`] call it. [`Cache::set_fetcher`] swaps it later.
-    pub fn fetcher<M>(mut self, fetcher: impl IntoFetcher<K, V, M>) -> Self {
-        self.fetcher = Some(fetcher.into_fetcher());
+    /// [`Cache::refresh`] call it; [`Cache::set_fetcher`] swaps it later. A
+    /// fetcher that sees the cached value, and may answer that it is
+    /// unchanged, is a [`Fetcher`]: see [`fetcher_impl`](Self::fetcher_impl).
+    pub fn fetcher<F, Fut, E>(mut self, fetch: F) -> Self
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        K: Send + 'static,
+        V: Send + Sync + 'static,
+    {
+        self.fetcher = Some(ErasedFetcher::from_fn(fetch));
+        self
+    }
+
+    /// Where values come from: a type implementing [`Fetcher`], which also
+    /// sees the cached value and may answer
+    /// [`Fetched::Unchanged`](crate::Fetched) to renew it without a new value.
+    /// See [`fetcher`](Self::fetcher) for the plain closure form.
+    pub fn fetcher_impl(mut self, fetcher: impl Fetcher<K, V>) -> Self
+    where
+        K: Send + 'static,
+        V: Send + Sync + 'static,
+    {
+        self.fetcher = Some(ErasedFetcher::from_impl(fetcher));
         self
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
-use crate::fetcher::{FetchError, IntoFetcher};
+use crate::fetcher::{ErasedFetcher, FetchError, Fetcher};
 use crate::flight::{Flight, wait};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
@@ -130,6 +130,77 @@ where
         self.inner.invalidate(key)
     }
 
+    /// Removes `key` and returns its value, if it was cached; the listener
+    /// hears of it as [`RemovalCause::Invalidated`](crate::RemovalCause).
+    ///
+    /// ```
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<String, u32> = Cache::builder().build()?;
+    /// cache.insert("a".into(), 1);
+    /// assert_eq!(cache.remove("a"), Some(1));
+    /// assert_eq!(cache.remove("a"), None);
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.remove(key)
+    }
+
+    /// Keeps only the entries for which `keep` returns true; returns how
+    /// many were removed (each heard by the listener as
+    /// [`RemovalCause::Invalidated`](crate::RemovalCause)).
+    ///
+    /// Weakly consistent, one shard at a time: each shard's entries are
+    /// copied under its read lock, `keep` is called with no lock held (so it
+    /// may use the cache), and an entry it rejects is removed only if it was
+    /// not written since the copy. Entries added meanwhile may be missed.
+    ///
+    /// ```
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<u32, u32> = Cache::builder().build()?;
+    /// for k in 0..10 {
+    ///     cache.insert(k, k * k);
+    /// }
+    /// assert_eq!(cache.retain(|_, v| v % 2 == 0), 5);
+    /// assert_eq!(cache.len(), 5);
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> usize {
+        self.inner.remove_picked(|k, v| !keep(k, v))
+    }
+
+    /// Removes the entries for which `remove` returns true: the opposite of
+    /// [`retain`](Self::retain), with the same consistency.
+    pub fn invalidate_if(&self, remove: impl FnMut(&K, &V) -> bool) -> usize {
+        self.inner.remove_picked(remove)
+    }
+
+    /// The entries, as copies: a weakly consistent snapshot taken one shard
+    /// at a time (each shard's entries are copied under its read lock when
+    /// the iterator reaches it), so writes made meanwhile may or may not be
+    /// seen. Reading through it counts no hit and marks nothing used.
+    ///
+    /// ```
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<u32, &str> = Cache::builder().build()?;
+    /// cache.insert(1, "one");
+    /// cache.insert(2, "two");
+    /// let mut all: Vec<(u32, &str)> = cache.iter().collect();
+    /// all.sort();
+    /// assert_eq!(all, [(1, "one"), (2, "two")]);
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn iter(&self) -> Iter<'_, K, V, S> {
+        Iter {
+            cache: self,
+            next_shard: 0,
+            copied: Vec::new().into_iter(),
+        }
+    }
+
     /// Removes every entry. Shards are emptied one after another, so a
     /// write to a shard already emptied may stand when `clear` returns.
     pub fn clear(&self) {
@@ -205,8 +276,9 @@ where
     }
 
     /// Replaces the fetcher used from now on by the refresher,
-    /// [`get_or_fetch`](Self::get_or_fetch) and [`refresh`](Self::refresh);
-    /// fetches under way finish with the fetcher they started with.
+    /// [`get_or_fetch`](Self::get_or_fetch) and [`refresh`](Self::refresh)
+    /// with an async closure (as [`CacheBuilder::fetcher`] takes it); fetches
+    /// under way finish with the fetcher they started with.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -214,17 +286,31 @@ where
     /// use swr_cache::Cache;
     ///
     /// let cache: Cache<String, String> = Cache::builder().build()?;
-    /// cache.set_fetcher(|key: String| async move { Ok::<_, std::io::Error>(format!("v1 {key}")) });
+    /// cache.set_fetcher(|key| async move { Ok::<_, std::io::Error>(format!("v1 {key}")) });
     /// assert_eq!(cache.get_or_fetch("a").await?, "v1 a");
-    /// cache.set_fetcher(|key: String| async move { Ok::<_, std::io::Error>(format!("v2 {key}")) });
+    /// cache.set_fetcher(|key| async move { Ok::<_, std::io::Error>(format!("v2 {key}")) });
     /// assert_eq!(cache.refresh("a").await?, "v2 a");
     /// # Ok(())
     /// # }
     /// ```
-    pub fn set_fetcher<M>(&self, fetcher: impl IntoFetcher<K, V, M>) {
+    ///
+    /// [`CacheBuilder::fetcher`]: crate::CacheBuilder::fetcher
+    pub fn set_fetcher<F, Fut, E>(&self, fetch: F)
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         self.inner
             .fetcher
-            .store(Some(Arc::new(fetcher.into_fetcher())));
+            .store(Some(Arc::new(ErasedFetcher::from_fn(fetch))));
+    }
+
+    /// [`set_fetcher`](Self::set_fetcher) for a [`Fetcher`] type.
+    pub fn set_fetcher_impl(&self, fetcher: impl Fetcher<K, V>) {
+        self.inner
+            .fetcher
+            .store(Some(Arc::new(ErasedFetcher::from_impl(fetcher))));
     }
 
     /// Starts the refresher on the current tokio runtime. Calling it again
@@ -283,7 +369,9 @@ where
 
     /// The cached value for `key`, fresh or stale; on a miss, fetches it,
     /// caches it and returns it. Concurrent misses of one key make one fetch,
-    /// whose value or error they all get.
+    /// whose value or error they all get. The key is taken by reference in
+    /// any form the cache's key borrows as (`&str` for `String` or `Arc<str>`
+    /// keys), and made into a key only on a miss.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -303,13 +391,13 @@ where
     /// The fetch's [`FetchError`]; nothing is cached then.
     pub async fn get_or_fetch<Q>(&self, key: &Q) -> Result<V, FetchError>
     where
-        K: Borrow<Q>,
-        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: ToOwned + Hash + Eq + ?Sized,
     {
         if let Some(value) = self.get(key) {
             return Ok(value);
         }
-        self.fetch_now(key.to_owned()).await
+        self.fetch_now(K::from(key.to_owned())).await
     }
 
     /// Revalidates `key` now: fetches it (joining a fetch already under way)
@@ -320,10 +408,10 @@ where
     /// The fetch's [`FetchError`]; the cached value, if any, is kept.
     pub async fn refresh<Q>(&self, key: &Q) -> Result<V, FetchError>
     where
-        K: Borrow<Q>,
-        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: ToOwned + Hash + Eq + ?Sized,
     {
-        self.fetch_now(key.to_owned()).await
+        self.fetch_now(K::from(key.to_owned())).await
     }
 
     async fn fetch_now(&self, key: K) -> Result<V, FetchError> {
@@ -355,5 +443,43 @@ where
     #[doc(hidden)]
     pub fn shard_count(&self) -> usize {
         self.inner.store.shard_count()
+    }
+}
+
+/// The entries of a cache, copied one shard at a time; from [`Cache::iter`].
+pub struct Iter<'a, K, V, S = DefaultBuildHasher> {
+    cache: &'a Cache<K, V, S>,
+    next_shard: usize,
+    copied: std::vec::IntoIter<(K, V, crate::store::Version)>,
+}
+
+impl<K, V, S> Iterator for Iter<'_, K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<(K, V)> {
+        loop {
+            if let Some((key, value, _)) = self.copied.next() {
+                return Some((key, value));
+            }
+            let store = &self.cache.inner.store;
+            if self.next_shard >= store.shard_count() {
+                return None;
+            }
+            self.copied = store.copy_shard(self.next_shard).into_iter();
+            self.next_shard += 1;
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for Iter<'_, K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter")
+            .field("next_shard", &self.next_shard)
+            .finish_non_exhaustive()
     }
 }

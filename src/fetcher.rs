@@ -1,10 +1,12 @@
 //! The source of truth behind a cache: [`Fetcher`], its answers and its errors.
 //!
-//! A fetcher is given to [`CacheBuilder::fetcher`](crate::CacheBuilder::fetcher)
-//! either as a plain async closure `|key: K| async move { ... } -> Result<V, E>`
-//! or as a type implementing [`Fetcher`], whose method also receives the value
-//! the cache holds now, so it can answer [`Fetched::Unchanged`] (like an HTTP
-//! 304 on a commit hash): the entry's age starts over and its value stays.
+//! A fetcher is given to the builder either as a plain async closure,
+//! [`CacheBuilder::fetcher`](crate::CacheBuilder::fetcher)`(|key| async move
+//! { ... })` returning `Result<V, E>`, or as a type implementing [`Fetcher`],
+//! [`CacheBuilder::fetcher_impl`](crate::CacheBuilder::fetcher_impl), whose
+//! method also receives the value the cache holds now, so it can answer
+//! [`Fetched::Unchanged`] (like an HTTP 304 on a commit hash): the entry's age
+//! starts over and its value stays.
 
 use std::any::Any;
 use std::error::Error as StdError;
@@ -26,7 +28,9 @@ pub enum Fetched<V> {
     Unchanged,
 }
 
-/// Fetches the value for a key from wherever it comes from.
+/// Fetches the value for a key from wherever it comes from; given to
+/// [`CacheBuilder::fetcher_impl`](crate::CacheBuilder::fetcher_impl) or
+/// [`Cache::set_fetcher_impl`](crate::Cache::set_fetcher_impl).
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -156,47 +160,23 @@ where
     }
 }
 
-/// A fetcher as the builder takes it: an async closure or a [`Fetcher`].
-///
-/// `M` only tells the two kinds apart; it is inferred.
-pub trait IntoFetcher<K, V, M> {
-    #[doc(hidden)]
-    fn into_fetcher(self) -> ErasedFetcher<K, V>;
-}
+/// A fetcher ready to store: a closure or a [`Fetcher`], its types erased.
+pub(crate) struct ErasedFetcher<K, V>(pub(crate) Arc<dyn DynFetcher<K, V>>);
 
-/// A fetcher ready to store; made by [`IntoFetcher`].
-#[doc(hidden)]
-pub struct ErasedFetcher<K, V>(pub(crate) Arc<dyn DynFetcher<K, V>>);
-
-/// Marks the [`IntoFetcher`] impl for closures.
-#[doc(hidden)]
-pub struct FromFn<Fut, E>(std::marker::PhantomData<fn() -> (Fut, E)>);
-
-/// Marks the [`IntoFetcher`] impl for [`Fetcher`] types.
-#[doc(hidden)]
-pub struct FromTrait;
-
-impl<K, V, F, Fut, E> IntoFetcher<K, V, FromFn<Fut, E>> for F
-where
-    F: Fn(K) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<V, E>> + Send + 'static,
-    E: Into<Box<dyn StdError + Send + Sync>>,
-    K: Send + 'static,
-    V: Send + 'static,
-{
-    fn into_fetcher(self) -> ErasedFetcher<K, V> {
-        ErasedFetcher(Arc::new(FnFetcher(self)))
+impl<K: Send + 'static, V: Send + Sync + 'static> ErasedFetcher<K, V> {
+    /// From an async closure taking the key.
+    pub(crate) fn from_fn<F, Fut, E>(fetch: F) -> Self
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        Self(Arc::new(FnFetcher(fetch)))
     }
-}
 
-impl<K, V, F> IntoFetcher<K, V, FromTrait> for F
-where
-    F: Fetcher<K, V>,
-    K: Send + 'static,
-    V: Send + Sync + 'static,
-{
-    fn into_fetcher(self) -> ErasedFetcher<K, V> {
-        ErasedFetcher(Arc::new(TraitFetcher(self)))
+    /// From a [`Fetcher`].
+    pub(crate) fn from_impl(fetcher: impl Fetcher<K, V>) -> Self {
+        Self(Arc::new(TraitFetcher(fetcher)))
     }
 }
 

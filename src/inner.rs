@@ -248,6 +248,46 @@ where
         true
     }
 
+    /// Removes `key`, returning its value (and telling the listener).
+    pub(crate) fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (key, value) = self.store.remove(key, |_| true)?;
+        self.counters.incr(Counter::Invalidations);
+        if self.listener.is_some() {
+            let mut removed = Removed::new();
+            removed.push(key, value.clone(), RemovalCause::Invalidated);
+            self.report(removed);
+        }
+        Some(value)
+    }
+
+    /// Removes the entries `remove` picks, shard by shard: each shard's
+    /// entries are copied under its read lock, `remove` is asked about each
+    /// with no lock held, and those it picks are removed unless written
+    /// since the copy. Returns how many were removed.
+    pub(crate) fn remove_picked(&self, mut remove: impl FnMut(&K, &V) -> bool) -> usize {
+        let mut count = 0;
+        for at in 0..self.store.shard_count() {
+            for (key, value, version) in self.store.copy_shard(at) {
+                if !remove(&key, &value) {
+                    continue;
+                }
+                let Some((key, value)) = self.store.remove(&key, |n| n.version == version) else {
+                    continue;
+                };
+                count += 1;
+                self.counters.incr(Counter::Invalidations);
+                let mut removed = Removed::new();
+                removed.push(key, value, RemovalCause::Invalidated);
+                self.report(removed);
+            }
+        }
+        count
+    }
+
     /// Removes every entry.
     pub(crate) fn clear(&self) {
         let mut removed = Removed::new();

@@ -140,8 +140,8 @@ mod store;
 mod sync;
 
 pub use builder::CacheBuilder;
-pub use cache::Cache;
-pub use fetcher::{FetchError, Fetched, Fetcher, IntoFetcher};
+pub use cache::{Cache, Iter};
+pub use fetcher::{FetchError, Fetched, Fetcher};
 pub use hasher::DefaultBuildHasher;
 pub use metrics::Metrics;
 pub use refresh::StartError;

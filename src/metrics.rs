@@ -52,14 +52,68 @@ pub struct Metrics {
     pub listener_panics: u64,
 }
 
+/// One line a person reads:
+///
+/// ```
+/// # use swr_cache::Cache;
+/// let cache: Cache<u32, u32> = Cache::builder().build()?;
+/// cache.insert(1, 1);
+/// cache.get(&1);
+/// cache.get(&2);
+/// assert_eq!(
+///     cache.metrics().to_string(),
+///     "2 requests: 1 hit (50.0 %, 0 stale), 1 miss; 1 insert, 0 updates, \
+///      0 evictions, 0 invalidations; 0 refreshes, 0 refresh errors"
+/// );
+/// # Ok::<(), swr_cache::ConfigError>(())
+/// ```
+impl std::fmt::Display for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural =
+            |n: u64, one: &'static str, many: &'static str| if n == 1 { one } else { many };
+        write!(
+            f,
+            "{} {}: {} {} ({:.1} %, {} stale), {} {}; {} {}, {} {}, {} {}, {} {}; {} {}, {} {}",
+            self.requests(),
+            plural(self.requests(), "request", "requests"),
+            self.hits,
+            plural(self.hits, "hit", "hits"),
+            self.hit_rate() * 100.0,
+            self.stale_hits,
+            self.misses,
+            plural(self.misses, "miss", "misses"),
+            self.inserts,
+            plural(self.inserts, "insert", "inserts"),
+            self.updates,
+            plural(self.updates, "update", "updates"),
+            self.evictions,
+            plural(self.evictions, "eviction", "evictions"),
+            self.invalidations,
+            plural(self.invalidations, "invalidation", "invalidations"),
+            self.refreshes,
+            plural(self.refreshes, "refresh", "refreshes"),
+            self.refresh_errors,
+            plural(self.refresh_errors, "refresh error", "refresh errors"),
+        )?;
+        if self.listener_panics > 0 {
+            write!(f, "; {} listener panics", self.listener_panics)?;
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
+    /// `hits + misses`: every `get` that counted (LangSmith's
+    /// `total_requests`).
+    pub fn requests(&self) -> u64 {
+        self.hits + self.misses
+    }
+
     /// `hits / (hits + misses)`, or 0 before the first `get`.
     pub fn hit_rate(&self) -> f64 {
-        let requests = self.hits + self.misses;
-        if requests == 0 {
-            0.0
-        } else {
-            self.hits as f64 / requests as f64
+        match self.requests() {
+            0 => 0.0,
+            requests => self.hits as f64 / requests as f64,
         }
     }
 }

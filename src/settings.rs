@@ -146,8 +146,8 @@ impl ConfigChange {
 
     /// See [`CacheBuilder::ttl`](crate::CacheBuilder::ttl). Ages already
     /// reached are judged against the new TTL at once.
-    pub fn ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.ttl = Some(ttl);
+    pub fn ttl(mut self, ttl: impl Into<Option<Duration>>) -> Self {
+        self.ttl = Some(ttl.into());
         self
     }
 

@@ -687,7 +687,7 @@ async fn a_fetcher_type_can_answer_unchanged() {
     let cache: Cache<String, (usize, String)> = Cache::builder()
         .ttl(Some(TTL))
         .refresh_interval(INTERVAL)
-        .fetcher(Versioned {
+        .fetcher_impl(Versioned {
             upstream_version: upstream_version.clone(),
             calls: calls.clone(),
         })
@@ -723,7 +723,10 @@ impl Fetcher<String, String> for AlwaysUnchanged {
 
 #[tokio::test(start_paused = true)]
 async fn unchanged_for_an_uncached_key_is_an_error() {
-    let cache: Cache<String, String> = Cache::builder().fetcher(AlwaysUnchanged).build().unwrap();
+    let cache: Cache<String, String> = Cache::builder()
+        .fetcher_impl(AlwaysUnchanged)
+        .build()
+        .unwrap();
     assert!(matches!(
         cache.get_or_fetch("k").await,
         Err(FetchError::NothingToKeep)

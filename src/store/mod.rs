@@ -299,6 +299,21 @@ where
         totals.capacity.store(capacity, Ordering::Relaxed);
     }
 
+    /// Copies of shard `at`'s entries with their versions, taken under its
+    /// read lock (cloning each key and value there).
+    pub(crate) fn copy_shard(&self, at: usize) -> Vec<(K, V, Version)>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let shard = self.read_lock(at);
+        shard
+            .nodes()
+            .iter()
+            .map(|n| (n.key.clone(), n.value.clone(), n.version))
+            .collect()
+    }
+
     /// Runs `f` on every entry, one shard at a time under its read lock.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Node<K, V>)) {
         for at in 0..self.shards.len() {
