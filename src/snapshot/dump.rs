@@ -1,0 +1,88 @@
+//! Writing a snapshot: the JSON form, and the file written atomically.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
+
+use super::{SNAPSHOT_FORMAT, SnapshotError};
+
+/// The entries of a dump, in the form their keys allow.
+pub(super) struct Snapshot<'a, K, V> {
+    pub(super) entries: &'a [(K, V)],
+    pub(super) string_keys: bool,
+}
+
+impl<K: Serialize, V: Serialize> Serialize for Snapshot<'_, K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut snapshot = serializer.serialize_struct("Snapshot", 2)?;
+        snapshot.serialize_field("swr_cache_format", &SNAPSHOT_FORMAT)?;
+        if self.string_keys {
+            snapshot.serialize_field("entries", &AsMap(self.entries))?;
+        } else {
+            snapshot.serialize_field("entries", &AsList(self.entries))?;
+        }
+        snapshot.end()
+    }
+}
+
+struct AsMap<'a, K, V>(&'a [(K, V)]);
+
+impl<K: Serialize, V: Serialize> Serialize for AsMap<'_, K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+struct AsList<'a, K, V>(&'a [(K, V)]);
+
+impl<K: Serialize, V: Serialize> Serialize for AsList<'_, K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut list = serializer.serialize_seq(Some(self.0.len()))?;
+        for pair in self.0 {
+            list.serialize_element(pair)?;
+        }
+        list.end()
+    }
+}
+
+/// Creates a fresh temporary file beside `path`, for a dump to write before
+/// renaming it over `path`.
+pub(super) fn create_temp(path: &Path) -> Result<(PathBuf, File), SnapshotError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map_or_else(|| "snapshot".into(), |n| n.to_string_lossy());
+    let mut tries = 0;
+    loop {
+        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = path.with_file_name(format!(".{name}.{}.{unique}.tmp", std::process::id()));
+        match File::create_new(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            // Left by a crashed process that had this process id.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Flushes a directory's entries (the rename) to disk, where the platform
+/// allows opening a directory.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
