@@ -162,10 +162,17 @@ where
     /// Returns what the store did, with a refused key and value already
     /// dropped or reported.
     pub(crate) fn write(&self, key: K, value: V, how: Write) -> Written<(), ()> {
+        self.write_as(key, value, how, false)
+    }
+
+    /// [`Inner::write`], marking the entry stale whatever its age if `stale`.
+    pub(crate) fn write_as(&self, key: K, value: V, how: Write, stale: bool) -> Written<(), ()> {
         let weight = self.weigh(&key, &value);
         let now = self.write_stamp();
         let mut removed = Removed::new();
-        let written = self.store.write(key, value, weight, now, how, &mut removed);
+        let written = self
+            .store
+            .write(key, value, weight, now, stale, how, &mut removed);
         let replaced_one = removed.count(RemovalCause::Replaced) > 0;
         let written = match written {
             Written::Added => {

@@ -148,7 +148,7 @@ pub use refresh::StartError;
 pub use removal::RemovalCause;
 pub use settings::{ConfigChange, ConfigError, MAX_SIZE_LIMIT, MAX_WEIGHT_LIMIT};
 #[cfg(feature = "serde")]
-pub use snapshot::{LoadReport, SNAPSHOT_FORMAT, SnapshotError, SnapshotLimits};
+pub use snapshot::{LoadOptions, LoadReport, SNAPSHOT_FORMAT, SnapshotError, SnapshotLimits};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

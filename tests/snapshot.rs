@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
-use swr_cache::{Cache, SnapshotError, SnapshotLimits};
+use swr_cache::{Cache, LoadOptions, SnapshotError, SnapshotLimits};
 use tokio::time::advance;
 
 /// A fresh directory for one test, removed when dropped.
@@ -498,4 +498,179 @@ fn the_size_limits_reject_oversized_input() {
     );
     assert_eq!(cache.len(), 1);
     assert_eq!(cache.get("kept").as_deref(), Some("as it was"));
+}
+
+/// A prompt commit with every field the LangSmith SDK writes
+/// (`PromptCommit.model_dump(mode="json")`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct SdkPromptCommit {
+    owner: String,
+    repo: String,
+    commit_hash: String,
+    manifest: serde_json::Value,
+    examples: Vec<serde_json::Value>,
+    description: Option<String>,
+    hub_model_config: Option<serde_json::Value>,
+    hub_model_provider: Option<String>,
+}
+
+/// A dump written by the LangSmith Python SDK itself (langsmith 0.15.1,
+/// `PromptCache.dump`; `tests/fixtures/langsmith_sdk/make_dump.py`).
+fn sdk_dump() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/langsmith_sdk/dump.json")
+}
+
+/// What this crate dumps of `sdk_dump()`'s entries, checked in, and read
+/// by the real SDK in `.ci/run` (`tests/fixtures/langsmith_sdk/check_ours.py`).
+fn our_dump() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/langsmith_sdk/ours.json")
+}
+
+#[test]
+fn loads_every_entry_of_a_dump_written_by_the_langsmith_python_sdk() {
+    let cache: Cache<String, SdkPromptCommit> = Cache::builder().ttl(None).build().unwrap();
+    let report = cache.load(sdk_dump()).unwrap();
+    assert_eq!(report.loaded, 3, "{report:?}");
+    // The one entry whose description holds a lone surrogate is skipped,
+    // and said so, instead of failing the whole load.
+    assert_eq!(report.bad_values, 1);
+    let why = report.first_skip_reason.unwrap();
+    assert!(
+        why.contains("acme/broken:latest") && why.contains("lone surrogate"),
+        "{why}"
+    );
+    assert!(!cache.contains_key("acme/broken:latest"));
+
+    let triage = cache.get("acme/support-triage:latest").unwrap();
+    assert_eq!(
+        (
+            triage.owner.as_str(),
+            triage.repo.as_str(),
+            triage.commit_hash.as_str()
+        ),
+        ("acme", "support-triage", "a1b2c3d4")
+    );
+    assert_eq!(
+        triage.manifest["kwargs"]["template"],
+        "Classify: {question}"
+    );
+    assert_eq!(
+        triage.examples,
+        vec![serde_json::json!({"question": "?", "answer": "!"})]
+    );
+    assert_eq!(triage.description, None);
+    // Beyond ASCII, written by Python as escapes (a surrogate pair for the
+    // emoji), read back as the text.
+    let greeting = cache.get("acme/greeting:v2").unwrap();
+    assert_eq!(
+        greeting.manifest["kwargs"]["template"],
+        "Grüße, {question} — こんにちは 🙂"
+    );
+    let summary = cache.get("acme/summary:latest").unwrap();
+    assert_eq!(summary.description.as_deref(), Some("plain"));
+    assert_eq!(summary.hub_model_provider, None);
+}
+
+#[test]
+fn our_dump_of_the_sdk_file_is_ascii_and_the_checked_in_golden() {
+    let cache: Cache<String, serde_json::Value> = Cache::builder().ttl(None).build().unwrap();
+    assert_eq!(cache.load(sdk_dump()).unwrap().loaded, 3);
+    let mut ours = Vec::new();
+    cache.dump_to_writer(&mut ours).unwrap();
+    assert!(ours.is_ascii(), "a dump is ASCII only");
+    if std::env::var_os("SWR_BLESS").is_some() {
+        std::fs::write(our_dump(), &ours).unwrap();
+    }
+    let golden = std::fs::read(our_dump()).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ours),
+        String::from_utf8_lossy(&golden),
+        "the dump changed: if on purpose, rerun with SWR_BLESS=1 and check it with \
+         tests/fixtures/langsmith_sdk/check_ours.py"
+    );
+}
+
+#[test]
+fn the_same_entries_dump_to_the_same_bytes_whatever_the_order() {
+    let entries: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("prompt/{i:03}-ü"), format!("commit {i} — ✓")))
+        .collect();
+    let dump = |order: &mut dyn Iterator<Item = &(String, String)>| {
+        let cache = strings(1000);
+        for (k, v) in order {
+            cache.insert(k.clone(), v.clone());
+        }
+        let mut out = Vec::new();
+        cache.dump_to_writer(&mut out).unwrap();
+        out
+    };
+    let forward = dump(&mut entries.iter());
+    let backward = dump(&mut entries.iter().rev());
+    assert_eq!(forward, backward);
+    assert!(forward.is_ascii());
+    let text = String::from_utf8(forward).unwrap();
+    assert!(
+        text.contains(r#""prompt/000-\u00fc":"commit 0 \u2014 \u2713""#),
+        "{}",
+        &text[..120]
+    );
+    let reread = strings(1000);
+    assert_eq!(
+        reread
+            .load_from_reader(text.as_bytes(), SnapshotLimits::default())
+            .unwrap()
+            .loaded,
+        200
+    );
+    assert_eq!(reread.get("prompt/007-ü").as_deref(), Some("commit 7 — ✓"));
+}
+
+#[test]
+fn arc_values_dump_and_load_as_written() {
+    let cache: Cache<String, std::sync::Arc<str>> = Cache::builder().build().unwrap();
+    cache.insert("greeting".into(), std::sync::Arc::from("hello"));
+    let mut out = Vec::new();
+    cache.dump_to_writer(&mut out).unwrap();
+    let back: Cache<String, std::sync::Arc<str>> = Cache::builder().build().unwrap();
+    back.load_from_reader(&out[..], SnapshotLimits::default())
+        .unwrap();
+    assert_eq!(back.get("greeting").as_deref(), Some("hello"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_loaded_as_stale_are_served_and_refreshed_first() {
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Duration::from_secs(300))
+        .refresh_interval(Duration::from_secs(60))
+        .fetcher(|key| async move { Ok::<_, std::io::Error>(format!("fresh {key}")) })
+        .build()
+        .unwrap();
+    let input = br#"{"entries": {"a": "from the file", "b": "from the file"}}"#;
+    let report = cache
+        .load_from_reader_with(&input[..], LoadOptions::new().as_stale(true))
+        .unwrap();
+    assert_eq!(report.loaded, 2);
+    assert_eq!(cache.is_stale("a"), Some(true), "stale at once, at any age");
+    assert_eq!(
+        cache.peek("a").as_deref(),
+        Some("from the file"),
+        "and served"
+    );
+    // The refresher's first pass finds both, without waiting for the TTL.
+    cache.start().unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+        advance(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache.peek("a").as_deref(), Some("fresh a"));
+    assert_eq!(cache.peek("b").as_deref(), Some("fresh b"));
+    assert_eq!(cache.is_stale("a"), Some(false));
+    cache.stop().await;
+
+    // LangSmith's way, the default: a fresh age.
+    let fresh = strings(10);
+    fresh
+        .load_from_reader(&input[..], SnapshotLimits::default())
+        .unwrap();
+    assert_eq!(fresh.is_stale("a"), Some(false));
 }

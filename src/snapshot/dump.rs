@@ -7,8 +7,47 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
+use serde_json::ser::Formatter;
 
 use super::{SNAPSHOT_FORMAT, SnapshotError};
+
+/// Compact JSON (the trait's default methods) with every character outside
+/// ASCII escaped (`\uXXXX`, a surrogate pair above U+FFFF), as Python's
+/// `json.dump` writes it: the LangSmith SDK reads its files in the system's
+/// locale encoding, which is not UTF-8 everywhere (Windows without UTF-8
+/// mode), and ASCII reads the same in all of them.
+pub(super) struct AsciiOnly;
+
+impl Formatter for AsciiOnly {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut ascii_from = 0;
+        for (at, c) in fragment.char_indices() {
+            if c.is_ascii() {
+                continue;
+            }
+            writer.write_all(&fragment.as_bytes()[ascii_from..at])?;
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(writer, "\\u{unit:04x}")?;
+            }
+            ascii_from = at + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[ascii_from..])
+    }
+}
+
+/// `value` as ASCII-only JSON text.
+pub(super) fn ascii_json(value: &impl Serialize) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::new();
+    value.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out, AsciiOnly,
+    ))?;
+    Ok(out)
+}
 
 /// The entries of a dump, in the form their keys allow.
 pub(super) struct Snapshot<'a, K, V> {

@@ -4,7 +4,7 @@
 //! # Format
 //!
 //! ```json
-//! {"swr_cache_format": 1, "entries": {"owner/prompt:latest": {"commit_hash": "…"}}}
+//! {"swr_cache_format":1,"entries":{"owner/prompt:latest":{"commit_hash":"…"}}}
 //! ```
 //!
 //! A cache whose keys all serialize as JSON strings (`String`, `Arc<str>`, a
@@ -13,9 +13,19 @@
 //! `{"entries": {key: value, …}}`, so a file dumped by its Python or JS `dump`
 //! loads here and ours loads there; LangSmith's readers ignore the
 //! `swr_cache_format` field. A cache with any other key (numbers, tuples,
-//! structs) is written as a list of pairs, `{"entries": [[key, value], …]}`,
-//! which LangSmith's readers do not read. An empty cache is written as
-//! `{"entries": {}}` (with the version field).
+//! structs) is written as a list of pairs, `{"entries": [[key, value], …]}`;
+//! the Python SDK's `load` does not read that form: it calls `.items()` on
+//! `entries` and raises `AttributeError` (measured with langsmith 0.15.1).
+//! An empty cache is written as `{"entries": {}}` (with the version field).
+//!
+//! A dump is ASCII only: every other character is written as a `\uXXXX`
+//! escape, as Python's `json.dump` writes it, since the Python SDK reads
+//! files in the system's locale encoding, which is not UTF-8 everywhere.
+//! And it is deterministic: entries are written in the order of their keys'
+//! JSON text, so the same entries give the same bytes whichever cache held
+//! them and in whatever order they came (provided the values serialize
+//! deterministically: a `HashMap` inside a value does not), and snapshots
+//! can be diffed and kept in version control.
 //!
 //! `load` accepts either form, with or without the version field
 //! ([`SNAPSHOT_FORMAT`]; any other value is
@@ -44,26 +54,38 @@
 //! `load` decodes the whole input before it changes the cache: a missing,
 //! unreadable or oversized file, invalid JSON, a wrong shape or an unknown
 //! format version is an error and leaves the cache as it was. An entry whose
-//! key or value does not decode is skipped and counted in the [`LoadReport`].
-//! Loaded entries get a fresh age, and are refreshed by the fetcher like any
-//! other once the refresher runs. Loading never evicts: a new key is left
-//! out when the part of the cache it falls in (its shard) is full, as the
-//! LangSmith SDK stops at a full cache; the report counts what was left out.
+//! key or value does not decode is skipped and counted in the [`LoadReport`];
+//! so is one holding a lone surrogate escape (`"\ud800"`, which Python
+//! writes for a string that is not valid text), where serde_json alone would
+//! fail the whole input. (To find them, the loader rewrites each such escape
+//! to U+FDD0, a noncharacter no text should hold; an input with lone
+//! surrogates skips entries holding U+FDD0 too.)
+//!
+//! Loaded entries get a fresh age, as the LangSmith SDK gives them, or,
+//! with [`LoadOptions::as_stale`], are loaded stale: served at once, and
+//! revalidated by the refresher at its next pass (and at once when read,
+//! with `refresh_on_read`), which suits a file of unknown age. Loading never
+//! evicts: a new key is left out when the part of the cache it falls in
+//! (its shard) is full, as the LangSmith SDK stops at a full cache; the
+//! report counts what was left out.
+//!
+//! Values of `Arc<T>` dump and load (this crate enables serde's `rc`
+//! feature): `Cache<String, Arc<str>>` works as written.
 //!
 //! # Limits
 //!
-//! [`SnapshotLimits`] bounds one load: at most `max_bytes` are read (the
-//! input is parsed as it is read, and reading stops at the limit with
-//! [`SnapshotError::TooLarge`]), and at most `max_entries` entries are listed
-//! ([`SnapshotError::TooManyEntries`], as soon as one more is seen). Nesting
-//! deeper than serde_json's recursion limit (128) is
-//! [`SnapshotError::InvalidJson`], not a stack overflow. Memory while loading
-//! is the decoded entries plus the JSON tree (`serde_json::Value`) of the one
-//! entry being decoded. For ordinary snapshots that is a few bytes per input
-//! byte; for pathological input (one entry holding a long array of `0`s) the
-//! tree takes about 35 bytes per input byte (2 GB for 60 MiB, measured), so
-//! `max_bytes` (64 MiB by default) is what bounds it: lower it where a load
-//! may meet hostile input, raise it for very large caches.
+//! [`SnapshotLimits`] bounds one load: at most `max_bytes` are read
+//! ([`SnapshotError::TooLarge`] past them), and at most `max_entries`
+//! entries are listed ([`SnapshotError::TooManyEntries`], as soon as one
+//! more is seen). Nesting deeper than serde_json's recursion limit (128) is
+//! [`SnapshotError::InvalidJson`], not a stack overflow. Memory while
+//! loading is the input's bytes, the decoded entries, and the JSON tree
+//! (`serde_json::Value`) of the one entry being decoded. For ordinary
+//! snapshots that is a few bytes per input byte; for pathological input (one
+//! entry holding a long array of `0`s) the tree takes about 35 bytes per
+//! input byte (2 GB for 60 MiB, measured), so `max_bytes` (64 MiB by
+//! default) is what bounds it: lower it where a load may meet hostile input,
+//! raise it for very large caches.
 
 mod dump;
 mod load;
@@ -81,7 +103,7 @@ use serde_json::error::Category;
 
 use crate::Cache;
 use crate::store::{Write as Store, Written};
-use dump::{Snapshot, create_temp, sync_dir};
+use dump::{AsciiOnly, Snapshot, ascii_json, create_temp, sync_dir};
 use load::{Decoded, decode, dedup};
 
 /// The version written in `swr_cache_format`.
@@ -127,6 +149,51 @@ impl SnapshotLimits {
             max_bytes,
             max_entries,
         }
+    }
+}
+
+/// How a load treats what it reads, for [`Cache::load_with`] and
+/// [`Cache::load_from_reader_with`].
+///
+/// ```
+/// use swr_cache::{Cache, LoadOptions};
+/// use std::time::Duration;
+///
+/// let cache: Cache<String, u32> = Cache::builder().ttl(Duration::from_secs(60)).build()?;
+/// let input = br#"{"entries": {"a": 1}}"#;
+/// cache.load_from_reader_with(&input[..], LoadOptions::new().as_stale(true))?;
+/// assert_eq!(cache.get("a"), Some(1), "served at once");
+/// assert_eq!(cache.is_stale("a"), Some(true), "and due for a refresh");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// What one load may read and allocate.
+    pub limits: SnapshotLimits,
+    /// Whether loaded entries are stale from the start (served, and
+    /// revalidated first) rather than given a fresh age (the LangSmith SDK's
+    /// way, and the default). Without a TTL nothing is stale, and this
+    /// changes nothing until one is set.
+    pub as_stale: bool,
+}
+
+impl LoadOptions {
+    /// The defaults: [`SnapshotLimits::default`], a fresh age.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loads within `limits`.
+    pub fn limits(mut self, limits: SnapshotLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Loads entries stale (`true`) or fresh (`false`, the default).
+    pub fn as_stale(mut self, as_stale: bool) -> Self {
+        self.as_stale = as_stale;
+        self
     }
 }
 
@@ -313,20 +380,33 @@ where
         self.inner
             .store
             .for_each(|node| entries.push((node.key.clone(), node.value.clone())));
+        let serialize = |e: serde_json::Error| SnapshotError::Serialize(e);
         let string_keys = entries
             .iter()
             .all(|(key, _)| matches!(serde_json::to_value(key), Ok(Value::String(_))));
+        // In the order of the keys' own JSON, so the same entries make the
+        // same bytes whichever cache held them and however they came in.
+        let mut keyed = entries
+            .into_iter()
+            .map(|(key, value)| Ok((ascii_json(&key).map_err(serialize)?, key, value)))
+            .collect::<Result<Vec<_>, SnapshotError>>()?;
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let entries: Vec<(K, V)> = keyed.into_iter().map(|(_, k, v)| (k, v)).collect();
         let snapshot = Snapshot {
             entries: &entries,
             string_keys,
         };
-        serde_json::to_writer(writer, &snapshot).map_err(|e| match e.classify() {
-            Category::Io => SnapshotError::Io(e.into()),
-            _ => SnapshotError::Serialize(e),
-        })
+        let mut serializer = serde_json::Serializer::with_formatter(writer, AsciiOnly);
+        snapshot
+            .serialize(&mut serializer)
+            .map_err(|e| match e.classify() {
+                Category::Io => SnapshotError::Io(e.into()),
+                _ => SnapshotError::Serialize(e),
+            })
     }
 
-    /// Loads the snapshot at `path` with the default [`SnapshotLimits`].
+    /// Loads the snapshot at `path` with the default [`LoadOptions`]: within
+    /// the default [`SnapshotLimits`], loaded entries given a fresh age.
     ///
     /// # Errors
     /// See [`load_from_reader`](Cache::load_from_reader); a missing file is
@@ -345,6 +425,20 @@ where
         path: impl AsRef<Path>,
         limits: SnapshotLimits,
     ) -> Result<LoadReport, SnapshotError> {
+        self.load_with(path, LoadOptions::new().limits(limits))
+    }
+
+    /// Loads the snapshot at `path` as `options` say; a file longer than
+    /// `options.limits.max_bytes` fails before it is read.
+    ///
+    /// # Errors
+    /// As [`load`](Cache::load).
+    pub fn load_with(
+        &self,
+        path: impl AsRef<Path>,
+        options: LoadOptions,
+    ) -> Result<LoadReport, SnapshotError> {
+        let limits = options.limits;
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => SnapshotError::NotFound(path.to_path_buf()),
@@ -355,7 +449,7 @@ where
                 max_bytes: limits.max_bytes,
             });
         }
-        self.load_from_reader(file, limits)
+        self.load_from_reader_with(file, options)
     }
 
     /// Loads snapshot JSON from `reader` (buffered here), reading at most
@@ -384,12 +478,24 @@ where
         reader: impl Read,
         limits: SnapshotLimits,
     ) -> Result<LoadReport, SnapshotError> {
-        let decoded = decode::<K, V>(reader, limits)?;
-        Ok(self.apply(decoded))
+        self.load_from_reader_with(reader, LoadOptions::new().limits(limits))
+    }
+
+    /// Loads snapshot JSON from `reader` as `options` say.
+    ///
+    /// # Errors
+    /// As [`load_from_reader`](Cache::load_from_reader).
+    pub fn load_from_reader_with(
+        &self,
+        reader: impl Read,
+        options: LoadOptions,
+    ) -> Result<LoadReport, SnapshotError> {
+        let decoded = decode::<K, V>(reader, options.limits)?;
+        Ok(self.apply(decoded, options.as_stale))
     }
 
     /// Adds decoded entries while the cache has room for new keys.
-    fn apply(&self, decoded: Decoded<K, V>) -> LoadReport {
+    fn apply(&self, decoded: Decoded<K, V>, stale: bool) -> LoadReport {
         let mut report = LoadReport {
             bad_keys: decoded.bad_keys,
             bad_values: decoded.bad_values,
@@ -403,7 +509,7 @@ where
                 report.left_out_full += 1;
                 continue;
             }
-            match self.inner.write(key, value, Store::IfRoom) {
+            match self.inner.write_as(key, value, Store::IfRoom, stale) {
                 Written::Refused(..) => report.left_out_full += 1,
                 Written::Added | Written::Replaced => report.loaded += 1,
             }

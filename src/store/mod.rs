@@ -211,13 +211,16 @@ where
         result
     }
 
-    /// Writes `value` for `key` as `how` says; `weight` is at least 1.
+    /// Writes `value` for `key` as `how` says; `weight` is at least 1, and
+    /// a `stale` entry is stale whatever its age until next written.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn write(
         &self,
         key: K,
         value: V,
         weight: u64,
         now: Nanos,
+        stale: bool,
         how: Write,
         out: &mut Removed<K, V>,
     ) -> Written<K, V> {
@@ -228,6 +231,7 @@ where
             value,
             weight,
             now,
+            stale,
         };
         self.change(at.shard, |shard| shard.write(entry, how, out))
     }

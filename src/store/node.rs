@@ -64,11 +64,14 @@ const FREQ_SHIFT: u32 = 59;
 const FREQ_MASK: u64 = 0b111 << FREQ_SHIFT;
 /// The highest frequency level.
 pub(crate) const MAX_FREQ: u8 = 3;
-/// When the value was written or last confirmed unchanged: 59 bits of
-/// nanoseconds since the clock's base, 18 years, saturating.
-const WRITTEN_AT: u64 = (1 << FREQ_SHIFT) - 1;
+/// Set on an entry written as stale whatever its age (a snapshot loaded
+/// as stale), until its value is renewed. Written under the write lock.
+const MARKED_STALE: u64 = 1 << 58;
+/// When the value was written or last confirmed unchanged: 58 bits of
+/// nanoseconds since the clock's base, 9 years, saturating.
+const WRITTEN_AT: u64 = MARKED_STALE - 1;
 
-/// The node's atomic word: write time, frequency and two flags.
+/// The node's atomic word: write time, frequency and three flags.
 pub(crate) struct Meta(AtomicU64);
 
 impl Meta {
@@ -96,15 +99,12 @@ impl Meta {
         }
     }
 
-    #[inline]
-    pub(crate) fn written_at(&self) -> Nanos {
-        self.load() & WRITTEN_AT
-    }
-
-    /// Whether the value is older than `ttl` at `now`; `ttl == 0` is no TTL.
+    /// Whether the value is older than `ttl` at `now`, or marked stale;
+    /// `ttl == 0` is no TTL, and nothing is stale then.
     #[inline]
     pub(crate) fn is_stale(&self, now: Nanos, ttl: Nanos) -> bool {
-        ttl != 0 && now.saturating_sub(self.written_at()) > ttl
+        let meta = self.load();
+        ttl != 0 && (meta & MARKED_STALE != 0 || now.saturating_sub(meta & WRITTEN_AT) > ttl)
     }
 
     /// Claims the right to queue a refresh: false if one is queued already.
@@ -133,11 +133,18 @@ impl Meta {
 
     // The write lock's transitions (exclusive access).
 
-    /// Starts the value's age over at `now`, keeping the flags.
+    /// Starts the value's age over at `now`, keeping the flags but the
+    /// stale mark.
     #[inline]
     pub(crate) fn renew(&mut self, now: Nanos) {
         let meta = self.0.get_mut();
-        *meta = (*meta & !WRITTEN_AT) | now.min(WRITTEN_AT);
+        *meta = (*meta & !(WRITTEN_AT | MARKED_STALE)) | now.min(WRITTEN_AT);
+    }
+
+    /// Marks the value stale whatever its age, until it is renewed.
+    #[inline]
+    pub(crate) fn mark_stale(&mut self) {
+        *self.0.get_mut() |= MARKED_STALE;
     }
 
     /// Lowers the frequency by one level; false if it was at zero.
@@ -181,6 +188,10 @@ fn freq_of(meta: u64) -> u8 {
 mod tests {
     use super::*;
 
+    fn written_at(meta: &Meta) -> Nanos {
+        meta.load() & WRITTEN_AT
+    }
+
     #[test]
     fn a_node_of_words_is_half_a_cache_line() {
         assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 32);
@@ -196,7 +207,7 @@ mod tests {
         }
         meta.touch();
         assert_eq!(meta.freq(), MAX_FREQ, "saturates");
-        assert_eq!(meta.written_at(), 1234);
+        assert_eq!(written_at(&meta), 1234);
         assert!(!meta.in_main());
         assert!(meta.try_queue_refresh());
         assert!(meta.cool());
@@ -208,7 +219,18 @@ mod tests {
         assert!(!meta.try_queue_refresh(), "the flag survived");
         meta.finish_refresh();
         assert!(meta.try_queue_refresh());
-        assert_eq!(meta.written_at(), 1234);
+        assert_eq!(written_at(&meta), 1234);
+    }
+
+    #[test]
+    fn a_stale_mark_holds_until_renewed_and_only_with_a_ttl() {
+        let mut meta = Meta::new(100);
+        meta.mark_stale();
+        assert!(meta.is_stale(100, 50), "marked: stale at any age");
+        assert!(!meta.is_stale(100, 0), "no TTL: never stale");
+        assert_eq!(written_at(&meta), 100);
+        meta.renew(200);
+        assert!(!meta.is_stale(200, 50), "renewed: the mark is gone");
     }
 
     #[test]
@@ -224,10 +246,10 @@ mod tests {
         meta.set_in_main(true);
         meta.touch();
         meta.renew(u64::MAX);
-        assert_eq!(meta.written_at(), WRITTEN_AT, "saturates");
+        assert_eq!(written_at(&meta), WRITTEN_AT, "saturates");
         assert!(meta.in_main() && meta.freq() == 1, "flags kept");
         meta.renew(7);
-        assert_eq!(meta.written_at(), 7);
+        assert_eq!(written_at(&meta), 7);
         meta.set_in_main(false);
         assert!(!meta.in_main());
     }

@@ -81,6 +81,8 @@ pub(crate) struct Incoming<K, V> {
     pub(crate) value: V,
     pub(crate) weight: u64,
     pub(crate) now: Nanos,
+    /// Written stale whatever its age (a snapshot loaded as stale).
+    pub(crate) stale: bool,
 }
 
 /// How a write treats the key's present entry and a full shard.
@@ -276,6 +278,9 @@ impl<K, V> Shard<K, V> {
             let old = std::mem::replace(&mut node.value, entry.value);
             node.version = version;
             node.meta.renew(entry.now);
+            if entry.stale {
+                node.meta.mark_stale();
+            }
             // A write by the user is a use of the key.
             let level = node.meta.freq().saturating_add(1).min(MAX_FREQ);
             node.meta.set_freq(level);
@@ -511,9 +516,13 @@ impl<K, V> Shard<K, V> {
             value,
             weight,
             now,
+            stale,
         } = entry;
         let mut node = Node::new(key, value, fingerprint, version, now);
         node.meta.set_in_main(to_main);
+        if stale {
+            node.meta.mark_stale();
+        }
         let (i, victim) = match hole {
             Some(h) => {
                 if self.weighted {
