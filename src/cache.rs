@@ -97,8 +97,25 @@ where
         self.inner.store.read(key, |_| ()).is_some()
     }
 
-    /// Whether the entry for `key` is older than the TTL, by the precise
-    /// clock; `None` if it is not cached.
+    /// Whether the entry for `key` is older than the TTL (or was loaded as
+    /// stale), by the precise clock; `None` if it is not cached. Without a
+    /// TTL nothing is stale.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<u32, u32> = Cache::builder().ttl(Duration::from_secs(60)).build()?;
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.is_stale(&1), Some(false));
+    /// tokio::time::advance(Duration::from_secs(61)).await;
+    /// assert_eq!(cache.is_stale(&1), Some(true)); // still served by get
+    /// assert_eq!(cache.is_stale(&2), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_stale<Q>(&self, key: &Q) -> Option<bool>
     where
         K: Borrow<Q>,
@@ -121,7 +138,18 @@ where
         }
     }
 
-    /// Removes `key`; returns whether it was cached.
+    /// Removes `key`; returns whether it was cached. The listener hears of
+    /// it as [`RemovalCause::Invalidated`](crate::RemovalCause).
+    ///
+    /// ```
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<String, u32> = Cache::builder().build()?;
+    /// cache.insert("a".into(), 1);
+    /// assert!(cache.invalidate("a"));
+    /// assert!(!cache.invalidate("a"));
+    /// assert_eq!(cache.get("a"), None);
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
     pub fn invalidate<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
@@ -246,6 +274,19 @@ where
     }
 
     /// A snapshot of the counters. See [`Metrics`].
+    ///
+    /// ```
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<u32, u32> = Cache::builder().build()?;
+    /// cache.insert(1, 1);
+    /// cache.get(&1);
+    /// cache.get(&2);
+    /// let m = cache.metrics();
+    /// assert_eq!((m.hits, m.misses, m.inserts), (1, 1, 1));
+    /// assert_eq!(m.hit_rate(), 0.5);
+    /// println!("{m}"); // one line: "2 requests: 1 hit (50.0 %, 0 stale), 1 miss; ..."
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
     pub fn metrics(&self) -> Metrics {
         self.inner.counters.snapshot()
     }
@@ -268,6 +309,24 @@ where
     /// cache was built for leaves small shards, and below one entry per shard
     /// the keys of some shards cannot be cached at all (each such insert is
     /// evicted at once, and the listener hears so).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use swr_cache::{Cache, ConfigChange, ConfigError};
+    ///
+    /// let cache: Cache<u32, u32> = Cache::builder().max_size(100).build()?;
+    /// for k in 0..100 {
+    ///     cache.insert(k, k);
+    /// }
+    /// cache.configure(ConfigChange::new().max_size(10).ttl(Duration::from_secs(30)))?;
+    /// assert_eq!(cache.len(), 10);
+    /// assert_eq!(cache.ttl(), Some(Duration::from_secs(30)));
+    /// // An invalid change is refused whole.
+    /// let refused = cache.configure(ConfigChange::new().max_size(5).ttl(Duration::ZERO));
+    /// assert_eq!(refused, Err(ConfigError::ZeroTtl));
+    /// assert_eq!(cache.max_size(), 10);
+    /// # Ok::<(), ConfigError>(())
+    /// ```
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first invalid setting; then nothing changes.
@@ -316,8 +375,42 @@ where
     /// Starts the refresher on the current tokio runtime. Calling it again
     /// while it runs does nothing.
     ///
+    /// The refresher is one tokio task. Every `refresh_interval` it walks
+    /// the cache, one shard at a time under that shard's read lock (so a
+    /// pass costs time in proportion to the entries, stale or not, and
+    /// delays a write to a shard by at most that shard's walk; readers share
+    /// the lock), and fetches every stale entry, at most
+    /// `max_concurrent_refreshes` at a time, each within `refresh_timeout`.
+    /// A `get` that finds an entry stale queues it at once (with
+    /// `refresh_on_read`). A failed fetch (an error, a timeout, a panic)
+    /// keeps the stale value, which goes on being served, and is retried
+    /// after a backoff that starts at one `refresh_interval` and doubles with
+    /// each failure, with jitter, up to `max_retry_backoff`. Between passes it
+    /// ticks the coarse clock reads judge staleness by, every `ttl / 16`
+    /// within 1 ms ..= 1 s. It holds only a weak reference to the cache:
+    /// dropping the last handle ends it.
+    ///
     /// With `ttl = None` or a capacity of 0 no task is spawned until
     /// [`configure`](Cache::configure) gives a TTL and a capacity.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<String, String> = Cache::builder()
+    ///     .ttl(Duration::from_secs(300))
+    ///     .refresh_interval(Duration::from_secs(60))
+    ///     .fetcher(|key| async move { Ok::<_, std::io::Error>(format!("fresh {key}")) })
+    ///     .build()?;
+    /// cache.start()?;
+    /// assert!(cache.is_refreshing());
+    /// cache.stop().await;
+    /// assert!(!cache.is_refreshing());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`StartError::NoRuntime`] outside a tokio runtime,
@@ -343,7 +436,9 @@ where
 
     /// Stops the refresher and waits until its task has ended. Fetches it
     /// started are cancelled; callers of [`get_or_fetch`](Cache::get_or_fetch)
-    /// waiting on one of them get [`FetchError::Cancelled`].
+    /// waiting on one of them get [`FetchError::Cancelled`]. The cache keeps
+    /// serving what it holds; [`start`](Cache::start) starts it again. (See
+    /// `start` for an example.)
     pub async fn stop(&self) {
         if let Some(run) = self.inner.stop_run() {
             // The task only ends by returning; a JoinError here could only be
@@ -403,6 +498,21 @@ where
     /// Revalidates `key` now: fetches it (joining a fetch already under way)
     /// and installs the result, unless a newer write lands first. Returns the
     /// value the cache holds afterwards. An uncached key is fetched and cached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<String, String> = Cache::builder()
+    ///     .fetcher(|key| async move { Ok::<_, std::io::Error>(format!("upstream {key}")) })
+    ///     .build()?;
+    /// cache.insert("a".into(), "local".into());
+    /// assert_eq!(cache.refresh("a").await?, "upstream a");
+    /// assert_eq!(cache.get("a").as_deref(), Some("upstream a"));
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// The fetch's [`FetchError`]; the cached value, if any, is kept.

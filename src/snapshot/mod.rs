@@ -408,6 +408,21 @@ where
     /// Loads the snapshot at `path` with the default [`LoadOptions`]: within
     /// the default [`SnapshotLimits`], loaded entries given a fresh age.
     ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use swr_cache::Cache;
+    ///
+    /// let path = std::env::temp_dir().join(format!("swr-load-doc-{}.json", std::process::id()));
+    /// std::fs::write(&path, r#"{"entries": {"acme/greeting:latest": "hello", "acme/bye": 7}}"#)?;
+    /// let cache: Cache<String, String> = Cache::builder().ttl(None).build()?;
+    /// let report = cache.load(&path)?;
+    /// assert_eq!((report.loaded, report.bad_values), (1, 1));
+    /// assert_eq!(cache.get("acme/greeting:latest").as_deref(), Some("hello"));
+    /// # std::fs::remove_file(path)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// See [`load_from_reader`](Cache::load_from_reader); a missing file is
     /// [`SnapshotError::NotFound`]. On error the cache is as it was.

@@ -568,6 +568,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The marker of cache `i`, drawn around the origin of an element.
+fn marker<DB: DrawingBackend>(i: usize, color: RGBAColor) -> DynElement<'static, DB, (i32, i32)> {
+    let style = color.filled();
+    match i % 4 {
+        0 => Circle::new((0, 0), 5, style).into_dyn(),
+        1 => TriangleMarker::new((0, 0), 5, style).into_dyn(),
+        2 => Rectangle::new([(-4, -4), (4, 4)], style).into_dyn(),
+        _ => Cross::new((0, 0), 4, color.stroke_width(2)).into_dyn(),
+    }
+}
+
 /// One line per cache (hit ratio against capacity, log scale), and the
 /// reference S3-FIFO and LRU dashed where there are reference figures.
 fn plot(title: &str, rows: &[&Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -600,23 +611,33 @@ fn plot(title: &str, rows: &[&Row], path: &Path) -> Result<(), Box<dyn std::erro
         .x_desc("capacity (entries, log scale)")
         .y_desc("hit ratio %")
         .draw()?;
-    for (i, name) in CACHES.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let width = if i == 0 { 3 } else { 2 };
+    // swr-cache last, so it is drawn on top, thicker and in red; each cache
+    // with a marker of its own, shown in the legend as on the line.
+    let order: Vec<usize> = (1..CACHES.len()).chain([0]).collect();
+    for i in order {
+        let name = CACHES[i];
+        let color = if i == 0 {
+            RED.to_rgba()
+        } else {
+            Palette99::pick(i).to_rgba()
+        };
+        let width = if i == 0 { 3 } else { 1 };
         let points: Vec<(f64, f64)> = rows
             .iter()
             .map(|r| (r.capacity as f64, r.results[i].0))
             .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))?
-            .label(*name)
+            .label(name)
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width))
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(-9, 0), (9, 0)], color.stroke_width(width))
+                    + marker(i, color)
             });
         chart.draw_series(
             points
                 .into_iter()
-                .map(move |p| Circle::new(p, 3, color.filled())),
+                .map(move |p| EmptyElement::at(p) + marker(i, color)),
         )?;
     }
     let references: [(&str, ReferenceFigure, RGBColor); 2] = [
