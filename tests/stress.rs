@@ -5,25 +5,23 @@
 //! bound, no value under a key it was not written for, no lost or
 //! resurrected write, and metrics that add up exactly.
 //!
-//! Every workload runs under a watchdog ([`within`]), so a deadlock or a
+//! Every workload runs under a watchdog (`within`), so a deadlock or a
 //! livelock fails the test instead of hanging the suite. Randomness is a
 //! seeded xorshift per thread; there are no sleeps.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex, mpsc};
-use std::time::Duration;
+use std::sync::{Arc, Barrier, Mutex};
 
 use swr_cache::{Cache, ConfigChange};
 
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use watchdog::within;
+
 const MAX_SIZE: usize = 64;
 const KEYS: u64 = 256;
-
-/// How long a workload may take before it is declared stuck. The slowest
-/// one finishes in about a second in a debug build.
-const WATCHDOG: Duration = Duration::from_secs(60);
 
 /// A value naming the thread that wrote it, the key it was written for and
 /// the write's sequence number in that thread.
@@ -60,20 +58,6 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
-    }
-}
-
-/// Runs `work` on a thread of its own and fails if it does not finish within
-/// [`WATCHDOG`]: a stuck cache becomes a test failure, not a hung suite.
-fn within<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, finished) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(work)));
-    });
-    match finished.recv_timeout(WATCHDOG) {
-        Ok(Ok(result)) => result,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("{what}: not finished after {WATCHDOG:?}: deadlock or livelock"),
     }
 }
 
