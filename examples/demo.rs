@@ -424,13 +424,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let total = reads.load(Ordering::Relaxed);
         let m = cache.metrics();
         let line = format!(
-            "{:>4.0} s: {:>10} reads/s, hit {:>6.2} %, served stale {:>5.2} %, {:>7} refreshes, {:>5} errors, {:>6} cached",
+            "{:>4.0} s: {:>10} reads/s, hit {:>6.2} %, served stale {:>5.2} %, {:>7} refreshes, {:>5} errors, {:>6} loads, {:>6} cached",
             started.elapsed().as_secs_f64(),
             total - last_reads,
             m.hit_rate() * 100.0,
             m.stale_hits as f64 / (m.hits.max(1)) as f64 * 100.0,
             m.refreshes,
-            m.refresh_errors,
+            m.refresh_errors + m.load_errors,
+            m.loads,
             cache.len(),
         );
         if terminal {
@@ -486,8 +487,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         m.stale_hits as f64 / m.hits.max(1) as f64 * 100.0
     );
     println!(
+        "| loads (read-through fills), load errors | {}, {} |",
+        m.loads, m.load_errors
+    );
+    println!(
         "| refreshes, refresh errors | {}, {} |",
         m.refreshes, m.refresh_errors
+    );
+    println!(
+        "| fetched and discarded (the key was written meanwhile) | {} |",
+        m.discarded
     );
     println!("| hub calls | {} |", hub.calls.load(Ordering::Relaxed));
     println!(

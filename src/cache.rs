@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::fetcher::{ErasedFetcher, FetchError, Fetcher};
-use crate::flight::{Flight, wait};
+use crate::flight::{Flight, Purpose, wait};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 use crate::metrics::Metrics;
@@ -141,6 +141,14 @@ where
     /// Removes `key`; returns whether it was cached. The listener hears of
     /// it as [`RemovalCause::Invalidated`](crate::RemovalCause).
     ///
+    /// A fetch of the key under way (by [`get_or_fetch`](Self::get_or_fetch),
+    /// [`refresh`](Self::refresh) or the refresher) is fenced, whether or not
+    /// the key was cached: its value is not stored, and a caller who asks
+    /// after this returns starts a fetch of its own rather than join it.
+    /// [`remove`](Self::remove), [`retain`](Self::retain),
+    /// [`invalidate_if`](Self::invalidate_if) and [`clear`](Self::clear)
+    /// fence the keys they remove the same way.
+    ///
     /// ```
     /// # use swr_cache::Cache;
     /// let cache: Cache<String, u32> = Cache::builder().build()?;
@@ -229,8 +237,10 @@ where
         }
     }
 
-    /// Removes every entry. Shards are emptied one after another, so a
-    /// write to a shard already emptied may stand when `clear` returns.
+    /// Removes every entry, and fences every fetch under way (see
+    /// [`invalidate`](Self::invalidate)). Shards are emptied one after
+    /// another, so a write to a shard already emptied may stand when `clear`
+    /// returns.
     pub fn clear(&self) {
         self.inner.clear();
     }
@@ -482,6 +492,11 @@ where
     /// # }
     /// ```
     ///
+    /// If the key is written or removed while the fetch is under way, the
+    /// write stands, or the key stays removed: the fetched value is still
+    /// returned to those who asked before, but not cached (counted in
+    /// [`Metrics::discarded`]).
+    ///
     /// # Errors
     /// The fetch's [`FetchError`]; nothing is cached then.
     pub async fn get_or_fetch<Q>(&self, key: &Q) -> Result<V, FetchError>
@@ -492,7 +507,7 @@ where
         if let Some(value) = self.get(key) {
             return Ok(value);
         }
-        self.fetch_now(K::from(key.to_owned())).await
+        self.fetch_now(K::from(key.to_owned()), Purpose::Load).await
     }
 
     /// Revalidates `key` now: fetches it (joining a fetch already under way)
@@ -521,12 +536,13 @@ where
         K: Borrow<Q> + From<Q::Owned>,
         Q: ToOwned + Hash + Eq + ?Sized,
     {
-        self.fetch_now(K::from(key.to_owned())).await
+        self.fetch_now(K::from(key.to_owned()), Purpose::Forced)
+            .await
     }
 
-    async fn fetch_now(&self, key: K) -> Result<V, FetchError> {
+    async fn fetch_now(&self, key: K, purpose: Purpose) -> Result<V, FetchError> {
         let runtime = Handle::try_current().map_err(|_| FetchError::NoRuntime)?;
-        match self.inner.join_or_start_flight(key)? {
+        match self.inner.join_or_start_flight(key, purpose)? {
             Flight::Joined(flight) => wait(flight).await,
             // Spawned, not awaited here: the fetch finishes and fills the
             // cache even if every caller waiting on it goes away.
@@ -534,6 +550,7 @@ where
                 .spawn(drive)
                 .await
                 .unwrap_or(Err(FetchError::Cancelled)),
+            Flight::Gone => unreachable!("only a background refresh skips an absent key"),
         }
     }
 

@@ -2,24 +2,39 @@
 //! asks for that key meanwhile (the refresher, [`Cache::refresh`] and
 //! [`Cache::get_or_fetch`]), and the install of its result.
 //!
-//! A fetch of a cached key installs its value only if the entry still has the
-//! version it started from: a newer write wins and its value stands, and a key
-//! removed meanwhile stays removed (and if added again, it has a new version).
-//! A fetch of an uncached key (read-through) inserts its value only if the key
-//! is still absent.
+//! # What a fetch may install
+//!
+//! - A fetch of a cached key (a refresh) installs its value only if the entry
+//!   still has the version it started from: a newer write wins and its value
+//!   stands, and a key removed meanwhile stays removed (and if added again,
+//!   it has a new version).
+//! - A fetch of an uncached key (a load, by `get_or_fetch` or a forced
+//!   `refresh`) inserts its value only if the key is still absent, and only
+//!   if no `invalidate`, `remove` or `clear` of the key came since the fetch
+//!   began: those *fence* the flight. The fence is a flag of the flight, set
+//!   before the invalidation takes its shard lock and read under the shard
+//!   lock the insert takes, so either the insert comes first and the
+//!   invalidation removes it, or the insert sees the fence and stores
+//!   nothing.
+//! - A fenced flight also leaves the map of flights at once, so a caller
+//!   who asks after the invalidation starts a new fetch instead of joining
+//!   the old one and getting its value.
+//! - The background refresher never loads: a key it finds gone when its
+//!   flight would start is left alone.
 //!
 //! [`Cache::refresh`]: crate::Cache::refresh
 //! [`Cache::get_or_fetch`]: crate::Cache::get_or_fetch
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
 use crate::fetcher::{FetchError, Fetched, run_fetch};
-use crate::inner::{FlightReceiver, Inner};
+use crate::inner::{FlightReceiver, FlightSlot, Inner};
 use crate::metrics::Counter;
 use crate::removal::{RemovalCause, Removed};
 use crate::store::{Install, Installed, Version, Write, Written};
@@ -27,12 +42,25 @@ use crate::store::{Install, Installed, Version, Write, Written};
 /// What a fetch started from: the value and version of a cached key.
 type Start<V> = Option<(V, Version)>;
 
+/// Why a flight is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// `get_or_fetch`: load the key if it is not cached.
+    Load,
+    /// `refresh`: revalidate the key now, loading it if it is not cached.
+    Forced,
+    /// The background refresher: revalidate a cached key, never load one.
+    Refresh,
+}
+
 /// A flight joined or started by [`Inner::join_or_start_flight`].
 pub(crate) enum Flight<V, D> {
     /// A fetch was under way: wait on its receiver.
     Joined(FlightReceiver<V>),
     /// No fetch was: this future drives the new one, and returns its result.
     Started(D),
+    /// A background refresh of a key that is no longer cached: nothing to do.
+    Gone,
 }
 
 /// Waits for a flight's result.
@@ -58,6 +86,7 @@ where
     pub(crate) fn join_or_start_flight(
         self: &Arc<Self>,
         key: K,
+        purpose: Purpose,
     ) -> Result<Flight<V, impl Future<Output = Result<V, FetchError>> + Send + 'static>, FetchError>
     {
         let fetcher = self
@@ -66,17 +95,33 @@ where
             .ok_or(FetchError::NoFetcher)?
             .0
             .clone();
+        let read_start = || {
+            self.store
+                .read(&key, |node| (node.value.clone(), node.version))
+        };
+        // A refresh reads what it starts from first, and starts nothing for
+        // a key already gone; a load joins the map first, so an invalidation
+        // from then on fences it.
+        let early: Option<Start<V>> = match purpose {
+            Purpose::Refresh => match read_start() {
+                None => return Ok(Flight::Gone),
+                start => Some(start),
+            },
+            Purpose::Load | Purpose::Forced => None,
+        };
+        let fence = Arc::new(AtomicBool::new(false));
         let (publish, receiver) = match self.flights.entry(key.clone()) {
-            Entry::Occupied(flight) => return Ok(Flight::Joined(flight.get().clone())),
+            Entry::Occupied(flight) => return Ok(Flight::Joined(flight.get().result.clone())),
             Entry::Vacant(slot) => {
                 let (publish, receiver) = watch::channel(None);
-                slot.insert(receiver.clone());
+                slot.insert(FlightSlot {
+                    result: receiver.clone(),
+                    fence: Arc::clone(&fence),
+                });
                 (publish, receiver)
             }
         };
-        let start: Start<V> = self
-            .store
-            .read(&key, |node| (node.value.clone(), node.version));
+        let start = early.unwrap_or_else(read_start);
         let landing = FlightLanding {
             cache: Arc::downgrade(self),
             key: key.clone(),
@@ -88,7 +133,7 @@ where
             let from = start.map(|(_, version)| version);
             let outcome = run_fetch(fetcher.fetch(key, current), timeout).await;
             let result = match landing.cache.upgrade() {
-                Some(cache) => cache.install(&landing.key, from, outcome),
+                Some(cache) => cache.install(&landing.key, from, outcome, &fence),
                 None => Err(FetchError::Cancelled),
             };
             // Leave the map before publishing, so a caller who sees the
@@ -101,19 +146,44 @@ where
         Ok(Flight::Started(drive))
     }
 
+    /// Fences the flight of `key`, if one is under way: it will install
+    /// nothing, and leaves the map so that no one joins it any more. Called
+    /// before the key is removed from the store.
+    pub(crate) fn fence<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some((_, slot)) = self.flights.remove(key) {
+            slot.fence.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Fences every flight under way; for `clear`.
+    pub(crate) fn fence_all(&self) {
+        self.flights.retain(|_, slot| {
+            slot.fence.store(true, Ordering::SeqCst);
+            false
+        });
+    }
+
     /// Installs a fetch's outcome and counts it; returns the value the cache
     /// now holds for the key (a newer write's, if one won), or the error.
-    /// `from` is the version the fetch started from, `None` for a read-through.
+    /// `from` is the version the fetch started from, `None` for a load.
     fn install(
         &self,
         key: &K,
         from: Option<Version>,
         outcome: Result<Fetched<V>, FetchError>,
+        fence: &AtomicBool,
     ) -> Result<V, FetchError> {
         let fetched = match outcome {
             Ok(fetched) => fetched,
             Err(error) => {
-                self.counters.incr(Counter::RefreshErrors);
+                self.counters.incr(match from {
+                    None => Counter::LoadErrors,
+                    Some(_) => Counter::RefreshErrors,
+                });
                 tracing::warn!(%error, "fetch failed; the cached value, if any, is kept");
                 return Err(error);
             }
@@ -121,27 +191,29 @@ where
         let Some(from) = from else {
             return match fetched {
                 Fetched::Value(value) => {
-                    self.counters.incr(Counter::Refreshes);
-                    if !self.is_disabled() {
-                        // Only if still absent: a write meanwhile wins.
-                        if let Written::Refused(..) =
-                            self.write(key.clone(), value.clone(), Write::IfAbsent)
-                        {
-                            if let Some(newer) = self.store.read(key, |n| n.value.clone()) {
-                                return Ok(newer);
-                            }
+                    if self.is_disabled() {
+                        return Ok(value);
+                    }
+                    // Only if still absent and not fenced: a write or an
+                    // invalidation meanwhile wins.
+                    match self.write_fenced(key.clone(), value.clone(), Write::IfAbsent, fence) {
+                        Written::Refused(..) => {
+                            self.counters.incr(Counter::Discarded);
+                            Ok(self.store.read(key, |n| n.value.clone()).unwrap_or(value))
+                        }
+                        Written::Added | Written::Replaced => {
+                            self.counters.incr(Counter::Loads);
+                            Ok(value)
                         }
                     }
-                    Ok(value)
                 }
                 Fetched::Unchanged => {
-                    self.counters.incr(Counter::RefreshErrors);
+                    self.counters.incr(Counter::LoadErrors);
                     tracing::warn!("fetcher answered Unchanged for a key the cache does not hold");
                     Err(FetchError::NothingToKeep)
                 }
             };
         };
-        self.counters.incr(Counter::Refreshes);
         let (update, fresh) = match fetched {
             Fetched::Value(value) => {
                 let weight = self.weigh(key, &value);
@@ -155,6 +227,7 @@ where
             .install(key, from, update, self.write_stamp(), &mut removed);
         let result = match installed {
             Installed::Done(old) => {
+                self.counters.incr(Counter::Refreshes);
                 if let Some(old) = old {
                     removed.push(key.clone(), old, RemovalCause::Replaced);
                 }
@@ -167,6 +240,7 @@ where
                 }
             }
             Installed::Superseded(stale) => {
+                self.counters.incr(Counter::Discarded);
                 drop(stale);
                 // Removed meanwhile (it stays removed), or a newer write won.
                 match self.store.read(key, |n| n.value.clone()) {
@@ -175,6 +249,7 @@ where
                 }
             }
             Installed::Overweight(value) => {
+                self.counters.incr(Counter::Refreshes);
                 removed.push(key.clone(), value, RemovalCause::Evicted);
                 fresh.ok_or(FetchError::NothingToKeep)
             }
@@ -185,7 +260,8 @@ where
     }
 }
 
-/// Removes a flight from the map when its fetch ends or is dropped.
+/// Removes a flight from the map when its fetch ends or is dropped, unless
+/// a fence removed it already (and another flight of the key may be there).
 struct FlightLanding<K, V, S>
 where
     K: Hash + Eq,
@@ -203,9 +279,9 @@ where
 {
     fn drop(&mut self) {
         if let Some(cache) = self.cache.upgrade() {
-            cache
-                .flights
-                .remove_if(&self.key, |_, flight| flight.same_channel(&self.receiver));
+            cache.flights.remove_if(&self.key, |_, flight| {
+                flight.result.same_channel(&self.receiver)
+            });
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -22,13 +22,20 @@ use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::{RefreshMarks, Refresher};
 use crate::removal::{Listener, RemovalCause, Removed, Weigher};
 use crate::settings::{ConfigChange, ConfigError, Settings};
-use crate::store::{Refusal, Store, Write, Written, shard_count};
+use crate::store::{Entry, Refusal, Store, Write, Written, shard_count};
 
 /// The outcome of one fetch, once it has one.
 pub(crate) type Outcome<V> = Option<Result<V, FetchError>>;
 
 /// Where a fetch's result will appear.
 pub(crate) type FlightReceiver<V> = watch::Receiver<Outcome<V>>;
+
+/// A fetch under way, as the map of flights holds it.
+pub(crate) struct FlightSlot<V> {
+    pub(crate) result: FlightReceiver<V>,
+    /// Set by an invalidation of the key: the fetch's value is not stored.
+    pub(crate) fence: Arc<AtomicBool>,
+}
 
 /// What every `get` reads besides the store, alone on its cache line(s):
 /// written only by `configure` and the refresher's clock ticks.
@@ -51,7 +58,7 @@ pub(crate) struct Inner<K, V, S> {
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     /// The fetch under way for each key being fetched.
-    pub(crate) flights: DashMap<K, FlightReceiver<V>, S>,
+    pub(crate) flights: DashMap<K, FlightSlot<V>, S>,
     pub(crate) refresher: Refresher<K>,
 }
 
@@ -167,12 +174,44 @@ where
 
     /// [`Inner::write`], marking the entry stale whatever its age if `stale`.
     pub(crate) fn write_as(&self, key: K, value: V, how: Write, stale: bool) -> Written<(), ()> {
+        self.write_entry(key, value, how, stale, None)
+    }
+
+    /// [`Inner::write`] of a fetch's value, refused if `fence` is set when
+    /// the key's shard lock is taken.
+    pub(crate) fn write_fenced(
+        &self,
+        key: K,
+        value: V,
+        how: Write,
+        fence: &AtomicBool,
+    ) -> Written<(), ()> {
+        self.write_entry(key, value, how, false, Some(fence))
+    }
+
+    fn write_entry(
+        &self,
+        key: K,
+        value: V,
+        how: Write,
+        stale: bool,
+        fence: Option<&AtomicBool>,
+    ) -> Written<(), ()> {
         let weight = self.weigh(&key, &value);
         let now = self.write_stamp();
         let mut removed = Removed::new();
-        let written = self
-            .store
-            .write(key, value, weight, now, stale, how, &mut removed);
+        let written = self.store.write(
+            Entry {
+                key,
+                value,
+                weight,
+                now,
+                stale,
+            },
+            how,
+            fence,
+            &mut removed,
+        );
         let replaced_one = removed.count(RemovalCause::Replaced) > 0;
         let written = match written {
             Written::Added => {
@@ -245,6 +284,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.fence(key);
         let Some((key, value)) = self.store.remove(key, |_| true) else {
             return false;
         };
@@ -261,6 +301,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.fence(key);
         let (key, value) = self.store.remove(key, |_| true)?;
         self.counters.incr(Counter::Invalidations);
         if self.listener.is_some() {
@@ -282,6 +323,7 @@ where
                 if !remove(&key, &value) {
                     continue;
                 }
+                self.fence(&key);
                 let Some((key, value)) = self.store.remove(&key, |n| n.version == version) else {
                     continue;
                 };
@@ -297,6 +339,7 @@ where
 
     /// Removes every entry.
     pub(crate) fn clear(&self) {
+        self.fence_all();
         let mut removed = Removed::new();
         self.store.clear(&mut removed);
         self.count_removed(&removed);

@@ -43,10 +43,19 @@ pub struct Metrics {
     pub evictions: u64,
     /// Entries removed by `invalidate` or `clear`.
     pub invalidations: u64,
-    /// Fetches that succeeded and renewed an entry.
+    /// Refreshes (by the refresher, or forced by `refresh` for a cached
+    /// key) whose result was installed: a new value, or the old one renewed.
     pub refreshes: u64,
-    /// Fetches that failed, timed out or panicked.
+    /// Refreshes that failed, timed out or panicked; the cached value stays.
     pub refresh_errors: u64,
+    /// Loads (read-throughs of a key not cached, by `get_or_fetch` or
+    /// `refresh`) whose value was stored.
+    pub loads: u64,
+    /// Loads that failed, timed out or panicked.
+    pub load_errors: u64,
+    /// Fetched values not stored because the key was written, invalidated,
+    /// removed or cleared since the fetch began.
+    pub discarded: u64,
     /// Calls of the eviction listener that panicked (each caught; the cache
     /// carried on).
     pub listener_panics: u64,
@@ -63,7 +72,8 @@ pub struct Metrics {
 /// assert_eq!(
 ///     cache.metrics().to_string(),
 ///     "2 requests: 1 hit (50.0 %, 0 stale), 1 miss; 1 insert, 0 updates, \
-///      0 evictions, 0 invalidations; 0 refreshes, 0 refresh errors"
+///      0 evictions, 0 invalidations; 0 loads, 0 load errors, \
+///      0 refreshes, 0 refresh errors"
 /// );
 /// # Ok::<(), swr_cache::ConfigError>(())
 /// ```
@@ -73,7 +83,8 @@ impl std::fmt::Display for Metrics {
             |n: u64, one: &'static str, many: &'static str| if n == 1 { one } else { many };
         write!(
             f,
-            "{} {}: {} {} ({:.1} %, {} stale), {} {}; {} {}, {} {}, {} {}, {} {}; {} {}, {} {}",
+            "{} {}: {} {} ({:.1} %, {} stale), {} {}; {} {}, {} {}, {} {}, {} {}; \
+             {} {}, {} {}, {} {}, {} {}",
             self.requests(),
             plural(self.requests(), "request", "requests"),
             self.hits,
@@ -90,11 +101,18 @@ impl std::fmt::Display for Metrics {
             plural(self.evictions, "eviction", "evictions"),
             self.invalidations,
             plural(self.invalidations, "invalidation", "invalidations"),
+            self.loads,
+            plural(self.loads, "load", "loads"),
+            self.load_errors,
+            plural(self.load_errors, "load error", "load errors"),
             self.refreshes,
             plural(self.refreshes, "refresh", "refreshes"),
             self.refresh_errors,
             plural(self.refresh_errors, "refresh error", "refresh errors"),
         )?;
+        if self.discarded > 0 {
+            write!(f, "; {} discarded", self.discarded)?;
+        }
         if self.listener_panics > 0 {
             write!(f, "; {} listener panics", self.listener_panics)?;
         }
@@ -129,10 +147,13 @@ pub(crate) enum Counter {
     Invalidations,
     Refreshes,
     RefreshErrors,
+    Loads,
+    LoadErrors,
+    Discarded,
     ListenerPanics,
 }
 
-const COUNTERS: usize = 10;
+const COUNTERS: usize = 13;
 
 /// Stripes shared by threads whose id has no exclusive stripe.
 const SHARED_STRIPES: usize = 8;
@@ -204,6 +225,9 @@ impl Counters {
             invalidations: sum(Counter::Invalidations),
             refreshes: sum(Counter::Refreshes),
             refresh_errors: sum(Counter::RefreshErrors),
+            loads: sum(Counter::Loads),
+            load_errors: sum(Counter::LoadErrors),
+            discarded: sum(Counter::Discarded),
             listener_panics: sum(Counter::ListenerPanics),
         }
     }
@@ -221,6 +245,9 @@ impl Counters {
             invalidations: t.invalidations.wrapping_sub(baseline.invalidations),
             refreshes: t.refreshes.wrapping_sub(baseline.refreshes),
             refresh_errors: t.refresh_errors.wrapping_sub(baseline.refresh_errors),
+            loads: t.loads.wrapping_sub(baseline.loads),
+            load_errors: t.load_errors.wrapping_sub(baseline.load_errors),
+            discarded: t.discarded.wrapping_sub(baseline.discarded),
             listener_panics: t.listener_panics.wrapping_sub(baseline.listener_panics),
         }
     }

@@ -371,10 +371,11 @@ async fn an_invalidate_during_a_refresh_keeps_the_key_absent() {
     assert_eq!(upstream.running.load(Ordering::SeqCst), 0);
     assert!(!cache.contains_key("k"));
     assert_eq!(cache.len(), 0);
+    let m = cache.metrics();
     assert_eq!(
-        cache.metrics().refreshes,
-        1,
-        "the fetch succeeded, into a removed entry"
+        (m.refreshes, m.discarded),
+        (0, 1),
+        "the fetch succeeded, into a removed entry: discarded"
     );
 }
 
@@ -396,7 +397,7 @@ async fn get_or_fetch_makes_one_fetch_for_concurrent_misses() {
     );
     assert_eq!(cache.get("k").as_deref(), Some("k@v0"));
     let m = cache.metrics();
-    assert_eq!((m.inserts, m.refreshes), (1, 1));
+    assert_eq!((m.inserts, m.loads, m.refreshes), (1, 1, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -419,7 +420,8 @@ async fn get_or_fetch_shares_one_error() {
         "{results:?}"
     );
     assert!(!cache.contains_key("k"));
-    assert_eq!(cache.metrics().refresh_errors, 1);
+    let m = cache.metrics();
+    assert_eq!((m.load_errors, m.refresh_errors), (1, 0));
 
     upstream.set_failing(false);
     assert_eq!(
@@ -732,7 +734,8 @@ async fn unchanged_for_an_uncached_key_is_an_error() {
         Err(FetchError::NothingToKeep)
     ));
     assert!(!cache.contains_key("k"));
-    assert_eq!(cache.metrics().refresh_errors, 1);
+    let m = cache.metrics();
+    assert_eq!((m.load_errors, m.refresh_errors), (1, 0));
 }
 
 #[tokio::test(start_paused = true)]

@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use super::requests::{Control, NUDGE_CAPACITY, Queued, Run, Signals};
 use crate::clock::{Nanos, duration_to_nanos};
 use crate::fetcher::FetchError;
-use crate::flight::{Flight, wait};
+use crate::flight::{Flight, Purpose, wait};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 
@@ -257,15 +257,14 @@ where
             let Some(queued) = self.queue.pop_front() else {
                 break;
             };
-            if inner.store.read(&queued.key, |_| ()).is_none() {
-                continue;
-            }
             let key = queued.key.clone();
             // Start refuses to run without a fetcher, so a flight always starts.
-            let Ok(flight) = inner.join_or_start_flight(key) else {
+            let Ok(flight) = inner.join_or_start_flight(key, Purpose::Refresh) else {
                 continue;
             };
             match flight {
+                // Removed since it was queued: left alone, not loaded again.
+                Flight::Gone => continue,
                 Flight::Started(drive) => self.fetching.spawn(async move { (queued, drive.await) }),
                 Flight::Joined(flight) => self
                     .fetching

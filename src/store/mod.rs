@@ -33,7 +33,7 @@ mod sketch;
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::PoisonError;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) use node::{Node, Version};
 pub(crate) use shard::{Install, Installed, Refusal, Write, Written};
@@ -56,6 +56,16 @@ pub(crate) const MIN_PER_SHARD: u64 = 1024;
 /// its own, so a lock written by one core does not slow another's reads.
 #[repr(align(128))]
 struct Padded<T>(T);
+
+/// An entry to write, weighed (at least 1) and stamped before the lock.
+pub(crate) struct Entry<K, V> {
+    pub(crate) key: K,
+    pub(crate) value: V,
+    pub(crate) weight: u64,
+    pub(crate) now: Nanos,
+    /// Stale whatever its age, until next written (a snapshot loaded stale).
+    pub(crate) stale: bool,
+}
 
 /// Where a key lives: its shard and its fingerprint there.
 #[derive(Clone, Copy)]
@@ -211,29 +221,32 @@ where
         result
     }
 
-    /// Writes `value` for `key` as `how` says; `weight` is at least 1, and
-    /// a `stale` entry is stale whatever its age until next written.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `entry` as `how` says. With a `fence`, the write is refused
+    /// ([`Refusal::Fenced`]) if the fence is set when the shard's lock is
+    /// taken: whoever sets it before removing the key under that lock is
+    /// sure the write either came before the removal or does not happen.
     pub(crate) fn write(
         &self,
-        key: K,
-        value: V,
-        weight: u64,
-        now: Nanos,
-        stale: bool,
+        entry: Entry<K, V>,
         how: Write,
+        fence: Option<&AtomicBool>,
         out: &mut Removed<K, V>,
     ) -> Written<K, V> {
-        let at = self.locate(&key);
-        let entry = Incoming {
+        let at = self.locate(&entry.key);
+        let incoming = Incoming {
             fingerprint: at.fingerprint,
-            key,
-            value,
-            weight,
-            now,
-            stale,
+            key: entry.key,
+            value: entry.value,
+            weight: entry.weight,
+            now: entry.now,
+            stale: entry.stale,
         };
-        self.change(at.shard, |shard| shard.write(entry, how, out))
+        self.change(at.shard, |shard| {
+            if fence.is_some_and(|f| f.load(Ordering::SeqCst)) {
+                return Written::Refused(incoming.key, incoming.value, Refusal::Fenced);
+            }
+            shard.write(incoming, how, out)
+        })
     }
 
     /// Installs a refresh's result for `key` over version `from` only.

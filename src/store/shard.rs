@@ -106,6 +106,9 @@ pub(crate) enum Refusal {
     /// The entry alone weighs more than the shard holds. A present value of
     /// the key was removed (reported as replaced).
     Overweight,
+    /// The write's fence was set: the key was invalidated since the value
+    /// was fetched.
+    Fenced,
 }
 
 /// What a write did.
