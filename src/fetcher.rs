@@ -150,9 +150,10 @@ where
     V: Send + 'static,
 {
     fn fetch(self: Arc<Self>, key: K, _current: Option<V>) -> FetchFuture<V> {
-        let fetching = (self.0)(key);
+        // The closure is called in the first poll, not here, so that a panic
+        // before it returns its future is caught like one inside it.
         Box::pin(async move {
-            fetching
+            (self.0)(key)
                 .await
                 .map(Fetched::Value)
                 .map_err(|e| FetchError::Failed(Arc::from(e.into())))

@@ -186,6 +186,45 @@ async fn a_panicking_fetcher_keeps_the_stale_value_and_the_task_lives() {
     );
 }
 
+/// A closure that panics before it returns its future: caught like a panic
+/// inside it, counted, and backed off rather than retried every interval.
+#[tokio::test(start_paused = true)]
+async fn a_closure_panicking_before_its_future_is_caught_counted_and_backed_off() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Some(TTL))
+        .refresh_interval(INTERVAL)
+        .max_retry_backoff(Duration::from_secs(64))
+        .fetcher({
+            let calls = calls.clone();
+            move |_key: String| -> std::future::Ready<Result<String, std::io::Error>> {
+                calls.fetch_add(1, Ordering::SeqCst);
+                panic!("fetcher bug before the future")
+            }
+        })
+        .build()
+        .unwrap();
+    assert!(matches!(
+        cache.get_or_fetch("absent").await,
+        Err(FetchError::Panicked(message)) if message == "fetcher bug before the future"
+    ));
+    assert_eq!(cache.metrics().load_errors, 1);
+
+    cache.insert("k".into(), "old".into());
+    cache.start().unwrap();
+    calls.store(0, Ordering::SeqCst);
+    // Backoff doubles from one interval: retries after about 1, 2, 4, 8,
+    // 16 s (each jittered down by up to half), so at most 6 calls in 40 s,
+    // where one per interval would be 30.
+    sleep(TTL + Duration::from_secs(30)).await;
+    let calls = calls.load(Ordering::SeqCst);
+    assert!((2..=6).contains(&calls), "{calls} calls");
+    let m = cache.metrics();
+    assert_eq!(m.refresh_errors as usize, calls, "{m}");
+    assert_eq!(cache.get("k").as_deref(), Some("old"));
+    assert!(cache.is_refreshing());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hanging_fetcher_times_out_keeps_the_stale_value_and_the_task_lives() {
     let hanging = Arc::new(AtomicBool::new(true));
