@@ -11,7 +11,7 @@
 //! staleness against that. With no refresher ticking, `recent` reads the
 //! precise time instead, so staleness is never judged against a frozen clock.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,9 +25,17 @@ pub(crate) struct Clock {
     recent: AtomicU64,
     /// The longest the ticker waits between two ticks, as it last said.
     period: AtomicU64,
-    /// Whether a refresher task is keeping `recent` up to date.
-    ticking: AtomicBool,
+    /// The ticker keeping `recent` up to date: 0 for none, else the number
+    /// [`Clock::start_ticking`] gave it, so that a ticker that ends late
+    /// (its task dropped after a newer one started) cannot stop the newer.
+    ticker: AtomicU64,
+    /// The last number given to a ticker.
+    tickers: AtomicU64,
 }
+
+/// A ticker's number, from [`Clock::start_ticking`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticker(u64);
 
 impl Clock {
     pub(crate) fn new() -> Self {
@@ -35,7 +43,8 @@ impl Clock {
             base: Instant::now(),
             recent: AtomicU64::new(0),
             period: AtomicU64::new(0),
-            ticking: AtomicBool::new(false),
+            ticker: AtomicU64::new(0),
+            tickers: AtomicU64::new(0),
         }
     }
 
@@ -45,10 +54,15 @@ impl Clock {
         duration_to_nanos(Instant::now().saturating_duration_since(self.base))
     }
 
+    #[inline]
+    fn is_ticking(&self) -> bool {
+        self.ticker.load(Ordering::Relaxed) != 0
+    }
+
     /// The time as of the last tick while a ticker runs, else the precise time.
     #[inline]
     pub(crate) fn recent(&self) -> Nanos {
-        if self.ticking.load(Ordering::Relaxed) {
+        if self.is_ticking() {
             self.recent.load(Ordering::Relaxed)
         } else {
             self.now()
@@ -62,7 +76,7 @@ impl Clock {
     /// before its TTL, and at worst two periods after.
     #[inline]
     pub(crate) fn stamp(&self) -> Nanos {
-        if self.ticking.load(Ordering::Relaxed) {
+        if self.is_ticking() {
             let period = self.period.load(Ordering::Relaxed);
             self.recent.load(Ordering::Relaxed).saturating_add(period)
         } else {
@@ -90,13 +104,27 @@ impl Clock {
         now
     }
 
-    /// Marks whether a ticker keeps [`Clock::recent`] current. Ticks first, so
-    /// the coarse time is never older than the moment the ticker started.
-    pub(crate) fn set_ticking(&self, ticking: bool) {
-        if ticking {
-            self.tick();
-        }
-        self.ticking.store(ticking, Ordering::Relaxed);
+    /// Marks a new ticker as keeping [`Clock::recent`] current, in place of
+    /// any other. Ticks first, so the coarse time is never older than the
+    /// moment the ticker started.
+    pub(crate) fn start_ticking(&self) -> Ticker {
+        self.tick();
+        let ticker = self.tickers.fetch_add(1, Ordering::Relaxed) + 1;
+        self.ticker.store(ticker, Ordering::Relaxed);
+        Ticker(ticker)
+    }
+
+    /// No ticker keeps the coarse time any more: reads go back to the
+    /// precise clock.
+    pub(crate) fn stop_ticking(&self) {
+        self.ticker.store(0, Ordering::Relaxed);
+    }
+
+    /// [`Clock::stop_ticking`], if `ticker` is still the one ticking.
+    pub(crate) fn stop_ticking_if(&self, ticker: Ticker) {
+        let _ = self
+            .ticker
+            .compare_exchange(ticker.0, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The instant a [`Nanos`] reading stands for, for tokio timers.
@@ -119,7 +147,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(clock.recent(), 1_000_000_000);
 
-        clock.set_ticking(true);
+        let ticker = clock.start_ticking();
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
             clock.recent(),
@@ -129,8 +157,21 @@ mod tests {
         clock.tick();
         assert_eq!(clock.recent(), 2_000_000_000);
 
-        clock.set_ticking(false);
+        clock.stop_ticking_if(ticker);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(clock.recent(), 3_000_000_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ticker_that_ends_late_does_not_stop_a_newer_one() {
+        let clock = Clock::new();
+        let old = clock.start_ticking();
+        clock.stop_ticking();
+        let new = clock.start_ticking();
+        clock.stop_ticking_if(old);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(clock.recent(), 0, "still coarse: the new ticker runs");
+        clock.stop_ticking_if(new);
+        assert_eq!(clock.recent(), 1_000_000_000);
     }
 }

@@ -10,6 +10,9 @@ use swr_cache::{Cache, ConfigChange, FetchError, Fetched, Fetcher, StartError};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep};
 
+#[path = "support/watchdog.rs"]
+mod watchdog;
+
 const TTL: Duration = Duration::from_secs(10);
 const INTERVAL: Duration = Duration::from_secs(1);
 
@@ -632,6 +635,58 @@ async fn shutdown_stops_the_task_without_awaiting() {
     );
     sleep(TTL * 3).await;
     assert_eq!(upstream.calls(), 0);
+}
+
+/// The refresher's runtime is dropped without `stop()`: reads go back to
+/// the precise clock, so entries still go stale. In real time (the runtime
+/// and its paused clock are what goes away), under a watchdog.
+#[test]
+fn reads_see_entries_go_stale_after_the_refreshers_runtime_is_dropped() {
+    watchdog::within("dropped runtime", || {
+        let ttl = Duration::from_millis(50);
+        let upstream = Upstream::default();
+        let upstream_for_fetch = upstream.clone();
+        let cache: Cache<String, String> = Cache::builder()
+            .ttl(ttl)
+            .refresh_interval(Duration::from_secs(3600))
+            .refresh_on_read(false)
+            .fetcher(move |key: String| {
+                let upstream = upstream_for_fetch.clone();
+                async move { upstream.fetch(key, Duration::ZERO).await }
+            })
+            .build()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        cache.start_on(runtime.handle()).unwrap();
+        runtime.block_on(async { sleep(Duration::from_millis(5)).await });
+        cache.insert("k".into(), "v".into());
+        drop(runtime);
+        assert!(!cache.is_refreshing());
+
+        std::thread::sleep(ttl * 2);
+        assert_eq!(cache.get("k").as_deref(), Some("v"));
+        assert_eq!(
+            cache.metrics().stale_hits,
+            1,
+            "the read clock stopped with the runtime"
+        );
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        cache.start_on(runtime.handle()).unwrap();
+        assert!(cache.is_refreshing(), "a new runtime runs a new task");
+        runtime.block_on(async {
+            while cache.peek("k").as_deref() != Some("k@v0") {
+                sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert_eq!(upstream.calls(), 1);
+    });
 }
 
 #[tokio::test(start_paused = true)]

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::requests::{Control, NUDGE_CAPACITY, Queued, Run, Signals};
-use crate::clock::{Nanos, duration_to_nanos};
+use crate::clock::{Nanos, Ticker, duration_to_nanos};
 use crate::fetcher::FetchError;
 use crate::flight::{Flight, Purpose, wait};
 use crate::hasher::DefaultBuildHasher;
@@ -89,7 +89,7 @@ where
     fn take_run(&self, control: &mut Control) -> Option<Run> {
         self.refresher.nudging.store(false, Ordering::Relaxed);
         self.refresher.nudges.store(None);
-        self.read.clock.set_ticking(false);
+        self.read.clock.stop_ticking();
         control.run.take()
     }
 
@@ -103,15 +103,37 @@ where
         self.read
             .clock
             .set_period(tick_period(self.ttl_nanos(), interval));
-        self.read.clock.set_ticking(true);
+        let ticking = Ticking {
+            cache: Arc::downgrade(self),
+            ticker: self.read.clock.start_ticking(),
+        };
         let signals = Arc::new(Signals::default());
         let task = runtime.spawn(run_refresher(
             Arc::downgrade(self),
             Arc::clone(&signals),
             nudged,
             self.store.hasher().clone(),
+            ticking,
         ));
         Run { signals, task }
+    }
+}
+
+/// Owned by the task's future: when the future is dropped, however (the
+/// task stopped, or its runtime shut down or was dropped, even before the
+/// task first ran), the read path goes back to the precise clock, unless a
+/// newer task ticks it by then. Without it, `get` would judge staleness by
+/// a clock nobody ticks any more, and no entry would go stale again.
+struct Ticking<K, V, S> {
+    cache: Weak<Inner<K, V, S>>,
+    ticker: Ticker,
+}
+
+impl<K, V, S> Drop for Ticking<K, V, S> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.cache.upgrade() {
+            inner.read.clock.stop_ticking_if(self.ticker);
+        }
     }
 }
 
@@ -134,6 +156,7 @@ async fn run_refresher<K, V, S>(
     signals: Arc<Signals>,
     mut nudged: mpsc::Receiver<Queued<K>>,
     hasher: S,
+    _ticking: Ticking<K, V, S>,
 ) where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
