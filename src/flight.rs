@@ -59,7 +59,8 @@ pub(crate) enum Flight<V, D> {
     Joined(FlightReceiver<V>),
     /// No fetch was: this future drives the new one, and returns its result.
     Started(D),
-    /// A background refresh of a key that is no longer cached: nothing to do.
+    /// A background refresh of a key the refresher no longer holds
+    /// (removed, or written since it was taken): nothing to do.
     Gone,
 }
 
@@ -100,10 +101,14 @@ where
                 .read(&key, |node| (node.value.clone(), node.version))
         };
         // A refresh reads what it starts from first, and starts nothing for
-        // a key already gone; a load joins the map first, so an invalidation
-        // from then on fences it.
+        // a key the refresher no longer holds (removed, or written since it
+        // was taken); a load joins the map first, so an invalidation from
+        // then on fences it.
         let early: Option<Start<V>> = match purpose {
-            Purpose::Refresh => match read_start() {
+            Purpose::Refresh => match self
+                .store
+                .read_held(&key, |node| (node.value.clone(), node.version))
+            {
                 None => return Ok(Flight::Gone),
                 start => Some(start),
             },

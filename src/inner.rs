@@ -19,10 +19,10 @@ use tokio::sync::watch;
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::fetcher::{ErasedFetcher, FetchError};
 use crate::metrics::{Counter, Counters};
-use crate::refresh::requests::{RefreshMarks, Refresher};
+use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Removed, Weigher};
 use crate::settings::{ConfigChange, ConfigError, Settings};
-use crate::store::{Entry, Refusal, Store, Write, Written, shard_count};
+use crate::store::{Entry, Nudge, Refusal, Store, Write, Written, shard_count};
 
 /// The outcome of one fetch, once it has one.
 pub(crate) type Outcome<V> = Option<Result<V, FetchError>>;
@@ -59,7 +59,7 @@ pub(crate) struct Inner<K, V, S> {
     listener: Option<Listener<K, V>>,
     /// The fetch under way for each key being fetched.
     pub(crate) flights: DashMap<K, FlightSlot<V>, S>,
-    pub(crate) refresher: Refresher<K>,
+    pub(crate) refresher: Refresher,
 }
 
 impl<K, V, S> Inner<K, V, S>
@@ -118,16 +118,21 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let ttl = self.ttl_nanos();
-        let found = self.store.read(key, |node| {
+        let found = self.store.read_in_shard(key, |node, shard| {
             node.meta.touch();
             let stale = ttl != 0 && node.meta.is_stale(self.read.clock.recent(), ttl);
-            if stale {
-                self.refresher.nudge(self, node);
-            }
-            (node.value.clone(), stale)
+            // Only the first reader of a stale value asks for its refresh;
+            // the request is sent once the lock is released.
+            let nudge =
+                (stale && self.refresher.nudging.load(Ordering::Relaxed) && node.meta.try_nudge())
+                    .then(|| Nudge::of(node, shard));
+            (node.value.clone(), stale, nudge)
         });
         match found {
-            Some((value, stale)) => {
+            Some((value, stale, nudge)) => {
+                if let Some(nudge) = nudge {
+                    self.refresher.nudge(nudge);
+                }
                 if stale {
                     self.counters.incr(Counter::StaleHits);
                 }
@@ -369,17 +374,6 @@ where
         self.report(removed);
         self.reconcile_refresher();
         Ok(())
-    }
-}
-
-impl<K, V, S> RefreshMarks<K> for Inner<K, V, S>
-where
-    K: Hash + Eq + Send + Sync,
-    V: Send + Sync,
-    S: BuildHasher + Send + Sync,
-{
-    fn finish_refresh(&self, key: &K) {
-        self.store.read(key, |node| node.meta.finish_refresh());
     }
 }
 

@@ -1,5 +1,10 @@
 //! What a cache allocates, counted by a global allocator: nothing per entry
-//! until entries come, whatever `max_size` says.
+//! until entries come, whatever `max_size` says, and nothing on the read
+//! path.
+//!
+//! The counts are global, so this file runs without the test harness
+//! (`harness = false`): its checks run one after another on the main
+//! thread, with no other test allocating meanwhile.
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
@@ -9,7 +14,23 @@ use swr_cache::{Cache, MAX_SIZE_LIMIT};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-#[test]
+fn main() {
+    let checks: [(&str, fn()); 2] = [
+        (
+            "the_largest_cache_costs_nothing_per_entry_until_used",
+            the_largest_cache_costs_nothing_per_entry_until_used,
+        ),
+        (
+            "stale_reads_allocate_nothing_asking_for_a_refresh_or_while_it_backs_off",
+            stale_reads_allocate_nothing_asking_for_a_refresh_or_while_it_backs_off,
+        ),
+    ];
+    for (name, check) in checks {
+        check();
+        println!("test {name} ... ok");
+    }
+}
+
 fn the_largest_cache_costs_nothing_per_entry_until_used() {
     let region = Region::new(GLOBAL);
     let cache: Cache<u64, u64> = Cache::builder().max_size(MAX_SIZE_LIMIT).build().unwrap();
@@ -23,4 +44,54 @@ fn the_largest_cache_costs_nothing_per_entry_until_used() {
     assert_eq!(cache.len(), 1000);
     let used = region.change().bytes_allocated - built;
     assert!(used < 1000 * 200, "{used} bytes for 1000 entries");
+}
+
+/// The read path asks for a refresh with no key clone and no allocation:
+/// the first stale read of a value leaves a plain record in a list
+/// allocated when the refresher started, and later reads (while the
+/// refresh runs, or backs off after failing) ask nothing more.
+fn stale_reads_allocate_nothing_asking_for_a_refresh_or_while_it_backs_off() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(stale_reads());
+}
+
+async fn stale_reads() {
+    use std::time::Duration;
+    use tokio::time::sleep;
+
+    let cache: Cache<String, u64> = Cache::builder()
+        .ttl(Duration::from_secs(1))
+        .refresh_interval(Duration::from_secs(3600))
+        .max_retry_backoff(Duration::from_secs(3600))
+        .fetcher(|_key: String| async { Err::<u64, _>("upstream down") })
+        .build()
+        .unwrap();
+    cache.insert("k".into(), 1);
+    cache.start().unwrap();
+    sleep(Duration::from_secs(2)).await;
+
+    let region = Region::new(GLOBAL);
+    assert_eq!(cache.get("k"), Some(1));
+    assert_eq!(
+        region.change().allocations,
+        0,
+        "the first stale read allocated"
+    );
+
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(cache.metrics().refresh_errors, 1, "refreshed, and failed");
+    let region = Region::new(GLOBAL);
+    for _ in 0..10_000 {
+        assert_eq!(cache.get("k"), Some(1));
+    }
+    assert_eq!(
+        region.change().allocations,
+        0,
+        "stale reads allocated while the refresh backs off"
+    );
+    assert_eq!(cache.metrics().refresh_errors, 1, "and asked for no retry");
 }

@@ -1,7 +1,10 @@
 //! Refreshing: the cache's side of the refresher (`requests`: where stale
-//! reads queue keys, and the task's handle) and the task that fetches them
-//! (`task`).
+//! reads ask for refreshes, and the task's handle), the task that fetches
+//! them (`task`), what it holds (`held`) and how long a failing key waits
+//! (`backoff`).
 
+mod backoff;
+mod held;
 pub(crate) mod requests;
 pub(crate) mod task;
 

@@ -1,28 +1,32 @@
-//! The cache's side of the refresher: where reads queue stale keys, and the
-//! handle of the task that takes them. Plain data and the read path's one
-//! step (`nudge`); the task itself is in `task.rs`.
+//! The cache's side of the refresher: where reads ask for refreshes, and
+//! the handle of the task that takes them. Plain data and the read path's
+//! one step ([`Refresher::nudge`]); the task itself is in `task.rs`.
+//!
+//! A reader that finds a value stale claims the value's nudge bit under the
+//! shard's read lock (only the first reader of each value wins it), and,
+//! after the lock is released, leaves a [`Nudge`] (shard, fingerprint,
+//! version: no key clone) in a list allocated once, and wakes the task. A
+//! full list drops the request: the value is stale, so the task's next
+//! look at the due values finds it anyway.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwapOption;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::store::Node;
+use crate::store::Nudge;
 
-/// How many refresh-on-read requests wait for the task at most; past that a
-/// stale read queues nothing, and the next interval's pass finds the entry.
+/// How many readers' requests wait for the task at most.
 pub(crate) const NUDGE_CAPACITY: usize = 4096;
 
 /// The cache's side of the refresher.
-pub(crate) struct Refresher<K> {
-    /// Where stale reads queue their entry; `None` while no task runs.
-    pub(crate) nudges: ArcSwapOption<mpsc::Sender<Queued<K>>>,
-    /// Whether `get` should queue stale entries: a task runs and
+pub(crate) struct Refresher {
+    /// Whether `get` should ask for refreshes: a task runs and
     /// refresh-on-read is on. Read before anything else on the stale path.
     pub(crate) nudging: AtomicBool,
+    pub(crate) nudges: Arc<Nudges>,
     control: Mutex<Control>,
 }
 
@@ -54,11 +58,52 @@ impl Signals {
     }
 }
 
-impl<K: Clone + Send + Sync + 'static> Refresher<K> {
+/// Readers' requests waiting for the task, in a list that never grows
+/// past the capacity it was given when the task started.
+#[derive(Default)]
+pub(crate) struct Nudges {
+    waiting: Mutex<Vec<Nudge>>,
+    /// Wakes the task when a request arrives.
+    pub(crate) arrived: Notify,
+}
+
+impl Nudges {
+    fn waiting(&self) -> MutexGuard<'_, Vec<Nudge>> {
+        // A push or swap cannot panic halfway; carry on past the poison.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leaves `nudge` for the task, unless the list is full; no allocation.
+    fn push(&self, nudge: Nudge) {
+        let mut waiting = self.waiting();
+        if waiting.len() < waiting.capacity() {
+            waiting.push(nudge);
+            drop(waiting);
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Empties the list and gives it room for [`NUDGE_CAPACITY`] requests;
+    /// for a task that starts.
+    pub(crate) fn reset(&self) {
+        let mut waiting = self.waiting();
+        waiting.clear();
+        waiting.reserve_exact(NUDGE_CAPACITY);
+    }
+
+    /// Swaps the waiting requests into `into` (emptied first; it should
+    /// have the same room, which the list then keeps).
+    pub(crate) fn take(&self, into: &mut Vec<Nudge>) {
+        into.clear();
+        std::mem::swap(&mut *self.waiting(), into);
+    }
+}
+
+impl Refresher {
     pub(crate) fn new() -> Self {
         Self {
-            nudges: ArcSwapOption::empty(),
             nudging: AtomicBool::new(false),
+            nudges: Arc::default(),
             control: Mutex::new(Control::default()),
         }
     }
@@ -69,70 +114,18 @@ impl<K: Clone + Send + Sync + 'static> Refresher<K> {
         self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues the stale entry `node` for the task, unless it is queued
-    /// already. Called by `get` with the entry's shard read-locked.
-    #[inline]
-    pub(crate) fn nudge<V>(&self, cache: &Arc<impl RefreshMarks<K> + 'static>, node: &Node<K, V>) {
-        if self.nudging.load(Ordering::Relaxed) && node.meta.try_queue_refresh() {
-            let queued = Queued::new(cache, node.key.clone());
-            if let Some(nudges) = &*self.nudges.load() {
-                // A full channel drops the request, and its queued mark; the
-                // mark is cleared here, as `Queued`'s drop would take the
-                // shard lock this thread holds.
-                if let Err(refused) = nudges.try_send(queued) {
-                    node.meta.finish_refresh();
-                    refused.into_inner().disarm();
-                }
-            }
-        }
+    /// Asks the task to refresh a value a reader found stale, and whose
+    /// nudge bit that reader claimed. Called with no lock held.
+    pub(crate) fn nudge(&self, nudge: Nudge) {
+        self.nudges.push(nudge);
     }
 }
 
-impl<K> Drop for Refresher<K> {
+impl Drop for Refresher {
     fn drop(&mut self) {
         let control = self.control.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(run) = control.run.take() {
             run.signals.stop();
-        }
-    }
-}
-
-/// The entry marks a [`Queued`] clears, without the cache's type parameters.
-pub(crate) trait RefreshMarks<K>: Send + Sync {
-    fn finish_refresh(&self, key: &K);
-}
-
-/// A key whose entry is marked as queued for refresh; the mark is cleared
-/// when this is dropped, wherever that happens: refreshed, skipped, or left in
-/// a queue or channel when the task stops.
-pub(crate) struct Queued<K> {
-    cache: Weak<dyn RefreshMarks<K>>,
-    pub(crate) key: K,
-}
-
-impl<K: Send + Sync + 'static> Queued<K> {
-    pub(crate) fn new(cache: &Arc<impl RefreshMarks<K> + 'static>, key: K) -> Self {
-        let cache: Weak<dyn RefreshMarks<K>> = Arc::downgrade(cache) as _;
-        Self { cache, key }
-    }
-
-    /// Drops this without touching the entry's mark.
-    fn disarm(mut self) {
-        self.cache = Weak::<Inert>::new() as _;
-    }
-}
-
-/// Marks nothing: what a disarmed [`Queued`] points to (never allocated).
-struct Inert;
-
-impl<K> RefreshMarks<K> for Inert {
-    fn finish_refresh(&self, _: &K) {}
-}
-
-impl<K> Drop for Queued<K> {
-    fn drop(&mut self) {
-        if let Some(cache) = self.cache.upgrade() {
-            cache.finish_refresh(&self.key);
         }
     }
 }

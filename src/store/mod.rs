@@ -67,6 +67,25 @@ pub(crate) struct Entry<K, V> {
     pub(crate) stale: bool,
 }
 
+/// A reader's request to refresh one value: where it is, and which write
+/// it came from. Plain data, made under the read lock and sent after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Nudge {
+    pub(crate) shard: u32,
+    pub(crate) fingerprint: u32,
+    pub(crate) version: Version,
+}
+
+impl Nudge {
+    pub(crate) fn of<K, V>(node: &Node<K, V>, shard: usize) -> Self {
+        Self {
+            shard: shard as u32,
+            fingerprint: node.fingerprint,
+            version: node.version,
+        }
+    }
+}
+
 /// Where a key lives: its shard and its fingerprint there.
 #[derive(Clone, Copy)]
 struct Located {
@@ -185,6 +204,75 @@ where
         let at = self.locate(key);
         let shard = self.read_lock(at.shard);
         shard.find(at.fingerprint, |k| k.borrow() == key).map(f)
+    }
+
+    /// [`Store::read`], telling `f` the entry's shard too.
+    #[inline]
+    pub(crate) fn read_in_shard<Q, R>(
+        &self,
+        key: &Q,
+        f: impl FnOnce(&Node<K, V>, usize) -> R,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let at = self.locate(key);
+        let shard = self.read_lock(at.shard);
+        shard
+            .find(at.fingerprint, |k| k.borrow() == key)
+            .map(|node| f(node, at.shard))
+    }
+
+    /// Runs `f` on the entry of `key` if the refresher holds it (see
+    /// [`Shard::take_due`]).
+    pub(crate) fn read_held<R>(&self, key: &K, f: impl FnOnce(&Node<K, V>) -> R) -> Option<R> {
+        let at = self.locate(key);
+        let shard = self.read_lock(at.shard);
+        shard.find_held(at.fingerprint, |k| k == key).map(f)
+    }
+
+    /// Whether shard `at` has a value stale at `now`; under its read lock.
+    pub(crate) fn has_due(&self, at: usize, now: Nanos, ttl: Nanos) -> bool {
+        self.read_lock(at).has_due(now, ttl)
+    }
+
+    /// Hands the refresher up to `limit` keys of shard `at` stale at `now`
+    /// ([`Shard::take_due`]); under its write lock, which it holds for as
+    /// many as it takes.
+    pub(crate) fn take_due(&self, at: usize, now: Nanos, ttl: Nanos, limit: usize, out: &mut Vec<K>)
+    where
+        K: Clone,
+    {
+        self.write_lock(at).take_due(now, ttl, limit, out);
+    }
+
+    /// Hands the refresher the key a reader asked it for
+    /// ([`Shard::take_nudged`]).
+    pub(crate) fn take_nudged(&self, nudge: Nudge) -> Option<K>
+    where
+        K: Clone,
+    {
+        let at = nudge.shard as usize;
+        if at >= self.shards.len() {
+            return None;
+        }
+        self.write_lock(at)
+            .take_nudged(nudge.fingerprint, nudge.version)
+    }
+
+    /// Gives `key` back to the due values if the refresher holds it.
+    pub(crate) fn release(&self, key: &K) {
+        let at = self.locate(key);
+        self.write_lock(at.shard)
+            .release(at.fingerprint, |k| k == key);
+    }
+
+    /// Gives every held entry back to the due values, one shard at a time.
+    pub(crate) fn release_all(&self) {
+        for at in 0..self.shards.len() {
+            self.write_lock(at).release_all();
+        }
     }
 
     /// Changes shard `at` with `change`, then brings the totals up to date,

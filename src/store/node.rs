@@ -48,9 +48,12 @@ impl<K, V> Node<K, V> {
 }
 
 // The bits of `Meta`, from the top.
-/// Set while the refresher has the entry queued or under way; set by the
-/// reader (or scan) that queues it, cleared when that request ends.
-const REFRESH_QUEUED: u64 = 1 << 63;
+/// Set once this value's refresh has been asked for: by the first reader
+/// who found it stale (who then sends the refresher a nudge), or by the
+/// refresher taking the entry as due. Readers never ask twice, not while a
+/// refresh is under way nor while it backs off after failing; the next
+/// write of the entry (a refresh's result included) clears it.
+const NUDGED: u64 = 1 << 63;
 /// Set while the node is in the main queue, clear while in the small
 /// (probationary) queue. Written under the write lock only.
 const IN_MAIN: u64 = 1 << 62;
@@ -107,18 +110,17 @@ impl Meta {
         ttl != 0 && (meta & MARKED_STALE != 0 || now.saturating_sub(meta & WRITTEN_AT) > ttl)
     }
 
-    /// Claims the right to queue a refresh: false if one is queued already.
-    /// Reads first, so reads of a stale key write nothing while its refresh
-    /// is under way.
+    /// Claims the right to ask for this value's refresh: false if it was
+    /// asked for already. Reads first, so reads of a stale key write nothing
+    /// once it has been asked for.
     #[inline]
-    pub(crate) fn try_queue_refresh(&self) -> bool {
-        self.load() & REFRESH_QUEUED == 0
-            && self.0.fetch_or(REFRESH_QUEUED, Ordering::AcqRel) & REFRESH_QUEUED == 0
+    pub(crate) fn try_nudge(&self) -> bool {
+        self.load() & NUDGED == 0 && self.0.fetch_or(NUDGED, Ordering::Relaxed) & NUDGED == 0
     }
 
-    /// Ends the request [`Meta::try_queue_refresh`] claimed.
-    pub(crate) fn finish_refresh(&self) {
-        self.0.fetch_and(!REFRESH_QUEUED, Ordering::AcqRel);
+    #[inline]
+    pub(crate) fn is_nudged(&self) -> bool {
+        self.load() & NUDGED != 0
     }
 
     #[inline]
@@ -133,12 +135,19 @@ impl Meta {
 
     // The write lock's transitions (exclusive access).
 
-    /// Starts the value's age over at `now`, keeping the flags but the
-    /// stale mark.
+    /// Starts the value's age over at `now`: a new value, or the old one
+    /// confirmed. Keeps the policy's bits, clears the stale mark and the
+    /// nudge (the new value's refresh has not been asked for).
     #[inline]
     pub(crate) fn renew(&mut self, now: Nanos) {
         let meta = self.0.get_mut();
-        *meta = (*meta & !(WRITTEN_AT | MARKED_STALE)) | now.min(WRITTEN_AT);
+        *meta = (*meta & !(WRITTEN_AT | MARKED_STALE | NUDGED)) | now.min(WRITTEN_AT);
+    }
+
+    /// Marks the value's refresh as asked for: the refresher took it.
+    #[inline]
+    pub(crate) fn set_nudged(&mut self) {
+        *self.0.get_mut() |= NUDGED;
     }
 
     /// Marks the value stale whatever its age, until it is renewed.
@@ -209,17 +218,18 @@ mod tests {
         assert_eq!(meta.freq(), MAX_FREQ, "saturates");
         assert_eq!(written_at(&meta), 1234);
         assert!(!meta.in_main());
-        assert!(meta.try_queue_refresh());
+        assert!(meta.try_nudge());
         assert!(meta.cool());
         assert_eq!(meta.freq(), 2);
         meta.set_freq(0);
         assert!(!meta.cool(), "nothing to lower");
         meta.set_freq(9);
         assert_eq!(meta.freq(), MAX_FREQ, "clamped");
-        assert!(!meta.try_queue_refresh(), "the flag survived");
-        meta.finish_refresh();
-        assert!(meta.try_queue_refresh());
+        assert!(!meta.try_nudge(), "the flag survived");
         assert_eq!(written_at(&meta), 1234);
+        meta.renew(2000);
+        assert!(meta.try_nudge(), "a new value's refresh is asked for anew");
+        assert_eq!(meta.freq(), MAX_FREQ, "renewal keeps the policy's bits");
     }
 
     #[test]

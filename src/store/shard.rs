@@ -50,7 +50,7 @@ use hashbrown::HashTable;
 
 use super::ghost::Ghost;
 use super::node::{MAX_FREQ, Node, Version};
-use super::queue::{Link, Queue};
+use super::queue::{Link, NIL, Queue};
 use super::sketch::Sketch;
 use crate::clock::Nanos;
 use crate::removal::{RemovalCause, Removed};
@@ -151,6 +151,14 @@ pub(crate) struct Shard<K, V> {
     nodes: Vec<Node<K, V>>,
     /// Each node's place in its queue, by index.
     links: Vec<Link>,
+    /// Each node's place in `due`, by index; unlinked while the refresher
+    /// holds the node.
+    order: Vec<Link>,
+    /// The nodes the refresher does not hold, oldest value first: each
+    /// write that starts a value's age moves its node to the tail (a value
+    /// written stale, to the head). The TTL is one for the whole cache, so
+    /// values go stale in this order, and the due ones are at the head.
+    due: Queue,
     /// Each node's weight, by index, when the cache has a weigher; empty
     /// otherwise, and every entry weighs 1.
     weights: Vec<u64>,
@@ -172,6 +180,8 @@ impl<K, V> Shard<K, V> {
             table: HashTable::new(),
             nodes: Vec::new(),
             links: Vec::new(),
+            order: Vec::new(),
+            due: Queue::new(),
             weights: Vec::new(),
             weighted,
             small: Queue::new(),
@@ -287,6 +297,7 @@ impl<K, V> Shard<K, V> {
             // A write by the user is a use of the key.
             let level = node.meta.freq().saturating_add(1).min(MAX_FREQ);
             node.meta.set_freq(level);
+            self.requeue_due(i, entry.stale);
             if self.weighted {
                 self.weights[i as usize] = entry.weight;
                 self.queue_of(i).reweigh(old_weight, entry.weight);
@@ -346,6 +357,7 @@ impl<K, V> Shard<K, V> {
                 let node = &mut self.nodes[i as usize];
                 node.meta.renew(now);
                 node.version = version;
+                self.requeue_due(i, false);
                 Installed::Done(None)
             }
             Install::Value(value, weight) if weight > self.capacity => {
@@ -359,6 +371,7 @@ impl<K, V> Shard<K, V> {
                 let old = std::mem::replace(&mut node.value, value);
                 node.meta.renew(now);
                 node.version = version;
+                self.requeue_due(i, false);
                 if self.weighted {
                     self.weights[i as usize] = weight;
                     self.queue_of(i).reweigh(old_weight, weight);
@@ -391,9 +404,11 @@ impl<K, V> Shard<K, V> {
         }
         self.table = HashTable::new();
         self.links = Vec::new();
+        self.order = Vec::new();
         self.weights = Vec::new();
         self.small.clear();
         self.main.clear();
+        self.due.clear();
         self.forget_history();
     }
 
@@ -414,6 +429,7 @@ impl<K, V> Shard<K, V> {
             self.table = HashTable::new();
             self.nodes = Vec::new();
             self.links = Vec::new();
+            self.order = Vec::new();
             self.weights = Vec::new();
         }
     }
@@ -545,9 +561,11 @@ impl<K, V> Shard<K, V> {
                     let more = len.max(4).min(most.saturating_sub(len)).max(1);
                     self.nodes.reserve_exact(more);
                     self.links.reserve_exact(more);
+                    self.order.reserve_exact(more);
                 }
                 self.nodes.push(node);
                 self.links.push(Link::UNLINKED);
+                self.order.push(Link::UNLINKED);
                 if self.weighted {
                     self.weights.push(weight);
                 }
@@ -560,11 +578,124 @@ impl<K, V> Shard<K, V> {
             &mut self.small
         };
         queue.push_back(&mut self.links, i, weight);
+        self.enqueue_due(i, stale);
         let nodes = &self.nodes;
         self.table.insert_unique(table_hash(fingerprint), i, |&j| {
             table_hash(nodes[j as usize].fingerprint)
         });
         victim
+    }
+
+    /// Whether the refresher holds node `i`: it is out of `due`.
+    #[inline]
+    fn is_held(&self, i: u32) -> bool {
+        self.order[i as usize].next == NIL
+    }
+
+    /// Links node `i` (in no order list) into `due`: at the tail, or at the
+    /// head if its value is stale whatever its age.
+    fn enqueue_due(&mut self, i: u32, stale: bool) {
+        if stale {
+            self.due.push_front(&mut self.order, i, 0);
+        } else {
+            self.due.push_back(&mut self.order, i, 0);
+        }
+    }
+
+    /// Node `i`'s value was just written: it moves to `due`'s tail (head,
+    /// if written stale), out of the refresher's hands if it was held.
+    fn requeue_due(&mut self, i: u32, stale: bool) {
+        if !self.is_held(i) {
+            self.due.unlink(&mut self.order, i, 0);
+        }
+        self.enqueue_due(i, stale);
+    }
+
+    /// Whether `due`'s oldest value is stale at `now` (for the refresher's
+    /// look under the read lock before it takes anything).
+    pub(crate) fn has_due(&self, now: Nanos, ttl: Nanos) -> bool {
+        self.due
+            .head()
+            .is_some_and(|i| self.nodes[i as usize].meta.is_stale(now, ttl))
+    }
+
+    /// Hands the refresher the keys of up to `limit` values stale at `now`,
+    /// oldest first: each node leaves `due` (it is held now) and is marked
+    /// as asked for, so readers do not ask again. The keys are cloned here,
+    /// under the lock.
+    pub(crate) fn take_due(&mut self, now: Nanos, ttl: Nanos, limit: usize, out: &mut Vec<K>)
+    where
+        K: Clone,
+    {
+        let mut taken = 0;
+        while taken < limit {
+            let Some(i) = self.due.head() else { break };
+            if !self.nodes[i as usize].meta.is_stale(now, ttl) {
+                break;
+            }
+            self.due.unlink(&mut self.order, i, 0);
+            let node = &mut self.nodes[i as usize];
+            node.meta.set_nudged();
+            out.push(node.key.clone());
+            taken += 1;
+        }
+    }
+
+    /// Hands the refresher the key of the node a reader asked it for, named
+    /// by fingerprint and version: `None` if that value is gone or already
+    /// held.
+    pub(crate) fn take_nudged(&mut self, fingerprint: u32, version: Version) -> Option<K>
+    where
+        K: Clone,
+    {
+        let i = self.index_of_version(fingerprint, version)?;
+        if self.is_held(i) {
+            return None;
+        }
+        self.due.unlink(&mut self.order, i, 0);
+        let node = &mut self.nodes[i as usize];
+        node.meta.set_nudged();
+        Some(node.key.clone())
+    }
+
+    /// Gives node `key` back to `due` (at the head: it is due) if the
+    /// refresher holds it; for a refresh that ended without writing it.
+    pub(crate) fn release(&mut self, fingerprint: u32, is_key: impl FnMut(&K) -> bool) {
+        if let Some(i) = self.index_of(fingerprint, is_key) {
+            if self.is_held(i) {
+                self.due.push_front(&mut self.order, i, 0);
+            }
+        }
+    }
+
+    /// Gives every held node back to `due`, at the head: for a refresher
+    /// that starts (what an earlier one held, it no longer tracks).
+    pub(crate) fn release_all(&mut self) {
+        for i in 0..self.nodes.len() as u32 {
+            if self.is_held(i) {
+                self.due.push_front(&mut self.order, i, 0);
+            }
+        }
+    }
+
+    /// The node of `key` if the refresher holds it.
+    pub(crate) fn find_held(
+        &self,
+        fingerprint: u32,
+        is_key: impl FnMut(&K) -> bool,
+    ) -> Option<&Node<K, V>> {
+        let i = self.index_of(fingerprint, is_key)?;
+        self.is_held(i).then(|| &self.nodes[i as usize])
+    }
+
+    fn index_of_version(&self, fingerprint: u32, version: Version) -> Option<u32> {
+        let nodes = &self.nodes;
+        self.table
+            .find(table_hash(fingerprint), |&i| {
+                let node = &nodes[i as usize];
+                node.fingerprint == fingerprint && node.version == version
+            })
+            .copied()
     }
 
     /// Picks the next entry to evict by the policy (module docs), moving,
@@ -640,6 +771,9 @@ impl<K, V> Shard<K, V> {
     /// Takes node `i` out of its queue and the table; it stays in the slab.
     fn unindex(&mut self, i: u32) {
         let weight = self.weight_of(i);
+        if !self.is_held(i) {
+            self.due.unlink(&mut self.order, i, 0);
+        }
         let node = &self.nodes[i as usize];
         if node.meta.in_main() {
             self.main.unlink(&mut self.links, i, weight);
@@ -658,6 +792,7 @@ impl<K, V> Shard<K, V> {
         let last = (self.nodes.len() - 1) as u32;
         let node = self.nodes.swap_remove(i as usize);
         self.links.swap_remove(i as usize);
+        self.order.swap_remove(i as usize);
         if self.weighted {
             self.weights.swap_remove(i as usize);
         }
@@ -668,6 +803,9 @@ impl<K, V> Shard<K, V> {
                 self.main.relocate(&mut self.links, last, i);
             } else {
                 self.small.relocate(&mut self.links, last, i);
+            }
+            if !self.is_held(i) {
+                self.due.relocate(&mut self.order, last, i);
             }
             *self
                 .table
@@ -687,8 +825,9 @@ impl<K, V> Shard<K, V> {
     ///
     /// Counts and weights add up; every entry is in exactly one queue, the
     /// one its mark names, and in the table under its own fingerprint at its
-    /// own index; the table names nothing else; the weight is within the
-    /// capacity; the ghost is consistent and within its size.
+    /// own index; the table names nothing else; every entry is in `due` once
+    /// or held by the refresher (and then marked as asked for); the weight
+    /// is within the capacity; the ghost is consistent and within its size.
     pub(crate) fn validate(&self) -> Result<(), String>
     where
         K: Eq,
@@ -739,6 +878,35 @@ impl<K, V> Shard<K, V> {
         }
         if let Some(i) = seen.iter().position(|&s| !s) {
             return Err(format!("node {i} is in no queue"));
+        }
+        if self.order.len() != n {
+            return Err(format!("{} order links for {n} nodes", self.order.len()));
+        }
+        let mut in_due = vec![false; n];
+        let mut count = 0;
+        for i in self.due.walk(&self.order).take(n + 1) {
+            if i as usize >= n {
+                return Err(format!("due links to {i}, past the slab"));
+            }
+            if std::mem::replace(&mut in_due[i as usize], true) {
+                return Err(format!("node {i} is in due twice"));
+            }
+            let next = self.order[i as usize].next;
+            if self.order.get(next as usize).map(|l| l.prev) != Some(i) {
+                return Err(format!("node {i}'s next in due does not link back"));
+            }
+            count += 1;
+        }
+        if count != self.due.len() {
+            return Err(format!("due counts {}, links {count}", self.due.len()));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if in_due[i] == self.is_held(i as u32) {
+                return Err(format!("node {i}'s order link disagrees with due"));
+            }
+            if !in_due[i] && !node.meta.is_nudged() {
+                return Err(format!("node {i} is held but not marked as asked for"));
+            }
         }
         for (i, node) in self.nodes.iter().enumerate() {
             let indexed = self

@@ -1,0 +1,280 @@
+//! What the refresher task holds: the keys it has taken from the store,
+//! each queued, being fetched, or backing off after a failure.
+//!
+//! A key is taken in one of two ways, both under its shard's write lock
+//! (see the store's `due` order): as *due* (its value is the oldest of its
+//! shard and older than the TTL) or as *nudged* (a reader found it stale and
+//! asked). Taking moves the entry out of `due` and marks its value as asked
+//! for, so no reader asks again while the task has it. The task then owns
+//! the key's refresh until one of these ends it:
+//!
+//! - the refresh succeeds: its install wrote the entry, which put it back
+//!   at the tail of `due` (or a newer write or removal won, with the same
+//!   effect); anything the install did not write is given back;
+//! - the entry is written or removed by someone else: the next start of a
+//!   fetch finds it no longer held ([`Flight::Gone`]) and lets the key go;
+//! - the task ends: what it held is given back when the next task starts.
+//!
+//! A failed fetch keeps the key held (so readers stay quiet) and schedules
+//! a retry after a backoff. Keys a reader asked for are fetched before keys
+//! taken as due.
+//!
+//! [`Flight::Gone`]: crate::flight::Flight::Gone
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::backoff::{Jitter, retry_delay};
+use crate::clock::{Nanos, duration_to_nanos};
+use crate::fetcher::FetchError;
+use crate::flight::{Flight, Purpose, wait};
+use crate::inner::Inner;
+use crate::store::Nudge;
+
+/// The most keys the task takes from one shard under one hold of its lock.
+const TAKE_BATCH: usize = 256;
+
+/// Where a held key is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// In `hot` or `cold`, waiting for a fetch slot.
+    Queued,
+    /// Its fetch is under way.
+    Fetching,
+    /// Its fetch failed; it is queued again when the retry of this number
+    /// comes due.
+    BackingOff(u64),
+}
+
+struct Held {
+    state: State,
+    /// A reader asked for it: it goes to the front of the line.
+    hot: bool,
+    /// Fetches that failed in a row.
+    failures: u32,
+}
+
+/// The task's keys and the fetches under way.
+pub(crate) struct Holdings<K, V, S> {
+    held: HashMap<K, Held, S>,
+    /// Keys readers asked for, fetched first.
+    hot: VecDeque<K>,
+    /// Keys taken as due.
+    cold: VecDeque<K>,
+    /// Keys backing off, by retry time and retry number.
+    retries: BTreeMap<(Nanos, u64), K>,
+    next_retry: u64,
+    pub(crate) fetching: JoinSet<(K, Result<V, FetchError>)>,
+    jitter: Jitter,
+    /// Room for readers' requests, swapped with the cache's list.
+    nudges: Vec<Nudge>,
+    taken: Vec<K>,
+    /// The shard the next look for due values starts at, so that none is
+    /// always first.
+    next_shard: usize,
+}
+
+impl<K, V, S> Holdings<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(hasher: S) -> Self {
+        Self {
+            held: HashMap::with_hasher(hasher),
+            hot: VecDeque::new(),
+            cold: VecDeque::new(),
+            retries: BTreeMap::new(),
+            next_retry: 0,
+            fetching: JoinSet::new(),
+            jitter: Jitter::new(),
+            nudges: Vec::with_capacity(super::requests::NUDGE_CAPACITY),
+            taken: Vec::new(),
+            next_shard: 0,
+        }
+    }
+
+    /// How many keys wait for a fetch slot.
+    fn queued(&self) -> usize {
+        self.hot.len() + self.cold.len()
+    }
+
+    /// The earliest retry scheduled.
+    pub(crate) fn next_retry_at(&self) -> Option<Nanos> {
+        self.retries.first_key_value().map(|(&(at, _), _)| at)
+    }
+
+    /// Takes the entries readers asked for since the last call.
+    pub(crate) fn take_nudged(&mut self, inner: &Inner<K, V, S>) {
+        inner.refresher.nudges.take(&mut self.nudges);
+        for i in 0..self.nudges.len() {
+            if let Some(key) = inner.store.take_nudged(self.nudges[i]) {
+                self.hold(key, true);
+            }
+        }
+    }
+
+    /// Takes due values, shard by shard from a rotating start, until
+    /// `want` keys are queued; returns whether it stopped for want of room
+    /// rather than of due values (so more may be due).
+    pub(crate) fn take_due(&mut self, inner: &Inner<K, V, S>, now: Nanos, want: usize) -> bool {
+        let ttl = inner.ttl_nanos();
+        let shards = inner.store.shard_count();
+        if ttl == 0 {
+            return false;
+        }
+        loop {
+            let need = want.saturating_sub(self.queued());
+            if need == 0 {
+                return true;
+            }
+            // A fair share of the need from each shard per round.
+            let share = need.div_ceil(shards).min(TAKE_BATCH);
+            let mut took = false;
+            for k in 0..shards {
+                let at = (self.next_shard + k) % shards;
+                if !inner.store.has_due(at, now, ttl) {
+                    continue;
+                }
+                let mut taken = std::mem::take(&mut self.taken);
+                inner.store.take_due(at, now, ttl, share, &mut taken);
+                took |= !taken.is_empty();
+                for key in taken.drain(..) {
+                    self.hold(key, false);
+                }
+                self.taken = taken;
+            }
+            self.next_shard = (self.next_shard + 1) % shards;
+            if !took {
+                return false;
+            }
+        }
+    }
+
+    /// Records a key just taken, and queues it.
+    fn hold(&mut self, key: K, hot: bool) {
+        match self.held.entry(key) {
+            Entry::Vacant(slot) => {
+                let key = slot.key().clone();
+                slot.insert(Held {
+                    state: State::Queued,
+                    hot,
+                    failures: 0,
+                });
+                self.line(hot).push_back(key);
+            }
+            // Held already, for an older value (written since, then due or
+            // asked for again): this value starts over.
+            Entry::Occupied(mut held) => {
+                let key = held.key().clone();
+                let held = held.get_mut();
+                held.hot |= hot;
+                held.failures = 0;
+                match held.state {
+                    State::Fetching => {}
+                    State::Queued if !hot => {}
+                    State::Queued | State::BackingOff(_) => {
+                        held.state = State::Queued;
+                        let hot = held.hot;
+                        self.line(hot).push_back(key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn line(&mut self, hot: bool) -> &mut VecDeque<K> {
+        if hot { &mut self.hot } else { &mut self.cold }
+    }
+
+    /// Queues again the keys whose retry has come.
+    pub(crate) fn retry_due(&mut self, now: Nanos) {
+        while let Some(entry) = self.retries.first_entry() {
+            let (at, number) = *entry.key();
+            if at > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some(held) = self.held.get_mut(&key) {
+                if held.state == State::BackingOff(number) {
+                    held.state = State::Queued;
+                    let hot = held.hot;
+                    self.line(hot).push_back(key);
+                }
+            }
+        }
+    }
+
+    /// Starts fetches, readers' keys first, while fewer than the limit run.
+    pub(crate) fn start_fetches(&mut self, inner: &Arc<Inner<K, V, S>>) {
+        let max_concurrent = inner.settings.load().max_concurrent_refreshes;
+        while self.fetching.len() < max_concurrent {
+            let Some(key) = self.hot.pop_front().or_else(|| self.cold.pop_front()) else {
+                break;
+            };
+            // Skips keys let go, or queued twice.
+            if self.held.get(&key).map(|h| h.state) != Some(State::Queued) {
+                continue;
+            }
+            match inner.join_or_start_flight(key.clone(), Purpose::Refresh) {
+                Ok(Flight::Started(drive)) => {
+                    let key = key.clone();
+                    self.fetching.spawn(async move { (key, drive.await) });
+                }
+                Ok(Flight::Joined(flight)) => {
+                    let key = key.clone();
+                    self.fetching
+                        .spawn(async move { (key, wait(flight).await) });
+                }
+                // Written or removed since it was taken: not ours any more.
+                // (A fetcher cannot be taken away once set.)
+                Ok(Flight::Gone) | Err(_) => {
+                    self.held.remove(&key);
+                    continue;
+                }
+            }
+            if let Some(held) = self.held.get_mut(&key) {
+                held.state = State::Fetching;
+            }
+        }
+    }
+
+    /// A fetch ended: the key is let go, or backs off.
+    pub(crate) fn finished(
+        &mut self,
+        inner: &Inner<K, V, S>,
+        now: Nanos,
+        key: K,
+        result: Result<V, FetchError>,
+    ) {
+        if result.is_ok() {
+            self.held.remove(&key);
+            // Written by the install, or by a newer write; if neither (the
+            // result went to a load that found the key present), given back.
+            inner.store.release(&key);
+            return;
+        }
+        if inner.store.read_held(&key, |_| ()).is_none() {
+            self.held.remove(&key);
+            return;
+        }
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
+        let settings = inner.settings.load();
+        let base = duration_to_nanos(settings.refresh_interval);
+        let cap = duration_to_nanos(settings.max_retry_backoff);
+        held.failures = held.failures.saturating_add(1);
+        let delay = retry_delay(base, cap, held.failures, self.jitter.next_unit());
+        let number = self.next_retry;
+        self.next_retry += 1;
+        held.state = State::BackingOff(number);
+        self.retries
+            .insert((now.saturating_add(delay), number), key);
+    }
+}
