@@ -47,6 +47,7 @@ impl<K, V, S> std::fmt::Debug for CacheBuilder<K, V, S> {
             .field("max_size", &s.max_size)
             .field("max_weight", &s.max_weight)
             .field("ttl", &s.ttl)
+            .field("max_stale", &s.max_stale)
             .field("refresh_interval", &s.refresh_interval)
             .field("max_concurrent_refreshes", &s.max_concurrent_refreshes)
             .field("refresh_timeout", &s.refresh_timeout)
@@ -177,6 +178,40 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// ```
     pub fn ttl(mut self, ttl: impl Into<Option<Duration>>) -> Self {
         self.settings.ttl = ttl.into();
+        self
+    }
+
+    /// How long past the TTL a value may still be served while its refresh
+    /// keeps failing (HTTP's `stale-if-error`); `None`, the default: for as
+    /// long as it takes. Past `ttl + max_stale` without a successful refresh,
+    /// [`get`](crate::Cache::get) misses (counted in
+    /// [`Metrics::expired`](crate::Metrics::expired) as well as in `misses`),
+    /// [`get_or_fetch`](crate::Cache::get_or_fetch) fetches and returns the
+    /// fetch's error rather than the old value, and the refresher goes on
+    /// trying. Such an entry still takes room (and counts in `len`) until it
+    /// is refreshed, evicted or removed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .max_stale(Duration::from_secs(600))
+    ///     .build()?;
+    /// cache.insert(1, 1);
+    /// tokio::time::advance(Duration::from_secs(61)).await;
+    /// assert_eq!(cache.get(&1), Some(1), "stale, still served");
+    /// tokio::time::advance(Duration::from_secs(600)).await;
+    /// assert_eq!(cache.get(&1), None, "past the bound");
+    /// assert_eq!(cache.metrics().expired, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn max_stale(mut self, max_stale: impl Into<Option<Duration>>) -> Self {
+        self.settings.max_stale = max_stale.into();
         self
     }
 

@@ -56,9 +56,13 @@ where
     /// The value for `key`, fresh or stale; `None` if it is not cached.
     ///
     /// Counts a hit (and a stale hit if the entry is older than the TTL) or a
-    /// miss, and marks the entry as used. A stale entry is queued for the
-    /// refresher at once when it runs with `refresh_on_read`. Never waits
-    /// for a fetch: see [the concurrency model](crate#concurrency).
+    /// miss, and marks the entry as used. A stale entry is asked of the
+    /// refresher at once when it runs with `refresh_on_read`. A value older
+    /// than `ttl + max_stale` (see [`CacheBuilder::max_stale`]) is not
+    /// served: a miss. Never waits for a fetch: see
+    /// [the concurrency model](crate#concurrency).
+    ///
+    /// [`CacheBuilder::max_stale`]: crate::CacheBuilder::max_stale
     #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where
@@ -70,7 +74,8 @@ where
 
     /// The value for `key`, fresh or stale, like [`get`](Self::get) but
     /// counting nothing, not marking the entry used (so it does not help it
-    /// stay) and not queueing a refresh.
+    /// stay) and not asking for a refresh. Like `get`, `None` for a value
+    /// past [`max_stale`](crate::CacheBuilder::max_stale).
     ///
     /// ```
     /// # use swr_cache::Cache;
@@ -85,16 +90,25 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.store.read(key, |node| node.value.clone())
+        let inner = &*self.inner;
+        inner
+            .store
+            .read(key, |node| {
+                inner.is_servable(node).then(|| node.value.clone())
+            })
+            .flatten()
     }
 
-    /// Whether `key` is cached; counts nothing and does not mark it used.
+    /// Whether `key` is cached with a value [`get`](Self::get) would serve
+    /// (one past [`max_stale`](crate::CacheBuilder::max_stale) is not);
+    /// counts nothing and does not mark it used.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.store.read(key, |_| ()).is_some()
+        let inner = &*self.inner;
+        inner.store.read(key, |node| inner.is_servable(node)) == Some(true)
     }
 
     /// Whether the entry for `key` is older than the TTL (or was loaded as

@@ -20,12 +20,18 @@ use std::time::Duration;
 
 /// What a [`Fetcher`] answers for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fetched<V> {
     /// A new value: it replaces the cached one.
     Value(V),
     /// The cached value is still right: its age starts over. Answered for a
     /// key with no cached value, it is an error ([`FetchError::NothingToKeep`]).
     Unchanged,
+    /// The key no longer exists at the source: the cached entry, if it is
+    /// still the one fetched from, is removed (the listener hears
+    /// [`RemovalCause::Gone`](crate::RemovalCause::Gone)), and whoever waits
+    /// on the fetch gets [`FetchError::Gone`].
+    Gone,
 }
 
 /// Fetches the value for a key from wherever it comes from; given to
@@ -81,6 +87,9 @@ pub enum FetchError {
     /// The fetcher answered [`Fetched::Unchanged`] for a key the cache did
     /// not hold.
     NothingToKeep,
+    /// The fetcher answered [`Fetched::Gone`]: the key no longer exists at
+    /// its source, and is not cached.
+    Gone,
     /// The cache was built without a fetcher.
     NoFetcher,
     /// Called outside a tokio runtime.
@@ -97,6 +106,7 @@ impl fmt::Display for FetchError {
             Self::TimedOut(after) => write!(f, "fetch timed out after {after:?}"),
             Self::Panicked(message) => write!(f, "fetcher panicked: {message}"),
             Self::NothingToKeep => f.write_str("fetcher answered Unchanged for an uncached key"),
+            Self::Gone => f.write_str("the key no longer exists at its source"),
             Self::NoFetcher => f.write_str("the cache has no fetcher"),
             Self::NoRuntime => f.write_str("not inside a tokio runtime"),
             Self::Cancelled => f.write_str("fetch cancelled"),

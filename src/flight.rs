@@ -217,6 +217,10 @@ where
                     tracing::warn!("fetcher answered Unchanged for a key the cache does not hold");
                     Err(FetchError::NothingToKeep)
                 }
+                Fetched::Gone => {
+                    self.counters.incr(Counter::Gone);
+                    Err(FetchError::Gone)
+                }
             };
         };
         let (update, fresh) = match fetched {
@@ -225,6 +229,17 @@ where
                 (Install::Value(value.clone(), weight), Some(value))
             }
             Fetched::Unchanged => (Install::Renew, None),
+            Fetched::Gone => {
+                self.counters.incr(Counter::Gone);
+                // Only the entry fetched from: a newer write stands.
+                if let Some((key, value)) = self.store.remove(key, |n| n.version == from) {
+                    let mut removed = Removed::new();
+                    removed.push(key, value, RemovalCause::Gone);
+                    self.count_removed(&removed);
+                    self.report(removed);
+                }
+                return Err(FetchError::Gone);
+            }
         };
         let mut removed = Removed::new();
         let installed = self

@@ -22,7 +22,7 @@ use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Removed, Weigher};
 use crate::settings::{ConfigChange, ConfigError, Settings};
-use crate::store::{Entry, Nudge, Refusal, Store, Write, Written, shard_count};
+use crate::store::{Entry, Node, Nudge, Refusal, Store, Write, Written, shard_count};
 
 /// The outcome of one fetch, once it has one.
 pub(crate) type Outcome<V> = Option<Result<V, FetchError>>;
@@ -43,6 +43,8 @@ pub(crate) struct FlightSlot<V> {
 pub(crate) struct ReadPath {
     /// The TTL in nanoseconds, 0 for none: a copy of the settings' TTL.
     pub(crate) ttl: AtomicU64,
+    /// The settings' `max_stale` in nanoseconds, `u64::MAX` for none.
+    pub(crate) max_stale: AtomicU64,
     pub(crate) clock: Clock,
 }
 
@@ -84,6 +86,7 @@ where
         );
         let read = ReadPath {
             ttl: AtomicU64::new(ttl_nanos(&settings)),
+            max_stale: AtomicU64::new(max_stale_nanos(&settings)),
             clock: Clock::new(),
         };
         Self {
@@ -120,24 +123,40 @@ where
         let ttl = self.ttl_nanos();
         let found = self.store.read_in_shard(key, |node, shard| {
             node.meta.touch();
-            let stale = ttl != 0 && node.meta.is_stale(self.read.clock.recent(), ttl);
+            if ttl == 0 {
+                return (Some(node.value.clone()), false, None);
+            }
+            let now = self.read.clock.recent();
+            if !node.meta.is_stale(now, ttl) {
+                return (Some(node.value.clone()), false, None);
+            }
             // Only the first reader of a stale value asks for its refresh;
             // the request is sent once the lock is released.
-            let nudge =
-                (stale && self.refresher.nudging.load(Ordering::Relaxed) && node.meta.try_nudge())
-                    .then(|| Nudge::of(node, shard));
-            (node.value.clone(), stale, nudge)
+            let nudge = (self.refresher.nudging.load(Ordering::Relaxed) && node.meta.try_nudge())
+                .then(|| Nudge::of(node, shard));
+            let max_stale = self.read.max_stale.load(Ordering::Relaxed);
+            let value = (!node.meta.is_expired(now, ttl, max_stale)).then(|| node.value.clone());
+            (value, true, nudge)
+        });
+        let found = found.map(|(value, stale, nudge)| {
+            if let Some(nudge) = nudge {
+                self.refresher.nudge(nudge);
+            }
+            (value, stale)
         });
         match found {
-            Some((value, stale, nudge)) => {
-                if let Some(nudge) = nudge {
-                    self.refresher.nudge(nudge);
-                }
+            Some((Some(value), stale)) => {
                 if stale {
                     self.counters.incr(Counter::StaleHits);
                 }
                 self.counters.incr(Counter::Hits);
                 Some(value)
+            }
+            Some((None, _)) => {
+                // Too stale to serve: a miss, and counted as expired.
+                self.counters.incr(Counter::Expired);
+                self.counters.incr(Counter::Misses);
+                None
             }
             None => {
                 // A disabled cache is empty, so only a miss asks whether to count.
@@ -147,6 +166,19 @@ where
                 None
             }
         }
+    }
+
+    /// Whether `node`'s value may be served: not past `ttl + max_stale`.
+    pub(crate) fn is_servable(&self, node: &Node<K, V>) -> bool {
+        let ttl = self.ttl_nanos();
+        if ttl == 0 {
+            return true;
+        }
+        let now = self.read.clock.recent();
+        !node.meta.is_stale(now, ttl)
+            || !node
+                .meta
+                .is_expired(now, ttl, self.read.max_stale.load(Ordering::Relaxed))
     }
 
     /// The weight of an entry: the weigher's (at least 1), or 1.
@@ -258,7 +290,9 @@ where
             .add(Counter::Evictions, removed.count(RemovalCause::Evicted));
         self.counters.add(
             Counter::Invalidations,
-            removed.count(RemovalCause::Invalidated) + removed.count(RemovalCause::Cleared),
+            removed.count(RemovalCause::Invalidated)
+                + removed.count(RemovalCause::Cleared)
+                + removed.count(RemovalCause::Gone),
         );
     }
 
@@ -368,6 +402,9 @@ where
                 self.read.clock.tick();
             }
             self.read.ttl.store(ttl_nanos(&next), Ordering::Relaxed);
+            self.read
+                .max_stale
+                .store(max_stale_nanos(&next), Ordering::Relaxed);
             self.settings.store(Arc::new(next));
         }
         self.count_removed(&removed);
@@ -375,6 +412,10 @@ where
         self.reconcile_refresher();
         Ok(())
     }
+}
+
+fn max_stale_nanos(settings: &Settings) -> Nanos {
+    settings.max_stale.map_or(u64::MAX, duration_to_nanos)
 }
 
 fn ttl_nanos(settings: &Settings) -> Nanos {

@@ -44,8 +44,11 @@
 //! reuse is mostly recent), and `BENCHMARKS.md` gives the hit ratios beside
 //! quick_cache's, moka's and exact LRU's.
 //!
-//! An entry older than the TTL is *stale*: it is still served, and counted
-//! as a stale hit. `ttl = None` is offline mode: nothing is ever stale.
+//! An entry older than the TTL is *stale*: it is still served, counted as a
+//! stale hit, and refreshed in the background. `ttl = None` is offline mode:
+//! nothing is ever stale. [`max_stale`](CacheBuilder::max_stale) bounds how
+//! long past the TTL a value is served while its refreshes fail, and a
+//! fetcher can answer [`Fetched::Gone`] to have a key removed.
 //!
 //! # Concurrency
 //!
@@ -55,11 +58,12 @@
 //! - *Readers never block* means: a `get` never waits for a fetch, a refresh
 //!   or I/O of any kind. It takes its shard's *read* lock, which can wait only
 //!   while a writer is changing that same shard, for a bounded in-memory step.
-//!   A `get` does not allocate, send on a channel or take a mutex (a stale
-//!   hit, with the refresher running, is the exception: it queues its key
-//!   for the refresher on a bounded channel); it writes only the entry's
-//!   frequency counter, while that is below its cap, and a count on a metrics
-//!   stripe of its own thread.
+//!   A `get` does not allocate or send on a channel; it writes only the
+//!   entry's frequency counter, while that is below its cap, and a count on
+//!   a metrics stripe of its own thread. (The first reader of a stale value,
+//!   with the refresher running, also claims a bit in the entry and, after
+//!   the lock, leaves a small record in a list allocated when the refresher
+//!   started, under a mutex of its own: one such reader per value.)
 //! - A write (`insert`, `invalidate`, a refresh's result) takes its shard's
 //!   write lock once and does everything there: replacing a value, evicting to
 //!   make room, admitting the new key. So `len()` is never above `max_size`
@@ -68,23 +72,26 @@
 //!   handed to the [eviction listener](CacheBuilder::eviction_listener), or
 //!   dropped, after the lock is released. The user code that does run
 //!   under a shard lock is the key's `Eq` (in a write, before anything
-//!   changes), and, under a *read* lock, the value's `Clone` on a read and
-//!   the key's `Clone`, `Hash` and `Eq` when a stale entry is queued for the
-//!   refresher (or a dump copies entries). The weigher, the listener, the
-//!   fetcher and the drops of removed entries never run under a lock.
+//!   changes), the value's `Clone` on a read (under the read lock), and the
+//!   key's `Clone` when the refresher takes stale entries (under the write
+//!   lock) or a dump copies them. The weigher, the listener, the fetcher and
+//!   the drops of removed entries never run under a lock.
 //!
 //! A refresh of a cached key installs its result only if the entry still
 //! has the version the refresh started from, so it never overwrites a newer
-//! write and never brings back a key removed meanwhile. (A read-through of a
-//! key that was not cached, by `get_or_fetch`, inserts only if the key is
-//! still absent, so a key inserted and removed during that fetch comes back
-//! with the fetched value.) The crate has no `unsafe` code.
+//! write and never brings back a key removed meanwhile. A read-through of a
+//! key that was not cached (`get_or_fetch`) inserts only if the key is still
+//! absent and was not removed since the fetch began: every removal fences
+//! the fetches of its keys in flight, and a caller after the removal starts
+//! a fetch of its own rather than join one from before. The crate has no
+//! `unsafe` code.
 //!
 //! # Memory
 //!
 //! Per entry, with `K` and `V` the sizes of key and value: a node of
-//! `K + V + 16` bytes, rounded up to a multiple of 8; 8 bytes of queue
-//! links; a table slot of 5 bytes (tables are between 44 % and 88 % full);
+//! `K + V + 16` bytes, rounded up to a multiple of 8; 16 bytes of list
+//! links (the policy's queue, and the write order the refresher reads); a
+//! table slot of 5 bytes (tables are between 44 % and 88 % full);
 //! and, once a shard has evicted, 3.6 bytes of ghost and 8 to 16 of
 //! frequency sketch. Data the key or value points to (a `String`'s bytes)
 //! comes on top. Nothing is allocated per entry when the cache is built, so a

@@ -30,10 +30,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     /// `get`s that found the key (fresh or stale).
     pub hits: u64,
-    /// `get`s that did not find the key.
+    /// `get`s that did not find the key, or found it too stale to serve.
     pub misses: u64,
     /// The hits whose entry was older than the TTL.
     pub stale_hits: u64,
+    /// The misses that found the key older than `ttl + max_stale` (see
+    /// [`CacheBuilder::max_stale`](crate::CacheBuilder::max_stale)).
+    pub expired: u64,
     /// Keys added to the cache (by `insert` or a read-through fetch).
     pub inserts: u64,
     /// Writes to keys already present (their age starts over).
@@ -41,7 +44,9 @@ pub struct Metrics {
     /// Entries removed to make room, by shrinking the bound, or refused as
     /// heavier than their shard's share.
     pub evictions: u64,
-    /// Entries removed by `invalidate` or `clear`.
+    /// Entries removed by `invalidate` (or `remove`, `retain`,
+    /// `invalidate_if`), by `clear`, or because the fetcher answered
+    /// [`Fetched::Gone`](crate::Fetched::Gone).
     pub invalidations: u64,
     /// Refreshes (by the refresher, or forced by `refresh` for a cached
     /// key) whose result was installed: a new value, or the old one renewed.
@@ -53,6 +58,9 @@ pub struct Metrics {
     pub loads: u64,
     /// Loads that failed, timed out or panicked.
     pub load_errors: u64,
+    /// Fetches answered [`Fetched::Gone`](crate::Fetched::Gone): the key no
+    /// longer exists at its source (its entry, if cached, was removed).
+    pub gone: u64,
     /// Fetched values not stored because the key was written, invalidated,
     /// removed or cleared since the fetch began.
     pub discarded: u64,
@@ -110,6 +118,12 @@ impl std::fmt::Display for Metrics {
             self.refresh_errors,
             plural(self.refresh_errors, "refresh error", "refresh errors"),
         )?;
+        if self.expired > 0 {
+            write!(f, "; {} expired", self.expired)?;
+        }
+        if self.gone > 0 {
+            write!(f, "; {} gone", self.gone)?;
+        }
         if self.discarded > 0 {
             write!(f, "; {} discarded", self.discarded)?;
         }
@@ -150,10 +164,12 @@ pub(crate) enum Counter {
     Loads,
     LoadErrors,
     Discarded,
+    Expired,
+    Gone,
     ListenerPanics,
 }
 
-const COUNTERS: usize = 13;
+const COUNTERS: usize = 15;
 
 /// Stripes shared by threads whose id has no exclusive stripe.
 const SHARED_STRIPES: usize = 8;
@@ -228,6 +244,8 @@ impl Counters {
             loads: sum(Counter::Loads),
             load_errors: sum(Counter::LoadErrors),
             discarded: sum(Counter::Discarded),
+            expired: sum(Counter::Expired),
+            gone: sum(Counter::Gone),
             listener_panics: sum(Counter::ListenerPanics),
         }
     }
@@ -248,6 +266,8 @@ impl Counters {
             loads: t.loads.wrapping_sub(baseline.loads),
             load_errors: t.load_errors.wrapping_sub(baseline.load_errors),
             discarded: t.discarded.wrapping_sub(baseline.discarded),
+            expired: t.expired.wrapping_sub(baseline.expired),
+            gone: t.gone.wrapping_sub(baseline.gone),
             listener_panics: t.listener_panics.wrapping_sub(baseline.listener_panics),
         }
     }

@@ -19,6 +19,9 @@ pub enum RemovalCause {
     Replaced,
     /// Removed by `clear`.
     Cleared,
+    /// Removed because the fetcher answered [`Fetched::Gone`](crate::Fetched::Gone):
+    /// the key no longer exists at its source.
+    Gone,
 }
 
 impl RemovalCause {
@@ -36,6 +39,7 @@ impl fmt::Display for RemovalCause {
             Self::Invalidated => "invalidated",
             Self::Replaced => "replaced",
             Self::Cleared => "cleared",
+            Self::Gone => "gone",
         })
     }
 }

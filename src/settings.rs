@@ -35,6 +35,8 @@ pub(crate) struct Settings {
     /// The bound on the sum of weights, with a weigher.
     pub(crate) max_weight: Option<u64>,
     pub(crate) ttl: Option<Duration>,
+    /// How long past the TTL a value may still be served; `None`: forever.
+    pub(crate) max_stale: Option<Duration>,
     pub(crate) refresh_interval: Duration,
     pub(crate) max_concurrent_refreshes: usize,
     pub(crate) refresh_timeout: Duration,
@@ -48,6 +50,7 @@ impl Default for Settings {
             max_size: DEFAULT_MAX_SIZE,
             max_weight: None,
             ttl: Some(DEFAULT_TTL),
+            max_stale: None,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             max_concurrent_refreshes: DEFAULT_MAX_CONCURRENT_REFRESHES,
             refresh_timeout: DEFAULT_REFRESH_TIMEOUT,
@@ -117,6 +120,7 @@ pub struct ConfigChange {
     max_size: Option<usize>,
     max_weight: Option<u64>,
     ttl: Option<Option<Duration>>,
+    max_stale: Option<Option<Duration>>,
     refresh_interval: Option<Duration>,
     max_concurrent_refreshes: Option<usize>,
     refresh_timeout: Option<Duration>,
@@ -148,6 +152,13 @@ impl ConfigChange {
     /// reached are judged against the new TTL at once.
     pub fn ttl(mut self, ttl: impl Into<Option<Duration>>) -> Self {
         self.ttl = Some(ttl.into());
+        self
+    }
+
+    /// See [`CacheBuilder::max_stale`](crate::CacheBuilder::max_stale);
+    /// judged against at once.
+    pub fn max_stale(mut self, max_stale: impl Into<Option<Duration>>) -> Self {
+        self.max_stale = Some(max_stale.into());
         self
     }
 
@@ -194,6 +205,9 @@ impl ConfigChange {
         }
         if let Some(ttl) = self.ttl {
             next.ttl = ttl;
+        }
+        if let Some(max_stale) = self.max_stale {
+            next.max_stale = max_stale;
         }
         if let Some(interval) = self.refresh_interval {
             next.refresh_interval = interval;

@@ -110,6 +110,13 @@ impl Meta {
         ttl != 0 && (meta & MARKED_STALE != 0 || now.saturating_sub(meta & WRITTEN_AT) > ttl)
     }
 
+    /// Whether a stale value (see [`Meta::is_stale`]) is also past
+    /// `ttl + max_stale`, too old to serve.
+    #[inline]
+    pub(crate) fn is_expired(&self, now: Nanos, ttl: Nanos, max_stale: Nanos) -> bool {
+        now.saturating_sub(self.load() & WRITTEN_AT) > ttl.saturating_add(max_stale)
+    }
+
     /// Claims the right to ask for this value's refresh: false if it was
     /// asked for already. Reads first, so reads of a stale key write nothing
     /// once it has been asked for.
@@ -241,6 +248,14 @@ mod tests {
         assert_eq!(written_at(&meta), 100);
         meta.renew(200);
         assert!(!meta.is_stale(200, 50), "renewed: the mark is gone");
+    }
+
+    #[test]
+    fn expiry_is_past_the_ttl_and_the_bound() {
+        let meta = Meta::new(100);
+        assert!(!meta.is_expired(180, 50, 30), "at ttl + bound: served");
+        assert!(meta.is_expired(181, 50, 30));
+        assert!(!meta.is_expired(u64::MAX, 50, u64::MAX), "no bound");
     }
 
     #[test]
