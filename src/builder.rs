@@ -37,6 +37,7 @@ pub struct CacheBuilder<K, V, S = DefaultBuildHasher> {
     pub(crate) fetcher: Option<ErasedFetcher<K, V>>,
     pub(crate) weigher: Option<Weigher<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
+    key_debug: Option<fn(&K) -> String>,
     _types: PhantomData<fn(K) -> V>,
 }
 
@@ -56,6 +57,7 @@ impl<K, V, S> std::fmt::Debug for CacheBuilder<K, V, S> {
             .field("fetcher", &self.fetcher.is_some())
             .field("weigher", &self.weigher.is_some())
             .field("eviction_listener", &self.listener.is_some())
+            .field("log_keys", &self.key_debug.is_some())
             .field("hasher", &std::any::type_name::<S>())
             .finish()
     }
@@ -77,6 +79,7 @@ impl<K, V> Default for CacheBuilder<K, V> {
             fetcher: None,
             weigher: None,
             listener: None,
+            key_debug: None,
             _types: PhantomData,
         }
     }
@@ -229,6 +232,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             fetcher: self.fetcher,
             weigher: self.weigher,
             listener: self.listener,
+            key_debug: self.key_debug,
             _types: PhantomData,
         }
     }
@@ -304,6 +308,18 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// Names keys by their `Debug` form in the cache's logs (failed fetches,
+    /// at most ten lines a second, with a count of those held back).
+    /// Without it a key is named by its 32-bit hash, as `#1a2b3c4d`, so that
+    /// a key's failures can be told apart without its content in the logs.
+    pub fn log_keys(mut self) -> Self
+    where
+        K: std::fmt::Debug,
+    {
+        self.key_debug = Some(|key: &K| format!("{key:?}"));
+        self
+    }
+
     /// Checks the settings and builds the cache. Nothing is allocated for
     /// entries until they come, however large `max_size` is.
     ///
@@ -323,6 +339,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             self.fetcher,
             self.weigher,
             self.listener,
+            self.key_debug,
         );
         Ok(Cache {
             inner: Arc::new(inner),

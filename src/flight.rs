@@ -189,7 +189,15 @@ where
                     None => Counter::LoadErrors,
                     Some(_) => Counter::RefreshErrors,
                 });
-                tracing::warn!(%error, "fetch failed; the cached value, if any, is kept");
+                if let Some(held_back) = self.failure_logs.admit(self.read.clock.now()) {
+                    let key = self.describe(key);
+                    tracing::warn!(
+                        %key,
+                        %error,
+                        held_back,
+                        "fetch failed; the cached value, if any, is kept"
+                    );
+                }
                 return Err(error);
             }
         };

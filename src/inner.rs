@@ -23,6 +23,7 @@ use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Removed, Weigher};
 use crate::settings::{ConfigChange, ConfigError, Settings};
 use crate::store::{Entry, Node, Nudge, Refusal, Store, Write, Written, shard_count};
+use crate::throttle::Throttle;
 
 /// The outcome of one fetch, once it has one.
 pub(crate) type Outcome<V> = Option<Result<V, FetchError>>;
@@ -59,6 +60,9 @@ pub(crate) struct Inner<K, V, S> {
     pub(crate) fetcher: ArcSwapOption<ErasedFetcher<K, V>>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
+    /// How logs name a key: its `Debug` form, if the user asked for it.
+    key_debug: Option<fn(&K) -> String>,
+    pub(crate) failure_logs: Throttle,
     /// The fetch under way for each key being fetched.
     pub(crate) flights: DashMap<K, FlightSlot<V>, S>,
     pub(crate) refresher: Refresher,
@@ -76,6 +80,7 @@ where
         fetcher: Option<ErasedFetcher<K, V>>,
         weigher: Option<Weigher<K, V>>,
         listener: Option<Listener<K, V>>,
+        key_debug: Option<fn(&K) -> String>,
     ) -> Self {
         let shards = shard_count(settings.max_size as u64);
         let store = Store::new(
@@ -98,6 +103,8 @@ where
             fetcher: ArcSwapOption::new(fetcher.map(Arc::new)),
             weigher,
             listener,
+            key_debug,
+            failure_logs: Throttle::new(),
             flights: DashMap::with_hasher(hasher),
             refresher: Refresher::new(),
         }
@@ -179,6 +186,14 @@ where
             || !node
                 .meta
                 .is_expired(now, ttl, self.read.max_stale.load(Ordering::Relaxed))
+    }
+
+    /// How logs name `key`: its `Debug` form with `log_keys`, else its hash.
+    pub(crate) fn describe(&self, key: &K) -> String {
+        match self.key_debug {
+            Some(debug) => debug(key),
+            None => format!("#{:08x}", self.store.fingerprint_of(key)),
+        }
     }
 
     /// The weight of an entry: the weigher's (at least 1), or 1.

@@ -145,6 +145,7 @@ mod settings;
 pub mod snapshot;
 mod store;
 mod sync;
+mod throttle;
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Iter};

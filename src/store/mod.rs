@@ -206,6 +206,11 @@ where
         shard.find(at.fingerprint, |k| k.borrow() == key).map(f)
     }
 
+    /// The key's 32-bit fingerprint, as the store files it (for logs).
+    pub(crate) fn fingerprint_of(&self, key: &K) -> u32 {
+        self.locate(key).fingerprint
+    }
+
     /// [`Store::read`], telling `f` the entry's shard too.
     #[inline]
     pub(crate) fn read_in_shard<Q, R>(
