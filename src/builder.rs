@@ -267,6 +267,36 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// Where values come from, for code without async: a blocking closure
+    /// taking the key. Each call runs on the tokio blocking pool of the
+    /// runtime the fetch runs on (the refresher's, as started by
+    /// [`Cache::start_thread`](crate::Cache::start_thread), which needs no
+    /// runtime of the caller's), so it never holds up other fetches. A call
+    /// that outlives `refresh_timeout` is abandoned, not stopped: its
+    /// thread runs it to its end.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<String, usize> = Cache::builder()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .blocking_fetcher(|key: &String| Ok::<_, std::io::Error>(key.len()))
+    ///     .build()?;
+    /// cache.start_thread()?;
+    /// # cache.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn blocking_fetcher<F, E>(mut self, fetch: F) -> Self
+    where
+        F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        K: Send + 'static,
+        V: Send + Sync + 'static,
+    {
+        self.fetcher = Some(ErasedFetcher::from_blocking(fetch));
+        self
+    }
+
     /// Where values come from: a type implementing [`Fetcher`], which also
     /// sees the cached value and may answer
     /// [`Fetched::Unchanged`](crate::Fetched) to renew it without a new value.

@@ -389,6 +389,18 @@ where
             .store(Some(Arc::new(ErasedFetcher::from_fn(fetch))));
     }
 
+    /// [`set_fetcher`](Self::set_fetcher) for a blocking closure; see
+    /// [`CacheBuilder::blocking_fetcher`](crate::CacheBuilder::blocking_fetcher).
+    pub fn set_blocking_fetcher<F, E>(&self, fetch: F)
+    where
+        F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.inner
+            .fetcher
+            .store(Some(Arc::new(ErasedFetcher::from_blocking(fetch))));
+    }
+
     /// [`set_fetcher`](Self::set_fetcher) for a [`Fetcher`] type.
     pub fn set_fetcher_impl(&self, fetcher: impl Fetcher<K, V>) {
         self.inner
@@ -453,7 +465,62 @@ where
             return Err(StartError::NoFetcher);
         }
         let mut control = self.inner.refresher.control();
+        if control.owned.is_some() {
+            // Moving off the refresher's own thread: that one ends.
+            if let Some(run) = control.run.take() {
+                run.signals.stop();
+            }
+            control.retire_owned();
+        }
         control.runtime = Some(runtime.clone());
+        self.inner.reconcile(&mut control);
+        Ok(())
+    }
+
+    /// Starts the refresher on a thread of its own (named
+    /// `swr-cache-refresher`), for code with no tokio runtime: the crate
+    /// makes one for it. With a
+    /// [`blocking_fetcher`](crate::CacheBuilder::blocking_fetcher), fetches
+    /// run on that runtime's blocking threads. [`shutdown`](Cache::shutdown)
+    /// (or dropping the last handle) stops it and ends the thread. Calling
+    /// it again while it runs changes nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<String, String> = Cache::builder()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .blocking_fetcher(|key: &String| Ok::<_, std::io::Error>(format!("fetched {key}")))
+    ///     .build()?;
+    /// cache.start_thread()?;
+    /// assert!(cache.is_refreshing());
+    /// cache.shutdown();
+    /// assert!(!cache.is_refreshing());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`StartError::NoFetcher`] if the cache has no fetcher;
+    /// [`StartError::NoThread`] if the thread could not be made.
+    pub fn start_thread(&self) -> Result<(), StartError> {
+        if self.inner.fetcher.load().is_none() {
+            return Err(StartError::NoFetcher);
+        }
+        let mut control = self.inner.refresher.control();
+        if control.owned.is_none() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("swr-cache-refresher")
+                .enable_all()
+                .build()
+                .map_err(|e| StartError::NoThread(e.to_string()))?;
+            if let Some(run) = control.run.take() {
+                run.signals.stop();
+            }
+            control.runtime = Some(runtime.handle().clone());
+            control.owned = Some(runtime);
+        }
         self.inner.reconcile(&mut control);
         Ok(())
     }
@@ -522,6 +589,43 @@ where
             return Ok(value);
         }
         self.fetch_now(K::from(key.to_owned()), Purpose::Load).await
+    }
+
+    /// The cached value for `key`; on a miss, calls `load` on this thread,
+    /// caches its value and returns it: a read-through for code without
+    /// async, which needs no runtime at all. Threads that miss the same key
+    /// while one loads it wait for it (single flight) and then get its
+    /// value; if its load fails or panics, the next of them loads with its
+    /// own `load`. An error is returned to the loader's caller only, and
+    /// nothing is cached then. Like a [`get_or_fetch`](Self::get_or_fetch),
+    /// the load is fenced by a removal of the key while it runs: its value
+    /// is returned, not cached.
+    ///
+    /// `load` runs with no lock held, so it may use the cache; if it asks
+    /// for the same key, that call loads again rather than wait for itself.
+    ///
+    /// ```
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<String, usize> = Cache::builder().build()?;
+    /// let len = cache.get_or_insert_with("four", |key| Ok::<_, std::io::Error>(key.len()))?;
+    /// assert_eq!(len, 4);
+    /// assert_eq!(cache.get("four"), Some(4));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `load`'s error; nothing is cached then.
+    pub fn get_or_insert_with<Q, E>(
+        &self,
+        key: &Q,
+        load: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<V, E>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: ToOwned + Hash + Eq + ?Sized,
+    {
+        self.inner.get_or_insert_with(key, load)
     }
 
     /// Revalidates `key` now: fetches it (joining a fetch already under way)

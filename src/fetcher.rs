@@ -171,6 +171,36 @@ where
     }
 }
 
+struct BlockingFetcher<F>(F);
+
+impl<K, V, F, E> DynFetcher<K, V> for BlockingFetcher<F>
+where
+    F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+    K: Send + 'static,
+    V: Send + 'static,
+{
+    fn fetch(self: Arc<Self>, key: K, _current: Option<V>) -> FetchFuture<V> {
+        Box::pin(async move {
+            // On the runtime's blocking pool: a blocking fetcher never holds
+            // up the refresher or a runtime worker. A timeout abandons the
+            // wait, not the thread, which runs the closure to its end.
+            let call = move || (self.0)(&key).map_err(Into::into);
+            let called: Result<Result<V, Box<dyn StdError + Send + Sync>>, _> =
+                tokio::task::spawn_blocking(call).await;
+            match called {
+                Ok(fetched) => fetched
+                    .map(Fetched::Value)
+                    .map_err(|e| FetchError::Failed(Arc::from(e))),
+                Err(join) if join.is_panic() => {
+                    Err(FetchError::Panicked(panic_message(&*join.into_panic())))
+                }
+                Err(_) => Err(FetchError::Cancelled),
+            }
+        })
+    }
+}
+
 /// A fetcher ready to store: a closure or a [`Fetcher`], its types erased.
 pub(crate) struct ErasedFetcher<K, V>(pub(crate) Arc<dyn DynFetcher<K, V>>);
 
@@ -183,6 +213,15 @@ impl<K: Send + 'static, V: Send + Sync + 'static> ErasedFetcher<K, V> {
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
         Self(Arc::new(FnFetcher(fetch)))
+    }
+
+    /// From a blocking closure taking the key.
+    pub(crate) fn from_blocking<F, E>(fetch: F) -> Self
+    where
+        F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        Self(Arc::new(BlockingFetcher(fetch)))
     }
 
     /// From a [`Fetcher`].

@@ -162,6 +162,9 @@ where
         if let Some((_, slot)) = self.flights.remove(key) {
             slot.fence.store(true, Ordering::SeqCst);
         }
+        if let Some((_, slot)) = self.blocking.remove(key) {
+            slot.fence.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Fences every flight under way; for `clear`.
@@ -170,12 +173,16 @@ where
             slot.fence.store(true, Ordering::SeqCst);
             false
         });
+        self.blocking.retain(|_, slot| {
+            slot.fence.store(true, Ordering::SeqCst);
+            false
+        });
     }
 
     /// Installs a fetch's outcome and counts it; returns the value the cache
     /// now holds for the key (a newer write's, if one won), or the error.
     /// `from` is the version the fetch started from, `None` for a load.
-    fn install(
+    pub(crate) fn install(
         &self,
         key: &K,
         from: Option<Version>,

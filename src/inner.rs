@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::fetcher::{ErasedFetcher, FetchError};
+use crate::latch::Latch;
 use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Removed, Weigher};
@@ -35,6 +36,17 @@ pub(crate) type FlightReceiver<V> = watch::Receiver<Outcome<V>>;
 pub(crate) struct FlightSlot<V> {
     pub(crate) result: FlightReceiver<V>,
     /// Set by an invalidation of the key: the fetch's value is not stored.
+    pub(crate) fence: Arc<AtomicBool>,
+}
+
+/// A blocking read-through under way (`get_or_insert_with`).
+pub(crate) struct BlockingSlot {
+    /// Opens when the loading thread is done, whatever the outcome.
+    pub(crate) done: Arc<Latch>,
+    /// The thread loading the key: if it asks for the key again (from its
+    /// own loader), it loads again rather than wait for itself.
+    pub(crate) loader: std::thread::ThreadId,
+    /// Set by an invalidation of the key: the loaded value is not stored.
     pub(crate) fence: Arc<AtomicBool>,
 }
 
@@ -65,6 +77,8 @@ pub(crate) struct Inner<K, V, S> {
     pub(crate) failure_logs: Throttle,
     /// The fetch under way for each key being fetched.
     pub(crate) flights: DashMap<K, FlightSlot<V>, S>,
+    /// The blocking read-through under way for each key being loaded.
+    pub(crate) blocking: DashMap<K, BlockingSlot, S>,
     pub(crate) refresher: Refresher,
 }
 
@@ -105,7 +119,8 @@ where
             listener,
             key_debug,
             failure_logs: Throttle::new(),
-            flights: DashMap::with_hasher(hasher),
+            flights: DashMap::with_hasher(hasher.clone()),
+            blocking: DashMap::with_hasher(hasher),
             refresher: Refresher::new(),
         }
     }

@@ -129,6 +129,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod blocking;
 mod builder;
 mod cache;
 mod clock;
@@ -136,6 +137,7 @@ mod fetcher;
 mod flight;
 mod hasher;
 mod inner;
+mod latch;
 mod metrics;
 mod refresh;
 mod removal;

@@ -17,6 +17,9 @@ pub enum StartError {
     NoRuntime,
     /// The cache has no fetcher, so there is nothing to refresh with.
     NoFetcher,
+    /// [`Cache::start_thread`](crate::Cache::start_thread) could not make
+    /// the refresher's thread and runtime; why.
+    NoThread(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -24,6 +27,7 @@ impl std::fmt::Display for StartError {
         match self {
             Self::NoRuntime => f.write_str("not inside a tokio runtime; use start_on"),
             Self::NoFetcher => f.write_str("the cache has no fetcher to refresh with"),
+            Self::NoThread(why) => write!(f, "no thread for the refresher: {why}"),
         }
     }
 }

@@ -83,9 +83,12 @@ where
     pub(crate) fn stop_run(&self) -> Option<Run> {
         let mut control = self.refresher.control();
         control.runtime = None;
-        let run = self.take_run(&mut control)?;
-        run.signals.stop();
-        Some(run)
+        let run = self.take_run(&mut control);
+        if let Some(run) = &run {
+            run.signals.stop();
+        }
+        control.retire_owned();
+        run
     }
 
     /// Detaches the running task from the cache: stale reads stop asking

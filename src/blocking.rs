@@ -1,0 +1,153 @@
+//! The blocking read-through, [`Cache::get_or_insert_with`]: for code with
+//! no async and no runtime at all.
+//!
+//! One thread per key loads at a time. The first to miss registers itself
+//! in the map of blocking loads and calls the user's loader with no lock
+//! held; others that miss meanwhile find its entry and wait on its latch,
+//! then read again: a hit if the load was stored, or, if it failed,
+//! panicked or was fenced, they go round again, one of them loading in
+//! turn with its own loader (an error is the loader's own, so it is never
+//! shared). The loader's thread, if its loader asks for the same key, loads
+//! again directly instead of waiting for itself.
+//!
+//! A load stores its value as a fetch's would ([`Inner::install`]): over
+//! the version it found (an entry past `max_stale`), or only if the key is
+//! still absent and no removal fenced the load since it registered.
+//!
+//! [`Cache::get_or_insert_with`]: crate::Cache::get_or_insert_with
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use dashmap::mapref::entry::Entry;
+
+use crate::fetcher::Fetched;
+use crate::inner::{BlockingSlot, Inner};
+use crate::latch::Latch;
+use crate::metrics::Counter;
+
+/// What a thread that missed does.
+enum Role {
+    /// Another thread loads the key: wait for it, then read again.
+    Wait(Arc<Latch>),
+    /// Load it, registered as the key's loader.
+    Load(Arc<Latch>, Arc<AtomicBool>),
+    /// This thread is the key's loader already (its loader asked again).
+    Reenter,
+}
+
+impl<K, V, S> Inner<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn get_or_insert_with<Q, E>(
+        self: &Arc<Self>,
+        key: &Q,
+        load: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<V, E>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: ToOwned + Hash + Eq + ?Sized,
+    {
+        if let Some(value) = self.get(key) {
+            return Ok(value);
+        }
+        let key = K::from(key.to_owned());
+        let me = std::thread::current().id();
+        loop {
+            let role = match self.blocking.entry(key.clone()) {
+                Entry::Occupied(slot) if slot.get().loader == me => Role::Reenter,
+                Entry::Occupied(slot) => Role::Wait(Arc::clone(&slot.get().done)),
+                Entry::Vacant(slot) => {
+                    let done = Arc::new(Latch::default());
+                    let fence = Arc::new(AtomicBool::new(false));
+                    slot.insert(BlockingSlot {
+                        done: Arc::clone(&done),
+                        loader: me,
+                        fence: Arc::clone(&fence),
+                    });
+                    Role::Load(done, fence)
+                }
+            };
+            match role {
+                Role::Wait(done) => {
+                    done.wait();
+                    // (Named: the caller's `K: Borrow<Q>` would claim `&key`.)
+                    let found = self
+                        .store
+                        .read::<K, _>(&key, |n| self.is_servable(n).then(|| n.value.clone()));
+                    if let Some(Some(value)) = found {
+                        return Ok(value);
+                    }
+                }
+                Role::Load(done, fence) => {
+                    let _leaving = Leaving {
+                        inner: self,
+                        key: &key,
+                        done,
+                    };
+                    return self.load_blocking(&key, load, &fence);
+                }
+                Role::Reenter => {
+                    return self.load_blocking(&key, load, &AtomicBool::new(false));
+                }
+            }
+        }
+    }
+
+    /// Calls `load` and stores its value, unless the key was written since
+    /// the miss (that value is returned) or `fence` is set by then.
+    fn load_blocking<E>(
+        &self,
+        key: &K,
+        load: impl FnOnce(&K) -> Result<V, E>,
+        fence: &AtomicBool,
+    ) -> Result<V, E> {
+        let start = self.store.read(key, |n| {
+            (self.is_servable(n).then(|| n.value.clone()), n.version)
+        });
+        if let Some((Some(value), _)) = start {
+            return Ok(value);
+        }
+        let from = start.map(|(_, version)| version);
+        match load(key) {
+            Ok(value) => Ok(self
+                .install(key, from, Ok(Fetched::Value(value.clone())), fence)
+                .unwrap_or(value)),
+            Err(error) => {
+                self.counters.incr(Counter::LoadErrors);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The loader leaving: takes its entry out of the map (unless a fence took
+/// it already, and another load may be there) and opens its latch, however
+/// the load ended, a panic included.
+struct Leaving<'a, K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    inner: &'a Inner<K, V, S>,
+    key: &'a K,
+    done: Arc<Latch>,
+}
+
+impl<K, V, S> Drop for Leaving<'_, K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    fn drop(&mut self) {
+        self.inner
+            .blocking
+            .remove_if(self.key, |_, slot| Arc::ptr_eq(&slot.done, &self.done));
+        self.done.open();
+    }
+}
