@@ -17,8 +17,8 @@ use crate::settings::{ConfigError, MAX_SIZE_LIMIT, Settings};
 ///
 /// Defaults follow the LangSmith SDK's prompt cache: `max_size` 100,
 /// `ttl` 300 s, `refresh_interval` 60 s; and for the refresher:
-/// `max_concurrent_refreshes` 16, `refresh_timeout` 30 s, `refresh_on_read`
-/// on, `max_retry_backoff` 600 s.
+/// concurrency adapting between 4 and 256 (`adaptive_refreshes(4, 256)`),
+/// `refresh_timeout` 30 s, `refresh_on_read` on, `max_retry_backoff` 600 s.
 ///
 /// ```
 /// use std::time::Duration;
@@ -51,6 +51,7 @@ impl<K, V, S> std::fmt::Debug for CacheBuilder<K, V, S> {
             .field("max_stale", &s.max_stale)
             .field("refresh_interval", &s.refresh_interval)
             .field("max_concurrent_refreshes", &s.max_concurrent_refreshes)
+            .field("min_concurrent_refreshes", &s.min_concurrent_refreshes)
             .field("refresh_timeout", &s.refresh_timeout)
             .field("refresh_on_read", &s.refresh_on_read)
             .field("max_retry_backoff", &s.max_retry_backoff)
@@ -310,9 +311,33 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
-    /// How many fetches the refresher runs at once.
+    /// A fixed number of fetches the refresher runs at once, in place of
+    /// the adaptive limit (see [`adaptive_refreshes`](Self::adaptive_refreshes)).
     pub fn max_concurrent_refreshes(mut self, max: usize) -> Self {
         self.settings.max_concurrent_refreshes = max;
+        self.settings.min_concurrent_refreshes = None;
+        self
+    }
+
+    /// Lets the number of fetches the refresher runs at once adapt to the
+    /// upstream, between `floor` and `cap` (the default, with 4 and 256).
+    /// Judged once per round of fetches: it doubles while the upstream's
+    /// latency holds (from the start, and when the upstream comes back after
+    /// an outage), then grows by one per round; it holds when latency rises
+    /// by more than 30 % over the upstream's unloaded latency, shrinks by a
+    /// fifth when latency more than doubles (past the upstream's knee), and
+    /// halves when more than a fifth of a round failed. So a storm of stale
+    /// entries on a healthy upstream runs at the cap within a few round
+    /// trips, and an upstream that slows down under load is not driven past
+    /// the point where it does.
+    ///
+    /// Whatever the limit, when every fetch fails (ten in a row, across
+    /// keys) the refresher stops fetching but for one probe every 200 ms,
+    /// and starts everything waiting as soon as one answers: a circuit
+    /// breaker, so an outage costs the upstream five calls a second.
+    pub fn adaptive_refreshes(mut self, floor: usize, cap: usize) -> Self {
+        self.settings.max_concurrent_refreshes = cap;
+        self.settings.min_concurrent_refreshes = Some(floor);
         self
     }
 

@@ -509,17 +509,29 @@ where
         }
         let mut control = self.inner.refresher.control();
         if control.owned.is_none() {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("swr-cache-refresher")
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
+                .map_err(|e| StartError::NoThread(e.to_string()))?;
+            let handle = runtime.handle().clone();
+            let (retire, retired) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name("swr-cache-refresher".into())
+                .spawn(move || {
+                    // Runs the refresher until `retire` is dropped (stop,
+                    // shutdown, the last handle gone); fetches on its
+                    // blocking pool are left to finish on their own.
+                    runtime.block_on(async {
+                        let _ = retired.await;
+                    });
+                    runtime.shutdown_background();
+                })
                 .map_err(|e| StartError::NoThread(e.to_string()))?;
             if let Some(run) = control.run.take() {
                 run.signals.stop();
             }
-            control.runtime = Some(runtime.handle().clone());
-            control.owned = Some(runtime);
+            control.runtime = Some(handle);
+            control.owned = Some(retire);
         }
         self.inner.reconcile(&mut control);
         Ok(())

@@ -22,7 +22,8 @@ pub const MAX_WEIGHT_LIMIT: u64 = u64::MAX >> 2;
 pub(crate) const DEFAULT_MAX_SIZE: usize = 100;
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
-pub(crate) const DEFAULT_MAX_CONCURRENT_REFRESHES: usize = 16;
+pub(crate) const DEFAULT_MAX_CONCURRENT_REFRESHES: usize = 256;
+pub(crate) const DEFAULT_MIN_CONCURRENT_REFRESHES: usize = 4;
 pub(crate) const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -38,7 +39,12 @@ pub(crate) struct Settings {
     /// How long past the TTL a value may still be served; `None`: forever.
     pub(crate) max_stale: Option<Duration>,
     pub(crate) refresh_interval: Duration,
+    /// The most refreshes at once: the cap of the adaptive limit, or the
+    /// fixed number.
     pub(crate) max_concurrent_refreshes: usize,
+    /// The floor of the adaptive limit; `None`: the number is fixed at
+    /// `max_concurrent_refreshes`.
+    pub(crate) min_concurrent_refreshes: Option<usize>,
     pub(crate) refresh_timeout: Duration,
     pub(crate) refresh_on_read: bool,
     pub(crate) max_retry_backoff: Duration,
@@ -53,6 +59,7 @@ impl Default for Settings {
             max_stale: None,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             max_concurrent_refreshes: DEFAULT_MAX_CONCURRENT_REFRESHES,
+            min_concurrent_refreshes: Some(DEFAULT_MIN_CONCURRENT_REFRESHES),
             refresh_timeout: DEFAULT_REFRESH_TIMEOUT,
             refresh_on_read: true,
             max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
@@ -90,6 +97,14 @@ impl Settings {
         if self.max_concurrent_refreshes == 0 {
             return Err(ConfigError::ZeroMaxConcurrentRefreshes);
         }
+        if let Some(floor) = self.min_concurrent_refreshes {
+            if floor == 0 || floor > self.max_concurrent_refreshes {
+                return Err(ConfigError::AdaptiveRefreshesFloor {
+                    floor,
+                    cap: self.max_concurrent_refreshes,
+                });
+            }
+        }
         if self.refresh_timeout.is_zero() {
             return Err(ConfigError::ZeroRefreshTimeout);
         }
@@ -123,6 +138,7 @@ pub struct ConfigChange {
     max_stale: Option<Option<Duration>>,
     refresh_interval: Option<Duration>,
     max_concurrent_refreshes: Option<usize>,
+    min_concurrent_refreshes: Option<Option<usize>>,
     refresh_timeout: Option<Duration>,
     refresh_on_read: Option<bool>,
     max_retry_backoff: Option<Duration>,
@@ -172,6 +188,15 @@ impl ConfigChange {
     /// fetches already under way finish.
     pub fn max_concurrent_refreshes(mut self, max: usize) -> Self {
         self.max_concurrent_refreshes = Some(max);
+        self.min_concurrent_refreshes = Some(None);
+        self
+    }
+
+    /// See [`CacheBuilder::adaptive_refreshes`](crate::CacheBuilder::adaptive_refreshes);
+    /// the limit goes on from where it is, within the new bounds.
+    pub fn adaptive_refreshes(mut self, floor: usize, cap: usize) -> Self {
+        self.max_concurrent_refreshes = Some(cap);
+        self.min_concurrent_refreshes = Some(Some(floor));
         self
     }
 
@@ -215,6 +240,9 @@ impl ConfigChange {
         if let Some(max) = self.max_concurrent_refreshes {
             next.max_concurrent_refreshes = max;
         }
+        if let Some(floor) = self.min_concurrent_refreshes {
+            next.min_concurrent_refreshes = floor;
+        }
         if let Some(timeout) = self.refresh_timeout {
             next.refresh_timeout = timeout;
         }
@@ -247,6 +275,13 @@ pub enum ConfigError {
     ZeroMaxConcurrentRefreshes,
     /// `max_retry_backoff` was zero.
     ZeroMaxRetryBackoff,
+    /// `adaptive_refreshes` had a floor of zero, or above its cap.
+    AdaptiveRefreshesFloor {
+        /// The floor asked for.
+        floor: usize,
+        /// The cap asked for.
+        cap: usize,
+    },
     /// `max_size` was above [`MAX_SIZE_LIMIT`].
     MaxSizeTooLarge {
         /// The size asked for.
@@ -272,6 +307,7 @@ impl ConfigError {
             Self::ZeroRefreshTimeout => "refresh_timeout",
             Self::ZeroMaxConcurrentRefreshes => "max_concurrent_refreshes",
             Self::ZeroMaxRetryBackoff => "max_retry_backoff",
+            Self::AdaptiveRefreshesFloor { .. } => "adaptive_refreshes",
             Self::MaxSizeTooLarge { .. } => "max_size",
             Self::MaxWeightTooLarge { .. }
             | Self::WeigherWithoutMaxWeight
@@ -290,6 +326,10 @@ impl fmt::Display for ConfigError {
                 f.write_str("max_concurrent_refreshes must be more than zero")
             }
             Self::ZeroMaxRetryBackoff => f.write_str("max_retry_backoff must be more than zero"),
+            Self::AdaptiveRefreshesFloor { floor, cap } => write!(
+                f,
+                "adaptive_refreshes needs a floor from 1 to its cap, not {floor} with a cap of {cap}"
+            ),
             Self::MaxSizeTooLarge { max_size } => {
                 write!(
                     f,

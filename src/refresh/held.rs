@@ -16,8 +16,12 @@
 //! - the task ends: what it held is given back when the next task starts.
 //!
 //! A failed fetch keeps the key held (so readers stay quiet) and schedules
-//! a retry after a backoff. Keys a reader asked for are fetched before keys
-//! taken as due.
+//! a retry after a backoff; while the circuit breaker is open (the
+//! upstream, not the key, is failing), it waits in the queue instead, to go
+//! as soon as the upstream is back. Keys a reader asked for are fetched
+//! before keys taken as due. How many run at once is the concurrency
+//! limit's ([`limit`](super::limit)); whether any may start, the breaker's
+//! ([`breaker`](super::breaker)).
 //!
 //! [`Flight::Gone`]: crate::flight::Flight::Gone
 
@@ -29,10 +33,13 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::backoff::{Jitter, retry_delay};
+use super::breaker::{Breaker, Permit, Turned};
+use super::limit::{Limit, Outcome};
 use crate::clock::{Nanos, duration_to_nanos};
 use crate::fetcher::FetchError;
 use crate::flight::{Flight, Purpose, wait};
 use crate::inner::Inner;
+use crate::settings::Settings;
 use crate::store::Nudge;
 
 /// The most keys the task takes from one shard under one hold of its lock.
@@ -58,6 +65,14 @@ struct Held {
     failures: u32,
 }
 
+/// What the task knows of a fetch it started, when it ends.
+pub(crate) struct Fetch {
+    /// Started as the breaker's probe.
+    probe: bool,
+    /// How long it took, in nanoseconds.
+    latency: u64,
+}
+
 /// The task's keys and the fetches under way.
 pub(crate) struct Holdings<K, V, S> {
     held: HashMap<K, Held, S>,
@@ -68,7 +83,9 @@ pub(crate) struct Holdings<K, V, S> {
     /// Keys backing off, by retry time and retry number.
     retries: BTreeMap<(Nanos, u64), K>,
     next_retry: u64,
-    pub(crate) fetching: JoinSet<(K, Result<V, FetchError>)>,
+    pub(crate) fetching: JoinSet<(K, Result<V, FetchError>, Fetch)>,
+    limit: Limit,
+    breaker: Breaker,
     jitter: Jitter,
     /// Room for readers' requests, swapped with the cache's list.
     nudges: Vec<Nudge>,
@@ -92,6 +109,8 @@ where
             retries: BTreeMap::new(),
             next_retry: 0,
             fetching: JoinSet::new(),
+            limit: Limit::new(crate::settings::DEFAULT_MIN_CONCURRENT_REFRESHES),
+            breaker: Breaker::new(),
             jitter: Jitter::new(),
             nudges: Vec::with_capacity(super::requests::NUDGE_CAPACITY),
             taken: Vec::new(),
@@ -104,9 +123,22 @@ where
         self.hot.len() + self.cold.len()
     }
 
-    /// The earliest retry scheduled.
-    pub(crate) fn next_retry_at(&self) -> Option<Nanos> {
-        self.retries.first_key_value().map(|(&(at, _), _)| at)
+    /// The earliest time something is due to start: a retry, or the
+    /// breaker's next probe while open.
+    pub(crate) fn next_start_at(&self) -> Option<Nanos> {
+        let retry = self.retries.first_key_value().map(|(&(at, _), _)| at);
+        match (retry, self.breaker.probe_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How many fetches may run at once now.
+    pub(crate) fn concurrency(&self, settings: &Settings) -> usize {
+        match settings.min_concurrent_refreshes {
+            Some(floor) => self.limit.get(floor, settings.max_concurrent_refreshes),
+            None => settings.max_concurrent_refreshes,
+        }
     }
 
     /// Takes the entries readers asked for since the last call.
@@ -210,10 +242,16 @@ where
         }
     }
 
-    /// Starts fetches, readers' keys first, while fewer than the limit run.
-    pub(crate) fn start_fetches(&mut self, inner: &Arc<Inner<K, V, S>>) {
-        let max_concurrent = inner.settings.load().max_concurrent_refreshes;
+    /// Starts fetches, readers' keys first, while fewer than the limit run
+    /// and the breaker allows.
+    pub(crate) fn start_fetches(&mut self, inner: &Arc<Inner<K, V, S>>, now: Nanos) {
+        let max_concurrent = self.concurrency(&inner.settings.load());
         while self.fetching.len() < max_concurrent {
+            let probe = match self.breaker.permit(now) {
+                Permit::Any => false,
+                Permit::Probe => true,
+                Permit::Wait => break,
+            };
             let Some(key) = self.hot.pop_front().or_else(|| self.cold.pop_front()) else {
                 break;
             };
@@ -221,15 +259,17 @@ where
             if self.held.get(&key).map(|h| h.state) != Some(State::Queued) {
                 continue;
             }
+            let timed = |key: K, probe| move |result| (key, result, Fetch { probe, latency: 0 });
+            let started = tokio::time::Instant::now();
+            let done = timed(key.clone(), probe);
             match inner.join_or_start_flight(key.clone(), Purpose::Refresh) {
                 Ok(Flight::Started(drive)) => {
-                    let key = key.clone();
-                    self.fetching.spawn(async move { (key, drive.await) });
+                    self.fetching
+                        .spawn(async move { latency(done(drive.await), started) });
                 }
                 Ok(Flight::Joined(flight)) => {
-                    let key = key.clone();
                     self.fetching
-                        .spawn(async move { (key, wait(flight).await) });
+                        .spawn(async move { latency(done(wait(flight).await), started) });
                 }
                 // Written or removed since it was taken: not ours any more.
                 // (A fetcher cannot be taken away once set.)
@@ -241,6 +281,55 @@ where
             if let Some(held) = self.held.get_mut(&key) {
                 held.state = State::Fetching;
             }
+            if probe {
+                self.breaker.probing();
+            }
+        }
+    }
+
+    /// Feeds a finished fetch to the limit and the breaker.
+    fn judge(
+        &mut self,
+        settings: &Settings,
+        now: Nanos,
+        key: &K,
+        result: &Result<V, FetchError>,
+        fetch: &Fetch,
+    ) {
+        let outcome = match result {
+            Ok(_) | Err(FetchError::Gone | FetchError::NothingToKeep) => Outcome::Answered,
+            // Stopped by this side, not the upstream's doing.
+            Err(FetchError::Cancelled | FetchError::NoFetcher | FetchError::NoRuntime) => return,
+            Err(_) => Outcome::Failed,
+        };
+        if let Some(floor) = settings.min_concurrent_refreshes {
+            self.limit.record(
+                outcome,
+                fetch.latency,
+                floor,
+                settings.max_concurrent_refreshes,
+            );
+        }
+        let new_key = self.held.get(key).is_none_or(|h| h.failures == 0);
+        match self.breaker.record(outcome, fetch.probe, new_key, now) {
+            Some(Turned::Closed) => self.limit.restart(),
+            Some(Turned::Opened) => self.queue_backing_off(),
+            None => {}
+        }
+    }
+
+    /// Queues every key backing off: the breaker opened, so their own
+    /// backoffs no longer say when they go (it does).
+    fn queue_backing_off(&mut self) {
+        let retries = std::mem::take(&mut self.retries);
+        for (_, key) in retries {
+            if let Some(held) = self.held.get_mut(&key) {
+                if matches!(held.state, State::BackingOff(_)) {
+                    held.state = State::Queued;
+                    let hot = held.hot;
+                    self.line(hot).push_back(key);
+                }
+            }
         }
     }
 
@@ -249,9 +338,10 @@ where
         &mut self,
         inner: &Inner<K, V, S>,
         now: Nanos,
-        key: K,
-        result: Result<V, FetchError>,
+        (key, result, fetch): (K, Result<V, FetchError>, Fetch),
     ) {
+        let settings = inner.settings.load();
+        self.judge(&settings, now, &key, &result, &fetch);
         if result.is_ok() {
             self.held.remove(&key);
             // Written by the install, or by a newer write; if neither (the
@@ -266,7 +356,13 @@ where
         let Some(held) = self.held.get_mut(&key) else {
             return;
         };
-        let settings = inner.settings.load();
+        if self.breaker.is_open() {
+            // The upstream is down, not this key: it waits for the breaker.
+            held.state = State::Queued;
+            let hot = held.hot;
+            self.line(hot).push_back(key);
+            return;
+        }
         let base = duration_to_nanos(settings.refresh_interval);
         let cap = duration_to_nanos(settings.max_retry_backoff);
         held.failures = held.failures.saturating_add(1);
@@ -277,4 +373,10 @@ where
         self.retries
             .insert((now.saturating_add(delay), number), key);
     }
+}
+
+/// Stamps a finished fetch with the time since `started`.
+fn latency<K, V>(mut done: (K, V, Fetch), started: tokio::time::Instant) -> (K, V, Fetch) {
+    done.2.latency = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    done
 }

@@ -1,10 +1,13 @@
 //! Refreshing: the cache's side of the refresher (`requests`: where stale
 //! reads ask for refreshes, and the task's handle), the task that fetches
-//! them (`task`), what it holds (`held`) and how long a failing key waits
-//! (`backoff`).
+//! them (`task`), what it holds (`held`), how many it fetches at once
+//! (`limit`), when it stops for an outage (`breaker`) and how long a failing
+//! key waits (`backoff`).
 
 mod backoff;
+mod breaker;
 mod held;
+mod limit;
 pub(crate) mod requests;
 pub(crate) mod task;
 

@@ -12,8 +12,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::runtime::{Handle, Runtime};
-use tokio::sync::Notify;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::store::Nudge;
@@ -37,29 +37,16 @@ pub(crate) struct Control {
     /// (it cannot while the TTL is `None` or the capacity is 0).
     pub(crate) runtime: Option<Handle>,
     pub(crate) run: Option<Run>,
-    /// The runtime `start_thread` made for the refresher, if `runtime` is
-    /// its handle: shut down when the refresher is stopped for good.
-    pub(crate) owned: Option<Runtime>,
+    /// Set while the refresher runs on the thread `start_thread` made:
+    /// dropping it ends that thread and its runtime.
+    pub(crate) owned: Option<oneshot::Sender<()>>,
 }
 
 impl Control {
-    /// Shuts down the runtime made for the refresher, if there is one.
+    /// Ends the thread made for the refresher, if there is one.
     pub(crate) fn retire_owned(&mut self) {
-        if let Some(runtime) = self.owned.take() {
-            retire(runtime);
-        }
+        self.owned = None;
     }
-}
-
-/// Shuts `runtime` down without waiting for it, from a thread of its own:
-/// the last handle of a cache may be dropped on the runtime's own worker
-/// (by the refresher), where a runtime cannot be shut down.
-fn retire(runtime: Runtime) {
-    // Should no thread be had, the closure and the runtime in it are dropped
-    // here instead: fine anywhere but on the runtime's own workers.
-    let _ = std::thread::Builder::new()
-        .name("swr-cache-retire".into())
-        .spawn(move || runtime.shutdown_background());
 }
 
 pub(crate) struct Run {

@@ -4,12 +4,13 @@
 //! (the store's `due` order); the TTL is one for the whole cache, so the
 //! stale values are at the heads. Every `refresh_interval`, and whenever its
 //! queue runs low while stale values remain, the task takes stale values
-//! from the heads, as many as its queue needs (twice
-//! `max_concurrent_refreshes`); as readers' requests arrive (refresh-on-read)
-//! it takes those, and fetches them first. It fetches
-//! `max_concurrent_refreshes` at a time, each fetch bounded by
-//! `refresh_timeout`. What it holds and how a held key is let go is in
-//! [`held`](super::held).
+//! from the heads, as many as its queue needs (twice the concurrency
+//! limit); as readers' requests arrive (refresh-on-read) it takes those,
+//! and fetches them first. It fetches as many at a time as the limit
+//! allows (adaptive by default, see [`limit`](super::limit)) and the
+//! circuit breaker lets through ([`breaker`](super::breaker)), each fetch
+//! bounded by `refresh_timeout`. What it holds and how a held key is let go
+//! is in [`held`](super::held).
 //!
 //! # Cost
 //!
@@ -169,8 +170,8 @@ async fn run_refresher<K, V, S>(
         let now = inner.read.clock.tick();
         let settings = inner.settings.load_full();
         let interval = duration_to_nanos(settings.refresh_interval);
-        for (key, result) in finished.drain(..) {
-            holdings.finished(&inner, now, key, result);
+        for done in finished.drain(..) {
+            holdings.finished(&inner, now, done);
         }
         holdings.take_nudged(&inner);
         holdings.retry_due(now);
@@ -178,18 +179,18 @@ async fn run_refresher<K, V, S>(
         // interval set by `configure` takes effect at once.
         let look_at = |last: Option<Nanos>| last.map_or(0, |at: Nanos| at.saturating_add(interval));
         if backlog || now >= look_at(last_look) {
-            let want = settings.max_concurrent_refreshes.saturating_mul(2);
+            let want = holdings.concurrency(&settings).saturating_mul(2);
             backlog = holdings.take_due(&inner, now, want);
             if now >= look_at(last_look) {
                 last_look = Some(now);
             }
         }
-        holdings.start_fetches(&inner);
+        holdings.start_fetches(&inner, now);
         let tick = tick_period(inner.ttl_nanos(), interval);
         inner.read.clock.set_period(tick);
         let mut wake_at = look_at(last_look).min(now.saturating_add(tick));
-        if let Some(retry) = holdings.next_retry_at() {
-            wake_at = wake_at.min(retry);
+        if let Some(start) = holdings.next_start_at() {
+            wake_at = wake_at.min(start);
         }
         let wake_at = inner.read.clock.instant_at(wake_at);
         drop(inner);
