@@ -36,12 +36,12 @@ use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) use node::{Node, Version};
-pub(crate) use shard::{Install, Installed, Refusal, Write, Written};
+pub(crate) use shard::{Entry, Install, Installed, Refusal, Write, Written};
 
 use crate::clock::Nanos;
 use crate::removal::Removed;
 use crate::sync::{AtomicU64, AtomicUsize, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use shard::{Incoming, Shard};
+use shard::Shard;
 
 /// A shard behind its lock, on cache lines of its own.
 type Locked<K, V> = Padded<RwLock<Shard<K, V>>>;
@@ -56,16 +56,6 @@ pub(crate) const MIN_PER_SHARD: u64 = 1024;
 /// its own, so a lock written by one core does not slow another's reads.
 #[repr(align(128))]
 struct Padded<T>(T);
-
-/// An entry to write, weighed (at least 1) and stamped before the lock.
-pub(crate) struct Entry<K, V> {
-    pub(crate) key: K,
-    pub(crate) value: V,
-    pub(crate) weight: u64,
-    pub(crate) now: Nanos,
-    /// Stale whatever its age, until next written (a snapshot loaded stale).
-    pub(crate) stale: bool,
-}
 
 /// A reader's request to refresh one value: where it is, and which write
 /// it came from. Plain data, made under the read lock and sent after it.
@@ -326,19 +316,11 @@ where
         out: &mut Removed<K, V>,
     ) -> Written<K, V> {
         let at = self.locate(&entry.key);
-        let incoming = Incoming {
-            fingerprint: at.fingerprint,
-            key: entry.key,
-            value: entry.value,
-            weight: entry.weight,
-            now: entry.now,
-            stale: entry.stale,
-        };
         self.change(at.shard, |shard| {
             if fence.is_some_and(|f| f.load(Ordering::SeqCst)) {
-                return Written::Refused(incoming.key, incoming.value, Refusal::Fenced);
+                return Written::Refused(entry.key, entry.value, Refusal::Fenced);
             }
-            shard.write(incoming, how, out)
+            shard.write(at.fingerprint, entry, how, out)
         })
     }
 

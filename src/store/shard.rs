@@ -73,10 +73,8 @@ fn table_hash(fingerprint: u32) -> u64 {
     u64::from(fingerprint).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// An entry to write, hashed, weighed (at least 1) and stamped before the
-/// lock is taken.
-pub(crate) struct Incoming<K, V> {
-    pub(crate) fingerprint: u32,
+/// An entry to write, weighed (at least 1) and stamped before the lock.
+pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
     pub(crate) value: V,
     pub(crate) weight: u64,
@@ -266,14 +264,15 @@ impl<K, V> Shard<K, V> {
     /// before anything changes.
     pub(crate) fn write(
         &mut self,
-        entry: Incoming<K, V>,
+        fingerprint: u32,
+        entry: Entry<K, V>,
         how: Write,
         out: &mut Removed<K, V>,
     ) -> Written<K, V>
     where
         K: Eq,
     {
-        let present = self.index_of(entry.fingerprint, |k| *k == entry.key);
+        let present = self.index_of(fingerprint, |k| *k == entry.key);
         if present.is_some() && how == Write::IfAbsent {
             return Written::Refused(entry.key, entry.value, Refusal::Present);
         }
@@ -323,9 +322,9 @@ impl<K, V> Shard<K, V> {
             let fingerprints = self.nodes.iter().map(|n| n.fingerprint);
             self.sketch = self.sketch.grown(target, period, fingerprints);
         }
-        self.sketch.increment(entry.fingerprint);
-        let (hole, to_main) = self.admit(entry.fingerprint, entry.weight, out);
-        if let Some(victim) = self.add(hole, to_main, entry) {
+        self.sketch.increment(fingerprint);
+        let (hole, to_main) = self.admit(fingerprint, entry.weight, out);
+        if let Some(victim) = self.add(hole, to_main, fingerprint, entry) {
             out.push(victim.key, victim.value, RemovalCause::Evicted);
         }
         Written::Added
@@ -526,11 +525,11 @@ impl<K, V> Shard<K, V> {
         &mut self,
         hole: Option<u32>,
         to_main: bool,
-        entry: Incoming<K, V>,
+        fingerprint: u32,
+        entry: Entry<K, V>,
     ) -> Option<Node<K, V>> {
         let version = self.version();
-        let Incoming {
-            fingerprint,
+        let Entry {
             key,
             value,
             weight,
