@@ -21,7 +21,17 @@
 //!    at once, so the cost is the refresher's own). A writer thread inserts
 //!    meanwhile and times each insert, which waits for any hold of its
 //!    shard's lock.
+//! 4. *An upstream with a knee*: 20,000 stale entries; the upstream answers
+//!    in 10 ms up to 64 calls at once and slower with the square of its
+//!    load past that. Prints the mean number in flight and the time to all
+//!    fresh, on the defaults (adaptive) and with a fixed 256.
+//! 5. *An outage*: 1,000 hot keys (a reader reads them all the time), the
+//!    upstream failing every call for 10 s. Prints the calls a second during
+//!    the outage and the time from recovery until every key is fresh,
+//!    against 1 s + 1,000 / 256 × 10 ms.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -41,16 +51,27 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
-fn sleeping_cache(latency: Duration, ttl: Duration, interval: Duration) -> Cache<u64, u64> {
-    Cache::builder()
+fn sleeping_cache(
+    latency: Duration,
+    ttl: Duration,
+    interval: Duration,
+    fixed: bool,
+) -> Cache<u64, u64> {
+    let builder = Cache::builder()
         // Room to spare: each shard holds its share of max_size, and keys do
         // not split exactly evenly, so a cache of exactly ENTRIES would
         // evict a few of them.
         .max_size(2 * ENTRIES as usize)
         .ttl(Some(ttl))
         .refresh_interval(interval)
-        .max_concurrent_refreshes(CONCURRENCY)
-        .refresh_on_read(false)
+        .refresh_on_read(false);
+    // The default is a limit adapting between 4 and the same cap.
+    let builder = if fixed {
+        builder.max_concurrent_refreshes(CONCURRENCY)
+    } else {
+        builder
+    };
+    builder
         .fetcher(move |key: u64| async move {
             tokio::time::sleep(latency).await;
             Ok::<_, std::convert::Infallible>(key + 1)
@@ -60,46 +81,49 @@ fn sleeping_cache(latency: Duration, ttl: Duration, interval: Duration) -> Cache
 }
 
 fn refresh_throughput() {
-    let runtime = runtime();
-    let _guard = runtime.enter();
-    // Longer than the refresh takes, so no entry goes stale a second time
-    // and the count of refreshes is the count of entries refreshed.
     let ttl = Duration::from_secs(6);
     let interval = Duration::from_secs(1);
     let latency = Duration::from_millis(10);
-    let cache = sleeping_cache(latency, ttl, interval);
-    for key in 0..ENTRIES {
-        cache.insert(key, key);
-    }
-    let inserted = Instant::now();
-    cache.start().expect("inside a runtime");
-    let stale_at = inserted + ttl;
-    runtime.block_on(async {
-        while cache.metrics().refreshes < ENTRIES {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
-    let took = stale_at.elapsed();
     let floor = latency * (ENTRIES as u32).div_ceil(CONCURRENCY as u32);
     println!("## Refresh throughput\n");
     println!(
-        "| entries | fetch latency | concurrency | refresh interval | time to all fresh | floor (entries / concurrency × latency) | goal (interval + 2 s) |"
+        "{ENTRIES} entries stale at once, a {latency:?} fetcher (a real sleep), a look every {interval:?}. The floor is entries / {CONCURRENCY} × latency = {:.2} s; the goal 1.15× it with a fixed {CONCURRENCY}, 1.3× it on the defaults (adaptive, 4 to {CONCURRENCY}); both plus up to one interval before the first look.\n",
+        floor.as_secs_f64()
     );
-    println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| {ENTRIES} | {latency:?} | {CONCURRENCY} | {interval:?} | {:.2} s | {:.2} s | {:.2} s |",
-        took.as_secs_f64(),
-        floor.as_secs_f64(),
-        (interval + Duration::from_secs(2)).as_secs_f64()
-    );
-    let m = cache.metrics();
-    println!(
-        "\n{} refreshes, {} errors; {:.0} refreshes/s\n",
-        m.refreshes,
-        m.refresh_errors,
-        ENTRIES as f64 / took.as_secs_f64()
-    );
-    runtime.block_on(cache.stop());
+    println!("| concurrency | time to all fresh | ÷ floor | refreshes/s |");
+    println!("|---|---|---|---|");
+    for fixed in [true, false] {
+        let runtime = runtime();
+        let _guard = runtime.enter();
+        // Longer than the refresh takes, so no entry goes stale a second
+        // time and the count of refreshes is the count of entries refreshed.
+        let cache = sleeping_cache(latency, ttl, interval, fixed);
+        for key in 0..ENTRIES {
+            cache.insert(key, key);
+        }
+        let inserted = Instant::now();
+        cache.start().expect("inside a runtime");
+        let stale_at = inserted + ttl;
+        runtime.block_on(async {
+            while cache.metrics().refreshes < ENTRIES {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let took = stale_at.elapsed();
+        println!(
+            "| {} | {:.2} s | {:.2} | {:.0} |",
+            if fixed {
+                format!("fixed {CONCURRENCY}")
+            } else {
+                format!("adaptive 4..={CONCURRENCY} (default)")
+            },
+            took.as_secs_f64(),
+            took.as_secs_f64() / floor.as_secs_f64(),
+            ENTRIES as f64 / took.as_secs_f64()
+        );
+        runtime.block_on(cache.stop());
+    }
+    println!();
 }
 
 /// Times `get`s of Zipf keys on this thread for `phase`.
@@ -131,6 +155,7 @@ fn read_latency_under_storm() {
         Duration::from_millis(1),
         Duration::from_secs(3600),
         Duration::from_millis(100),
+        true,
     );
     for key in 0..ENTRIES {
         cache.insert(key, key);
@@ -201,10 +226,10 @@ fn busy(runtime: &tokio::runtime::Runtime) -> Duration {
 
 /// Writes 1,000 keys of its own over and over until `stop` (so they never
 /// go stale), timing each insert.
-fn time_inserts(cache: &Cache<u64, u64>, stop: &std::sync::atomic::AtomicBool) -> Histogram<u64> {
+fn time_inserts(cache: &Cache<u64, u64>, stop: &AtomicBool) -> Histogram<u64> {
     let mut histogram = Histogram::new(3).expect("valid precision");
     let mut key = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
         cache.insert(2 * MILLION + key, key);
         let nanos = t.elapsed().as_nanos() as u64;
@@ -217,11 +242,11 @@ fn time_inserts(cache: &Cache<u64, u64>, stop: &std::sync::atomic::AtomicBool) -
 /// Runs `phase` while a writer thread inserts; returns `phase`'s result and
 /// the writer's insert latencies.
 fn with_writer<R>(cache: &Cache<u64, u64>, phase: impl FnOnce() -> R) -> (R, Histogram<u64>) {
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let writer = s.spawn(|| time_inserts(cache, &stop));
         let result = phase();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         (result, writer.join().expect("the writer finished"))
     })
 }
@@ -305,8 +330,164 @@ fn tick_cost() {
     println!();
 }
 
+/// A cache of `entries` stale entries whose upstream's latency is
+/// `latency(in flight)`, failing while `down`; counts calls and the
+/// in-flight count each call saw.
+struct Simulated {
+    cache: Cache<u64, u64>,
+    calls: Arc<AtomicU64>,
+    in_flight_sum: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+}
+
+fn simulated(entries: u64, ttl: Duration, fixed: bool, latency: fn(u64) -> Duration) -> Simulated {
+    let calls = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let in_flight_sum = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let (c, f, sum, d) = (
+        calls.clone(),
+        in_flight.clone(),
+        in_flight_sum.clone(),
+        down.clone(),
+    );
+    let builder = Cache::builder()
+        .max_size(2 * entries as usize)
+        .ttl(Some(ttl))
+        .refresh_interval(Duration::from_millis(100));
+    let builder = if fixed {
+        builder.max_concurrent_refreshes(CONCURRENCY)
+    } else {
+        builder
+    };
+    let cache = builder
+        .fetcher(move |key: u64| {
+            let (c, f, sum, d) = (c.clone(), f.clone(), sum.clone(), d.clone());
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                let now = f.fetch_add(1, Ordering::Relaxed) + 1;
+                sum.fetch_add(now, Ordering::Relaxed);
+                tokio::time::sleep(latency(now)).await;
+                f.fetch_sub(1, Ordering::Relaxed);
+                if d.load(Ordering::Relaxed) {
+                    Err(std::io::Error::other("upstream down"))
+                } else {
+                    Ok(key + 1)
+                }
+            }
+        })
+        .build()
+        .expect("valid settings");
+    for key in 0..entries {
+        cache.insert(key, key);
+    }
+    Simulated {
+        cache,
+        calls,
+        in_flight_sum,
+        down,
+    }
+}
+
+/// Waits until `entries` refreshes have been installed.
+fn wait_refreshed(runtime: &tokio::runtime::Runtime, cache: &Cache<u64, u64>, entries: u64) {
+    runtime.block_on(async {
+        while cache.metrics().refreshes < entries {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+}
+
+fn knee() {
+    const ENTRIES: u64 = 20_000;
+    const KNEE: u64 = 64;
+    fn latency(n: u64) -> Duration {
+        let over = (n as f64 / KNEE as f64).max(1.0);
+        Duration::from_millis(10).mul_f64(over * over)
+    }
+    println!("## An upstream with a knee\n");
+    println!(
+        "{ENTRIES} stale entries; the upstream answers in 10 ms up to {KNEE} calls at once, and past that in 10 ms × (in flight / {KNEE})², so its answers a second peak at {KNEE} in flight ({} a second).\n",
+        KNEE * 100
+    );
+    println!("| concurrency | mean in flight | time to all fresh | refreshes/s |");
+    println!("|---|---|---|---|");
+    for fixed in [false, true] {
+        let runtime = runtime();
+        let _guard = runtime.enter();
+        let ttl = Duration::from_secs(1);
+        let sim = simulated(ENTRIES, ttl, fixed, latency);
+        let inserted = Instant::now();
+        sim.cache.start().expect("inside a runtime");
+        std::thread::sleep(ttl);
+        wait_refreshed(&runtime, &sim.cache, ENTRIES);
+        let took = (inserted + ttl).elapsed();
+        let calls = sim.calls.load(Ordering::Relaxed);
+        println!(
+            "| {} | {:.1} | {:.2} s | {:.0} |",
+            if fixed {
+                "fixed 256"
+            } else {
+                "adaptive (default)"
+            },
+            sim.in_flight_sum.load(Ordering::Relaxed) as f64 / calls as f64,
+            took.as_secs_f64(),
+            ENTRIES as f64 / took.as_secs_f64()
+        );
+        runtime.block_on(sim.cache.stop());
+    }
+    println!();
+}
+
+fn outage() {
+    const KEYS: u64 = 1_000;
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let ttl = Duration::from_secs(1);
+    let sim = simulated(KEYS, ttl, false, |_| Duration::from_millis(10));
+    sim.down.store(true, Ordering::Relaxed);
+    sim.cache.start().expect("inside a runtime");
+    let stop = AtomicBool::new(false);
+    let (during, recovery) = std::thread::scope(|s| {
+        // The keys are hot: a reader reads every one of them, all the time.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                for key in 0..KEYS {
+                    std::hint::black_box(sim.cache.get(&key));
+                }
+            }
+        });
+        std::thread::sleep(ttl);
+        let before = sim.calls.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(10));
+        let during = sim.calls.load(Ordering::Relaxed) - before;
+        sim.down.store(false, Ordering::Relaxed);
+        let recovered = Instant::now();
+        wait_refreshed(&runtime, &sim.cache, KEYS);
+        let recovery = recovered.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        (during, recovery)
+    });
+    let bound = Duration::from_secs(1) + Duration::from_millis(10) * (KEYS as u32).div_ceil(256);
+    println!("## An outage\n");
+    println!(
+        "{KEYS} hot keys (a reader thread reads them all the time), stale; the upstream (10 ms) fails every call for 10 s, then answers. Defaults.\n"
+    );
+    println!("| calls a second during the outage (goal ≤ 50) | all fresh after recovery | goal |");
+    println!("|---|---|---|");
+    println!(
+        "| {:.1} | {:.2} s | ≤ {:.2} s |\n",
+        during as f64 / 10.0,
+        recovery.as_secs_f64(),
+        bound.as_secs_f64()
+    );
+    runtime.block_on(sim.cache.stop());
+}
+
 fn main() {
     refresh_throughput();
     read_latency_under_storm();
     tick_cost();
+    knee();
+    outage();
 }
