@@ -509,15 +509,24 @@ where
         }
         let mut control = self.inner.refresher.control();
         if control.owned.is_none() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| StartError::NoThread(e.to_string()))?;
-            let handle = runtime.handle().clone();
             let (retire, retired) = tokio::sync::oneshot::channel::<()>();
+            let (ready, handle) = std::sync::mpsc::channel();
             std::thread::Builder::new()
                 .name("swr-cache-refresher".into())
                 .spawn(move || {
+                    // The runtime is made and dropped on this thread only, so
+                    // that no caller's async context ever drops one.
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = ready.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(runtime.handle().clone()));
                     // Runs the refresher until `retire` is dropped (stop,
                     // shutdown, the last handle gone); fetches on its
                     // blocking pool are left to finish on their own.
@@ -527,6 +536,10 @@ where
                     runtime.shutdown_background();
                 })
                 .map_err(|e| StartError::NoThread(e.to_string()))?;
+            let handle = handle
+                .recv()
+                .map_err(|_| StartError::NoThread("the thread ended at once".into()))?
+                .map_err(StartError::NoThread)?;
             if let Some(run) = control.run.take() {
                 run.signals.stop();
             }

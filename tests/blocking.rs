@@ -75,15 +75,36 @@ fn loading(
     (release, thread)
 }
 
+/// A second caller of "k" while `loading` holds it: returns once that
+/// caller has missed, and checks that its loader does not run while the
+/// first one is still loading (it waits instead).
+fn waiting(cache: &Cache<String, String>) -> std::thread::JoinHandle<Result<String, String>> {
+    let called = Arc::new(AtomicUsize::new(0));
+    let misses = cache.metrics().misses;
+    let waiter = std::thread::spawn({
+        let (cache, called) = (cache.clone(), Arc::clone(&called));
+        move || {
+            cache.get_or_insert_with("k", |_| {
+                called.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>("second".into())
+            })
+        }
+    });
+    while cache.metrics().misses == misses {
+        std::thread::yield_now();
+    }
+    // Were it not waiting, its loader would run now, beside the first.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(called.load(Ordering::SeqCst), 0, "two loads at once");
+    waiter
+}
+
 #[test]
 fn a_failed_load_is_not_cached_and_the_next_caller_loads_its_own() {
     within("failed load", || {
         let cache = plain();
         let (release, first) = loading(&cache, Err("upstream down"));
-        let waiter = std::thread::spawn({
-            let cache = cache.clone();
-            move || cache.get_or_insert_with("k", |_| Ok::<_, String>("second".into()))
-        });
+        let waiter = waiting(&cache);
         release.send(()).unwrap();
         assert_eq!(first.join().unwrap(), Err("upstream down".to_owned()));
         assert_eq!(waiter.join().unwrap().unwrap(), "second");
@@ -97,10 +118,7 @@ fn a_panicking_load_frees_the_key_for_the_next_caller() {
     within("panicking load", || {
         let cache = plain();
         let (release, first) = loading(&cache, Err("panic"));
-        let waiter = std::thread::spawn({
-            let cache = cache.clone();
-            move || cache.get_or_insert_with("k", |_| Ok::<_, String>("second".into()))
-        });
+        let waiter = waiting(&cache);
         release.send(()).unwrap();
         assert!(
             first.join().is_err(),

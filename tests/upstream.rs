@@ -194,3 +194,121 @@ async fn a_few_failing_keys_do_not_stop_the_others() {
         );
     }
 }
+
+/// The breaker's probe joins a fetch another runtime drives, and that
+/// runtime goes away: the probe ends cancelled, which says nothing of the
+/// upstream, so another probe must follow (the breaker had waited for the
+/// cancelled one for good, and nothing was ever refreshed again).
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_is_followed_by_another() {
+    let down = Arc::new(AtomicBool::new(true));
+    let upstream_down = Arc::clone(&down);
+    let cache: Cache<u64, u64> = Cache::builder()
+        .ttl(TTL)
+        .refresh_interval(INTERVAL)
+        .refresh_on_read(false)
+        .max_concurrent_refreshes(16)
+        .fetcher(move |key: u64| {
+            let on_other = std::thread::current().name() == Some("other");
+            let down = upstream_down.load(Ordering::SeqCst);
+            async move {
+                if on_other {
+                    std::future::pending::<()>().await;
+                }
+                if down {
+                    Err(std::io::Error::other("down"))
+                } else {
+                    Ok(key + 1)
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    cache.start().unwrap();
+    sleep(TTL + Duration::from_secs(2)).await;
+    assert!(cache.metrics().refresh_errors >= 10, "the breaker opened");
+
+    // Another runtime forces a refresh of every key; its fetches hang, and
+    // the probe joins one of them.
+    let (started, is_started) = std::sync::mpsc::channel();
+    let (end, ended) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::Builder::new()
+        .name("other".into())
+        .spawn({
+            let cache = cache.clone();
+            move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                for k in 0..10 {
+                    let cache = cache.clone();
+                    runtime.spawn(async move { cache.refresh(&k).await });
+                }
+                runtime.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+                started.send(()).unwrap();
+                ended.recv().unwrap();
+            }
+        })
+        .unwrap();
+    is_started.recv().unwrap();
+    sleep(Duration::from_millis(300)).await;
+    end.send(()).unwrap();
+    other.join().unwrap();
+
+    down.store(false, Ordering::SeqCst);
+    sleep(Duration::from_secs(30)).await;
+    assert!(
+        (0..10).all(|k| cache.peek(&k) == Some(k + 1)),
+        "30 s after recovery: {}",
+        cache.metrics()
+    );
+}
+
+/// The breaker is open and nothing is left to probe with (the failed keys
+/// were cleared): the refresher must wait, not wake again and again for a
+/// probe it cannot start. A spinning task would keep the paused clock from
+/// ever advancing, so the test's own sleep would never end.
+#[test]
+fn an_open_breaker_with_nothing_to_probe_waits_quietly() {
+    let (step, steps) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let cache: Cache<u64, u64> = Cache::builder()
+                .ttl(TTL)
+                .refresh_interval(INTERVAL)
+                .refresh_on_read(false)
+                .max_concurrent_refreshes(16)
+                .fetcher(|_key: u64| async { Err::<u64, _>(std::io::Error::other("down")) })
+                .build()
+                .unwrap();
+            for k in 0..10 {
+                cache.insert(k, k);
+            }
+            cache.start().unwrap();
+            sleep(TTL + Duration::from_secs(2)).await;
+            assert!(cache.metrics().refresh_errors >= 10);
+            cache.clear();
+            step.send("cleared").unwrap();
+            sleep(Duration::from_secs(1)).await;
+            step.send("slept").unwrap();
+        });
+    });
+    assert_eq!(
+        steps.recv_timeout(Duration::from_secs(30)).unwrap(),
+        "cleared"
+    );
+    assert_eq!(
+        steps.recv_timeout(Duration::from_secs(10)),
+        Ok("slept"),
+        "the runtime never went idle: the refresher spins"
+    );
+}

@@ -87,6 +87,14 @@ impl Breaker {
         self.state = State::Probing;
     }
 
+    /// The probe ended without saying anything of the upstream (it was
+    /// cancelled): another may start at once.
+    pub(crate) fn abandon_probe(&mut self, now: Nanos) {
+        if self.state == State::Probing {
+            self.state = State::Open { probe_at: now };
+        }
+    }
+
     /// Records a finished fetch: `probe` if it was started as one, and
     /// `new_key` if a failure is its key's first since it last answered.
     pub(crate) fn record(
@@ -162,6 +170,17 @@ mod tests {
         let answered = breaker.record(Outcome::Answered, true, false, 2 * PROBE_EVERY);
         assert_eq!(answered, Some(Turned::Closed));
         assert_eq!(breaker.permit(2 * PROBE_EVERY), Permit::Any);
+    }
+
+    #[test]
+    fn a_cancelled_probe_lets_another_start_at_once() {
+        let mut breaker = Breaker::new();
+        for _ in 0..OPEN_AFTER {
+            breaker.record(Outcome::Failed, false, true, 0);
+        }
+        breaker.probing();
+        breaker.abandon_probe(5);
+        assert_eq!(breaker.permit(5), Permit::Probe);
     }
 
     #[test]

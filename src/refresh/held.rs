@@ -75,6 +75,8 @@ pub(crate) struct Fetch {
 
 /// The task's keys and the fetches under way.
 pub(crate) struct Holdings<K, V, S> {
+    /// The task's number, which the store must know to let it take.
+    task: u64,
     held: HashMap<K, Held, S>,
     /// Keys readers asked for, fetched first.
     hot: VecDeque<K>,
@@ -101,8 +103,9 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(hasher: S) -> Self {
+    pub(crate) fn new(hasher: S, task: u64) -> Self {
         Self {
+            task,
             held: HashMap::with_hasher(hasher),
             hot: VecDeque::new(),
             cold: VecDeque::new(),
@@ -124,10 +127,14 @@ where
     }
 
     /// The earliest time something is due to start: a retry, or the
-    /// breaker's next probe while open.
-    pub(crate) fn next_start_at(&self) -> Option<Nanos> {
+    /// breaker's next probe while open, if there is a key to probe with and
+    /// a slot to run it in (else a new key or a finished fetch wakes the
+    /// task; waking for a probe that cannot start would spin).
+    pub(crate) fn next_start_at(&self, settings: &Settings) -> Option<Nanos> {
         let retry = self.retries.first_key_value().map(|(&(at, _), _)| at);
-        match (retry, self.breaker.probe_at()) {
+        let can_probe = self.queued() > 0 && self.fetching.len() < self.concurrency(settings);
+        let probe = self.breaker.probe_at().filter(|_| can_probe);
+        match (retry, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -145,7 +152,7 @@ where
     pub(crate) fn take_nudged(&mut self, inner: &Inner<K, V, S>) {
         inner.refresher.nudges.take(&mut self.nudges);
         for i in 0..self.nudges.len() {
-            if let Some(key) = inner.store.take_nudged(self.nudges[i]) {
+            if let Some(key) = inner.store.take_nudged(self.task, self.nudges[i]) {
                 self.hold(key, true);
             }
         }
@@ -174,7 +181,9 @@ where
                     continue;
                 }
                 let mut taken = std::mem::take(&mut self.taken);
-                inner.store.take_due(at, now, ttl, share, &mut taken);
+                inner
+                    .store
+                    .take_due(self.task, at, now, ttl, share, &mut taken);
                 took |= !taken.is_empty();
                 for key in taken.drain(..) {
                     self.hold(key, false);
@@ -298,8 +307,14 @@ where
     ) {
         let outcome = match result {
             Ok(_) | Err(FetchError::Gone | FetchError::NothingToKeep) => Outcome::Answered,
-            // Stopped by this side, not the upstream's doing.
-            Err(FetchError::Cancelled | FetchError::NoFetcher | FetchError::NoRuntime) => return,
+            // Stopped by this side, not the upstream's doing: says nothing
+            // of the upstream, but a probe ended so must be tried again.
+            Err(FetchError::Cancelled | FetchError::NoFetcher | FetchError::NoRuntime) => {
+                if fetch.probe {
+                    self.breaker.abandon_probe(now);
+                }
+                return;
+            }
             Err(_) => Outcome::Failed,
         };
         if let Some(floor) = settings.min_concurrent_refreshes {

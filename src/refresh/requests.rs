@@ -9,7 +9,7 @@
 //! full list drops the request: the value is stale, so the task's next
 //! look at the due values finds it anyway.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::runtime::Handle;
@@ -27,6 +27,9 @@ pub(crate) struct Refresher {
     /// refresh-on-read is on. Read before anything else on the stale path.
     pub(crate) nudging: AtomicBool,
     pub(crate) nudges: Arc<Nudges>,
+    /// The last number given to a task: a task takes entries from the
+    /// store only while its number is the store's (see `release_all`).
+    pub(crate) tasks: AtomicU64,
     control: Mutex<Control>,
 }
 
@@ -114,6 +117,7 @@ impl Refresher {
         Self {
             nudging: AtomicBool::new(false),
             nudges: Arc::default(),
+            tasks: AtomicU64::new(0),
             control: Mutex::new(Control::default()),
         }
     }

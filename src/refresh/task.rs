@@ -102,8 +102,11 @@ where
 
     fn spawn_refresher(self: &Arc<Self>, runtime: &Handle) -> Run {
         // What an earlier task held, this one does not know of: given back
-        // to the due values (O(entries), once per start).
-        self.store.release_all();
+        // to the due values (O(entries), once per start); and an earlier
+        // task still running (told to stop, not yet stopped) can take no
+        // more.
+        let number = self.refresher.tasks.fetch_add(1, Ordering::Relaxed) + 1;
+        self.store.release_all(number);
         self.refresher.nudges.reset();
         let settings = self.settings.load();
         self.refresher
@@ -123,6 +126,7 @@ where
             Arc::clone(&signals),
             Arc::clone(&self.refresher.nudges),
             self.store.hasher().clone(),
+            number,
             ticking,
         ));
         Run { signals, task }
@@ -152,13 +156,14 @@ async fn run_refresher<K, V, S>(
     signals: Arc<Signals>,
     nudges: Arc<Nudges>,
     hasher: S,
+    number: u64,
     _ticking: Ticking<K, V, S>,
 ) where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    let mut holdings = Holdings::new(hasher);
+    let mut holdings = Holdings::new(hasher, number);
     let mut last_look: Option<Nanos> = None;
     let mut backlog = false;
     let mut finished = Vec::new();
@@ -189,7 +194,7 @@ async fn run_refresher<K, V, S>(
         let tick = tick_period(inner.ttl_nanos(), interval);
         inner.read.clock.set_period(tick);
         let mut wake_at = look_at(last_look).min(now.saturating_add(tick));
-        if let Some(start) = holdings.next_start_at() {
+        if let Some(start) = holdings.next_start_at(&settings) {
             wake_at = wake_at.min(start);
         }
         let wake_at = inner.read.clock.instant_at(wake_at);

@@ -235,16 +235,24 @@ where
     /// Hands the refresher up to `limit` keys of shard `at` stale at `now`
     /// ([`Shard::take_due`]); under its write lock, which it holds for as
     /// many as it takes.
-    pub(crate) fn take_due(&self, at: usize, now: Nanos, ttl: Nanos, limit: usize, out: &mut Vec<K>)
-    where
+    pub(crate) fn take_due(
+        &self,
+        refresher: u64,
+        at: usize,
+        now: Nanos,
+        ttl: Nanos,
+        limit: usize,
+        out: &mut Vec<K>,
+    ) where
         K: Clone,
     {
-        self.write_lock(at).take_due(now, ttl, limit, out);
+        self.write_lock(at)
+            .take_due(refresher, now, ttl, limit, out);
     }
 
     /// Hands the refresher the key a reader asked it for
     /// ([`Shard::take_nudged`]).
-    pub(crate) fn take_nudged(&self, nudge: Nudge) -> Option<K>
+    pub(crate) fn take_nudged(&self, refresher: u64, nudge: Nudge) -> Option<K>
     where
         K: Clone,
     {
@@ -253,7 +261,7 @@ where
             return None;
         }
         self.write_lock(at)
-            .take_nudged(nudge.fingerprint, nudge.version)
+            .take_nudged(refresher, nudge.fingerprint, nudge.version)
     }
 
     /// Gives `key` back to the due values if the refresher holds it.
@@ -263,10 +271,11 @@ where
             .release(at.fingerprint, |k| k == key);
     }
 
-    /// Gives every held entry back to the due values, one shard at a time.
-    pub(crate) fn release_all(&self) {
+    /// Gives every held entry back to the due values, one shard at a time,
+    /// and lets only refresher number `refresher` take entries from now on.
+    pub(crate) fn release_all(&self, refresher: u64) {
         for at in 0..self.shards.len() {
-            self.write_lock(at).release_all();
+            self.write_lock(at).release_all(refresher);
         }
     }
 

@@ -157,6 +157,13 @@ impl Meta {
         *self.0.get_mut() |= NUDGED;
     }
 
+    /// Lets readers ask for this value's refresh again: the refresher gave
+    /// it back without writing it.
+    #[inline]
+    pub(crate) fn clear_nudged(&mut self) {
+        *self.0.get_mut() &= !NUDGED;
+    }
+
     /// Marks the value stale whatever its age, until it is renewed.
     #[inline]
     pub(crate) fn mark_stale(&mut self) {

@@ -169,6 +169,10 @@ pub(crate) struct Shard<K, V> {
     evicted: bool,
     /// The most weight (without a weigher: entries) the shard holds.
     capacity: u64,
+    /// The refresher task that may take entries from this shard: a task
+    /// that starts gives back what others held and claims the shard with
+    /// its number, so a task stopping late can take nothing more.
+    refresher: u64,
     next_version: Version,
 }
 
@@ -188,6 +192,7 @@ impl<K, V> Shard<K, V> {
             sketch: Sketch::new(),
             evicted: false,
             capacity,
+            refresher: 0,
             next_version: 0,
         }
     }
@@ -622,10 +627,19 @@ impl<K, V> Shard<K, V> {
     /// oldest first: each node leaves `due` (it is held now) and is marked
     /// as asked for, so readers do not ask again. The keys are cloned here,
     /// under the lock.
-    pub(crate) fn take_due(&mut self, now: Nanos, ttl: Nanos, limit: usize, out: &mut Vec<K>)
-    where
+    pub(crate) fn take_due(
+        &mut self,
+        refresher: u64,
+        now: Nanos,
+        ttl: Nanos,
+        limit: usize,
+        out: &mut Vec<K>,
+    ) where
         K: Clone,
     {
+        if refresher != self.refresher {
+            return;
+        }
         let mut taken = 0;
         while taken < limit {
             let Some(i) = self.due.head() else { break };
@@ -643,10 +657,18 @@ impl<K, V> Shard<K, V> {
     /// Hands the refresher the key of the node a reader asked it for, named
     /// by fingerprint and version: `None` if that value is gone or already
     /// held.
-    pub(crate) fn take_nudged(&mut self, fingerprint: u32, version: Version) -> Option<K>
+    pub(crate) fn take_nudged(
+        &mut self,
+        refresher: u64,
+        fingerprint: u32,
+        version: Version,
+    ) -> Option<K>
     where
         K: Clone,
     {
+        if refresher != self.refresher {
+            return None;
+        }
         let i = self.index_of_version(fingerprint, version)?;
         if self.is_held(i) {
             return None;
@@ -661,19 +683,26 @@ impl<K, V> Shard<K, V> {
     /// refresher holds it; for a refresh that ended without writing it.
     pub(crate) fn release(&mut self, fingerprint: u32, is_key: impl FnMut(&K) -> bool) {
         if let Some(i) = self.index_of(fingerprint, is_key) {
-            if self.is_held(i) {
-                self.due.push_front(&mut self.order, i, 0);
-            }
+            self.give_back(i);
         }
     }
 
-    /// Gives every held node back to `due`, at the head: for a refresher
-    /// that starts (what an earlier one held, it no longer tracks).
-    pub(crate) fn release_all(&mut self) {
+    /// Gives every held node back to `due`, at the head, and lets only
+    /// refresher number `refresher` take from the shard from now on: for a
+    /// refresher that starts (what an earlier one held, it no longer tracks,
+    /// and an earlier one stopping late must not take more).
+    pub(crate) fn release_all(&mut self, refresher: u64) {
+        self.refresher = refresher;
         for i in 0..self.nodes.len() as u32 {
-            if self.is_held(i) {
-                self.due.push_front(&mut self.order, i, 0);
-            }
+            self.give_back(i);
+        }
+    }
+
+    /// Node `i`, if held, back at `due`'s head, and askable for again.
+    fn give_back(&mut self, i: u32) {
+        if self.is_held(i) {
+            self.due.push_front(&mut self.order, i, 0);
+            self.nodes[i as usize].meta.clear_nudged();
         }
     }
 
