@@ -376,10 +376,7 @@ where
     /// # Errors
     /// [`SnapshotError::Io`] or [`SnapshotError::Serialize`].
     pub fn dump_to_writer(&self, writer: impl Write) -> Result<(), SnapshotError> {
-        let mut entries: Vec<(K, V)> = Vec::with_capacity(self.len());
-        self.inner
-            .store
-            .for_each(|node| entries.push((node.key.clone(), node.value.clone())));
+        let entries: Vec<(K, V)> = self.iter().collect();
         let serialize = |e: serde_json::Error| SnapshotError::Serialize(e);
         let string_keys = entries
             .iter()

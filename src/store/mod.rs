@@ -415,13 +415,6 @@ where
             .collect()
     }
 
-    /// Runs `f` on every entry, one shard at a time under its read lock.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&Node<K, V>)) {
-        for at in 0..self.shards.len() {
-            self.read_lock(at).nodes().iter().for_each(&mut f);
-        }
-    }
-
     /// The number of entries.
     pub(crate) fn len(&self) -> usize {
         self.totals.0.len.load(Ordering::Relaxed)
