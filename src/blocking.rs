@@ -19,7 +19,7 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::mapref::entry::Entry;
 
@@ -33,7 +33,7 @@ enum Role {
     /// Another thread loads the key: wait for it, then read again.
     Wait(Arc<Latch>),
     /// Load it, registered as the key's loader.
-    Load(Arc<Latch>, Arc<AtomicBool>),
+    Load((Arc<Latch>, Arc<AtomicBool>)),
     /// This thread is the key's loader already (its loader asked again).
     Reenter,
 }
@@ -60,18 +60,13 @@ where
         let me = std::thread::current().id();
         loop {
             let role = match self.blocking.entry(key.clone()) {
+                // A load `clear` fenced is as good as gone: it is replaced.
+                Entry::Occupied(slot) if slot.get().fence.load(Ordering::SeqCst) => {
+                    Role::Load(Self::register(|s| drop(slot.replace_entry(s)), me))
+                }
                 Entry::Occupied(slot) if slot.get().loader == me => Role::Reenter,
                 Entry::Occupied(slot) => Role::Wait(Arc::clone(&slot.get().done)),
-                Entry::Vacant(slot) => {
-                    let done = Arc::new(Latch::default());
-                    let fence = Arc::new(AtomicBool::new(false));
-                    slot.insert(BlockingSlot {
-                        done: Arc::clone(&done),
-                        loader: me,
-                        fence: Arc::clone(&fence),
-                    });
-                    Role::Load(done, fence)
-                }
+                Entry::Vacant(slot) => Role::Load(Self::register(|s| drop(slot.insert(s)), me)),
             };
             match role {
                 Role::Wait(done) => {
@@ -84,7 +79,7 @@ where
                         return Ok(value);
                     }
                 }
-                Role::Load(done, fence) => {
+                Role::Load((done, fence)) => {
                     let _leaving = Leaving {
                         inner: self,
                         key: &key,
@@ -97,6 +92,22 @@ where
                 }
             }
         }
+    }
+
+    /// A new loader's entry for the map, handed to `insert`; returns its
+    /// latch and fence.
+    fn register(
+        insert: impl FnOnce(BlockingSlot),
+        loader: std::thread::ThreadId,
+    ) -> (Arc<Latch>, Arc<AtomicBool>) {
+        let done = Arc::new(Latch::default());
+        let fence = Arc::new(AtomicBool::new(false));
+        insert(BlockingSlot {
+            done: Arc::clone(&done),
+            loader,
+            fence: Arc::clone(&fence),
+        });
+        (done, fence)
     }
 
     /// Calls `load` and stores its value, unless the key was written since

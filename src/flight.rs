@@ -39,9 +39,6 @@ use crate::metrics::Counter;
 use crate::removal::{RemovalCause, Removed};
 use crate::store::{Install, Installed, Version, Write, Written};
 
-/// What a fetch started from: the value and version of a cached key.
-type Start<V> = Option<(V, Version)>;
-
 /// Why a flight is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
@@ -96,42 +93,63 @@ where
             .ok_or(FetchError::NoFetcher)?
             .0
             .clone();
-        let read_start = || {
-            self.store
-                .read(&key, |node| (node.value.clone(), node.version))
-        };
-        // A refresh reads what it starts from first, and starts nothing for
-        // a key the refresher no longer holds (removed, or written since it
-        // was taken); a load joins the map first, so an invalidation from
-        // then on fences it.
-        let early: Option<Start<V>> = match purpose {
-            Purpose::Refresh => match self
-                .store
-                .read_held(&key, |node| (node.value.clone(), node.version))
-            {
-                None => return Ok(Flight::Gone),
-                start => Some(start),
-            },
-            Purpose::Load | Purpose::Forced => None,
-        };
+        // A background refresh starts nothing for a key the refresher no
+        // longer holds (removed, or written since it was taken): a cheap
+        // look first.
+        if purpose == Purpose::Refresh && self.store.read_held(&key, |_| ()).is_none() {
+            return Ok(Flight::Gone);
+        }
         let fence = Arc::new(AtomicBool::new(false));
-        let (publish, receiver) = match self.flights.entry(key.clone()) {
-            Entry::Occupied(flight) => return Ok(Flight::Joined(flight.get().result.clone())),
-            Entry::Vacant(slot) => {
+        // Cloned before the map's lock, and the landing made right after the
+        // slot, so that no user code runs between the two: a panic there
+        // would leave a slot whose sender is gone, and every later caller
+        // of the key would get `Cancelled`.
+        let landing_key = key.clone();
+        let (publish, landing) = match self.flights.entry(key.clone()) {
+            // A slot `clear` fenced is as good as gone: it is replaced.
+            Entry::Occupied(flight) if !flight.get().fence.load(Ordering::SeqCst) => {
+                return Ok(Flight::Joined(flight.get().result.clone()));
+            }
+            entry => {
                 let (publish, receiver) = watch::channel(None);
-                slot.insert(FlightSlot {
+                let slot = FlightSlot {
                     result: receiver.clone(),
                     fence: Arc::clone(&fence),
-                });
-                (publish, receiver)
+                };
+                match entry {
+                    Entry::Occupied(mut fenced) => drop(fenced.insert(slot)),
+                    Entry::Vacant(vacant) => drop(vacant.insert(slot)),
+                }
+                let landing = FlightLanding {
+                    cache: Arc::downgrade(self),
+                    key: landing_key,
+                    receiver,
+                };
+                (publish, landing)
             }
         };
-        let start = early.unwrap_or_else(read_start);
-        let landing = FlightLanding {
-            cache: Arc::downgrade(self),
-            key: key.clone(),
-            receiver,
+        // What the fetch starts from, read once the flight is in the map:
+        // a removal from then on either fences it or is seen here.
+        let start = match purpose {
+            Purpose::Refresh => self
+                .store
+                .read_held(&key, |node| (node.value.clone(), node.version)),
+            Purpose::Load | Purpose::Forced => self
+                .store
+                .read(&key, |node| (node.value.clone(), node.version)),
         };
+        if purpose == Purpose::Refresh && start.is_none() {
+            // Removed or written since the look: leave the map, unless
+            // someone joined meanwhile; then fetch for them, fenced, so
+            // that nothing is stored.
+            let left = self.flights.remove_if(&key, |_, slot| {
+                slot.result.same_channel(&landing.receiver) && publish.receiver_count() == 2
+            });
+            if left.is_some() {
+                return Ok(Flight::Gone);
+            }
+            fence.store(true, Ordering::SeqCst);
+        }
         let timeout = self.settings.load().refresh_timeout;
         let drive = async move {
             let current = start.as_ref().map(|(value, _)| value.clone());
@@ -167,16 +185,17 @@ where
         }
     }
 
-    /// Fences every flight under way; for `clear`.
+    /// Fences every flight under way; for `clear`. Flags only: taking the
+    /// slots out here would drop their keys under the maps' locks. A fenced
+    /// slot is replaced by the next caller of its key, and removed by its
+    /// own flight when that ends.
     pub(crate) fn fence_all(&self) {
-        self.flights.retain(|_, slot| {
-            slot.fence.store(true, Ordering::SeqCst);
-            false
-        });
-        self.blocking.retain(|_, slot| {
-            slot.fence.store(true, Ordering::SeqCst);
-            false
-        });
+        self.flights
+            .iter()
+            .for_each(|slot| slot.fence.store(true, Ordering::SeqCst));
+        self.blocking
+            .iter()
+            .for_each(|slot| slot.fence.store(true, Ordering::SeqCst));
     }
 
     /// Installs a fetch's outcome and counts it; returns the value the cache

@@ -23,7 +23,7 @@ use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Removed, Weigher};
 use crate::settings::{ConfigChange, ConfigError, Settings};
-use crate::store::{Entry, Node, Nudge, Refusal, Store, Write, Written, shard_count};
+use crate::store::{Entry, Node, Nudge, Refusal, Store, Write, Written, shard_count, user_write};
 use crate::throttle::Throttle;
 
 /// The outcome of one fetch, once it has one.
@@ -347,14 +347,29 @@ where
         }
     }
 
+    /// Removes `key` from the store, fencing its flights before and after:
+    /// before, so that one started earlier stores nothing; after, since one
+    /// that joined the map in between read the entry being removed as what
+    /// it starts from, and no later caller should join it.
+    fn remove_fenced<Q>(&self, key: &Q) -> Option<(K, V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.fence(key);
+        let removed = self.store.remove(key, |_| true);
+        self.fence(key);
+        removed
+    }
+
     /// Removes `key`; whether it was cached.
     pub(crate) fn invalidate<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.fence(key);
-        let Some((key, value)) = self.store.remove(key, |_| true) else {
+        let removed = self.remove_fenced(key);
+        let Some((key, value)) = removed else {
             return false;
         };
         self.counters.incr(Counter::Invalidations);
@@ -370,8 +385,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.fence(key);
-        let (key, value) = self.store.remove(key, |_| true)?;
+        let (key, value) = self.remove_fenced(key)?;
         self.counters.incr(Counter::Invalidations);
         if self.listener.is_some() {
             let mut removed = Removed::new();
@@ -393,7 +407,14 @@ where
                     continue;
                 }
                 self.fence(&key);
-                let Some((key, value)) = self.store.remove(&key, |n| n.version == version) else {
+                // Over a refresh installed since the copy (its fetch may
+                // have begun before): only a user's write saves the entry.
+                let written = user_write(version);
+                let removed = self
+                    .store
+                    .remove(&key, |n| user_write(n.version) == written);
+                self.fence(&key);
+                let Some((key, value)) = removed else {
                     continue;
                 };
                 count += 1;
@@ -411,6 +432,9 @@ where
         self.fence_all();
         let mut removed = Removed::new();
         self.store.clear(&mut removed);
+        // Again: a flight that joined while the shards were emptied may
+        // have read an entry about to go as what it starts from.
+        self.fence_all();
         self.count_removed(&removed);
         self.report(removed);
     }

@@ -12,8 +12,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
-use swr_cache::Cache;
+use swr_cache::{Cache, FetchError, Fetched, Fetcher};
 use tokio::sync::Semaphore;
 use tokio::time::sleep;
 
@@ -489,5 +490,460 @@ fn no_removed_key_comes_back_under_concurrent_fetches() {
     assert!(
         metrics.loads > 0 && metrics.refreshes > 0 && metrics.discarded > 0,
         "every path ran: {metrics}"
+    );
+}
+
+// ---- Found in review, each failing on the code before its fix. ----
+
+#[derive(Clone)]
+struct GatedAnswers {
+    calls: Arc<AtomicUsize>,
+    version: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+    unchanged: bool,
+}
+
+impl GatedAnswers {
+    fn new(unchanged: bool) -> Self {
+        Self {
+            calls: Arc::default(),
+            version: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            unchanged,
+        }
+    }
+}
+
+impl<K: Send + Sync + std::fmt::Debug + 'static> Fetcher<K, String> for GatedAnswers {
+    type Error = std::io::Error;
+    fn fetch(
+        &self,
+        key: &K,
+        current: Option<&String>,
+    ) -> impl std::future::Future<Output = Result<Fetched<String>, Self::Error>> + Send {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let version = self.version.load(Ordering::SeqCst);
+        let answer = if self.unchanged && current.is_some() {
+            Fetched::Unchanged
+        } else {
+            Fetched::Value(format!("{key:?}@v{version}"))
+        };
+        let gate = Arc::clone(&self.gate);
+        async move {
+            gate.acquire().await.unwrap().forget();
+            Ok(answer)
+        }
+    }
+}
+
+fn spin_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// (Review F1.) A refresh that began before `invalidate_if` installs between the
+/// shard copy and the version-checked remove; the entry then counts as
+/// "written since the copy" and survives with the pre-removal value.
+async fn invalidate_if_across_refresh(unchanged: bool) {
+    let upstream = GatedAnswers::new(unchanged);
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(Duration::from_secs(60))
+        .fetcher_impl(upstream.clone())
+        .build()
+        .unwrap();
+    cache.insert("k".into(), "old".into());
+    let refresh = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.refresh("k").await }
+    });
+    spin_until("fetch called", || {
+        upstream.calls.load(Ordering::SeqCst) == 1
+    });
+    // The source changes, then the user drops every entry of the key.
+    upstream.version.store(1, Ordering::SeqCst);
+    let removed = cache.invalidate_if(|k, _| {
+        if k == "k" {
+            upstream.gate.add_permits(1);
+            // The install lands while the predicate runs (no lock held).
+            spin_until("refresh installed", || cache.metrics().refreshes == 1);
+        }
+        true
+    });
+    assert_eq!(removed, 1);
+    assert_eq!(
+        cache.peek("k"),
+        None,
+        "a fetch from before invalidate_if stayed cached"
+    );
+    assert!(refresh.await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_if_removes_an_entry_a_refresh_installed_over_meanwhile() {
+    invalidate_if_across_refresh(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_if_removes_an_entry_a_refresh_renewed_meanwhile() {
+    invalidate_if_across_refresh(true).await;
+}
+
+/// What a hooked key runs when its hook fires.
+type Action = Box<dyn FnOnce() + Send>;
+
+/// The hashes to let pass, then the action, for a `HashHooked` key.
+type HashHook = Arc<Mutex<Option<(usize, Action)>>>;
+
+/// A key whose `n`th clone after arming runs an action.
+#[derive(Debug)]
+struct Cloned {
+    name: &'static str,
+    hook: Option<Arc<CloneHook>>,
+}
+#[derive(Default)]
+struct CloneHook {
+    /// (name, clones to skip, action)
+    armed: Mutex<Option<(&'static str, usize, Action)>>,
+}
+impl std::fmt::Debug for CloneHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CloneHook")
+    }
+}
+impl Cloned {
+    fn plain(name: &'static str) -> Self {
+        Self { name, hook: None }
+    }
+}
+impl Clone for Cloned {
+    fn clone(&self) -> Self {
+        if let Some(hook) = &self.hook {
+            let action = {
+                let mut armed = hook.armed.lock().unwrap();
+                match armed.as_mut() {
+                    Some((name, skip, _)) if *name == self.name => {
+                        if *skip == 0 {
+                            armed.take().map(|(_, _, a)| a)
+                        } else {
+                            *skip -= 1;
+                            None
+                        }
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(action) = action {
+                action();
+            }
+        }
+        Self {
+            name: self.name,
+            hook: self.hook.clone(),
+        }
+    }
+}
+impl PartialEq for Cloned {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for Cloned {}
+impl std::hash::Hash for Cloned {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+/// (Review F2.) The refresher reads its start (present), then the key is
+/// invalidated (here from the key's Clone in `flights.entry(key.clone())`,
+/// as another thread could), then its flight enters the map. A
+/// `get_or_fetch` after the invalidate returned joins that flight.
+async fn refresher_window(unchanged: bool) {
+    let upstream = GatedAnswers::new(unchanged);
+    let hook = Arc::new(CloneHook::default());
+    let cache: Cache<Cloned, String> = Cache::builder()
+        .ttl(Duration::from_secs(10))
+        .refresh_interval(Duration::from_secs(1))
+        .refresh_on_read(false)
+        .fetcher_impl(upstream.clone())
+        .build()
+        .unwrap();
+    let key = Cloned {
+        name: "k",
+        hook: Some(Arc::clone(&hook)),
+    };
+    cache.insert(key, "old".into());
+    let invalidated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let cache = cache.clone();
+        let invalidated = Arc::clone(&invalidated);
+        // Skips the refresher's four clones before the flight starts
+        // (taking the key as due, its bookkeeping, the fetch's record, the
+        // key handed over); fires on the first inside, after the look that
+        // the key is held and before the flight enters the map. (Counted
+        // against the code: a test of that exact window.)
+        *hook.armed.lock().unwrap() = Some((
+            "k",
+            4,
+            Box::new(move || {
+                assert!(cache.invalidate(&Cloned::plain("k")));
+                invalidated.store(true, Ordering::SeqCst);
+            }),
+        ));
+    }
+    cache.start().unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(invalidated.load(Ordering::SeqCst), "hook fired");
+    assert!(!cache.contains_key(&Cloned::plain("k")));
+    let calls_before = upstream.calls.load(Ordering::SeqCst);
+    // The removal has returned. A caller asks now.
+    let after = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_or_fetch(&Cloned::plain("k")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let calls = upstream.calls.load(Ordering::SeqCst);
+    upstream.gate.add_permits(10);
+    let got = after.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let m = cache.metrics();
+    assert_eq!(
+        calls,
+        calls_before + 1,
+        "a get_or_fetch after the invalidate joined the refresher's flight"
+    );
+    assert!(
+        got.is_ok() && cache.peek(&Cloned::plain("k")).is_some(),
+        "loaded and cached: {got:?}, {m}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_after_an_invalidate_does_not_join_a_refresh_that_looked_before() {
+    refresher_window(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_after_an_invalidate_gets_a_value_not_nothing_to_keep() {
+    refresher_window(true).await;
+}
+
+/// (Review F3.) A panic in user code between the slot insert and the landing guard
+/// (here K::clone for FlightLanding.key, flight.rs:127) leaves the slot in
+/// the map with a dead sender: every later caller gets Cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_key_clone_panicking_at_flight_start_does_not_wedge_the_key() {
+    let upstream = GatedAnswers::new(false);
+    upstream.gate.add_permits(100);
+    let hook = Arc::new(CloneHook::default());
+    let cache: Cache<Cloned, String> = Cache::builder()
+        .fetcher_impl(upstream.clone())
+        .build()
+        .unwrap();
+    let key = Cloned {
+        name: "k",
+        hook: Some(Arc::clone(&hook)),
+    };
+    // clones: to_owned in get_or_fetch (1), flights.entry (2), landing (3).
+    *hook.armed.lock().unwrap() = Some(("k", 2, Box::new(|| panic!("user Clone panics once"))));
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        let key = Cloned {
+            name: "k",
+            hook: key.hook.clone(),
+        };
+        async move { cache.get_or_fetch(&key).await }
+    })
+    .await;
+    assert!(first.is_err(), "the panic reached the caller");
+    for _ in 0..3 {
+        let r = cache.get_or_fetch(&Cloned::plain("k")).await;
+        assert!(
+            !matches!(r, Err(FetchError::Cancelled)),
+            "orphaned flight: Cancelled forever"
+        );
+    }
+}
+
+/// (Review F4.) `clear` drops the flights' keys inside DashMap::retain, under the
+/// flights shard's write lock; a K whose Drop uses the cache deadlocks.
+#[test]
+fn clear_drops_no_key_under_the_flights_lock() {
+    #[derive(Debug, Clone)]
+    struct DropKey(
+        &'static str,
+        Option<Arc<std::sync::OnceLock<Cache<DropKey, String>>>>,
+    );
+    impl PartialEq for DropKey {
+        fn eq(&self, o: &Self) -> bool {
+            self.0 == o.0
+        }
+    }
+    impl Eq for DropKey {}
+    impl std::hash::Hash for DropKey {
+        fn hash<H: std::hash::Hasher>(&self, s: &mut H) {
+            self.0.hash(s)
+        }
+    }
+    impl Drop for DropKey {
+        fn drop(&mut self) {
+            if let Some(c) = self.1.as_ref().and_then(|c| c.get()) {
+                // e.g. a key handle that tells the cache when it goes away
+                c.contains_key(&DropKey("other", None));
+                let _ = c.invalidate(&DropKey(self.0, None));
+            }
+        }
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let upstream = GatedAnswers::new(false);
+            let cell = Arc::new(std::sync::OnceLock::new());
+            let cache: Cache<DropKey, String> = Cache::builder()
+                .fetcher_impl(upstream.clone())
+                .build()
+                .unwrap();
+            let _ = cell.set(cache.clone());
+            let task = tokio::spawn({
+                let cache = cache.clone();
+                let key = DropKey("k", Some(Arc::clone(&cell)));
+                async move { cache.get_or_fetch(&key).await }
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            cache.clear();
+            upstream.gate.add_permits(1);
+            let _ = task.await;
+        });
+        let _ = done_tx.send(());
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "deadlock in clear()"
+    );
+}
+
+/// A key whose Hash runs an action on the nth hash after arming.
+struct HashHooked {
+    name: &'static str,
+    hook: Option<HashHook>,
+}
+impl std::fmt::Debug for HashHooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+impl Clone for HashHooked {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            hook: None,
+        }
+    }
+}
+impl PartialEq for HashHooked {
+    fn eq(&self, o: &Self) -> bool {
+        self.name == o.name
+    }
+}
+impl Eq for HashHooked {}
+impl std::hash::Hash for HashHooked {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if let Some(hook) = &self.hook {
+            let action = {
+                let mut armed = hook.lock().unwrap();
+                match armed.as_mut() {
+                    Some((0, _)) => armed.take().map(|(_, a)| a),
+                    Some((n, _)) => {
+                        *n -= 1;
+                        None
+                    }
+                    None => None,
+                }
+            };
+            if let Some(action) = action {
+                action();
+            }
+        }
+        self.name.hash(state);
+    }
+}
+
+fn poll_once<F: std::future::Future>(f: F) {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = f.as_mut().poll(&mut cx);
+}
+
+/// (Review F2b.) A `refresh` whose flight enters the map between `invalidate`'s fence
+/// and its store removal starts from the entry being removed; a
+/// `get_or_fetch` after the invalidate returned joins it.
+#[tokio::test(start_paused = true)]
+async fn a_flight_joining_between_the_fence_and_the_removal_is_fenced_too() {
+    let upstream = GatedAnswers::new(true);
+    let cache: Cache<HashHooked, String> = Cache::builder()
+        .fetcher_impl(upstream.clone())
+        .build()
+        .unwrap();
+    cache.insert(
+        HashHooked {
+            name: "k",
+            hook: None,
+        },
+        "old".into(),
+    );
+    let hook = Arc::new(Mutex::new(None));
+    {
+        let cache = cache.clone();
+        // hash 1: the fence's flights.remove; hash 2: store.remove's locate.
+        *hook.lock().unwrap() = Some((
+            1,
+            Box::new(move || {
+                poll_once(cache.refresh(&HashHooked {
+                    name: "k",
+                    hook: None,
+                }))
+            }) as Box<dyn FnOnce() + Send>,
+        ));
+    }
+    assert!(cache.invalidate(&HashHooked {
+        name: "k",
+        hook: Some(hook.clone())
+    }));
+    assert!(hook.lock().unwrap().is_none(), "hook fired");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let before = upstream.calls.load(Ordering::SeqCst);
+    let after = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_fetch(&HashHooked {
+                    name: "k",
+                    hook: None,
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let calls = upstream.calls.load(Ordering::SeqCst);
+    upstream.gate.add_permits(10);
+    let got = after.await.unwrap();
+    println!(
+        "f2b: calls before {before}, after {calls}; get_or_fetch -> {got:?}; cached {:?}",
+        cache.peek(&HashHooked {
+            name: "k",
+            hook: None
+        })
+    );
+    assert_eq!(
+        calls,
+        before + 1,
+        "joined the flight that started from the removed entry"
     );
 }

@@ -35,7 +35,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub(crate) use node::{Node, Version};
+pub(crate) use node::{Node, Version, user_write};
 pub(crate) use shard::{Entry, Install, Installed, Refusal, Write, Written};
 
 use crate::clock::Nanos;

@@ -19,10 +19,30 @@ use crate::sync::AtomicU64;
 
 use crate::clock::Nanos;
 
-/// The version of an entry's value: which write it came from, unique within
-/// the shard while 2^32 writes have not passed. A refresh installs its
-/// result only over the version it fetched from (see `Shard::install`).
+/// The version of an entry's value: which write it came from. The top 24
+/// bits number the user's writes (unique within the shard while 2^24 of
+/// them have not passed), the low 8 the installs of fetched results since
+/// (wrapping). A refresh installs its result only over the exact version it
+/// fetched from (see `Shard::install`); `retain` and `invalidate_if` remove
+/// an entry only if no user write came since they looked, a refresh
+/// between not saving it ([`user_write`]).
 pub(crate) type Version = u32;
+
+/// The bits of a [`Version`] that number installs.
+pub(crate) const INSTALLS: Version = 0xff;
+
+/// The user's write a version comes from, refreshes aside.
+#[inline]
+pub(crate) fn user_write(version: Version) -> Version {
+    version & !INSTALLS
+}
+
+/// The version after an install over `version`: the same user write, the
+/// next install.
+#[inline]
+pub(crate) fn installed_over(version: Version) -> Version {
+    user_write(version) | (version.wrapping_add(1) & INSTALLS)
+}
 
 pub(crate) struct Node<K, V> {
     pub(crate) key: K,

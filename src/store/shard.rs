@@ -49,7 +49,7 @@
 use hashbrown::HashTable;
 
 use super::ghost::Ghost;
-use super::node::{MAX_FREQ, Node, Version};
+use super::node::{INSTALLS, MAX_FREQ, Node, Version, installed_over};
 use super::queue::{Link, NIL, Queue};
 use super::sketch::Sketch;
 use crate::clock::Nanos;
@@ -249,8 +249,9 @@ impl<K, V> Shard<K, V> {
         }
     }
 
+    /// The version for a user's write (a new key, or a replaced value).
     fn version(&mut self) -> Version {
-        self.next_version = self.next_version.wrapping_add(1);
+        self.next_version = self.next_version.wrapping_add(INSTALLS + 1);
         self.next_version
     }
 
@@ -355,7 +356,7 @@ impl<K, V> Shard<K, V> {
                 Install::Renew => None,
             });
         };
-        let version = self.version();
+        let version = installed_over(from);
         match update {
             Install::Renew => {
                 let node = &mut self.nodes[i as usize];
