@@ -10,17 +10,21 @@
 //!   it has a new version).
 //! - A fetch of an uncached key (a load, by `get_or_fetch` or a forced
 //!   `refresh`) inserts its value only if the key is still absent, and only
-//!   if no `invalidate`, `remove` or `clear` of the key came since the fetch
-//!   began: those *fence* the flight. The fence is a flag of the flight, set
-//!   before the invalidation takes its shard lock and read under the shard
-//!   lock the insert takes, so either the insert comes first and the
-//!   invalidation removes it, or the insert sees the fence and stores
-//!   nothing.
-//! - A fenced flight also leaves the map of flights at once, so a caller
-//!   who asks after the invalidation starts a new fetch instead of joining
-//!   the old one and getting its value.
-//! - The background refresher never loads: a key it finds gone when its
-//!   flight would start is left alone.
+//!   if no removal of the key (`invalidate`, `remove`, `invalidate_if`,
+//!   `retain`, `clear`) came since the fetch began: those *fence* the
+//!   flight. The fence is a flag of the flight, set before the removal takes
+//!   its shard lock and read under the shard lock the insert takes, so
+//!   either the insert comes first and the removal takes it out, or the
+//!   insert sees the fence and stores nothing.
+//! - A fenced flight also leaves the map of flights at once (`clear` only
+//!   flags it, and the next caller replaces it), so a caller who asks after
+//!   the removal starts a new fetch instead of joining the old one and
+//!   getting its value. A removal fences before and after it removes the
+//!   entry, and a flight reads what it starts from only once it is in the
+//!   map, so no flight that read the removed entry can be joined after.
+//! - The background refresher never loads: it fetches only entries it holds
+//!   (see `refresh/held.rs`), and a key no longer held when its flight would
+//!   start is left alone.
 //!
 //! [`Cache::refresh`]: crate::Cache::refresh
 //! [`Cache::get_or_fetch`]: crate::Cache::get_or_fetch
@@ -169,9 +173,10 @@ where
         Ok(Flight::Started(drive))
     }
 
-    /// Fences the flight of `key`, if one is under way: it will install
-    /// nothing, and leaves the map so that no one joins it any more. Called
-    /// before the key is removed from the store.
+    /// Fences the flights of `key` (async and blocking), if any are under
+    /// way: they will install nothing, and leave the maps so that no one
+    /// joins them any more. Called before and after the key is removed
+    /// from the store.
     pub(crate) fn fence<Q>(&self, key: &Q)
     where
         K: std::borrow::Borrow<Q>,
