@@ -13,7 +13,9 @@
 //!   effect); anything the install did not write is given back;
 //! - the entry is written or removed by someone else: the next start of a
 //!   fetch finds it no longer held ([`Flight::Gone`]) and lets the key go;
-//! - the task ends: what it held is given back when the next task starts.
+//! - the task ends: what it held is given back when the next task starts,
+//!   which also claims the shards so that a task stopping late can take
+//!   nothing more (see the store's `release_all`).
 //!
 //! A failed fetch keeps the key held (so readers stay quiet) and schedules
 //! a retry after a backoff; while the circuit breaker is open (the
