@@ -154,14 +154,17 @@ where
         }
     }
 
-    /// Takes the entries readers asked for since the last call.
-    pub(crate) fn take_nudged(&mut self, inner: &Inner<K, V, S>) {
-        inner.refresher.nudges.take(&mut self.nudges);
+    /// Takes the entries readers asked for since the last call; returns
+    /// whether some requests were dropped (the list was full), so that the
+    /// task looks for due values now.
+    pub(crate) fn take_nudged(&mut self, inner: &Inner<K, V, S>) -> bool {
+        let dropped = inner.refresher.nudges.take(&mut self.nudges);
         for i in 0..self.nudges.len() {
             if let Some(key) = inner.store.take_nudged(self.task, self.nudges[i]) {
                 self.hold(key, true);
             }
         }
+        dropped
     }
 
     /// Takes due values, shard by shard from a rotating start, until

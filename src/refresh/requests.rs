@@ -6,8 +6,9 @@
 //! shard's read lock (only the first reader of each value wins it), and,
 //! after the lock is released, leaves a [`Nudge`] (shard, fingerprint,
 //! version: no key clone) in a list allocated once, and wakes the task. A
-//! full list drops the request: the value is stale, so the task's next
-//! look at the due values finds it anyway.
+//! full list drops the request and tells the task so: the value is stale
+//! (and marked as asked for, so its readers do not ask again), and the task
+//! looks for the due values at once rather than at the next interval.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,6 +77,8 @@ impl Signals {
 #[derive(Default)]
 pub(crate) struct Nudges {
     waiting: Mutex<Vec<Nudge>>,
+    /// Requests were dropped for want of room since the task last took.
+    dropped: AtomicBool,
     /// Wakes the task when a request arrives.
     pub(crate) arrived: Notify,
 }
@@ -86,14 +89,17 @@ impl Nudges {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Leaves `nudge` for the task, unless the list is full; no allocation.
+    /// Leaves `nudge` for the task, or, if the list is full, a note that a
+    /// request was dropped; no allocation.
     fn push(&self, nudge: Nudge) {
         let mut waiting = self.waiting();
         if waiting.len() < waiting.capacity() {
             waiting.push(nudge);
-            drop(waiting);
-            self.arrived.notify_one();
+        } else {
+            self.dropped.store(true, Ordering::Relaxed);
         }
+        drop(waiting);
+        self.arrived.notify_one();
     }
 
     /// Empties the list and gives it room for [`NUDGE_CAPACITY`] requests;
@@ -105,10 +111,13 @@ impl Nudges {
     }
 
     /// Swaps the waiting requests into `into` (emptied first; it should
-    /// have the same room, which the list then keeps).
-    pub(crate) fn take(&self, into: &mut Vec<Nudge>) {
+    /// have the same room, which the list then keeps); returns whether
+    /// requests were dropped since the last take.
+    pub(crate) fn take(&self, into: &mut Vec<Nudge>) -> bool {
         into.clear();
-        std::mem::swap(&mut *self.waiting(), into);
+        let mut waiting = self.waiting();
+        std::mem::swap(&mut *waiting, into);
+        self.dropped.swap(false, Ordering::Relaxed)
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Each shard keeps its entries in the order their values' ages started
 //! (the store's `due` order); the TTL is one for the whole cache, so the
-//! stale values are at the heads. Every `refresh_interval`, and whenever its
-//! queue runs low while stale values remain, the task takes stale values
+//! stale values are at the heads. Every `refresh_interval`, whenever its
+//! queue runs low while stale values remain, and when readers asked for
+//! more refreshes than their request list holds, the task takes stale values
 //! from the heads, as many as its queue needs (twice the concurrency
 //! limit); as readers' requests arrive (refresh-on-read) it takes those,
 //! and fetches them first. It fetches as many at a time as the limit
@@ -178,7 +179,9 @@ async fn run_refresher<K, V, S>(
         for done in finished.drain(..) {
             holdings.finished(&inner, now, done);
         }
-        holdings.take_nudged(&inner);
+        // Requests dropped for want of room are for stale values marked
+        // as asked for, whose readers will not ask again: look for them now.
+        backlog |= holdings.take_nudged(&inner);
         holdings.retry_due(now);
         // From the last look and the interval as it is now, so a shorter
         // interval set by `configure` takes effect at once.
