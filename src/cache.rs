@@ -422,8 +422,9 @@ where
     /// keeps the stale value, which goes on being served, and is retried
     /// after a backoff that starts at one `refresh_interval` and doubles with
     /// each failure, with jitter, up to `max_retry_backoff`. Between passes it
-    /// ticks the coarse clock reads judge staleness by, every `ttl / 16`
-    /// within 1 ms ..= 1 s. It holds only a weak reference to the cache:
+    /// ticks the coarse clock reads judge staleness by, every `ttl / 64`
+    /// within 1 ms ..= 100 ms (so an entry is judged stale at most two
+    /// ticks after its TTL). It holds only a weak reference to the cache:
     /// dropping the last handle ends it.
     ///
     /// With `ttl = None` or a capacity of 0 no task is spawned until

@@ -1006,3 +1006,36 @@ async fn stale_reads_past_the_request_list_are_refreshed_before_the_next_interva
         .count();
     assert_eq!(stale, 0, "keys left stale until the next interval");
 }
+
+/// While the refresher runs, reads judge staleness by its coarse clock: an
+/// entry is never stale before its TTL and stale at most two ticks after
+/// (a tick is a 64th of the TTL, at most 100 ms), so entries written
+/// together start refreshing close to when they go stale.
+#[tokio::test(start_paused = true)]
+async fn with_the_refresher_running_an_entry_goes_stale_within_two_ticks_of_its_ttl() {
+    for ttl in [Duration::from_millis(640), Duration::from_secs(60)] {
+        let tick = (ttl / 64).min(Duration::from_millis(100));
+        let cache: Cache<u32, u32> = Cache::builder()
+            .ttl(Some(ttl))
+            .refresh_interval(Duration::from_secs(3600))
+            .refresh_on_read(false)
+            .fetcher(|_key: u32| async { Ok::<_, std::io::Error>(2) })
+            .build()
+            .unwrap();
+        cache.start().unwrap();
+        sleep(Duration::from_millis(3)).await;
+        cache.insert(1, 1);
+        let written = Instant::now();
+        let step = Duration::from_millis(1);
+        // `get` judges by the coarse clock (`is_stale` by the precise one).
+        while cache.get(&1) == Some(1) && cache.metrics().stale_hits == 0 {
+            sleep(step).await;
+        }
+        let after = written.elapsed();
+        assert!(
+            after >= ttl && after <= ttl + 2 * tick + step,
+            "stale after {after:?} with a TTL of {ttl:?} and ticks of {tick:?}"
+        );
+        cache.stop().await;
+    }
+}
