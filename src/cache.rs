@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
+use crate::changes::{Change, Share};
 use crate::fetcher::{ErasedFetcher, FetchError, Fetcher};
 use crate::flight::{Flight, Purpose, wait};
 use crate::hasher::DefaultBuildHasher;
@@ -148,6 +149,7 @@ where
     /// is released.
     pub fn insert(&self, key: K, value: V) {
         if !self.inner.is_disabled() {
+            self.inner.changes.tell(|| Change::Written(&key, &value));
             self.inner.write(key, value, Write::Upsert);
         }
     }
@@ -177,7 +179,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.invalidate(key)
+        self.inner.invalidate(key, Share::Fleet)
     }
 
     /// Removes `key` and returns its value, if it was cached; the listener
@@ -256,7 +258,44 @@ where
     /// another, so a write to a shard already emptied may stand when `clear`
     /// returns.
     pub fn clear(&self) {
-        self.inner.clear();
+        self.inner.clear(Share::Fleet);
+    }
+
+    /// Marks the value of `key` stale whatever its age, until it is next
+    /// written: it goes on being served (as a stale hit), and the next
+    /// stale read (with `refresh_on_read`) or the refresher's next look
+    /// refreshes it. A fetch of the key under way is fenced as by
+    /// [`invalidate`](Self::invalidate), since it brings the value from
+    /// before. With no TTL nothing is ever stale, and the key is
+    /// invalidated instead. Returns whether the key was cached.
+    ///
+    /// For a source that says "this changed" without saying to what: the
+    /// readers keep their answer at once while it is fetched again. (A
+    /// fleet link applies remote changes this way if asked to.)
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<&str, u32> = Cache::builder().ttl(Duration::from_secs(60)).build()?;
+    /// cache.insert("a", 1);
+    /// assert!(cache.mark_stale("a"));
+    /// assert_eq!(cache.is_stale("a"), Some(true));
+    /// assert_eq!(cache.get("a"), Some(1), "still served");
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn mark_stale<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.mark_stale(key)
+    }
+
+    /// [`mark_stale`](Self::mark_stale) for every entry, one shard at a
+    /// time; with no TTL, [`clear`](Self::clear) without telling a fleet
+    /// link.
+    pub fn mark_all_stale(&self) {
+        self.inner.mark_all_stale();
     }
 
     /// The number of entries: never above `max_size` (without a weigher),

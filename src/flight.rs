@@ -37,6 +37,7 @@ use std::sync::{Arc, Weak};
 use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
+use crate::changes::Change;
 use crate::fetcher::{FetchError, Fetched, run_fetch};
 use crate::inner::{FlightReceiver, FlightSlot, Inner};
 use crate::metrics::Counter;
@@ -288,6 +289,9 @@ where
             Installed::Done(old) => {
                 self.counters.incr(Counter::Refreshes);
                 if let Some(old) = old {
+                    if let Some(new) = &fresh {
+                        self.changes.tell(|| Change::Refreshed(key, &old, new));
+                    }
                     removed.push(key.clone(), old, RemovalCause::Replaced);
                 }
                 match fresh {

@@ -16,6 +16,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+use crate::changes::{Change, Changes, Share};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::fetcher::{ErasedFetcher, FetchError};
 use crate::latch::Latch;
@@ -80,6 +81,8 @@ pub(crate) struct Inner<K, V, S> {
     /// The blocking read-through under way for each key being loaded.
     pub(crate) blocking: DashMap<K, BlockingSlot, S>,
     pub(crate) refresher: Refresher,
+    /// Tells an attached fleet link of the user's changes.
+    pub(crate) changes: Changes<K, V>,
 }
 
 impl<K, V, S> Inner<K, V, S>
@@ -122,6 +125,7 @@ where
             flights: DashMap::with_hasher(hasher.clone()),
             blocking: DashMap::with_hasher(hasher),
             refresher: Refresher::new(),
+            changes: Changes::new(),
         }
     }
 
@@ -362,8 +366,10 @@ where
         removed
     }
 
-    /// Removes `key`; whether it was cached.
-    pub(crate) fn invalidate<Q>(&self, key: &Q) -> bool
+    /// Removes `key`; whether it was cached. A removal the fleet is to
+    /// hear of is told when the key was cached (only then is there a `K`
+    /// to tell it with).
+    pub(crate) fn invalidate<Q>(&self, key: &Q, share: Share) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -372,11 +378,42 @@ where
         let Some((key, value)) = removed else {
             return false;
         };
+        if share == Share::Fleet {
+            self.changes.tell(|| Change::Removed(&key));
+        }
         self.counters.incr(Counter::Invalidations);
         let mut removed = Removed::new();
         removed.push(key, value, RemovalCause::Invalidated);
         self.report(removed);
         true
+    }
+
+    /// Marks the value of `key` stale, fencing its flights before and after
+    /// as a removal does (a fetch under way brought the value from before).
+    /// With no TTL nothing is ever stale: the key is invalidated instead.
+    /// Whether it was cached.
+    pub(crate) fn mark_stale<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if self.ttl_nanos() == 0 {
+            return self.invalidate(key, Share::Local);
+        }
+        self.fence(key);
+        let marked = self.store.mark_stale(key);
+        self.fence(key);
+        marked
+    }
+
+    /// [`Inner::mark_stale`] for every entry.
+    pub(crate) fn mark_all_stale(&self) {
+        if self.ttl_nanos() == 0 {
+            return self.clear(Share::Local);
+        }
+        self.fence_all();
+        self.store.mark_all_stale();
+        self.fence_all();
     }
 
     /// Removes `key`, returning its value (and telling the listener).
@@ -386,6 +423,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (key, value) = self.remove_fenced(key)?;
+        self.changes.tell(|| Change::Removed(&key));
         self.counters.incr(Counter::Invalidations);
         if self.listener.is_some() {
             let mut removed = Removed::new();
@@ -417,6 +455,7 @@ where
                 let Some((key, value)) = removed else {
                     continue;
                 };
+                self.changes.tell(|| Change::Removed(&key));
                 count += 1;
                 self.counters.incr(Counter::Invalidations);
                 let mut removed = Removed::new();
@@ -428,7 +467,10 @@ where
     }
 
     /// Removes every entry.
-    pub(crate) fn clear(&self) {
+    pub(crate) fn clear(&self, share: Share) {
+        if share == Share::Fleet {
+            self.changes.tell(|| Change::Cleared);
+        }
         self.fence_all();
         let mut removed = Removed::new();
         self.store.clear(&mut removed);

@@ -133,6 +133,7 @@
 mod blocking;
 mod builder;
 mod cache;
+mod changes;
 mod clock;
 mod fetcher;
 mod flight;

@@ -947,3 +947,87 @@ async fn a_flight_joining_between_the_fence_and_the_removal_is_fenced_too() {
         "joined the flight that started from the removed entry"
     );
 }
+
+/// `mark_stale` fences like a removal but keeps the value: a refresh in
+/// flight from the value before installs nothing, a caller after it does
+/// not join that refresh, the value goes on being served as stale, and
+/// the next refresh brings the source's new value.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_in_flight_across_a_mark_stale_installs_nothing_and_the_next_one_does() {
+    let upstream = Gated::new();
+    let cache = gated_cache(&upstream);
+    cache.insert("k".into(), "old".into());
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.refresh("k").await }
+    });
+    settle().await;
+    assert_eq!(upstream.calls(), 1);
+
+    upstream.set_version(1);
+    assert!(cache.mark_stale("k"));
+    assert_eq!(cache.get("k").as_deref(), Some("old"), "still served");
+    assert_eq!(cache.is_stale("k"), Some(true));
+    let second = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.refresh("k").await }
+    });
+    settle().await;
+    assert_eq!(upstream.calls(), 2, "a caller after it fetches anew");
+
+    upstream.open(1);
+    first.await.unwrap().unwrap();
+    assert_eq!(
+        cache.get("k").as_deref(),
+        Some("old"),
+        "the refresh from before installed nothing"
+    );
+    upstream.open(1);
+    assert_eq!(second.await.unwrap().unwrap(), "k@v1");
+    assert_eq!(cache.get("k").as_deref(), Some("k@v1"));
+    assert_eq!(cache.is_stale("k"), Some(false));
+    assert_eq!(cache.metrics().discarded, 1);
+    cache.validate();
+}
+
+/// A marked value goes to the head of the refresher's line: its next look
+/// refreshes it though it is young, and every other entry stays as it is.
+#[tokio::test(start_paused = true)]
+async fn the_refresher_takes_marked_values_at_its_next_look() {
+    let upstream = Gated::new();
+    let cache = gated_cache(&upstream);
+    for key in ["a", "b", "c"] {
+        cache.insert(key.into(), "old".into());
+    }
+    cache.start().unwrap();
+    settle().await;
+    upstream.set_version(1);
+    assert!(cache.mark_stale("b"));
+    assert!(!cache.mark_stale("absent"));
+    upstream.open(10);
+    sleep(INTERVAL * 2).await;
+
+    assert_eq!(*upstream.called.lock().unwrap(), ["b"]);
+    assert_eq!(cache.get("b").as_deref(), Some("b@v1"));
+    assert_eq!(cache.get("a").as_deref(), Some("old"));
+
+    cache.mark_all_stale();
+    sleep(INTERVAL * 2).await;
+    assert_eq!(upstream.calls(), 4, "every entry once more");
+    for key in ["a", "b", "c"] {
+        assert_eq!(cache.get(key), Some(format!("{key}@v1")));
+    }
+    cache.validate();
+}
+
+/// With no TTL nothing is ever stale: marking invalidates instead.
+#[test]
+fn mark_stale_without_a_ttl_invalidates() {
+    let cache: Cache<u32, u32> = Cache::builder().ttl(None).build().unwrap();
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    assert!(cache.mark_stale(&1));
+    assert_eq!(cache.get(&1), None);
+    cache.mark_all_stale();
+    assert!(cache.is_empty());
+}

@@ -333,6 +333,25 @@ where
         })
     }
 
+    /// Marks the value of `key` stale ([`Shard::mark_stale`]); whether
+    /// it was there.
+    pub(crate) fn mark_stale<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let at = self.locate(key);
+        self.write_lock(at.shard)
+            .mark_stale(at.fingerprint, |k| k.borrow() == key)
+    }
+
+    /// Marks every value stale, one shard at a time.
+    pub(crate) fn mark_all_stale(&self) {
+        for at in 0..self.shards.len() {
+            self.write_lock(at).mark_all_stale();
+        }
+    }
+
     /// Installs a refresh's result for `key` over version `from` only.
     pub(crate) fn install(
         &self,

@@ -387,6 +387,34 @@ impl<K, V> Shard<K, V> {
         }
     }
 
+    /// Marks the value of `key` stale whatever its age, until it is next
+    /// written: as a new install (so a refresh under way, fetched from the
+    /// value before, installs nothing), at `due`'s head, out of the
+    /// refresher's hands and askable for again, so that the next stale read
+    /// or look refreshes it. False if `key` is absent.
+    pub(crate) fn mark_stale(&mut self, fingerprint: u32, is_key: impl FnMut(&K) -> bool) -> bool {
+        let Some(i) = self.index_of(fingerprint, is_key) else {
+            return false;
+        };
+        self.mark_node_stale(i);
+        true
+    }
+
+    /// [`Shard::mark_stale`] for every entry.
+    pub(crate) fn mark_all_stale(&mut self) {
+        for i in 0..self.nodes.len() as u32 {
+            self.mark_node_stale(i);
+        }
+    }
+
+    fn mark_node_stale(&mut self, i: u32) {
+        let node = &mut self.nodes[i as usize];
+        node.version = installed_over(node.version);
+        node.meta.mark_stale();
+        node.meta.clear_nudged();
+        self.requeue_due(i, true);
+    }
+
     /// Removes the entry of `key`, if it passes `remove_if`.
     pub(crate) fn remove(
         &mut self,
