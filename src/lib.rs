@@ -136,6 +136,9 @@ mod cache;
 mod changes;
 mod clock;
 mod fetcher;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 mod flight;
 mod hasher;
 mod inner;

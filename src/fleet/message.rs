@@ -1,0 +1,224 @@
+//! The messages replicas send one another: one JSON object per change,
+//! small, and never holding the value unless the user opted in.
+//!
+//! ```text
+//! {"from":"6f1c0e2a9b3d4c5e","key":"greeting","op":"d","swr":1}
+//! {"from":"6f1c0e2a9b3d4c5e","key":"greeting","op":"w","swr":1,"ver":"c0ffee"}
+//! {"from":"6f1c0e2a9b3d4c5e","op":"c","swr":1}
+//! ```
+//!
+//! `swr` is the format's version and `from` the sending replica's id (16
+//! hex digits); `op` is `w` (the user wrote the key), `r` (a refresh brought a new
+//! value), `d` (the user removed it) or `c` (the user cleared the cache);
+//! `ver` is the value's version as the user's version function gives it,
+//! `val` the value itself when values are sent. Decoding is strict about
+//! the envelope (a message of another format or a newer version is
+//! refused, not guessed at) and lenient about what it does not know
+//! (extra fields are ignored, for later versions that add some).
+
+use serde_json::{Map, Value};
+
+/// The format's version, in every message's `swr` field.
+pub(crate) const FORMAT: u64 = 1;
+
+/// What a message says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Written,
+    Refreshed,
+    Removed,
+    Cleared,
+}
+
+impl Op {
+    fn code(self) -> &'static str {
+        match self {
+            Op::Written => "w",
+            Op::Refreshed => "r",
+            Op::Removed => "d",
+            Op::Cleared => "c",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "w" => Op::Written,
+            "r" => Op::Refreshed,
+            "d" => Op::Removed,
+            "c" => Op::Cleared,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded message: the key and value still as JSON, for the link to
+/// decode as its types.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Message {
+    pub(crate) from: u64,
+    pub(crate) op: Op,
+    /// Present for every op but `Cleared`.
+    pub(crate) key: Option<Value>,
+    pub(crate) version: Option<String>,
+    pub(crate) value: Option<Value>,
+}
+
+/// Why a payload is not a message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Malformed {
+    NotJson,
+    NotOurs,
+    Format(u64),
+    Field(&'static str),
+}
+
+/// The payload of a message from replica `from`.
+pub(crate) fn encode(
+    from: u64,
+    op: Op,
+    key: Option<Value>,
+    version: Option<String>,
+    value: Option<Value>,
+) -> String {
+    let mut object = Map::new();
+    object.insert("swr".into(), Value::from(FORMAT));
+    object.insert("from".into(), Value::from(format!("{from:016x}")));
+    object.insert("op".into(), Value::from(op.code()));
+    if let Some(key) = key {
+        object.insert("key".into(), key);
+    }
+    if let Some(version) = version {
+        object.insert("ver".into(), Value::from(version));
+    }
+    if let Some(value) = value {
+        object.insert("val".into(), value);
+    }
+    Value::Object(object).to_string()
+}
+
+/// Decodes a payload; every field is checked for its type.
+pub(crate) fn decode(payload: &[u8]) -> Result<Message, Malformed> {
+    let value: Value = serde_json::from_slice(payload).map_err(|_| Malformed::NotJson)?;
+    let Value::Object(mut object) = value else {
+        return Err(Malformed::NotOurs);
+    };
+    match object.get("swr").map(Value::as_u64) {
+        None | Some(None) => return Err(Malformed::NotOurs),
+        Some(Some(FORMAT)) => {}
+        Some(Some(other)) => return Err(Malformed::Format(other)),
+    }
+    let from = object
+        .get("from")
+        .and_then(Value::as_str)
+        .filter(|s| s.len() == 16)
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or(Malformed::Field("from"))?;
+    let op = object
+        .get("op")
+        .and_then(Value::as_str)
+        .and_then(Op::from_code)
+        .ok_or(Malformed::Field("op"))?;
+    let key = object.remove("key");
+    if key.is_none() && op != Op::Cleared {
+        return Err(Malformed::Field("key"));
+    }
+    let version = match object.remove("ver") {
+        None => None,
+        Some(Value::String(version)) => Some(version),
+        Some(_) => return Err(Malformed::Field("ver")),
+    };
+    Ok(Message {
+        from,
+        op,
+        key,
+        version,
+        value: object.remove("val"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_round_trips() {
+        for op in [Op::Written, Op::Refreshed, Op::Removed, Op::Cleared] {
+            let key = (op != Op::Cleared).then(|| Value::from("k"));
+            let payload = encode(7, op, key.clone(), Some("v1".into()), None);
+            let message = decode(payload.as_bytes()).unwrap();
+            assert_eq!(
+                message,
+                Message {
+                    from: 7,
+                    op,
+                    key,
+                    version: Some("v1".into()),
+                    value: None
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn the_format_is_as_documented() {
+        let payload = encode(
+            0x6f1c_0e2a_9b3d_4c5e,
+            Op::Removed,
+            Some("greeting".into()),
+            None,
+            None,
+        );
+        assert_eq!(
+            payload,
+            r#"{"from":"6f1c0e2a9b3d4c5e","key":"greeting","op":"d","swr":1}"#
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_message_is_refused_with_its_reason() {
+        let cases: [(&[u8], Malformed); 9] = [
+            (b"not json", Malformed::NotJson),
+            (b"[1,2]", Malformed::NotOurs),
+            (br#"{"op":"d","key":1}"#, Malformed::NotOurs),
+            (
+                br#"{"swr":2,"from":"0000000000000001","op":"c"}"#,
+                Malformed::Format(2),
+            ),
+            (
+                br#"{"swr":1,"from":"1","op":"c"}"#,
+                Malformed::Field("from"),
+            ),
+            (
+                br#"{"swr":1,"from":"000000000000000g","op":"c"}"#,
+                Malformed::Field("from"),
+            ),
+            (
+                br#"{"swr":1,"from":"0000000000000001","op":"x"}"#,
+                Malformed::Field("op"),
+            ),
+            (
+                br#"{"swr":1,"from":"0000000000000001","op":"d"}"#,
+                Malformed::Field("key"),
+            ),
+            (
+                br#"{"swr":1,"from":"0000000000000001","op":"w","key":1,"ver":2}"#,
+                Malformed::Field("ver"),
+            ),
+        ];
+        for (payload, reason) in cases {
+            assert_eq!(
+                decode(payload),
+                Err(reason),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let message =
+            decode(br#"{"swr":1,"from":"0000000000000001","op":"c","later":true}"#).unwrap();
+        assert_eq!(message.op, Op::Cleared);
+    }
+}

@@ -1,0 +1,482 @@
+//! The fleet link against a real `redis-server` (feature `redis`): caches
+//! in one process, and in two, converge after an invalidate, an insert and
+//! a clear; the server killed and restarted mid-test; a malformed message
+//! published by hand; a replica that joins late.
+//!
+//! Real time and real sockets, so every test runs under the watchdog and
+//! waits for what it expects with a deadline, never a bare sleep.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use swr_cache::Cache;
+use swr_cache::fleet::{
+    FleetBuilder, FleetError, FleetLink, FleetMetrics, OnReconnect, RemoteChanges,
+};
+
+#[path = "support/redis.rs"]
+mod redis_server;
+#[path = "support/watchdog.rs"]
+mod watchdog;
+
+use redis_server::RedisServer;
+
+type Link = FleetLink<String, String, swr_cache::DefaultBuildHasher>;
+
+/// How long a change may take to reach another replica here.
+const CONVERGE: Duration = Duration::from_secs(10);
+
+/// Runs `test` on a multi-threaded runtime under the watchdog.
+fn run<F: Future<Output = ()> + Send + 'static>(
+    what: &str,
+    test: impl FnOnce() -> F + Send + 'static,
+) {
+    watchdog::within(what, move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test());
+    });
+}
+
+/// Waits until `done` holds, failing with `what` after [`CONVERGE`].
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + CONVERGE;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {CONVERGE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn cache() -> Cache<String, String> {
+    Cache::builder()
+        .max_size(10_000)
+        .ttl(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+async fn linked(builder: FleetBuilder<String>, cache: &Cache<String, String>) -> Link {
+    let link = builder.attach(cache).unwrap();
+    tokio::time::timeout(CONVERGE, link.subscribed())
+        .await
+        .expect("subscribed");
+    link
+}
+
+fn key(k: &str) -> String {
+    k.to_owned()
+}
+
+#[test]
+fn three_replicas_converge_after_an_invalidate_an_insert_and_a_clear() {
+    run("three replicas", || async {
+        let server = RedisServer::start();
+        let caches = [cache(), cache(), cache()];
+        for cache in &caches {
+            for k in ["a", "b", "c"] {
+                cache.insert(key(k), "v0".into());
+            }
+        }
+        let mut links = Vec::new();
+        for cache in &caches {
+            links.push(linked(FleetBuilder::new(server.url(), "three"), cache).await);
+        }
+        let [first, second, third] = &caches;
+
+        assert!(first.invalidate("a"));
+        eventually("the others drop an invalidated key", || {
+            !second.contains_key("a") && !third.contains_key("a")
+        })
+        .await;
+
+        second.insert(key("b"), "v1".into());
+        eventually("the others drop a key written elsewhere", || {
+            !first.contains_key("b") && !third.contains_key("b")
+        })
+        .await;
+        assert_eq!(
+            second.get("b").as_deref(),
+            Some("v1"),
+            "the writer keeps its own"
+        );
+
+        third.clear();
+        eventually("a clear reaches everyone", || {
+            first.is_empty() && second.is_empty()
+        })
+        .await;
+
+        for link in &links {
+            let m = link.metrics();
+            assert_eq!(m.malformed, 0, "{m:?}");
+            assert!(
+                m.own >= 1,
+                "each heard its own message and ignored it: {m:?}"
+            );
+        }
+        // Three messages, each applied by the two others, and none echoed.
+        let published: u64 = links.iter().map(|l| l.metrics().published).sum();
+        let applied: u64 = links.iter().map(|l| l.metrics().applied).sum();
+        assert_eq!((published, applied), (3, 6));
+    });
+}
+
+#[test]
+fn mark_stale_serves_the_old_value_until_the_refresh_brings_the_new() {
+    run("mark stale", || async {
+        let server = RedisServer::start();
+        let source = Arc::new(AtomicUsize::new(0));
+        let upstream = Arc::clone(&source);
+        let reader: Cache<String, String> = Cache::builder()
+            .ttl(Duration::from_secs(300))
+            .fetcher(move |k: String| {
+                let version = upstream.load(Ordering::SeqCst);
+                async move { Ok::<_, std::io::Error>(format!("{k}@v{version}")) }
+            })
+            .build()
+            .unwrap();
+        reader.insert(key("p"), "p@v0".into());
+        reader.start().unwrap();
+        let writer = cache();
+        let _reader_link = linked(
+            FleetBuilder::new(server.url(), "stale").remote_changes(RemoteChanges::MarkStale),
+            &reader,
+        )
+        .await;
+        let _writer_link = linked(FleetBuilder::new(server.url(), "stale"), &writer).await;
+
+        source.store(1, Ordering::SeqCst);
+        writer.insert(key("p"), "p@v1".into());
+        // The first read after the message is stale and asks for the
+        // refresh; until it lands, the old value is served.
+        eventually("the message marks the entry stale", || {
+            reader.is_stale("p") != Some(false)
+        })
+        .await;
+        assert!(reader.get("p").is_some(), "served while revalidated");
+        eventually("the refresh brings the new value", || {
+            reader.get("p").as_deref() == Some("p@v1")
+        })
+        .await;
+        assert_eq!(reader.metrics().misses, 0, "no reader went without a value");
+    });
+}
+
+#[test]
+fn a_replica_holding_the_announced_version_keeps_its_entry() {
+    run("versions", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        one.insert(key("p"), "commit-1".into());
+        two.insert(key("p"), "commit-1".into());
+        two.insert(key("q"), "commit-1".into());
+        let versioned = || FleetBuilder::new(server.url(), "versions").version(String::clone);
+        let _one_link = linked(versioned(), &one).await;
+        let two_link = linked(versioned(), &two).await;
+
+        one.insert(key("p"), "commit-1".into());
+        one.insert(key("q"), "commit-2".into());
+        eventually("the other version is dropped", || !two.contains_key("q")).await;
+        assert_eq!(
+            two.get("p").as_deref(),
+            Some("commit-1"),
+            "the same one kept"
+        );
+        let m = two_link.metrics();
+        assert_eq!((m.already_current, m.applied), (1, 1), "{m:?}");
+    });
+}
+
+#[test]
+fn sent_values_are_installed_by_the_others() {
+    run("values", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        let _one_link = linked(
+            FleetBuilder::new(server.url(), "values").send_values(),
+            &one,
+        )
+        .await;
+        let _two_link = linked(
+            FleetBuilder::new(server.url(), "values").send_values(),
+            &two,
+        )
+        .await;
+
+        one.insert(key("p"), "hello".into());
+        eventually("the value arrives", || two.contains_key("p")).await;
+        assert_eq!(two.get("p").as_deref(), Some("hello"));
+        assert_eq!(two.metrics().inserts, 1, "installed as a write");
+    });
+}
+
+#[test]
+fn a_refresh_is_published_only_when_it_changes_the_version() {
+    run("refreshes", || async {
+        let server = RedisServer::start();
+        let commit = Arc::new(AtomicUsize::new(1));
+        let upstream = Arc::clone(&commit);
+        let refreshing: Cache<String, String> = Cache::builder()
+            .ttl(Duration::from_secs(300))
+            .fetcher(move |_k: String| {
+                let c = upstream.load(Ordering::SeqCst);
+                async move { Ok::<_, std::io::Error>(format!("commit-{c}")) }
+            })
+            .build()
+            .unwrap();
+        let other = cache();
+        refreshing.insert(key("p"), "commit-1".into());
+        other.insert(key("p"), "commit-1".into());
+        let versioned = || FleetBuilder::new(server.url(), "refreshes").version(String::clone);
+        let link = linked(versioned(), &refreshing).await;
+        let _other_link = linked(versioned(), &other).await;
+
+        refreshing.refresh("p").await.unwrap();
+        assert_eq!(
+            link.metrics().published,
+            0,
+            "the same commit: nothing to tell"
+        );
+        commit.store(2, Ordering::SeqCst);
+        assert_eq!(refreshing.refresh("p").await.unwrap(), "commit-2");
+        eventually("a new commit reaches the other", || {
+            !other.contains_key("p")
+        })
+        .await;
+        assert_eq!(link.metrics().published, 1);
+    });
+}
+
+#[test]
+fn replicas_serve_from_memory_while_redis_is_down_and_revalidate_after() {
+    run("restart", || async {
+        let mut server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        for k in ["a", "b"] {
+            one.insert(key(k), "v0".into());
+            two.insert(key(k), "v0".into());
+        }
+        let one_link = linked(FleetBuilder::new(server.url(), "restart"), &one).await;
+        let two_link = linked(FleetBuilder::new(server.url(), "restart"), &two).await;
+
+        server.kill();
+        eventually("both see the subscription end", || {
+            !one_link.metrics().subscribed && !two_link.metrics().subscribed
+        })
+        .await;
+        // Writes and reads go on; what is published meanwhile is dropped
+        // and counted.
+        one.insert(key("c"), "v1".into());
+        assert_eq!(one.get("a").as_deref(), Some("v0"));
+        assert_eq!(two.get("a").as_deref(), Some("v0"));
+        eventually("the publish is dropped, not queued", || {
+            one_link.metrics().publish_dropped >= 1
+        })
+        .await;
+        assert_eq!(two.is_stale("a"), Some(false));
+
+        server.restart();
+        eventually("both subscribe again", || {
+            one_link.metrics().subscribed && two_link.metrics().subscribed
+        })
+        .await;
+        let m = two_link.metrics();
+        assert_eq!(m.reconnects, 1, "{m:?}");
+        assert_eq!(
+            two.is_stale("a"),
+            Some(true),
+            "whatever was missed while down is revalidated"
+        );
+        assert_eq!(two.get("a").as_deref(), Some("v0"), "and served meanwhile");
+
+        assert!(one.invalidate("b"));
+        eventually("the link works again", || !two.contains_key("b")).await;
+    });
+}
+
+#[test]
+fn a_malformed_message_is_counted_and_skipped() {
+    run("malformed", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        two.insert(key("a"), "v0".into());
+        let _one_link = linked(FleetBuilder::new(server.url(), "bad"), &one).await;
+        let two_link = linked(FleetBuilder::new(server.url(), "bad"), &two).await;
+
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for payload in [
+            "not json",
+            r#"{"swr":1,"from":"0000000000000001","op":"d","key":17}"#,
+            r#"{"swr":9,"from":"0000000000000001","op":"c"}"#,
+        ] {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg("bad")
+                .arg(payload)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        eventually("all three counted", || two_link.metrics().malformed == 3).await;
+        assert_eq!(two.get("a").as_deref(), Some("v0"), "nothing applied");
+
+        assert!(one.invalidate("a") || !one.contains_key("a"));
+        one.insert(key("a"), "v1".into());
+        eventually("and the link goes on", || !two.contains_key("a")).await;
+    });
+}
+
+#[test]
+fn a_replica_that_joins_late_hears_what_is_published_after() {
+    run("late", || async {
+        let server = RedisServer::start();
+        let (early, late) = (cache(), cache());
+        let early_link = linked(FleetBuilder::new(server.url(), "late"), &early).await;
+        early.insert(key("a"), "v1".into());
+        eventually("published", || early_link.metrics().published == 1).await;
+
+        late.insert(key("a"), "v0".into());
+        late.insert(key("b"), "v0".into());
+        let late_link = linked(FleetBuilder::new(server.url(), "late"), &late).await;
+        assert_eq!(
+            late.get("a").as_deref(),
+            Some("v0"),
+            "what came before is not replayed"
+        );
+        assert_eq!(late_link.metrics().reconnects, 0);
+
+        early.clear();
+        eventually("a clear after it joined reaches it", || late.is_empty()).await;
+    });
+}
+
+#[test]
+fn while_redis_is_unreachable_publishes_are_dropped_and_counted() {
+    run("unreachable", || async {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cache = cache();
+        let link = FleetBuilder::new(format!("redis://127.0.0.1:{port}/"), "none")
+            .queue(16)
+            .attach(&cache)
+            .unwrap();
+        for i in 0..1000 {
+            cache.insert(format!("k{i}"), "v".into());
+        }
+        assert_eq!(cache.len(), 1000, "writes are not held up");
+        eventually("every one dropped", || {
+            link.metrics().publish_dropped == 1000
+        })
+        .await;
+        let m: FleetMetrics = link.metrics();
+        assert_eq!((m.published, m.subscribed), (0, false), "{m:?}");
+    });
+}
+
+#[test]
+fn attach_errors_are_typed() {
+    let cache = cache();
+    assert!(matches!(
+        FleetBuilder::<String>::new("redis://127.0.0.1:1/", "x").attach(&cache),
+        Err(FleetError::NoRuntime)
+    ));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _inside = runtime.enter();
+    assert!(matches!(
+        FleetBuilder::<String>::new("not a url", "x").attach(&cache),
+        Err(FleetError::Url(_))
+    ));
+    let _link = FleetBuilder::new("redis://127.0.0.1:1/", "x")
+        .attach(&cache)
+        .unwrap();
+    assert_eq!(
+        FleetBuilder::new("redis://127.0.0.1:1/", "x")
+            .attach(&cache)
+            .unwrap_err(),
+        FleetError::AlreadyLinked
+    );
+    drop(_link);
+    assert!(
+        FleetBuilder::new("redis://127.0.0.1:1/", "x")
+            .on_reconnect(OnReconnect::Keep)
+            .attach(&cache)
+            .is_ok(),
+        "a dropped link frees the cache for another"
+    );
+}
+
+/// The environment variable that makes [`child_replica`] a replica.
+const CHILD: &str = "SWR_FLEET_CHILD";
+/// What the child prints once it is subscribed.
+const READY: &str = "swr-fleet-child-ready";
+
+#[test]
+fn two_processes_converge() {
+    run("two processes", || async {
+        let server = RedisServer::start();
+        let cache = cache();
+        let link = linked(FleetBuilder::new(server.url(), "processes"), &cache).await;
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_replica",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD, server.url())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // The child says when it is subscribed, holding "p".
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+                .await
+                .unwrap();
+            assert!(n > 0, "the child ended before it was ready");
+            // libtest writes "test child_replica ... " before it, on the
+            // same line.
+            if line.contains(READY) {
+                break;
+            }
+        }
+        assert!(link.invalidate(key("p")) || !cache.contains_key("p"));
+        let status = tokio::time::timeout(CONVERGE, child.wait())
+            .await
+            .expect("the child saw the invalidation in time")
+            .unwrap();
+        assert!(status.success(), "the child failed: {status}");
+    });
+}
+
+/// The other process of [`two_processes_converge`]; does nothing unless
+/// started by it.
+#[test]
+fn child_replica() {
+    let Ok(url) = std::env::var(CHILD) else {
+        return;
+    };
+    run("the child replica", move || async move {
+        let cache = cache();
+        cache.insert(key("p"), "v0".into());
+        let _link = linked(FleetBuilder::new(url, "processes"), &cache).await;
+        println!("{READY}");
+        eventually("the parent's invalidation arrives", || {
+            !cache.contains_key("p")
+        })
+        .await;
+    });
+}
