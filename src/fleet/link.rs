@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::message::{Op, decode, encode};
+use super::message::{Envelope, Op, decode};
 use super::{FleetError, FleetMetrics, OnReconnect, RemoteChanges};
 use crate::cache::Cache;
 use crate::changes::{Change, Share};
@@ -153,15 +153,16 @@ where
     {
         let client =
             redis::Client::open(self.url.as_str()).map_err(|e| FleetError::Url(e.to_string()))?;
+        let id = replica_id();
         let shared = Arc::new(Shared {
-            id: replica_id(),
+            id,
+            envelope: Envelope::new(id),
             counters: Counters::default(),
             subscribed: watch::Sender::new(false),
             logs: Throttle::new(),
         });
         let (outbox, queued) = mpsc::channel(self.queue);
         let tell = Teller {
-            id: shared.id,
             outbox: outbox.clone(),
             shared: Arc::clone(&shared),
             version: self.version.clone(),
@@ -244,11 +245,12 @@ where
             return false;
         };
         let removed = inner.invalidate(&key, Share::Local);
-        match serde_json::to_value(&key) {
-            Ok(key) => self.shared.queue(
-                &self.outbox,
-                encode(self.shared.id, Op::Removed, Some(key), None, None),
-            ),
+        match self
+            .shared
+            .envelope
+            .encode::<K>(Op::Removed, Some(&key), None, None)
+        {
+            Ok(payload) => self.shared.queue(&self.outbox, payload),
             Err(_) => self.shared.counters.incr(&self.shared.counters.dropped),
         }
         removed
@@ -278,6 +280,7 @@ impl<K, V, S> std::fmt::Debug for FleetLink<K, V, S> {
 /// What the link's parts share.
 struct Shared {
     id: u64,
+    envelope: Envelope,
     counters: Counters,
     subscribed: watch::Sender<bool>,
     logs: Throttle,
@@ -352,7 +355,6 @@ fn replica_id() -> u64 {
 
 /// The hook: turns a change into a message and queues it.
 struct Teller<V> {
-    id: u64,
     outbox: mpsc::Sender<String>,
     shared: Arc<Shared>,
     version: Option<VersionFn<V>>,
@@ -406,8 +408,10 @@ impl<V> Teller<V> {
             Change::Removed(key) => (Op::Removed, Some(key), None, None),
             Change::Cleared => (Op::Cleared, None, None, None),
         };
-        let key = key.map(serde_json::to_value).transpose()?;
-        Ok(Some(encode(self.id, op, key, ver, val)))
+        self.shared
+            .envelope
+            .encode(op, key, ver.as_deref(), val.as_ref())
+            .map(Some)
     }
 }
 

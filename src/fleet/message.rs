@@ -2,9 +2,9 @@
 //! small, and never holding the value unless the user opted in.
 //!
 //! ```text
-//! {"from":"6f1c0e2a9b3d4c5e","key":"greeting","op":"d","swr":1}
-//! {"from":"6f1c0e2a9b3d4c5e","key":"greeting","op":"w","swr":1,"ver":"c0ffee"}
-//! {"from":"6f1c0e2a9b3d4c5e","op":"c","swr":1}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"d","key":"greeting"}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"w","key":"greeting","ver":"c0ffee"}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"c"}
 //! ```
 //!
 //! `swr` is the format's version and `from` the sending replica's id (16
@@ -16,7 +16,8 @@
 //! refused, not guessed at) and lenient about what it does not know
 //! (extra fields are ignored, for later versions that add some).
 
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 /// The format's version, in every message's `swr` field.
 pub(crate) const FORMAT: u64 = 1;
@@ -72,28 +73,48 @@ pub(crate) enum Malformed {
     Field(&'static str),
 }
 
-/// The payload of a message from replica `from`.
-pub(crate) fn encode(
-    from: u64,
-    op: Op,
-    key: Option<Value>,
-    version: Option<String>,
-    value: Option<Value>,
-) -> String {
-    let mut object = Map::new();
-    object.insert("swr".into(), Value::from(FORMAT));
-    object.insert("from".into(), Value::from(format!("{from:016x}")));
-    object.insert("op".into(), Value::from(op.code()));
-    if let Some(key) = key {
-        object.insert("key".into(), key);
+/// What starts every message of one replica, formatted once.
+pub(crate) struct Envelope {
+    /// `{"swr":1,"from":"<id>","op":"`
+    prefix: String,
+}
+
+impl Envelope {
+    pub(crate) fn new(from: u64) -> Self {
+        Self {
+            prefix: format!(r#"{{"swr":{FORMAT},"from":"{from:016x}","op":""#),
+        }
     }
-    if let Some(version) = version {
-        object.insert("ver".into(), Value::from(version));
+
+    /// A message's payload, written straight into one buffer (the key
+    /// serialized in place: no intermediate JSON values).
+    pub(crate) fn encode<K: Serialize + ?Sized>(
+        &self,
+        op: Op,
+        key: Option<&K>,
+        version: Option<&str>,
+        value: Option<&Value>,
+    ) -> Result<String, serde_json::Error> {
+        let mut out = Vec::with_capacity(self.prefix.len() + 48);
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(op.code().as_bytes());
+        out.push(b'"');
+        if let Some(key) = key {
+            out.extend_from_slice(br#","key":"#);
+            serde_json::to_writer(&mut out, key)?;
+        }
+        if let Some(version) = version {
+            out.extend_from_slice(br#","ver":"#);
+            serde_json::to_writer(&mut out, version)?;
+        }
+        if let Some(value) = value {
+            out.extend_from_slice(br#","val":"#);
+            serde_json::to_writer(&mut out, value)?;
+        }
+        out.push(b'}');
+        // serde_json writes UTF-8, and the rest is ASCII.
+        String::from_utf8(out).map_err(|e| serde::ser::Error::custom(e.utf8_error()))
     }
-    if let Some(value) = value {
-        object.insert("val".into(), value);
-    }
-    Value::Object(object).to_string()
 }
 
 /// Decodes a payload; every field is checked for its type.
@@ -144,7 +165,9 @@ mod tests {
     fn every_op_round_trips() {
         for op in [Op::Written, Op::Refreshed, Op::Removed, Op::Cleared] {
             let key = (op != Op::Cleared).then(|| Value::from("k"));
-            let payload = encode(7, op, key.clone(), Some("v1".into()), None);
+            let payload = Envelope::new(7)
+                .encode(op, key.as_ref(), Some("v1"), None)
+                .unwrap();
             let message = decode(payload.as_bytes()).unwrap();
             assert_eq!(
                 message,
@@ -161,16 +184,17 @@ mod tests {
 
     #[test]
     fn the_format_is_as_documented() {
-        let payload = encode(
-            0x6f1c_0e2a_9b3d_4c5e,
-            Op::Removed,
-            Some("greeting".into()),
-            None,
-            None,
-        );
+        let payload = Envelope::new(0x6f1c_0e2a_9b3d_4c5e)
+            .encode(
+                Op::Written,
+                Some("greeting"),
+                Some("c0ffee"),
+                Some(&Value::from("hello")),
+            )
+            .unwrap();
         assert_eq!(
             payload,
-            r#"{"from":"6f1c0e2a9b3d4c5e","key":"greeting","op":"d","swr":1}"#
+            r#"{"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"w","key":"greeting","ver":"c0ffee","val":"hello"}"#
         );
     }
 
