@@ -15,6 +15,7 @@ fn op(keys: u8) -> impl Strategy<Value = Op> {
         6 => (0..keys, any::<u16>()).prop_map(|(k, v)| Op::Insert(k, v)),
         6 => (0..keys).prop_map(Op::Get),
         2 => (0..keys).prop_map(Op::Invalidate),
+        1 => (0..keys).prop_map(Op::MarkStale),
         1 => Just(Op::Clear),
         1 => (0..=8usize).prop_map(Op::Resize),
     ]
@@ -66,7 +67,7 @@ proptest! {
                 Op::Insert(k, v) => { written.insert(k, v); }
                 Op::Invalidate(k) => { written.remove(&k); }
                 Op::Clear => written.clear(),
-                Op::Get(_) | Op::Resize(_) => {}
+                Op::Get(_) | Op::MarkStale(_) | Op::Resize(_) => {}
             }
         }
         let setup = Setup { initial_size: 8, weighted: false, sharded: false };

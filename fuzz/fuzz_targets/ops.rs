@@ -15,6 +15,7 @@ enum FuzzOp {
     Insert(u8, u16),
     Get(u8),
     Invalidate(u8),
+    MarkStale(u8),
     Clear,
     Resize(u8),
 }
@@ -29,6 +30,7 @@ fuzz_target!(|input: (u8, bool, bool, Vec<FuzzOp>)| {
             FuzzOp::Insert(k, v) => model::Op::Insert(k % KEYS, v),
             FuzzOp::Get(k) => model::Op::Get(k % KEYS),
             FuzzOp::Invalidate(k) => model::Op::Invalidate(k % KEYS),
+            FuzzOp::MarkStale(k) => model::Op::MarkStale(k % KEYS),
             FuzzOp::Clear => model::Op::Clear,
             FuzzOp::Resize(size) => model::Op::Resize(usize::from(size % 13)),
         })

@@ -5,7 +5,8 @@
 //! The model cannot predict which entry the policy evicts, but the cache
 //! tells it: an eviction listener reports every removal with its cause, and
 //! the model applies them. So after every operation the model must be the
-//! cache exactly: the same keys with the same values. Also checked after
+//! cache exactly: the same keys with the same values, and the same ones
+//! marked stale (the TTL is an hour, so nothing else is). Also checked after
 //! every step: the store's own invariants (`validate`), the bound, that an
 //! eviction happens only when a write needs the room, and that the metrics
 //! add up.
@@ -21,6 +22,7 @@ pub enum Op {
     Insert(u8, u16),
     Get(u8),
     Invalidate(u8),
+    MarkStale(u8),
     Clear,
     Resize(usize),
 }
@@ -56,7 +58,7 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
     let sink = Arc::clone(&events);
     let builder = Cache::builder()
         .max_size(if sharded { 4096 } else { initial_size })
-        .ttl(None)
+        .ttl(std::time::Duration::from_secs(3600))
         .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
     let cache: Cache<u8, u16> = if weighted {
         builder
@@ -80,6 +82,8 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
     }
     let bound = |cache: &Cache<u8, u16>| cache.max_weight().unwrap_or(cache.max_size() as u64);
     let mut model: HashMap<u8, u16> = HashMap::new();
+    // The keys marked stale since they were last written.
+    let mut stale: std::collections::HashSet<u8> = Default::default();
     let mut gets = 0u64;
     for op in ops {
         let weight_before = cache.weight();
@@ -88,6 +92,7 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
             Op::Insert(k, v) => {
                 let present = model.contains_key(&k);
                 cache.insert(k, v);
+                stale.remove(&k);
                 if bound_before > 0 {
                     model.insert(k, v);
                 }
@@ -119,6 +124,13 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
                 let removed = cache.invalidate(&k);
                 assert_eq!(removed, model.contains_key(&k), "invalidate {k}");
             }
+            Op::MarkStale(k) => {
+                let marked = cache.mark_stale(&k);
+                assert_eq!(marked, model.contains_key(&k), "mark_stale {k}");
+                if marked {
+                    stale.insert(k);
+                }
+            }
             Op::Clear => cache.clear(),
             Op::Resize(size) => {
                 let change = if weighted {
@@ -140,6 +152,7 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
                         "{cause} {k}={v}, but the model holds {held:?}"
                     );
                     model.remove(&k);
+                    stale.remove(&k);
                 }
             }
         }
@@ -150,6 +163,8 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
                 model.get(&k).copied(),
                 "key {k} after {op:?}"
             );
+            let marked = model.contains_key(&k).then(|| stale.contains(&k));
+            assert_eq!(cache.is_stale(&k), marked, "staleness of {k} after {op:?}");
         }
         assert_eq!(cache.len(), model.len(), "len after {op:?}");
         assert!(
