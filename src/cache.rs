@@ -148,8 +148,14 @@ where
     /// one replaces, are dropped (or given to the listener) after the lock
     /// is released.
     pub fn insert(&self, key: K, value: V) {
-        if !self.inner.is_disabled() {
-            self.inner.changes.tell(|| Change::Written(&key, &value));
+        if self.inner.is_disabled() {
+            return;
+        }
+        if self.inner.changes.is_on() {
+            let told = key.clone();
+            self.inner.write(key, value, Write::Upsert);
+            self.inner.changes.tell(|| Change::Written(&told));
+        } else {
             self.inner.write(key, value, Write::Upsert);
         }
     }
@@ -611,11 +617,7 @@ where
 
     /// Whether the refresher task is running.
     pub fn is_refreshing(&self) -> bool {
-        let control = self.inner.refresher.control();
-        control
-            .run
-            .as_ref()
-            .is_some_and(|run| !run.task.is_finished())
+        self.inner.is_refreshing()
     }
 
     /// The cached value for `key`, fresh or stale; on a miss, fetches it,

@@ -3,8 +3,7 @@
 //! `redis`).
 //!
 //! One hook per cache, set while a link is attached. The cache calls it
-//! with no lock held, after user code that must come first (weighing) and
-//! before or after the change as each call site says; a flag read first
+//! with no lock held, after the change; a flag read first
 //! keeps the cost to one relaxed load when no link is attached. Changes
 //! applied *from* the fleet are not told ([`Share::Local`]), so replicas
 //! do not echo one another.
@@ -16,14 +15,15 @@ use arc_swap::ArcSwapOption;
 /// A change made through this cache's API or by its refresher.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Change<'a, K, V> {
-    /// The user wrote `value` for the key (`insert`).
-    Written(&'a K, &'a V),
-    /// A refresh replaced the first value with the second.
+    /// The user wrote the key (`insert`); told after the write.
+    Written(&'a K),
+    /// A refresh replaced the first value with the second, which was not
+    /// marked stale; told after the install.
     Refreshed(&'a K, &'a V, &'a V),
     /// The user removed the key (`invalidate`, `remove`, `retain`,
-    /// `invalidate_if`).
+    /// `invalidate_if`); told after the removal.
     Removed(&'a K),
-    /// The user cleared the cache.
+    /// The user cleared the cache; told after the clear.
     Cleared,
 }
 
@@ -52,6 +52,12 @@ impl<K, V> Changes<K, V> {
             on: AtomicBool::new(false),
             hook: ArcSwapOption::empty(),
         }
+    }
+
+    /// Whether a link is attached (so a caller may prepare what it tells).
+    #[inline]
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
     }
 
     /// Tells the hook of the change `change` makes, if a link is attached.

@@ -286,10 +286,17 @@ where
             .store
             .install(key, from, update, self.write_stamp(), &mut removed);
         let result = match installed {
-            Installed::Done(old) => {
+            Installed::Done {
+                replaced,
+                was_marked,
+            } => {
                 self.counters.incr(Counter::Refreshes);
-                if let Some(old) = old {
-                    if let Some(new) = &fresh {
+                if let Some(old) = replaced {
+                    // A refresh of a marked value answers a change someone
+                    // announced already (a fleet message, `mark_stale`, a
+                    // stale snapshot): telling it again would have every
+                    // replica mark the others' values stale in turn.
+                    if let (Some(new), false) = (&fresh, was_marked) {
                         self.changes.tell(|| Change::Refreshed(key, &old, new));
                     }
                     removed.push(key.clone(), old, RemovalCause::Replaced);

@@ -403,6 +403,9 @@ where
         self.fence(key);
         let marked = self.store.mark_stale(key);
         self.fence(key);
+        if marked {
+            self.refresher.nudges.ask_for_look();
+        }
         marked
     }
 
@@ -414,6 +417,7 @@ where
         self.fence_all();
         self.store.mark_all_stale();
         self.fence_all();
+        self.refresher.nudges.ask_for_look();
     }
 
     /// Removes `key`, returning its value (and telling the listener).
@@ -468,15 +472,15 @@ where
 
     /// Removes every entry.
     pub(crate) fn clear(&self, share: Share) {
-        if share == Share::Fleet {
-            self.changes.tell(|| Change::Cleared);
-        }
         self.fence_all();
         let mut removed = Removed::new();
         self.store.clear(&mut removed);
         // Again: a flight that joined while the shards were emptied may
         // have read an entry about to go as what it starts from.
         self.fence_all();
+        if share == Share::Fleet {
+            self.changes.tell(|| Change::Cleared);
+        }
         self.count_removed(&removed);
         self.report(removed);
     }

@@ -1031,3 +1031,56 @@ fn mark_stale_without_a_ttl_invalidates() {
     cache.mark_all_stale();
     assert!(cache.is_empty());
 }
+
+/// Found in review: a mark made the value's next version by the install
+/// count, which wraps at 256, so a refresh in flight across 256 marks found
+/// its version again and installed the value from before as fresh. A mark
+/// is a write of its own now.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_in_flight_across_256_marks_installs_nothing() {
+    let upstream = Gated::new();
+    let cache = gated_cache(&upstream);
+    cache.insert("k".into(), "old".into());
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.refresh("k").await }
+    });
+    settle().await;
+    upstream.set_version(1);
+    for _ in 0..256 {
+        assert!(cache.mark_stale("k"));
+    }
+    upstream.open(1);
+    first.await.unwrap().unwrap();
+
+    assert_eq!(cache.get("k").as_deref(), Some("old"));
+    assert_eq!(cache.is_stale("k"), Some(true), "still marked");
+    assert_eq!(cache.metrics().discarded, 1);
+    cache.validate();
+}
+
+/// A marked value may have no reader: the refresher looks at once, not at
+/// its next interval.
+#[tokio::test(start_paused = true)]
+async fn a_marked_value_is_refreshed_without_waiting_for_the_interval() {
+    let upstream = Gated::new();
+    let fetcher = upstream.clone();
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(TTL)
+        .refresh_interval(Duration::from_secs(3600))
+        .fetcher(move |key: String| {
+            let upstream = fetcher.clone();
+            async move { upstream.fetch(key).await }
+        })
+        .build()
+        .unwrap();
+    cache.insert("k".into(), "old".into());
+    cache.start().unwrap();
+    settle().await;
+    upstream.set_version(1);
+    upstream.open(1);
+    assert!(cache.mark_stale("k"));
+    sleep(Duration::from_millis(10)).await;
+
+    assert_eq!(cache.get("k").as_deref(), Some("k@v1"));
+}

@@ -2,13 +2,15 @@
 //! small, and never holding the value unless the user opted in.
 //!
 //! ```text
-//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"d","key":"greeting"}
-//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"w","key":"greeting","ver":"c0ffee"}
-//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"c"}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","seq":41,"op":"d","key":"greeting"}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","seq":42,"op":"w","key":"greeting","ver":"c0ffee"}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","seq":43,"op":"c"}
 //! ```
 //!
-//! `swr` is the format's version and `from` the sending replica's id (16
-//! hex digits); `op` is `w` (the user wrote the key), `r` (a refresh brought a new
+//! `swr` is the format's version, `from` the sending replica's id (16 hex
+//! digits) and `seq` its message number, one more with each message it
+//! meant to send (so a receiver that sees a number skipped knows it missed
+//! one, whichever side dropped it); `op` is `w` (the key has a new value), `r` (a refresh brought a new
 //! value), `d` (the user removed it) or `c` (the user cleared the cache);
 //! `ver` is the value's version as the user's version function gives it,
 //! `val` the value itself when values are sent. Decoding is strict about
@@ -57,6 +59,7 @@ impl Op {
 #[derive(Debug, PartialEq)]
 pub(crate) struct Message {
     pub(crate) from: u64,
+    pub(crate) seq: u64,
     pub(crate) op: Op,
     /// Present for every op but `Cleared`.
     pub(crate) key: Option<Value>,
@@ -75,14 +78,14 @@ pub(crate) enum Malformed {
 
 /// What starts every message of one replica, formatted once.
 pub(crate) struct Envelope {
-    /// `{"swr":1,"from":"<id>","op":"`
+    /// `{"swr":1,"from":"<id>","seq":`
     prefix: String,
 }
 
 impl Envelope {
     pub(crate) fn new(from: u64) -> Self {
         Self {
-            prefix: format!(r#"{{"swr":{FORMAT},"from":"{from:016x}","op":""#),
+            prefix: format!(r#"{{"swr":{FORMAT},"from":"{from:016x}","seq":"#),
         }
     }
 
@@ -90,15 +93,16 @@ impl Envelope {
     /// serialized in place: no intermediate JSON values).
     pub(crate) fn encode<K: Serialize + ?Sized>(
         &self,
+        seq: u64,
         op: Op,
         key: Option<&K>,
         version: Option<&str>,
         value: Option<&Value>,
     ) -> Result<String, serde_json::Error> {
-        let mut out = Vec::with_capacity(self.prefix.len() + 48);
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(self.prefix.len() + 64);
         out.extend_from_slice(self.prefix.as_bytes());
-        out.extend_from_slice(op.code().as_bytes());
-        out.push(b'"');
+        write!(out, r#"{seq},"op":"{}""#, op.code()).map_err(serde_json::Error::io)?;
         if let Some(key) = key {
             out.extend_from_slice(br#","key":"#);
             serde_json::to_writer(&mut out, key)?;
@@ -134,6 +138,10 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Message, Malformed> {
         .filter(|s| s.len() == 16)
         .and_then(|s| u64::from_str_radix(s, 16).ok())
         .ok_or(Malformed::Field("from"))?;
+    let seq = object
+        .get("seq")
+        .and_then(Value::as_u64)
+        .ok_or(Malformed::Field("seq"))?;
     let op = object
         .get("op")
         .and_then(Value::as_str)
@@ -150,6 +158,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Message, Malformed> {
     };
     Ok(Message {
         from,
+        seq,
         op,
         key,
         version,
@@ -166,13 +175,14 @@ mod tests {
         for op in [Op::Written, Op::Refreshed, Op::Removed, Op::Cleared] {
             let key = (op != Op::Cleared).then(|| Value::from("k"));
             let payload = Envelope::new(7)
-                .encode(op, key.as_ref(), Some("v1"), None)
+                .encode(3, op, key.as_ref(), Some("v1"), None)
                 .unwrap();
             let message = decode(payload.as_bytes()).unwrap();
             assert_eq!(
                 message,
                 Message {
                     from: 7,
+                    seq: 3,
                     op,
                     key,
                     version: Some("v1".into()),
@@ -186,6 +196,7 @@ mod tests {
     fn the_format_is_as_documented() {
         let payload = Envelope::new(0x6f1c_0e2a_9b3d_4c5e)
             .encode(
+                42,
                 Op::Written,
                 Some("greeting"),
                 Some("c0ffee"),
@@ -194,55 +205,55 @@ mod tests {
             .unwrap();
         assert_eq!(
             payload,
-            r#"{"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"w","key":"greeting","ver":"c0ffee","val":"hello"}"#
+            r#"{"swr":1,"from":"6f1c0e2a9b3d4c5e","seq":42,"op":"w","key":"greeting","ver":"c0ffee","val":"hello"}"#
         );
     }
 
     #[test]
     fn what_is_not_a_message_is_refused_with_its_reason() {
-        let cases: [(&[u8], Malformed); 9] = [
-            (b"not json", Malformed::NotJson),
-            (b"[1,2]", Malformed::NotOurs),
-            (br#"{"op":"d","key":1}"#, Malformed::NotOurs),
+        let cases: [(&str, Malformed); 10] = [
+            ("not json", Malformed::NotJson),
+            ("[1,2]", Malformed::NotOurs),
+            (r#"{"op":"d","key":1}"#, Malformed::NotOurs),
             (
-                br#"{"swr":2,"from":"0000000000000001","op":"c"}"#,
+                r#"{"swr":2,"from":"0000000000000001","seq":1,"op":"c"}"#,
                 Malformed::Format(2),
             ),
             (
-                br#"{"swr":1,"from":"1","op":"c"}"#,
+                r#"{"swr":1,"from":"1","seq":1,"op":"c"}"#,
                 Malformed::Field("from"),
             ),
             (
-                br#"{"swr":1,"from":"000000000000000g","op":"c"}"#,
+                r#"{"swr":1,"from":"000000000000000g","seq":1,"op":"c"}"#,
                 Malformed::Field("from"),
             ),
             (
-                br#"{"swr":1,"from":"0000000000000001","op":"x"}"#,
+                r#"{"swr":1,"from":"0000000000000001","op":"c"}"#,
+                Malformed::Field("seq"),
+            ),
+            (
+                r#"{"swr":1,"from":"0000000000000001","seq":1,"op":"x"}"#,
                 Malformed::Field("op"),
             ),
             (
-                br#"{"swr":1,"from":"0000000000000001","op":"d"}"#,
+                r#"{"swr":1,"from":"0000000000000001","seq":1,"op":"d"}"#,
                 Malformed::Field("key"),
             ),
             (
-                br#"{"swr":1,"from":"0000000000000001","op":"w","key":1,"ver":2}"#,
+                r#"{"swr":1,"from":"0000000000000001","seq":1,"op":"w","key":1,"ver":2}"#,
                 Malformed::Field("ver"),
             ),
         ];
         for (payload, reason) in cases {
-            assert_eq!(
-                decode(payload),
-                Err(reason),
-                "{}",
-                String::from_utf8_lossy(payload)
-            );
+            assert_eq!(decode(payload.as_bytes()), Err(reason), "{payload}");
         }
     }
 
     #[test]
     fn unknown_fields_are_ignored() {
         let message =
-            decode(br#"{"swr":1,"from":"0000000000000001","op":"c","later":true}"#).unwrap();
+            decode(br#"{"swr":1,"from":"0000000000000001","seq":1,"op":"c","later":true}"#)
+                .unwrap();
         assert_eq!(message.op, Op::Cleared);
     }
 }

@@ -33,31 +33,51 @@
 //! - **A remote change fences as a local one does.** A fetch of the key
 //!   that was under way here when the message arrived installs nothing,
 //!   and a caller after it does not join it.
-//! - **No echo.** A replica ignores its own messages (each carries the
-//!   sender's random id), and changes applied from the fleet are not
-//!   published again.
-//! - **Readers never wait for Redis.** Publishing is a `try_send` into a
-//!   bounded queue from the thread making the change, after the change's
-//!   lock is released; one task publishes, one applies. Redis down or
-//!   slow costs readers and writers nothing.
-//! - **Faults are normal.** While Redis is unreachable messages are
-//!   dropped and counted ([`FleetMetrics::publish_dropped`]), never queued
-//!   past [`FleetBuilder::queue`]; both tasks reconnect with a backoff up
-//!   to 2 s. Once subscribed again after a time without a subscription,
-//!   the link marks every entry stale, so the refresher revalidates what
-//!   it may have missed ([`OnReconnect`], configurable); this is Redis's
-//!   own advice for client-side caches (flush on a lost connection), minus
-//!   the misses. A message that does not decode, or whose key or value
-//!   does not deserialize, is counted ([`FleetMetrics::malformed`]) and
-//!   skipped; a panic in the user's code while applying one costs that
-//!   message only.
+//! - **The last word on a key is its final state.** A message says what
+//!   the sender's cache holds for the key when the link publishes it, not
+//!   what one write wrote, so however its threads race, the last message
+//!   of a key tells its final value (or its removal).
+//! - **No echo, no ping-pong.** A replica ignores its own messages (each
+//!   carries the sender's random id); changes applied from the fleet are
+//!   not published again; and a refresh of a value marked stale (by a
+//!   message, `mark_stale` or a stale snapshot) is not published, since it
+//!   answers a change already announced.
+//! - **Readers never wait for Redis.** The writing thread only queues the
+//!   key (a clone and a `try_send` into a bounded queue, after the
+//!   change's lock is released); one task reads the cache, serializes and
+//!   publishes, one applies. Redis down or slow costs readers and writers
+//!   nothing.
+//! - **Missed messages are noticed.** While Redis is unreachable, or the
+//!   queue is full, changes are dropped and counted
+//!   ([`FleetMetrics::publish_dropped`]), never queued past
+//!   [`FleetBuilder::queue`]. Messages are numbered per sender, so a
+//!   receiver sees a number skipped at that sender's next message
+//!   ([`FleetMetrics::gaps`]); and a receiver that was itself without a
+//!   subscription (Redis restarted, the connection lost, or silent: an idle
+//!   subscription is pinged every 5 s) knows it. Either way it runs the
+//!   reconnect action: by default every entry is marked stale, so the
+//!   refresher revalidates what may have been missed while it goes on being
+//!   served ([`OnReconnect`]). This is Redis's own advice for client-side
+//!   caches (flush on a lost connection), minus the misses.
+//! - **Bad input is skipped.** A message that does not decode, or whose key
+//!   or value does not deserialize, is counted ([`FleetMetrics::malformed`])
+//!   and skipped; a panic in the user's code (Serialize, Deserialize, the
+//!   version function, a value's Drop) costs that message only. Both tasks
+//!   reconnect with a backoff up to 2 s, and a server refusing publishes or
+//!   dropping subscribers at once is not hammered.
 //!
 //! # Limitations
 //!
-//! - **At most once.** Pub/sub delivers to whoever is subscribed at that
-//!   moment: a message published while a replica is disconnected is lost
-//!   for it (the reconnect action covers that), and there is no ordering
-//!   between replicas beyond what Redis gives one connection.
+//! - **At most once, and noticed late.** A gap at a sender is seen only at
+//!   its next message; a replica that stops for good after dropping some
+//!   leaves the others stale until their TTL.
+//! - **Concurrent writes of one key on two replicas** are not ordered:
+//!   with the default (remove), both drop the key and fetch it again; with
+//!   `send_values`, each may keep the other's value until the next change
+//!   of the key or its TTL. Use a version, or removal, where that matters.
+//! - **Marking stale needs a refresher.** With `MarkStale`, a replica whose
+//!   cache runs no refresher removes instead, and its reconnect action
+//!   clears: a mark nobody refreshes would be served for good.
 //! - **`Cache::invalidate` tells the fleet only of a key it held**: it
 //!   takes a borrowed key (`&str` for a `String`), and only a cached key
 //!   gives the link a `K` to send. [`FleetLink::invalidate`] takes the
@@ -67,16 +87,21 @@
 //! - **Keys travel as JSON** (`K: Serialize + DeserializeOwned`), so a key
 //!   must serialize the same way on every replica; a map key that is not a
 //!   string does not, and is dropped and counted.
+//! - **The receiving buffer is the client's.** redis-rs reads the
+//!   subscription eagerly into a channel without a bound; a replica that
+//!   applies slower than its fleet publishes (about 300,000 messages a
+//!   second here) lets it grow.
 //!
 //! # Performance
 //!
-//! An unlinked cache pays one relaxed load per change. A linked one
-//! serializes the key (and version) and sends it to the queue on the
-//! writing thread; figures are in `BENCHMARKS.md` (`cargo bench --features
-//! redis --bench fleet`).
+//! An unlinked cache pays one relaxed load per change. A linked one clones
+//! the key and `try_send`s it on the writing thread; figures are in
+//! `BENCHMARKS.md` (`cargo bench --features redis --bench fleet`).
 
 mod link;
 mod message;
+mod publish;
+mod subscribe;
 
 pub use link::{FleetBuilder, FleetLink};
 
@@ -89,18 +114,21 @@ pub enum RemoteChanges {
     #[default]
     Remove,
     /// Fence the key's fetches and mark it stale (`Cache::mark_stale`): the
-    /// old value is served until the refresher (or the next stale read)
-    /// brings the new one. Without a TTL, removes.
+    /// old value is served until the refresher brings the new one (it is
+    /// asked to look at once). Without a TTL, or without a refresher
+    /// running, removes.
     MarkStale,
 }
 
-/// What a link does when it is subscribed again after a time without a
-/// subscription, during which it may have missed messages.
+/// What a link does when it may have missed messages: subscribed again
+/// after a time without a subscription, or a sender's message number
+/// skipped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OnReconnect {
     /// Mark every entry stale (`Cache::mark_all_stale`): everything is
-    /// served on and revalidated. Without a TTL, clears.
+    /// served on and revalidated. Without a TTL, or without a refresher
+    /// running, clears.
     #[default]
     MarkAllStale,
     /// Clear the cache.
@@ -115,7 +143,7 @@ pub enum OnReconnect {
 pub struct FleetMetrics {
     /// Messages published.
     pub published: u64,
-    /// Messages not published: the queue was full, Redis unreachable, the
+    /// Changes not published: the queue was full, Redis unreachable, the
     /// publish failed, or the change could not be encoded.
     pub publish_dropped: u64,
     /// Messages received on the channel, this replica's own included.
@@ -129,6 +157,9 @@ pub struct FleetMetrics {
     /// Messages skipped: not ours, not decodable, or their key or value did
     /// not deserialize.
     pub malformed: u64,
+    /// Messages of another replica found missing by their numbers (dropped
+    /// on its side): each ran the reconnect action.
+    pub gaps: u64,
     /// Subscriptions started again after a time without one.
     pub reconnects: u64,
     /// Whether the link is subscribed now.

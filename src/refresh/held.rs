@@ -155,8 +155,8 @@ where
     }
 
     /// Takes the entries readers asked for since the last call; returns
-    /// whether some requests were dropped (the list was full), so that the
-    /// task looks for due values now.
+    /// whether the task should look for due values now (requests were
+    /// dropped for want of room, or values marked stale).
     pub(crate) fn take_nudged(&mut self, inner: &Inner<K, V, S>) -> bool {
         let dropped = inner.refresher.nudges.take(&mut self.nudges);
         for i in 0..self.nudges.len() {

@@ -77,8 +77,9 @@ impl Signals {
 #[derive(Default)]
 pub(crate) struct Nudges {
     waiting: Mutex<Vec<Nudge>>,
-    /// Requests were dropped for want of room since the task last took.
-    dropped: AtomicBool,
+    /// The task should look for due values now: requests were dropped for
+    /// want of room, or values were marked stale, since it last took.
+    look: AtomicBool,
     /// Wakes the task when a request arrives.
     pub(crate) arrived: Notify,
 }
@@ -96,9 +97,16 @@ impl Nudges {
         if waiting.len() < waiting.capacity() {
             waiting.push(nudge);
         } else {
-            self.dropped.store(true, Ordering::Relaxed);
+            self.look.store(true, Ordering::Relaxed);
         }
         drop(waiting);
+        self.arrived.notify_one();
+    }
+
+    /// Asks the task to look for due values now (values were marked
+    /// stale: they are at the heads, and nobody may read them).
+    pub(crate) fn ask_for_look(&self) {
+        self.look.store(true, Ordering::Relaxed);
         self.arrived.notify_one();
     }
 
@@ -111,13 +119,13 @@ impl Nudges {
     }
 
     /// Swaps the waiting requests into `into` (emptied first; it should
-    /// have the same room, which the list then keeps); returns whether
-    /// requests were dropped since the last take.
+    /// have the same room, which the list then keeps); returns whether a
+    /// look at the due values was asked for since the last take.
     pub(crate) fn take(&self, into: &mut Vec<Nudge>) -> bool {
         into.clear();
         let mut waiting = self.waiting();
         std::mem::swap(&mut *waiting, into);
-        self.dropped.swap(false, Ordering::Relaxed)
+        self.look.swap(false, Ordering::Relaxed)
     }
 }
 

@@ -3,8 +3,9 @@
 //! Each shard keeps its entries in the order their values' ages started
 //! (the store's `due` order); the TTL is one for the whole cache, so the
 //! stale values are at the heads. Every `refresh_interval`, whenever its
-//! queue runs low while stale values remain, and when readers asked for
-//! more refreshes than their request list holds, the task takes stale values
+//! queue runs low while stale values remain, when readers asked for more
+//! refreshes than their request list holds, and when values were marked
+//! stale, the task takes stale values
 //! from the heads, as many as its queue needs (twice the concurrency
 //! limit); as readers' requests arrive (refresh-on-read) it takes those,
 //! and fetches them first. It fetches as many at a time as the limit
@@ -79,6 +80,15 @@ where
             }
             _ => {}
         }
+    }
+
+    /// Whether a refresher task runs for the cache now.
+    pub(crate) fn is_refreshing(&self) -> bool {
+        let control = self.refresher.control();
+        control
+            .run
+            .as_ref()
+            .is_some_and(|run| !run.task.is_finished())
     }
 
     /// Detaches the task, if one runs, and tells it to stop.
@@ -180,7 +190,8 @@ async fn run_refresher<K, V, S>(
             holdings.finished(&inner, now, done);
         }
         // Requests dropped for want of room are for stale values marked
-        // as asked for, whose readers will not ask again: look for them now.
+        // as asked for, whose readers will not ask again; values marked
+        // stale may have no reader: look for them now.
         backlog |= holdings.take_nudged(&inner);
         holdings.retry_due(now);
         // From the last look and the interval as it is now, so a shorter

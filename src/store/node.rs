@@ -145,6 +145,12 @@ impl Meta {
         self.load() & NUDGED == 0 && self.0.fetch_or(NUDGED, Ordering::Relaxed) & NUDGED == 0
     }
 
+    /// Whether the value carries the stale mark ([`Meta::mark_stale`]).
+    #[inline]
+    pub(crate) fn is_marked_stale(&self) -> bool {
+        self.load() & MARKED_STALE != 0
+    }
+
     #[inline]
     pub(crate) fn is_nudged(&self) -> bool {
         self.load() & NUDGED != 0

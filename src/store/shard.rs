@@ -132,8 +132,12 @@ pub(crate) enum Install<V> {
 /// What an install did.
 pub(crate) enum Installed<V> {
     /// Installed; the value it replaced, if any (to be reported with the
-    /// caller's copy of the key, outside the lock).
-    Done(Option<V>),
+    /// caller's copy of the key, outside the lock), and whether that value
+    /// was marked stale (the refresh answers a mark, not an age).
+    Done {
+        replaced: Option<V>,
+        was_marked: bool,
+    },
     /// The entry is gone or was written since the fetch started: nothing
     /// changed. A value comes back to be dropped outside the lock.
     Superseded(Option<V>),
@@ -360,10 +364,14 @@ impl<K, V> Shard<K, V> {
         match update {
             Install::Renew => {
                 let node = &mut self.nodes[i as usize];
+                let was_marked = node.meta.is_marked_stale();
                 node.meta.renew(now);
                 node.version = version;
                 self.requeue_due(i, false);
-                Installed::Done(None)
+                Installed::Done {
+                    replaced: None,
+                    was_marked,
+                }
             }
             Install::Value(value, weight) if weight > self.capacity => {
                 let old = self.detach(i);
@@ -374,6 +382,7 @@ impl<K, V> Shard<K, V> {
                 let old_weight = self.weight_of(i);
                 let node = &mut self.nodes[i as usize];
                 let old = std::mem::replace(&mut node.value, value);
+                let was_marked = node.meta.is_marked_stale();
                 node.meta.renew(now);
                 node.version = version;
                 self.requeue_due(i, false);
@@ -382,14 +391,18 @@ impl<K, V> Shard<K, V> {
                     self.queue_of(i).reweigh(old_weight, weight);
                     self.evict_while_over(0, out);
                 }
-                Installed::Done(Some(old))
+                Installed::Done {
+                    replaced: Some(old),
+                    was_marked,
+                }
             }
         }
     }
 
     /// Marks the value of `key` stale whatever its age, until it is next
-    /// written: as a new install (so a refresh under way, fetched from the
-    /// value before, installs nothing), at `due`'s head, out of the
+    /// written: as a new version (so a refresh under way, fetched from the
+    /// value before, installs nothing; `retain` and `invalidate_if` count
+    /// it as a write), at `due`'s head, out of the
     /// refresher's hands and askable for again, so that the next stale read
     /// or look refreshes it. False if `key` is absent.
     pub(crate) fn mark_stale(&mut self, fingerprint: u32, is_key: impl FnMut(&K) -> bool) -> bool {
@@ -408,8 +421,12 @@ impl<K, V> Shard<K, V> {
     }
 
     fn mark_node_stale(&mut self, i: u32) {
+        // A new user-write number, not the next install: the install bits
+        // wrap at 256, and a fetch under way through 256 marks would find
+        // its version again and install the value from before.
+        let version = self.version();
         let node = &mut self.nodes[i as usize];
-        node.version = installed_over(node.version);
+        node.version = version;
         node.meta.mark_stale();
         node.meta.clear_nudged();
         self.requeue_due(i, true);

@@ -35,6 +35,26 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and answer
+    /// nothing, as across a network partition.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
@@ -70,6 +90,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // SIGKILL ends a paused server too.
         self.kill();
     }
 }

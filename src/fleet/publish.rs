@@ -1,0 +1,298 @@
+//! The sending side: the hook queues the key a change was made to, and one
+//! task turns each queued key into a message and publishes it.
+//!
+//! The message says what the cache holds for the key *when the task takes
+//! it*, not what the change wrote: the hook is told after each change, so
+//! the last queued item of a key is taken after its last change, and the
+//! last message the fleet hears of a key is its final state, however the
+//! threads changing it raced to the queue. (Telling the written value from
+//! the writer's thread let two racing inserts reach the queue in the other
+//! order than the store's, and a replica installing sent values kept the
+//! older one.) Serializing happens on the task too, not on the writer.
+
+use std::hash::{BuildHasher, Hash};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::link::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
+use super::message::Op;
+use crate::changes::Change;
+use crate::inner::Inner;
+
+/// The most messages published in one pipeline (one round trip).
+const BATCH: usize = 64;
+
+/// A change waiting to be told: of a key (what kind of change it was,
+/// which the message keeps unless the key's state says otherwise), or a
+/// clear.
+pub(super) enum Item<K> {
+    Key(Op, K),
+    Cleared,
+}
+
+/// The hook: queues the keys of changes. Never waits: a full queue drops
+/// the change and counts it.
+pub(super) struct Teller<K, V> {
+    pub(super) outbox: mpsc::Sender<Item<K>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) version: Option<VersionFn<V>>,
+    pub(super) values: bool,
+}
+
+impl<K: Clone, V> Teller<K, V> {
+    pub(super) fn tell(&self, change: Change<'_, K, V>) {
+        let item = match change {
+            Change::Written(key) => Item::Key(Op::Written, key.clone()),
+            Change::Refreshed(key, old, new) => {
+                // User code (the version function): a panic loses this
+                // message, not the refresh.
+                let changed = catch_unwind(AssertUnwindSafe(|| match &self.version {
+                    Some(version) => version(old) != version(new),
+                    // No version to compare: only a sent value says what
+                    // it changed to.
+                    None => self.values,
+                }));
+                match changed {
+                    Ok(false) => return,
+                    Ok(true) => Item::Key(Op::Refreshed, key.clone()),
+                    Err(_) => {
+                        self.unqueued();
+                        return;
+                    }
+                }
+            }
+            Change::Removed(key) => Item::Key(Op::Removed, key.clone()),
+            Change::Cleared => Item::Cleared,
+        };
+        self.queue(item);
+    }
+
+    /// Queues `item`, or counts it dropped if the queue is full.
+    pub(super) fn queue(&self, item: Item<K>) {
+        if self.outbox.try_send(item).is_err() {
+            self.unqueued();
+        }
+    }
+
+    fn unqueued(&self) {
+        let counters = &self.shared.counters;
+        counters.incr(&counters.dropped);
+        counters.incr(&counters.unqueued);
+    }
+}
+
+/// How the task reads the cache for what to say of a key.
+pub(super) struct Reader<K, V, S> {
+    pub(super) cache: Weak<Inner<K, V, S>>,
+    pub(super) version: Option<VersionFn<V>>,
+    pub(super) values: Option<ValueCodec<V>>,
+}
+
+impl<K, V, S> Reader<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + Serialize + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    /// The message for `item`, numbered `seq`; `None` once the cache is
+    /// gone. User code runs here (Serialize, the version function).
+    fn message(&self, shared: &Shared, seq: u64, item: &Item<K>) -> Option<Result<String, String>> {
+        let inner = self.cache.upgrade()?;
+        let (op, key) = match item {
+            Item::Cleared => {
+                return Some(
+                    shared
+                        .envelope
+                        .encode::<K>(seq, Op::Cleared, None, None, None)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            Item::Key(op, key) => (*op, key),
+        };
+        let encoded = catch_unwind(AssertUnwindSafe(|| {
+            if self.version.is_none() && self.values.is_none() {
+                // Every message means "drop yours": what the key holds now
+                // says nothing more.
+                return shared.envelope.encode(seq, op, Some(key), None, None);
+            }
+            // The value is cloned under the shard's read lock; the user's
+            // code runs after.
+            match inner.store.read(key, |node| node.value.clone()) {
+                None => shared
+                    .envelope
+                    .encode(seq, Op::Removed, Some(key), None, None),
+                Some(value) => {
+                    let op = if op == Op::Removed { Op::Written } else { op };
+                    let version = self.version.as_ref().map(|f| f(&value));
+                    let value = self
+                        .values
+                        .as_ref()
+                        .map(|codec| (codec.encode)(&value))
+                        .transpose()?;
+                    shared
+                        .envelope
+                        .encode(seq, op, Some(key), version.as_deref(), value.as_ref())
+                }
+            }
+        }));
+        Some(match encoded {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("a panic while encoding".into()),
+        })
+    }
+}
+
+/// Publishes what the hook queued over one connection, up to [`BATCH`]
+/// `PUBLISH`es a round trip. Each message gets the next number, and the
+/// numbers of changes the hook could not queue are skipped, so receivers
+/// can tell they missed something whichever side dropped it.
+pub(super) async fn run<K, V, S>(
+    client: redis::Client,
+    channel: String,
+    mut queued: mpsc::Receiver<Item<K>>,
+    reader: Reader<K, V, S>,
+    shared: Arc<Shared>,
+) where
+    K: Hash + Eq + Clone + Send + Sync + Serialize + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    let mut publisher = Publisher::new(client, Arc::clone(&shared));
+    let mut seq = 0u64;
+    let mut unqueued_seen = 0u64;
+    let mut items = Vec::with_capacity(BATCH);
+    let mut payloads = Vec::with_capacity(BATCH);
+    let counters = &shared.counters;
+    while queued.recv_many(&mut items, BATCH).await > 0 {
+        for item in items.drain(..) {
+            let unqueued = counters.unqueued.load(Ordering::Relaxed);
+            seq += 1 + (unqueued - unqueued_seen);
+            unqueued_seen = unqueued;
+            match reader.message(&shared, seq, &item) {
+                None => return,
+                Some(Ok(payload)) => payloads.push(payload),
+                Some(Err(why)) => {
+                    counters.incr(&counters.dropped);
+                    shared.warn("a change could not be encoded", &why);
+                }
+            }
+        }
+        if payloads.is_empty() {
+            continue;
+        }
+        let counter = match publisher.publish(&channel, &payloads).await {
+            Ok(()) => &counters.published,
+            Err(()) => &counters.dropped,
+        };
+        counter.fetch_add(payloads.len() as u64, Ordering::Relaxed);
+        payloads.clear();
+    }
+}
+
+/// The publishing connection: made lazily, at most once per backoff while
+/// Redis is unreachable (sooner once the subscriber got back in).
+struct Publisher {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    connection: Option<redis::aio::MultiplexedConnection>,
+    /// No connection attempt before this, unless the subscriber got in
+    /// again since the last attempt (Redis is back: no need to wait).
+    retry_at: Instant,
+    backoff: std::time::Duration,
+    /// The subscriber's reconnects at the last attempt.
+    resubscribed: u64,
+    shared: Arc<Shared>,
+}
+
+impl Publisher {
+    fn new(client: redis::Client, shared: Arc<Shared>) -> Self {
+        Self {
+            client,
+            config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(NETWORK_TIMEOUT))
+                .set_response_timeout(Some(NETWORK_TIMEOUT)),
+            connection: None,
+            retry_at: Instant::now(),
+            backoff: BACKOFF,
+            resubscribed: 0,
+            shared,
+        }
+    }
+
+    /// Publishes `payloads` in one pipeline. A connection Redis closed (a
+    /// restart) is made again and the pipeline tried once more; an error
+    /// reply (an ACL, a read-only replica) keeps the connection and backs
+    /// off instead, so a refusing server is not hammered.
+    async fn publish(&mut self, channel: &str, payloads: &[String]) -> Result<(), ()> {
+        let had_connection = self.connection.is_some();
+        match self.attempt(channel, payloads).await {
+            Err(Lost) if had_connection => self.attempt(channel, payloads).await.map_err(drop),
+            other => other.map_err(drop),
+        }
+    }
+
+    async fn attempt(&mut self, channel: &str, payloads: &[String]) -> Result<(), Lost> {
+        self.connect().await;
+        let open = self.connection.as_mut().ok_or(Lost)?;
+        if Instant::now() < self.retry_at {
+            // The server refused the last pipeline: wait out the backoff.
+            return Err(Lost);
+        }
+        let mut pipeline = redis::pipe();
+        for payload in payloads {
+            pipeline.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+        }
+        let sent: redis::RedisResult<()> = pipeline.query_async(open).await;
+        match sent {
+            Ok(()) => {
+                self.backoff = BACKOFF;
+                Ok(())
+            }
+            Err(error) => {
+                self.shared.warn("a publish failed", &error);
+                if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+                    self.connection = None;
+                } else {
+                    self.back_off();
+                }
+                Err(Lost)
+            }
+        }
+    }
+
+    async fn connect(&mut self) {
+        let resubscribed = self.shared.counters.reconnects.load(Ordering::Relaxed);
+        let may = Instant::now() >= self.retry_at || resubscribed != self.resubscribed;
+        if self.connection.is_some() || !may {
+            return;
+        }
+        self.resubscribed = resubscribed;
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+        {
+            Ok(connected) => {
+                self.connection = Some(connected);
+                self.retry_at = Instant::now();
+            }
+            Err(error) => {
+                self.shared.warn("cannot connect to publish", &error);
+                self.back_off();
+            }
+        }
+    }
+
+    fn back_off(&mut self) {
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A publish that did not happen.
+struct Lost;

@@ -1,0 +1,267 @@
+//! The receiving side: one task subscribes, applies what arrives, and
+//! subscribes again when the connection ends or stops answering.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::time::{Instant, sleep, timeout};
+
+use super::link::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
+use super::message::{Op, decode};
+use super::{OnReconnect, RemoteChanges};
+use crate::changes::Share;
+use crate::inner::Inner;
+use crate::store::Write;
+
+/// With no message for this long, the subscription is pinged: a connection
+/// that does not answer is taken for dead (a half-open TCP connection
+/// would otherwise leave the replica deaf, and believing it listens).
+const PING_WHEN_IDLE: Duration = Duration::from_secs(5);
+/// A subscription that lived less than this counts as a failed attempt
+/// for the backoff, so a server dropping subscribers at once is not
+/// hammered (each resubscription also runs the reconnect action).
+const HEALTHY: Duration = Duration::from_secs(1);
+/// The senders whose message numbers a replica remembers; past it, it
+/// forgets them all (each then starts over unchecked, once).
+const SENDERS: usize = 4096;
+
+/// Subscribes, applies what arrives, and subscribes again, backing off
+/// while Redis is unreachable or drops the subscription at once. A
+/// subscription that starts after a time without one (any but the very
+/// first attempt's) runs the reconnect action: what was published
+/// meanwhile was missed.
+pub(super) async fn run<K, V, S>(
+    client: redis::Client,
+    channel: String,
+    mut applier: Applier<K, V, S>,
+) where
+    K: Hash + Eq + Clone + Send + Sync + DeserializeOwned + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    let shared = Arc::clone(&applier.shared);
+    let mut first = true;
+    let mut backoff = BACKOFF;
+    loop {
+        let attempt = timeout(NETWORK_TIMEOUT, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        let pubsub = match attempt {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(error)) => {
+                shared.warn("cannot subscribe", &error);
+                first = false;
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(elapsed) => {
+                shared.warn("cannot subscribe", &elapsed);
+                first = false;
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        if !first {
+            shared.counters.incr(&shared.counters.reconnects);
+            if !applier.missed_messages() {
+                return;
+            }
+        }
+        first = false;
+        shared.subscribed.send_replace(true);
+        let started = Instant::now();
+        let (mut sink, mut messages) = pubsub.split();
+        loop {
+            match timeout(PING_WHEN_IDLE, messages.next()).await {
+                Ok(Some(message)) => {
+                    if !applier.apply(message.get_payload_bytes()) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(_idle) => {
+                    let answered = timeout(NETWORK_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        shared.warn("the subscription stopped answering", &"no PONG");
+                        break;
+                    }
+                }
+            }
+        }
+        shared.subscribed.send_replace(false);
+        if started.elapsed() >= HEALTHY {
+            backoff = BACKOFF;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// What came of a message.
+enum Outcome {
+    Applied,
+    /// A write of a version held here already.
+    Current,
+    /// This replica's own.
+    Own,
+}
+
+/// Applies other replicas' messages to the cache.
+pub(super) struct Applier<K, V, S> {
+    cache: Weak<Inner<K, V, S>>,
+    shared: Arc<Shared>,
+    remote: RemoteChanges,
+    reconnect: OnReconnect,
+    version: Option<VersionFn<V>>,
+    values: Option<ValueCodec<V>>,
+    /// The last message number heard from each sender.
+    heard: HashMap<u64, u64>,
+}
+
+impl<K, V, S> Applier<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + DeserializeOwned + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    pub(super) fn new(
+        cache: Weak<Inner<K, V, S>>,
+        shared: Arc<Shared>,
+        remote: RemoteChanges,
+        reconnect: OnReconnect,
+        version: Option<VersionFn<V>>,
+        values: Option<ValueCodec<V>>,
+    ) -> Self {
+        Self {
+            cache,
+            shared,
+            remote,
+            reconnect,
+            version,
+            values,
+            heard: HashMap::new(),
+        }
+    }
+
+    /// The reconnect action after a time without a subscription; false if
+    /// the cache is gone.
+    fn missed_messages(&self) -> bool {
+        let Some(inner) = self.cache.upgrade() else {
+            return false;
+        };
+        self.act_on_missed(&inner);
+        true
+    }
+
+    /// The reconnect action, for messages that may have been missed.
+    /// Marking stale needs a refresher to end it: without one running, the
+    /// cache is cleared instead. Values removed here are dropped here: a
+    /// panicking `Drop` costs the action, not the link.
+    fn act_on_missed(&self, inner: &Inner<K, V, S>) {
+        let acted = catch_unwind(AssertUnwindSafe(|| match self.reconnect {
+            OnReconnect::MarkAllStale if inner.is_refreshing() => inner.mark_all_stale(),
+            OnReconnect::MarkAllStale | OnReconnect::Clear => inner.clear(Share::Local),
+            OnReconnect::Keep => {}
+        }));
+        if acted.is_err() {
+            self.shared
+                .warn("the reconnect action panicked", &"a value's Drop");
+        }
+    }
+
+    /// Applies one payload; false if the cache is gone.
+    fn apply(&mut self, payload: &[u8]) -> bool {
+        let Some(inner) = self.cache.upgrade() else {
+            return false;
+        };
+        self.shared.counters.incr(&self.shared.counters.received);
+        // User code runs here (Deserialize, the version function, Drop of
+        // what is removed): a panic costs this message, not the link.
+        let applied = catch_unwind(AssertUnwindSafe(|| self.apply_to(&inner, payload)));
+        let counters = &self.shared.counters;
+        match applied {
+            Ok(Ok(outcome)) => counters.incr(match outcome {
+                Outcome::Applied => &counters.applied,
+                Outcome::Current => &counters.current,
+                Outcome::Own => &counters.own,
+            }),
+            Ok(Err(why)) => {
+                counters.incr(&counters.malformed);
+                self.shared.warn("a message was skipped", &why);
+            }
+            Err(_) => {
+                counters.incr(&counters.malformed);
+                self.shared
+                    .warn("a message was skipped", &"a panic while applying it");
+            }
+        }
+        true
+    }
+
+    /// Applies a payload; what came of it, or why it is skipped.
+    fn apply_to(&mut self, inner: &Inner<K, V, S>, payload: &[u8]) -> Result<Outcome, String> {
+        let message = decode(payload).map_err(|why| format!("{why:?}"))?;
+        if message.from == self.shared.id {
+            return Ok(Outcome::Own);
+        }
+        self.check_number(message.from, message.seq, inner);
+        if message.op == Op::Cleared {
+            inner.clear(Share::Local);
+            return Ok(Outcome::Applied);
+        }
+        let key = message.key.ok_or("no key")?;
+        let key: K = serde_json::from_value(key).map_err(|e| format!("the key: {e}"))?;
+        if matches!(message.op, Op::Written | Op::Refreshed) {
+            if let (Some(value), Some(codec)) = (message.value, &self.values) {
+                let value = (codec.decode)(value).map_err(|e| format!("the value: {e}"))?;
+                if !inner.is_disabled() {
+                    inner.write(key, value, Write::Upsert);
+                }
+                return Ok(Outcome::Applied);
+            }
+            if let (Some(version), Some(version_of)) = (&message.version, &self.version) {
+                // The value is cloned under the lock; the user's function
+                // runs after.
+                let held = inner.store.read(&key, |node| node.value.clone());
+                if held.is_some_and(|value| version_of(&value) == *version) {
+                    return Ok(Outcome::Current);
+                }
+            }
+        }
+        // Marking stale needs a refresher to end it; without one the old
+        // value would be served for good.
+        if self.remote == RemoteChanges::MarkStale && inner.is_refreshing() {
+            inner.mark_stale(&key);
+        } else {
+            inner.invalidate(&key, Share::Local);
+        }
+        Ok(Outcome::Applied)
+    }
+
+    /// Notes the sender's message number; one skipped means a message of
+    /// it was dropped (its queue full, or Redis unreachable from it) and
+    /// never reached anyone: run the reconnect action.
+    fn check_number(&mut self, from: u64, seq: u64, inner: &Inner<K, V, S>) {
+        if self.heard.len() >= SENDERS && !self.heard.contains_key(&from) {
+            self.heard.clear();
+        }
+        let last = self.heard.insert(from, seq);
+        if last.is_some_and(|last| seq > last + 1) {
+            let counters = &self.shared.counters;
+            counters.incr(&counters.gaps);
+            self.shared
+                .warn("a sender's message was lost", &format_args!("{from:016x}"));
+            self.act_on_missed(inner);
+        }
+    }
+}
