@@ -697,3 +697,42 @@ fn a_panic_in_the_reconnect_action_does_not_end_the_link() {
         eventually("the link still applies", || !cache.contains_key("c")).await;
     });
 }
+
+/// A server that refuses every publish (here PUBLISH is renamed away, as an
+/// ACL would deny it) is answered with a backoff on the same connection,
+/// not a new connection per message.
+#[test]
+fn a_server_refusing_publishes_is_not_hammered_with_connections() {
+    run("refused publishes", || async {
+        let server = RedisServer::start_with(&["--rename-command", "PUBLISH", ""]);
+        let cache = cache();
+        let link = linked(FleetBuilder::new(server.url(), "refused"), &cache).await;
+        for i in 0..50 {
+            cache.insert(format!("k{i}"), "v".into());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eventually("every change dropped", || {
+            link.metrics().publish_dropped == 50
+        })
+        .await;
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let connections: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The subscriber, the publisher and this one, give or take a retry.
+        assert!(
+            connections <= 6,
+            "{connections} connections for 50 refused publishes"
+        );
+    });
+}

@@ -8,17 +8,28 @@ use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     port: u16,
+    /// Settings beyond the defaults below.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it accepts.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with more settings (`["--maxclients", "8"]`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
         server.launch();
         server
     }
@@ -66,6 +77,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
