@@ -736,3 +736,49 @@ fn a_server_refusing_publishes_is_not_hammered_with_connections() {
         );
     });
 }
+
+/// A replica that applies slower than its fleet publishes keeps its memory
+/// bounded: past the link's receiving bound messages are dropped, and it
+/// runs the reconnect action for what it missed.
+#[test]
+fn a_replica_applying_slower_than_the_fleet_publishes_drops_and_recovers() {
+    /// A key that takes a while to decode.
+    #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    #[serde(from = "String")]
+    struct SlowKey(String);
+    impl From<String> for SlowKey {
+        fn from(s: String) -> Self {
+            std::thread::sleep(Duration::from_micros(200));
+            SlowKey(s)
+        }
+    }
+    run("slow receiver", || async {
+        let server = RedisServer::start();
+        let new = || -> Cache<SlowKey, String> { Cache::builder().max_size(100).build().unwrap() };
+        let (one, two) = (new(), new());
+        two.insert(SlowKey("untouched".into()), "v0".into());
+        let one_link = FleetBuilder::new(server.url(), "slow")
+            .queue(100_000)
+            .attach(&one)
+            .unwrap();
+        let two_link = FleetBuilder::new(server.url(), "slow")
+            .attach(&two)
+            .unwrap();
+        tokio::time::timeout(CONVERGE, one_link.subscribed())
+            .await
+            .unwrap();
+        tokio::time::timeout(CONVERGE, two_link.subscribed())
+            .await
+            .unwrap();
+        for i in 0..20_000 {
+            one_link.invalidate(SlowKey(format!("k{i}")));
+        }
+        eventually("the overflow is noticed", || two_link.metrics().gaps >= 1).await;
+        assert!(
+            !two.contains_key(&SlowKey("untouched".into())),
+            "the reconnect action ran (no refresher: a clear)"
+        );
+        let m = two_link.metrics();
+        assert!(m.applied < 20_000, "some were dropped on arrival: {m:?}");
+    });
+}

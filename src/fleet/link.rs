@@ -151,6 +151,14 @@ where
     {
         let client =
             redis::Client::open(self.url.as_str()).map_err(|e| FleetError::Url(e.to_string()))?;
+        // The subscription speaks RESP3, whose pushes can be bounded.
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let listener = redis::Client::open(info.set_redis_settings(resp3))
+            .map_err(|e| FleetError::Url(e.to_string()))?;
         let id = replica_id();
         let shared = Arc::new(Shared {
             id,
@@ -194,7 +202,7 @@ where
             self.version,
             self.values,
         );
-        let subscriber = runtime.spawn(subscribe::run(client, self.channel, applier));
+        let subscriber = runtime.spawn(subscribe::run(listener, self.channel, applier));
         Ok(FleetLink {
             cache: cache_ref,
             shared,

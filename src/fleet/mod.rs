@@ -55,7 +55,8 @@
 //!   ([`FleetMetrics::gaps`]); and a receiver that was itself without a
 //!   subscription (Redis restarted, the connection lost, or silent: an idle
 //!   subscription is pinged every 5 s) knows it. Either way it runs the
-//!   reconnect action: by default every entry is marked stale, so the
+//!   reconnect action (as does one that received faster than it could
+//!   apply and dropped some): by default every entry is marked stale, so the
 //!   refresher revalidates what may have been missed while it goes on being
 //!   served ([`OnReconnect`]). This is Redis's own advice for client-side
 //!   caches (flush on a lost connection), minus the misses.
@@ -87,10 +88,10 @@
 //! - **Keys travel as JSON** (`K: Serialize + DeserializeOwned`), so a key
 //!   must serialize the same way on every replica; a map key that is not a
 //!   string does not, and is dropped and counted.
-//! - **The receiving buffer is the client's.** redis-rs reads the
-//!   subscription eagerly into a channel without a bound; a replica that
-//!   applies slower than its fleet publishes (about 300,000 messages a
-//!   second here) lets it grow.
+//! - **Redis 6 or later**: the subscription speaks RESP3, so that what it
+//!   receives can be bounded (4,096 messages waiting to be applied; past
+//!   that they are dropped, counted as a gap, and the reconnect action
+//!   runs).
 //!
 //! # Performance
 //!

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 
 use super::link::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
@@ -30,11 +31,20 @@ const HEALTHY: Duration = Duration::from_secs(1);
 /// forgets them all (each then starts over unchecked, once).
 const SENDERS: usize = 4096;
 
+/// Pushes the connection may hold for the task: past this, messages are
+/// dropped (and the reconnect action runs), so a replica that applies
+/// slower than its fleet publishes keeps its memory bounded.
+const RECEIVED: usize = 4096;
+
 /// Subscribes, applies what arrives, and subscribes again, backing off
 /// while Redis is unreachable or drops the subscription at once. A
 /// subscription that starts after a time without one (any but the very
 /// first attempt's) runs the reconnect action: what was published
 /// meanwhile was missed.
+///
+/// The subscription is a RESP3 connection whose pushes go into a bounded
+/// channel, dropped with a note when it is full (redis-rs's own pub/sub
+/// stream buffers without a bound); `client` must speak RESP3.
 pub(super) async fn run<K, V, S>(
     client: redis::Client,
     channel: String,
@@ -48,14 +58,28 @@ pub(super) async fn run<K, V, S>(
     let mut first = true;
     let mut backoff = BACKOFF;
     loop {
+        let (pushes, mut received) = mpsc::channel::<redis::PushInfo>(RECEIVED);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let overflow = Arc::clone(&overflowed);
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(NETWORK_TIMEOUT))
+            .set_response_timeout(Some(NETWORK_TIMEOUT))
+            .set_push_sender(move |push: redis::PushInfo| {
+                if pushes.try_send(push).is_err() {
+                    overflow.store(true, Ordering::Relaxed);
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
         let attempt = timeout(NETWORK_TIMEOUT, async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            connection.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(connection)
         })
         .await;
-        let pubsub = match attempt {
-            Ok(Ok(pubsub)) => pubsub,
+        let mut connection = match attempt {
+            Ok(Ok(connection)) => connection,
             Ok(Err(error)) => {
                 shared.warn("cannot subscribe", &error);
                 first = false;
@@ -80,18 +104,33 @@ pub(super) async fn run<K, V, S>(
         first = false;
         shared.subscribed.send_replace(true);
         let started = Instant::now();
-        let (mut sink, mut messages) = pubsub.split();
         loop {
-            match timeout(PING_WHEN_IDLE, messages.next()).await {
-                Ok(Some(message)) => {
-                    if !applier.apply(message.get_payload_bytes()) {
+            match timeout(PING_WHEN_IDLE, received.recv()).await {
+                Ok(Some(push)) => {
+                    if overflowed.swap(false, Ordering::Relaxed) && !applier.overflowed() {
                         return;
                     }
+                    match push.kind {
+                        redis::PushKind::Message => {
+                            let payload = match push.data.get(1) {
+                                Some(redis::Value::BulkString(payload)) => payload.as_slice(),
+                                _ => b"",
+                            };
+                            if !applier.apply(payload) {
+                                return;
+                            }
+                        }
+                        redis::PushKind::Disconnection => break,
+                        // Subscription confirmations and the like.
+                        _ => {}
+                    }
                 }
+                // The connection, which holds the sender, is gone.
                 Ok(None) => break,
                 Err(_idle) => {
-                    let answered = timeout(NETWORK_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(answered, Ok(Ok(_))) {
+                    let ping = redis::cmd("PING");
+                    let pong = ping.query_async::<redis::Value>(&mut connection);
+                    if !matches!(timeout(NETWORK_TIMEOUT, pong).await, Ok(Ok(_))) {
                         shared.warn("the subscription stopped answering", &"no PONG");
                         break;
                     }
@@ -159,6 +198,22 @@ where
         let Some(inner) = self.cache.upgrade() else {
             return false;
         };
+        self.act_on_missed(&inner);
+        true
+    }
+
+    /// Messages were dropped on arrival (this replica applied slower than
+    /// the fleet published): counted as a gap, and the reconnect action
+    /// runs. False if the cache is gone.
+    fn overflowed(&self) -> bool {
+        let Some(inner) = self.cache.upgrade() else {
+            return false;
+        };
+        self.shared.counters.incr(&self.shared.counters.gaps);
+        self.shared.warn(
+            "messages arrived faster than applied and were dropped",
+            &RECEIVED,
+        );
         self.act_on_missed(&inner);
         true
     }
