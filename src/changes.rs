@@ -23,6 +23,9 @@ pub(crate) enum Change<'a, K, V> {
     /// The user removed the key (`invalidate`, `remove`, `retain`,
     /// `invalidate_if`); told after the removal.
     Removed(&'a K),
+    /// The user is clearing the cache; told before the clear, so that a
+    /// write racing it can be told again after it.
+    Clearing,
     /// The user cleared the cache; told after the clear.
     Cleared,
 }

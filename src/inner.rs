@@ -472,6 +472,9 @@ where
 
     /// Removes every entry.
     pub(crate) fn clear(&self, share: Share) {
+        if share == Share::Fleet {
+            self.changes.tell(|| Change::Clearing);
+        }
         self.fence_all();
         let mut removed = Removed::new();
         self.store.clear(&mut removed);

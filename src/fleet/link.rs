@@ -87,8 +87,8 @@ where
     }
 
     /// What the link does when it may have missed messages: subscribed
-    /// again after a time without a subscription, or a message number
-    /// skipped (default [`OnReconnect::MarkAllStale`]).
+    /// again after a time without a subscription, or a message flagged as
+    /// following one its sender dropped (default [`OnReconnect::MarkAllStale`]).
     pub fn on_reconnect(mut self, what: OnReconnect) -> Self {
         self.reconnect = what;
         self
@@ -120,7 +120,7 @@ where
 
     /// The most changes waiting to be published (default 1024); past it,
     /// and while Redis is unreachable, they are dropped and counted (and
-    /// the receivers, seeing a message number skipped, run the reconnect
+    /// the receivers, seeing the next message flagged `lost`, run the reconnect
     /// action). At least 1.
     pub fn queue(mut self, messages: usize) -> Self {
         self.queue = messages.max(1);
@@ -297,8 +297,8 @@ pub(super) struct Shared {
 pub(super) struct Counters {
     pub(super) published: AtomicU64,
     pub(super) dropped: AtomicU64,
-    /// Of `dropped`, those the hook could not queue: the publisher skips
-    /// their message numbers.
+    /// Of `dropped`, those the hook could not queue: the publisher flags
+    /// its next message as following a loss.
     pub(super) unqueued: AtomicU64,
     pub(super) received: AtomicU64,
     pub(super) applied: AtomicU64,

@@ -2,15 +2,16 @@
 //! small, and never holding the value unless the user opted in.
 //!
 //! ```text
-//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","seq":41,"op":"d","key":"greeting"}
-//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","seq":42,"op":"w","key":"greeting","ver":"c0ffee"}
-//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","seq":43,"op":"c"}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"d","key":"greeting"}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"w","lost":true,"key":"greeting","ver":"c0ffee"}
+//! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"c"}
 //! ```
 //!
-//! `swr` is the format's version, `from` the sending replica's id (16 hex
-//! digits) and `seq` its message number, one more with each message it
-//! meant to send (so a receiver that sees a number skipped knows it missed
-//! one, whichever side dropped it); `op` is `w` (the key has a new value), `r` (a refresh brought a new
+//! `swr` is the format's version and `from` the sending replica's id (16
+//! hex digits); `lost` is set on the first message after the sender dropped
+//! one (its queue full, Redis unreachable, a change it could not encode),
+//! so that a receiver knows it missed something even if this is the first
+//! message it hears from that sender; `op` is `w` (the key has a new value), `r` (a refresh brought a new
 //! value), `d` (the user removed it) or `c` (the user cleared the cache);
 //! `ver` is the value's version as the user's version function gives it,
 //! `val` the value itself when values are sent. Decoding is strict about
@@ -59,8 +60,9 @@ impl Op {
 #[derive(Debug, PartialEq)]
 pub(crate) struct Message {
     pub(crate) from: u64,
-    pub(crate) seq: u64,
     pub(crate) op: Op,
+    /// The sender dropped a message before this one.
+    pub(crate) lost: bool,
     /// Present for every op but `Cleared`.
     pub(crate) key: Option<Value>,
     pub(crate) version: Option<String>,
@@ -78,14 +80,14 @@ pub(crate) enum Malformed {
 
 /// What starts every message of one replica, formatted once.
 pub(crate) struct Envelope {
-    /// `{"swr":1,"from":"<id>","seq":`
+    /// `{"swr":1,"from":"<id>","op":"`
     prefix: String,
 }
 
 impl Envelope {
     pub(crate) fn new(from: u64) -> Self {
         Self {
-            prefix: format!(r#"{{"swr":{FORMAT},"from":"{from:016x}","seq":"#),
+            prefix: format!(r#"{{"swr":{FORMAT},"from":"{from:016x}","op":""#),
         }
     }
 
@@ -93,16 +95,19 @@ impl Envelope {
     /// serialized in place: no intermediate JSON values).
     pub(crate) fn encode<K: Serialize + ?Sized>(
         &self,
-        seq: u64,
         op: Op,
+        lost: bool,
         key: Option<&K>,
         version: Option<&str>,
         value: Option<&Value>,
     ) -> Result<String, serde_json::Error> {
-        use std::io::Write as _;
         let mut out = Vec::with_capacity(self.prefix.len() + 64);
         out.extend_from_slice(self.prefix.as_bytes());
-        write!(out, r#"{seq},"op":"{}""#, op.code()).map_err(serde_json::Error::io)?;
+        out.extend_from_slice(op.code().as_bytes());
+        out.push(b'"');
+        if lost {
+            out.extend_from_slice(br#","lost":true"#);
+        }
         if let Some(key) = key {
             out.extend_from_slice(br#","key":"#);
             serde_json::to_writer(&mut out, key)?;
@@ -138,15 +143,16 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Message, Malformed> {
         .filter(|s| s.len() == 16)
         .and_then(|s| u64::from_str_radix(s, 16).ok())
         .ok_or(Malformed::Field("from"))?;
-    let seq = object
-        .get("seq")
-        .and_then(Value::as_u64)
-        .ok_or(Malformed::Field("seq"))?;
     let op = object
         .get("op")
         .and_then(Value::as_str)
         .and_then(Op::from_code)
         .ok_or(Malformed::Field("op"))?;
+    let lost = match object.get("lost") {
+        None => false,
+        Some(Value::Bool(lost)) => *lost,
+        Some(_) => return Err(Malformed::Field("lost")),
+    };
     let key = object.remove("key");
     if key.is_none() && op != Op::Cleared {
         return Err(Malformed::Field("key"));
@@ -158,8 +164,8 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Message, Malformed> {
     };
     Ok(Message {
         from,
-        seq,
         op,
+        lost,
         key,
         version,
         value: object.remove("val"),
@@ -175,15 +181,15 @@ mod tests {
         for op in [Op::Written, Op::Refreshed, Op::Removed, Op::Cleared] {
             let key = (op != Op::Cleared).then(|| Value::from("k"));
             let payload = Envelope::new(7)
-                .encode(3, op, key.as_ref(), Some("v1"), None)
+                .encode(op, true, key.as_ref(), Some("v1"), None)
                 .unwrap();
             let message = decode(payload.as_bytes()).unwrap();
             assert_eq!(
                 message,
                 Message {
                     from: 7,
-                    seq: 3,
                     op,
+                    lost: true,
                     key,
                     version: Some("v1".into()),
                     value: None
@@ -196,8 +202,8 @@ mod tests {
     fn the_format_is_as_documented() {
         let payload = Envelope::new(0x6f1c_0e2a_9b3d_4c5e)
             .encode(
-                42,
                 Op::Written,
+                false,
                 Some("greeting"),
                 Some("c0ffee"),
                 Some(&Value::from("hello")),
@@ -205,7 +211,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             payload,
-            r#"{"swr":1,"from":"6f1c0e2a9b3d4c5e","seq":42,"op":"w","key":"greeting","ver":"c0ffee","val":"hello"}"#
+            r#"{"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"w","key":"greeting","ver":"c0ffee","val":"hello"}"#
         );
     }
 
@@ -216,31 +222,28 @@ mod tests {
             ("[1,2]", Malformed::NotOurs),
             (r#"{"op":"d","key":1}"#, Malformed::NotOurs),
             (
-                r#"{"swr":2,"from":"0000000000000001","seq":1,"op":"c"}"#,
+                r#"{"swr":2,"from":"0000000000000001","op":"c"}"#,
                 Malformed::Format(2),
             ),
+            (r#"{"swr":1,"from":"1","op":"c"}"#, Malformed::Field("from")),
             (
-                r#"{"swr":1,"from":"1","seq":1,"op":"c"}"#,
+                r#"{"swr":1,"from":"000000000000000g","op":"c"}"#,
                 Malformed::Field("from"),
             ),
             (
-                r#"{"swr":1,"from":"000000000000000g","seq":1,"op":"c"}"#,
-                Malformed::Field("from"),
+                r#"{"swr":1,"from":"0000000000000001","op":"c","lost":1}"#,
+                Malformed::Field("lost"),
             ),
             (
-                r#"{"swr":1,"from":"0000000000000001","op":"c"}"#,
-                Malformed::Field("seq"),
-            ),
-            (
-                r#"{"swr":1,"from":"0000000000000001","seq":1,"op":"x"}"#,
+                r#"{"swr":1,"from":"0000000000000001","op":"x"}"#,
                 Malformed::Field("op"),
             ),
             (
-                r#"{"swr":1,"from":"0000000000000001","seq":1,"op":"d"}"#,
+                r#"{"swr":1,"from":"0000000000000001","op":"d"}"#,
                 Malformed::Field("key"),
             ),
             (
-                r#"{"swr":1,"from":"0000000000000001","seq":1,"op":"w","key":1,"ver":2}"#,
+                r#"{"swr":1,"from":"0000000000000001","op":"w","key":1,"ver":2}"#,
                 Malformed::Field("ver"),
             ),
         ];
@@ -252,8 +255,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored() {
         let message =
-            decode(br#"{"swr":1,"from":"0000000000000001","seq":1,"op":"c","later":true}"#)
-                .unwrap();
+            decode(br#"{"swr":1,"from":"0000000000000001","op":"c","later":true}"#).unwrap();
         assert_eq!(message.op, Op::Cleared);
     }
 }

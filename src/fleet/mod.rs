@@ -50,8 +50,8 @@
 //! - **Missed messages are noticed.** While Redis is unreachable, or the
 //!   queue is full, changes are dropped and counted
 //!   ([`FleetMetrics::publish_dropped`]), never queued past
-//!   [`FleetBuilder::queue`]. Messages are numbered per sender, so a
-//!   receiver sees a number skipped at that sender's next message
+//!   [`FleetBuilder::queue`]. A sender flags its next message after any
+//!   drop (`lost`), so every receiver knows at that sender's next message
 //!   ([`FleetMetrics::gaps`]); and a receiver that was itself without a
 //!   subscription (Redis restarted, the connection lost, or silent: an idle
 //!   subscription is pinged every 5 s) knows it. Either way it runs the
@@ -75,7 +75,10 @@
 //! - **Concurrent writes of one key on two replicas** are not ordered:
 //!   with the default (remove), both drop the key and fetch it again; with
 //!   `send_values`, each may keep the other's value until the next change
-//!   of the key or its TTL. Use a version, or removal, where that matters.
+//!   of the key or its TTL (a replica whose own change of the key is still
+//!   queued when it applies another's tells that value again, which can
+//!   land after a newer write elsewhere). Use a version, or removal, where
+//!   that matters.
 //! - **Marking stale needs a refresher.** With `MarkStale`, a replica whose
 //!   cache runs no refresher removes instead, and its reconnect action
 //!   clears: a mark nobody refreshes would be served for good.
@@ -122,8 +125,8 @@ pub enum RemoteChanges {
 }
 
 /// What a link does when it may have missed messages: subscribed again
-/// after a time without a subscription, or a sender's message number
-/// skipped.
+/// after a time without a subscription, a sender's message flagged as
+/// following one it dropped, or messages dropped here on arrival.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OnReconnect {
@@ -158,8 +161,9 @@ pub struct FleetMetrics {
     /// Messages skipped: not ours, not decodable, or their key or value did
     /// not deserialize.
     pub malformed: u64,
-    /// Messages of another replica found missing by their numbers (dropped
-    /// on its side): each ran the reconnect action.
+    /// Messages missed: flagged by their sender as following one it dropped,
+    /// or dropped here on arrival (faster than applied). Each ran the
+    /// reconnect action.
     pub gaps: u64,
     /// Subscriptions started again after a time without one.
     pub reconnects: u64,

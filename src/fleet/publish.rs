@@ -10,6 +10,7 @@
 //! order than the store's, and a replica installing sent values kept the
 //! older one.) Serializing happens on the task too, not on the writer.
 
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -28,10 +29,11 @@ use crate::inner::Inner;
 const BATCH: usize = 64;
 
 /// A change waiting to be told: of a key (what kind of change it was,
-/// which the message keeps unless the key's state says otherwise), or a
-/// clear.
+/// which the message keeps unless the key's state says otherwise), or the
+/// start or end of a clear.
 pub(super) enum Item<K> {
     Key(Op, K),
+    Clearing,
     Cleared,
 }
 
@@ -67,6 +69,7 @@ impl<K: Clone, V> Teller<K, V> {
                 }
             }
             Change::Removed(key) => Item::Key(Op::Removed, key.clone()),
+            Change::Clearing => Item::Clearing,
             Change::Cleared => Item::Cleared,
         };
         self.queue(item);
@@ -99,44 +102,47 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    /// The message for `item`, numbered `seq`; `None` once the cache is
-    /// gone. User code runs here (Serialize, the version function).
-    fn message(&self, shared: &Shared, seq: u64, item: &Item<K>) -> Option<Result<String, String>> {
+    /// The message for a change of `key` of kind `op`; `None` once the
+    /// cache is gone. User code runs here (Serialize, the version function,
+    /// and `V::clone` under the shard's read lock, as in `get`). A value
+    /// that cannot be encoded is told as a removal.
+    fn message(
+        &self,
+        shared: &Shared,
+        op: Op,
+        lost: bool,
+        key: &K,
+    ) -> Option<Result<String, String>> {
         let inner = self.cache.upgrade()?;
-        let (op, key) = match item {
-            Item::Cleared => {
-                return Some(
-                    shared
-                        .envelope
-                        .encode::<K>(seq, Op::Cleared, None, None, None)
-                        .map_err(|e| e.to_string()),
-                );
-            }
-            Item::Key(op, key) => (*op, key),
-        };
         let encoded = catch_unwind(AssertUnwindSafe(|| {
             if self.version.is_none() && self.values.is_none() {
                 // Every message means "drop yours": what the key holds now
                 // says nothing more.
-                return shared.envelope.encode(seq, op, Some(key), None, None);
+                return shared.envelope.encode(op, lost, Some(key), None, None);
             }
-            // The value is cloned under the shard's read lock; the user's
-            // code runs after.
-            match inner.store.read(key, |node| node.value.clone()) {
-                None => shared
+            let Some(value) = inner.store.read(key, |node| node.value.clone()) else {
+                return shared
                     .envelope
-                    .encode(seq, Op::Removed, Some(key), None, None),
-                Some(value) => {
-                    let op = if op == Op::Removed { Op::Written } else { op };
-                    let version = self.version.as_ref().map(|f| f(&value));
-                    let value = self
-                        .values
-                        .as_ref()
-                        .map(|codec| (codec.encode)(&value))
-                        .transpose()?;
+                    .encode(Op::Removed, lost, Some(key), None, None);
+            };
+            let op = if op == Op::Removed { Op::Written } else { op };
+            let version = self.version.as_ref().map(|f| f(&value));
+            let value = self
+                .values
+                .as_ref()
+                .map(|codec| (codec.encode)(&value))
+                .transpose();
+            match value {
+                Ok(value) => {
                     shared
                         .envelope
-                        .encode(seq, op, Some(key), version.as_deref(), value.as_ref())
+                        .encode(op, lost, Some(key), version.as_deref(), value.as_ref())
+                }
+                Err(error) => {
+                    shared.warn("a value could not be encoded; told as a removal", &error);
+                    shared
+                        .envelope
+                        .encode(Op::Removed, lost, Some(key), None, None)
                 }
             }
         }));
@@ -148,9 +154,16 @@ where
 }
 
 /// Publishes what the hook queued over one connection, up to [`BATCH`]
-/// `PUBLISH`es a round trip. Each message gets the next number, and the
-/// numbers of changes the hook could not queue are skipped, so receivers
-/// can tell they missed something whichever side dropped it.
+/// `PUBLISH`es a round trip. After anything is dropped (a change the hook
+/// could not queue, one that could not be encoded, a pipeline that could
+/// not be sent), the next message is flagged `lost`, so receivers know
+/// they missed something.
+///
+/// A clear is told as `c` when it is done. A write racing it may have been
+/// read (and told) after the clear emptied the store but before the `c`,
+/// which would then remove it at the receivers: when values are sent, the
+/// keys taken between a clear's start and its end are told again after
+/// the `c`.
 pub(super) async fn run<K, V, S>(
     client: redis::Client,
     channel: String,
@@ -163,31 +176,85 @@ pub(super) async fn run<K, V, S>(
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
     let mut publisher = Publisher::new(client, Arc::clone(&shared));
-    let mut seq = 0u64;
+    let mut lost = false;
     let mut unqueued_seen = 0u64;
+    let mut clears_open = 0usize;
+    let mut during_clear: HashSet<K> = HashSet::new();
     let mut items = Vec::with_capacity(BATCH);
     let mut payloads = Vec::with_capacity(BATCH);
     let counters = &shared.counters;
     while queued.recv_many(&mut items, BATCH).await > 0 {
+        let mut after: Vec<K> = Vec::new();
         for item in items.drain(..) {
             let unqueued = counters.unqueued.load(Ordering::Relaxed);
-            seq += 1 + (unqueued - unqueued_seen);
-            unqueued_seen = unqueued;
-            match reader.message(&shared, seq, &item) {
-                None => return,
-                Some(Ok(payload)) => payloads.push(payload),
-                Some(Err(why)) => {
+            if unqueued != unqueued_seen {
+                unqueued_seen = unqueued;
+                lost = true;
+            }
+            let message = match item {
+                Item::Clearing => {
+                    clears_open += 1;
+                    continue;
+                }
+                Item::Cleared => {
+                    clears_open = clears_open.saturating_sub(1);
+                    if clears_open == 0 {
+                        after.extend(during_clear.drain());
+                    } else {
+                        after.extend(during_clear.iter().cloned());
+                    }
+                    shared
+                        .envelope
+                        .encode::<K>(Op::Cleared, lost, None, None, None)
+                        .map_err(|e| e.to_string())
+                }
+                Item::Key(op, key) => {
+                    let message = match reader.message(&shared, op, lost, &key) {
+                        None => return,
+                        Some(message) => message,
+                    };
+                    if clears_open > 0 && reader.values.is_some() {
+                        during_clear.insert(key);
+                    }
+                    message
+                }
+            };
+            match message {
+                Ok(payload) => {
+                    payloads.push(payload);
+                    lost = false;
+                }
+                Err(why) => {
                     counters.incr(&counters.dropped);
+                    lost = true;
                     shared.warn("a change could not be encoded", &why);
+                }
+            }
+            for key in after.drain(..) {
+                match reader.message(&shared, Op::Written, lost, &key) {
+                    None => return,
+                    Some(Ok(payload)) => {
+                        payloads.push(payload);
+                        lost = false;
+                    }
+                    Some(Err(why)) => {
+                        counters.incr(&counters.dropped);
+                        lost = true;
+                        shared.warn("a change could not be encoded", &why);
+                    }
                 }
             }
         }
         if payloads.is_empty() {
             continue;
         }
-        let counter = match publisher.publish(&channel, &payloads).await {
+        let sent = publisher.publish(&channel, &payloads).await;
+        let counter = match sent {
             Ok(()) => &counters.published,
-            Err(()) => &counters.dropped,
+            Err(()) => {
+                lost = true;
+                &counters.dropped
+            }
         };
         counter.fetch_add(payloads.len() as u64, Ordering::Relaxed);
         payloads.clear();
@@ -255,7 +322,12 @@ impl Publisher {
             }
             Err(error) => {
                 self.shared.warn("a publish failed", &error);
-                if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+                if error.is_timeout() {
+                    // A slow server: a new connection per pipeline would
+                    // only add to its load.
+                    self.connection = None;
+                    self.back_off();
+                } else if error.is_io_error() || error.is_connection_dropped() {
                     self.connection = None;
                 } else {
                     self.back_off();

@@ -1,7 +1,6 @@
 //! The receiving side: one task subscribes, applies what arrives, and
 //! subscribes again when the connection ends or stops answering.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +26,6 @@ const PING_WHEN_IDLE: Duration = Duration::from_secs(5);
 /// for the backoff, so a server dropping subscribers at once is not
 /// hammered (each resubscription also runs the reconnect action).
 const HEALTHY: Duration = Duration::from_secs(1);
-/// The senders whose message numbers a replica remembers; past it, it
-/// forgets them all (each then starts over unchecked, once).
-const SENDERS: usize = 4096;
 
 /// Pushes the connection may hold for the task: past this, messages are
 /// dropped (and the reconnect action runs), so a replica that applies
@@ -45,11 +41,8 @@ const RECEIVED: usize = 4096;
 /// The subscription is a RESP3 connection whose pushes go into a bounded
 /// channel, dropped with a note when it is full (redis-rs's own pub/sub
 /// stream buffers without a bound); `client` must speak RESP3.
-pub(super) async fn run<K, V, S>(
-    client: redis::Client,
-    channel: String,
-    mut applier: Applier<K, V, S>,
-) where
+pub(super) async fn run<K, V, S>(client: redis::Client, channel: String, applier: Applier<K, V, S>)
+where
     K: Hash + Eq + Clone + Send + Sync + DeserializeOwned + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
@@ -128,6 +121,9 @@ pub(super) async fn run<K, V, S>(
                 // The connection, which holds the sender, is gone.
                 Ok(None) => break,
                 Err(_idle) => {
+                    if applier.cache.strong_count() == 0 {
+                        return;
+                    }
                     let ping = redis::cmd("PING");
                     let pong = ping.query_async::<redis::Value>(&mut connection);
                     if !matches!(timeout(NETWORK_TIMEOUT, pong).await, Ok(Ok(_))) {
@@ -163,8 +159,6 @@ pub(super) struct Applier<K, V, S> {
     reconnect: OnReconnect,
     version: Option<VersionFn<V>>,
     values: Option<ValueCodec<V>>,
-    /// The last message number heard from each sender.
-    heard: HashMap<u64, u64>,
 }
 
 impl<K, V, S> Applier<K, V, S>
@@ -188,7 +182,6 @@ where
             reconnect,
             version,
             values,
-            heard: HashMap::new(),
         }
     }
 
@@ -235,7 +228,7 @@ where
     }
 
     /// Applies one payload; false if the cache is gone.
-    fn apply(&mut self, payload: &[u8]) -> bool {
+    fn apply(&self, payload: &[u8]) -> bool {
         let Some(inner) = self.cache.upgrade() else {
             return false;
         };
@@ -264,12 +257,21 @@ where
     }
 
     /// Applies a payload; what came of it, or why it is skipped.
-    fn apply_to(&mut self, inner: &Inner<K, V, S>, payload: &[u8]) -> Result<Outcome, String> {
+    fn apply_to(&self, inner: &Inner<K, V, S>, payload: &[u8]) -> Result<Outcome, String> {
         let message = decode(payload).map_err(|why| format!("{why:?}"))?;
         if message.from == self.shared.id {
             return Ok(Outcome::Own);
         }
-        self.check_number(message.from, message.seq, inner);
+        if message.lost {
+            // The sender dropped a message before this one: nobody heard it.
+            let counters = &self.shared.counters;
+            counters.incr(&counters.gaps);
+            self.shared.warn(
+                "a sender's message was lost",
+                &format_args!("{:016x}", message.from),
+            );
+            self.act_on_missed(inner);
+        }
         if message.op == Op::Cleared {
             inner.clear(Share::Local);
             return Ok(Outcome::Applied);
@@ -301,22 +303,5 @@ where
             inner.invalidate(&key, Share::Local);
         }
         Ok(Outcome::Applied)
-    }
-
-    /// Notes the sender's message number; one skipped means a message of
-    /// it was dropped (its queue full, or Redis unreachable from it) and
-    /// never reached anyone: run the reconnect action.
-    fn check_number(&mut self, from: u64, seq: u64, inner: &Inner<K, V, S>) {
-        if self.heard.len() >= SENDERS && !self.heard.contains_key(&from) {
-            self.heard.clear();
-        }
-        let last = self.heard.insert(from, seq);
-        if last.is_some_and(|last| seq > last + 1) {
-            let counters = &self.shared.counters;
-            counters.incr(&counters.gaps);
-            self.shared
-                .warn("a sender's message was lost", &format_args!("{from:016x}"));
-            self.act_on_missed(inner);
-        }
     }
 }
