@@ -183,8 +183,8 @@ pub(super) async fn run<K, V, S>(
     let mut items = Vec::with_capacity(BATCH);
     let mut payloads = Vec::with_capacity(BATCH);
     let counters = &shared.counters;
+    let mut after: Vec<K> = Vec::new();
     while queued.recv_many(&mut items, BATCH).await > 0 {
-        let mut after: Vec<K> = Vec::new();
         for item in items.drain(..) {
             let unqueued = counters.unqueued.load(Ordering::Relaxed);
             if unqueued != unqueued_seen {
@@ -219,29 +219,11 @@ pub(super) async fn run<K, V, S>(
                     message
                 }
             };
-            match message {
-                Ok(payload) => {
-                    payloads.push(payload);
-                    lost = false;
-                }
-                Err(why) => {
-                    counters.incr(&counters.dropped);
-                    lost = true;
-                    shared.warn("a change could not be encoded", &why);
-                }
-            }
+            lost = collect(&shared, message, &mut payloads);
             for key in after.drain(..) {
                 match reader.message(&shared, Op::Written, lost, &key) {
                     None => return,
-                    Some(Ok(payload)) => {
-                        payloads.push(payload);
-                        lost = false;
-                    }
-                    Some(Err(why)) => {
-                        counters.incr(&counters.dropped);
-                        lost = true;
-                        shared.warn("a change could not be encoded", &why);
-                    }
+                    Some(message) => lost = collect(&shared, message, &mut payloads),
                 }
             }
         }
@@ -258,6 +240,22 @@ pub(super) async fn run<K, V, S>(
         };
         counter.fetch_add(payloads.len() as u64, Ordering::Relaxed);
         payloads.clear();
+    }
+}
+
+/// Adds an encoded message to the batch, or counts it dropped; returns
+/// whether the next message must say something was lost.
+fn collect(shared: &Shared, message: Result<String, String>, payloads: &mut Vec<String>) -> bool {
+    match message {
+        Ok(payload) => {
+            payloads.push(payload);
+            false
+        }
+        Err(why) => {
+            shared.counters.incr(&shared.counters.dropped);
+            shared.warn("a change could not be encoded", &why);
+            true
+        }
     }
 }
 
