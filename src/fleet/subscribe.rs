@@ -88,6 +88,9 @@ where
                 continue;
             }
         };
+        // From here the connection holds the only push sender, so the
+        // channel closes when the connection is gone.
+        drop(config);
         if !first {
             shared.counters.incr(&shared.counters.reconnects);
             if !applier.missed_messages() {
