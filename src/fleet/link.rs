@@ -194,14 +194,14 @@ where
             },
             Arc::clone(&shared),
         ));
-        let applier = Applier::new(
-            Weak::clone(&cache_ref),
-            Arc::clone(&shared),
-            self.remote,
-            self.reconnect,
-            self.version,
-            self.values,
-        );
+        let applier = Applier {
+            cache: Weak::clone(&cache_ref),
+            shared: Arc::clone(&shared),
+            remote: self.remote,
+            reconnect: self.reconnect,
+            version: self.version,
+            values: self.values,
+        };
         let subscriber = runtime.spawn(subscribe::run(listener, self.channel, applier));
         Ok(FleetLink {
             cache: cache_ref,

@@ -73,15 +73,12 @@ where
         .await;
         let mut connection = match attempt {
             Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                shared.warn("cannot subscribe", &error);
-                first = false;
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-            Err(elapsed) => {
-                shared.warn("cannot subscribe", &elapsed);
+            failed => {
+                let why = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                shared.warn("cannot subscribe", &why);
                 first = false;
                 sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -156,12 +153,12 @@ enum Outcome {
 
 /// Applies other replicas' messages to the cache.
 pub(super) struct Applier<K, V, S> {
-    cache: Weak<Inner<K, V, S>>,
-    shared: Arc<Shared>,
-    remote: RemoteChanges,
-    reconnect: OnReconnect,
-    version: Option<VersionFn<V>>,
-    values: Option<ValueCodec<V>>,
+    pub(super) cache: Weak<Inner<K, V, S>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) remote: RemoteChanges,
+    pub(super) reconnect: OnReconnect,
+    pub(super) version: Option<VersionFn<V>>,
+    pub(super) values: Option<ValueCodec<V>>,
 }
 
 impl<K, V, S> Applier<K, V, S>
@@ -170,24 +167,6 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    pub(super) fn new(
-        cache: Weak<Inner<K, V, S>>,
-        shared: Arc<Shared>,
-        remote: RemoteChanges,
-        reconnect: OnReconnect,
-        version: Option<VersionFn<V>>,
-        values: Option<ValueCodec<V>>,
-    ) -> Self {
-        Self {
-            cache,
-            shared,
-            remote,
-            reconnect,
-            version,
-            values,
-        }
-    }
-
     /// The reconnect action after a time without a subscription; false if
     /// the cache is gone.
     fn missed_messages(&self) -> bool {
