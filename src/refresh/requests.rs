@@ -94,13 +94,17 @@ impl Nudges {
     /// request was dropped; no allocation.
     fn push(&self, nudge: Nudge) {
         let mut waiting = self.waiting();
-        if waiting.len() < waiting.capacity() {
+        let wake = if waiting.len() < waiting.capacity() {
             waiting.push(nudge);
+            true
         } else {
-            self.look.store(true, Ordering::Relaxed);
-        }
+            // Once per look: the reads that overflow after it need nothing more.
+            !self.look.swap(true, Ordering::Relaxed)
+        };
         drop(waiting);
-        self.arrived.notify_one();
+        if wake {
+            self.arrived.notify_one();
+        }
     }
 
     /// Asks the task to look for due values now (values were marked
