@@ -32,18 +32,11 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::Zipf;
 use swr_cache::Cache;
 
-/// The longest run the demo accepts: a day.
-const MAX_SECONDS: f64 = 86_400.0;
+#[path = "support/cli.rs"]
+mod cli;
+use cli::seconds;
 
 fn command() -> Command {
-    let seconds = |name: &'static str, default: &'static str, help: &'static str| {
-        Arg::new(name)
-            .long(name)
-            .value_name("SECONDS")
-            .default_value(default)
-            .value_parser(parse_seconds)
-            .help(help)
-    };
     let count = |name: &'static str, default: &'static str, help: &'static str| {
         Arg::new(name)
             .long(name)
@@ -101,18 +94,6 @@ fn command() -> Command {
             )
             .value_parser(value_parser!(u64).range(0..=1_000_000)),
         )
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds <= MAX_SECONDS) {
-        return Err(format!(
-            "must be more than 0 and at most {MAX_SECONDS} seconds"
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {

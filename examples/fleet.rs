@@ -22,8 +22,6 @@
 //! reader saw.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command as Process, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,15 +36,15 @@ const REPLICAS: usize = 3;
 /// The hub's latency per call.
 const LATENCY: Duration = Duration::from_millis(20);
 
+#[path = "support/cli.rs"]
+mod cli;
+use cli::seconds;
+// The tests' server harness; the example neither pauses nor restarts it.
+#[path = "../tests/support/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
 fn command() -> Command {
-    let seconds = |name: &'static str, default: &'static str, help: &'static str| {
-        Arg::new(name)
-            .long(name)
-            .value_name("SECONDS")
-            .default_value(default)
-            .value_parser(value_parser!(f64))
-            .help(help)
-    };
     Command::new("fleet")
         .about("Three swr-cache replicas behind one prompt hub, with and without a fleet link.")
         .arg(seconds("duration", "8", "How long each run lasts"))
@@ -216,44 +214,6 @@ fn read(cache: &Cache<u32, String>, hub: &Hub, prompts: u32, stop: &AtomicBool) 
     seen
 }
 
-/// Starts a redis-server on a free loopback port, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Result<(Server, String), String> {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let child = Process::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start redis-server ({e}): install it, or pass --redis URL"))?;
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("redis-server did not listen within 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok((server, format!("redis://127.0.0.1:{port}/")))
-}
-
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -289,23 +249,19 @@ fn report(name: &str, seen: &[Seen]) {
 
 fn main() -> Result<(), String> {
     let args = command().get_matches();
-    let secs = |name: &str| -> Result<Duration, String> {
-        let s = *args.get_one::<f64>(name).expect("defaulted");
-        Duration::try_from_secs_f64(s)
-            .ok()
-            .filter(|d| !d.is_zero() && s <= 86_400.0)
-            .ok_or(format!("--{name} must be above 0 and at most a day"))
-    };
+    let secs = |name: &str| *args.get_one::<Duration>(name).expect("defaulted");
     let settings = Settings {
-        duration: secs("duration")?,
-        ttl: secs("ttl")?,
-        every: secs("every")?,
+        duration: secs("duration"),
+        ttl: secs("ttl"),
+        every: secs("every"),
         prompts: *args.get_one::<u32>("prompts").expect("defaulted"),
     };
     let (_server, url) = match args.get_one::<String>("redis") {
         Some(url) => (None, url.clone()),
         None => {
-            let (server, url) = start_redis()?;
+            let server = redis_server::RedisServer::try_start_with(&[])
+                .map_err(|why| format!("{why}; or pass --redis URL"))?;
+            let url = server.url();
             (Some(server), url)
         }
     };

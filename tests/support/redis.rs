@@ -1,6 +1,7 @@
-//! A real `redis-server` for the fleet tests: started on a free loopback
-//! port, with nothing saved to disk, and killed when dropped. `.ci/run`
-//! installs the server where it is missing.
+//! A real `redis-server` for the fleet tests, the fleet bench and the
+//! fleet example: started on a free loopback port, with nothing saved to
+//! disk, and killed when dropped. `.ci/run` installs the server where it
+//! is missing.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -21,17 +22,23 @@ impl RedisServer {
 
     /// [`RedisServer::start`] with more settings (`["--maxclients", "8"]`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::try_start_with(extra).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`RedisServer::start_with`], saying why it could not start rather
+    /// than panicking.
+    pub fn try_start_with(extra: &[&str]) -> Result<Self, String> {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
+            .map_err(|e| format!("no free loopback port: {e}"))?
             .port();
         let mut server = Self {
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
-        server.launch();
-        server
+        server.launch()?;
+        Ok(server)
     }
 
     pub fn url(&self) -> String {
@@ -69,10 +76,10 @@ impl RedisServer {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        self.launch();
+        self.launch().unwrap_or_else(|why| panic!("{why}"));
     }
 
-    fn launch(&mut self) {
+    fn launch(&mut self) -> Result<(), String> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
@@ -81,22 +88,24 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): the fleet tests need it on the PATH \
+            .map_err(|e| {
+                format!(
+                    "cannot start redis-server ({e}): it must be on the PATH \
                      (`apt-get install redis-server`; .ci/run installs it)"
                 )
-            });
+            })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on port {} within 10 s",
-                self.port
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-server did not listen on port {} within 10 s",
+                    self.port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
+        Ok(())
     }
 }
 
