@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use shuttle::thread;
 use swr_cache::{Cache, ConfigChange, RemovalCause};
@@ -29,11 +30,16 @@ type Removed = Arc<Mutex<Vec<(u8, u32, RemovalCause)>>>;
 
 /// A cache of `max_size` entries (one shard) whose listener logs removals.
 fn tiny(max_size: usize) -> (Cache<u8, u32>, Removed) {
+    tiny_with_ttl(max_size, None)
+}
+
+/// [`tiny`] with a TTL, so that values can be marked stale.
+fn tiny_with_ttl(max_size: usize, ttl: Option<Duration>) -> (Cache<u8, u32>, Removed) {
     let removed: Removed = Arc::default();
     let sink = Arc::clone(&removed);
     let cache = Cache::builder()
         .max_size(max_size)
-        .ttl(None)
+        .ttl(ttl)
         .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
         .build()
         .unwrap();
@@ -177,6 +183,50 @@ fn reads_race_evictions_in_a_one_entry_cache() {
     settle(&cache, &removed, &suspects, &HashSet::from([100, 1, 2, 3]));
 }
 
+/// Marks (`mark_stale`, `mark_all_stale`, which move values to the head of
+/// the refresher's due list and give them a new version) race inserts,
+/// evictions and an invalidation in a full cache: the invariants hold
+/// and no insert is lost.
+fn marks_race_writes_and_evictions() {
+    let (cache, removed) = tiny_with_ttl(2, Some(Duration::from_secs(3600)));
+    cache.insert(0, 100);
+    cache.insert(1, 101);
+    let a = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            let lost = insert_then_get(&cache, 2, 1);
+            cache.mark_stale(&2);
+            cache.validate();
+            lost
+        }
+    });
+    let b = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            cache.mark_stale(&0);
+            cache.mark_all_stale();
+            cache.validate();
+            insert_then_get(&cache, 3, 3)
+        }
+    });
+    let c = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            for k in 0..4u8 {
+                cache.mark_stale(&k);
+            }
+            cache.invalidate(&1);
+            insert_then_get(&cache, 0, 5)
+        }
+    });
+    let suspects: Vec<u32> = [a, b, c]
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+    let written = HashSet::from([100, 101, 1, 3, 5]);
+    settle(&cache, &removed, &suspects, &written);
+}
+
 #[test]
 fn same_key_into_a_full_cache_random() {
     shuttle::check_random(same_key_into_a_full_cache, SCHEDULES);
@@ -205,4 +255,14 @@ fn reads_race_evictions_random() {
 #[test]
 fn reads_race_evictions_pct() {
     shuttle::check_pct(reads_race_evictions_in_a_one_entry_cache, SCHEDULES, 3);
+}
+
+#[test]
+fn marks_race_writes_and_evictions_random() {
+    shuttle::check_random(marks_race_writes_and_evictions, SCHEDULES);
+}
+
+#[test]
+fn marks_race_writes_and_evictions_pct() {
+    shuttle::check_pct(marks_race_writes_and_evictions, SCHEDULES, 3);
 }
