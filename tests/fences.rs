@@ -271,19 +271,29 @@ impl Clone for HookedKey {
     }
 }
 
-impl PartialEq for HookedKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
+/// The test keys below are equal by name alone, and (but for
+/// `HashHooked`, whose hash runs its hook) hashed by name alone.
+macro_rules! by_name {
+    (eq: $($key:ty),*) => {$(
+        impl PartialEq for $key {
+            fn eq(&self, other: &Self) -> bool {
+                self.name == other.name
+            }
+        }
+        impl Eq for $key {}
+    )*};
+    (eq_and_hash: $($key:ty),*) => {
+        by_name!(eq: $($key),*);
+        $(impl std::hash::Hash for $key {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.name.hash(state);
+            }
+        })*
+    };
 }
 
-impl Eq for HookedKey {}
-
-impl std::hash::Hash for HookedKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-    }
-}
+by_name!(eq_and_hash: HookedKey, Cloned);
+by_name!(eq: HashHooked);
 
 /// Case (c), the measured race: a key the refresher has queued is
 /// invalidated after the refresher last saw it and before its flight reads
@@ -645,17 +655,6 @@ impl Clone for Cloned {
         }
     }
 }
-impl PartialEq for Cloned {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-impl Eq for Cloned {}
-impl std::hash::Hash for Cloned {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-    }
-}
 
 /// (Review F2.) The refresher reads its start (present), then the key is
 /// invalidated (here from the key's Clone in `flights.entry(key.clone())`,
@@ -847,12 +846,6 @@ impl Clone for HashHooked {
         }
     }
 }
-impl PartialEq for HashHooked {
-    fn eq(&self, o: &Self) -> bool {
-        self.name == o.name
-    }
-}
-impl Eq for HashHooked {}
 impl std::hash::Hash for HashHooked {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         if let Some(hook) = &self.hook {
