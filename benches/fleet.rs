@@ -29,13 +29,8 @@ use swr_cache::fleet::FleetBuilder;
 #[allow(dead_code)]
 mod redis_server;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
+#[path = "support/runtime.rs"]
+mod runtime;
 
 fn cache(size: usize) -> Cache<u64, u64> {
     Cache::builder()
@@ -253,7 +248,7 @@ fn main() {
         return;
     }
     let server = redis_server::RedisServer::start();
-    let runtime = runtime();
+    let runtime = runtime::one_worker();
     convergence(&server.url(), &runtime);
     throughput(&server.url(), &runtime);
     write_cost(&server.url(), &runtime);

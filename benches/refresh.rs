@@ -45,13 +45,8 @@ use swr_cache::{Cache, ConfigChange};
 const ENTRIES: u64 = 100_000;
 const CONCURRENCY: usize = 256;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
+#[path = "support/runtime.rs"]
+mod runtime;
 
 fn sleeping_cache(
     latency: Duration,
@@ -95,7 +90,7 @@ fn refresh_throughput() {
     println!("| concurrency | time to all fresh | ÷ floor | refreshes/s |");
     println!("|---|---|---|---|");
     for fixed in [true, false] {
-        let runtime = runtime();
+        let runtime = runtime::one_worker();
         let _guard = runtime.enter();
         // Longer than the refresh takes, so no entry goes stale a second
         // time and the count of refreshes is the count of entries refreshed.
@@ -151,7 +146,7 @@ fn time_reads(cache: &Cache<u64, u64>, phase: Duration) -> Histogram<u64> {
 }
 
 fn read_latency_under_storm() {
-    let runtime = runtime();
+    let runtime = runtime::one_worker();
     let _guard = runtime.enter();
     let cache = sleeping_cache(
         Duration::from_millis(1),
@@ -273,7 +268,7 @@ fn tick_cost() {
 
     // None stale: ten seconds of looks every 10 ms.
     {
-        let runtime = runtime();
+        let runtime = runtime::one_worker();
         let _guard = runtime.enter();
         let cache = million_cache(Duration::from_secs(3600));
         for key in 0..MILLION {
@@ -299,7 +294,7 @@ fn tick_cost() {
 
     // 1 % and all stale: the stale ones written a TTL before the rest.
     for stale in [MILLION / 100, MILLION] {
-        let runtime = runtime();
+        let runtime = runtime::one_worker();
         let _guard = runtime.enter();
         let ttl = Duration::from_secs(2);
         let cache = million_cache(ttl);
@@ -420,7 +415,7 @@ fn knee() {
     println!("| concurrency | mean in flight | time to all fresh | refreshes/s |");
     println!("|---|---|---|---|");
     for fixed in [false, true] {
-        let runtime = runtime();
+        let runtime = runtime::one_worker();
         let _guard = runtime.enter();
         let ttl = Duration::from_secs(1);
         let sim = simulated(ENTRIES, ttl, fixed, latency);
@@ -448,7 +443,7 @@ fn knee() {
 
 fn outage() {
     const KEYS: u64 = 1_000;
-    let runtime = runtime();
+    let runtime = runtime::one_worker();
     let _guard = runtime.enter();
     let ttl = Duration::from_secs(1);
     let sim = simulated(KEYS, ttl, false, |_| Duration::from_millis(10));

@@ -37,6 +37,10 @@
 //!   the TTL an entry is gone, and its next read waits for the upstream
 //!   (one load per key however many wait).
 
+// The tokio worker that runs every cache's background work and the upstream.
+#[path = "../../support/runtime.rs"]
+mod runtime;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -333,15 +337,6 @@ async fn scan(
     seen
 }
 
-/// The tokio worker that runs every cache's background work and the upstream.
-fn worker() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
 /// The reader's own runtime: it awaits the async caches' reads, and moka's
 /// loads run in it.
 fn reader() -> tokio::runtime::Runtime {
@@ -390,7 +385,7 @@ fn storm() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for kind in KINDS {
-        let runtime = worker();
+        let runtime = runtime::one_worker();
         let upstream = Arc::new(Upstream::default());
         let subject = build(kind, ENTRIES, ttl, &upstream, &runtime);
         let seen = reader().block_on(async {
@@ -433,7 +428,7 @@ fn outage() {
     );
     println!("|---|---|---|---|---|---|");
     for kind in KINDS {
-        let runtime = worker();
+        let runtime = runtime::one_worker();
         let upstream = Arc::new(Upstream::default());
         upstream.down.store(true, Ordering::Relaxed);
         let subject = build(kind, KEYS, ttl, &upstream, &runtime);
