@@ -1010,3 +1010,38 @@ impl<K, V> Shard<K, V> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: u64, value: u64) -> Entry<u64, u64> {
+        Entry {
+            key,
+            value,
+            weight: 1,
+            now: 0,
+            stale: false,
+        }
+    }
+
+    /// (Review.) With 24 bits for the user's writes in a version, the write
+    /// 2^24 after another in a shard took its version again, and a refresh
+    /// begun from the first installed over the second.
+    #[test]
+    fn a_refresh_from_before_2_pow_24_writes_installs_nothing() {
+        let mut shard = Shard::<u64, u64>::new(10, false);
+        let mut out = Removed::new();
+        shard.write(7, entry(7, 1), Write::Upsert, &mut out);
+        let from = shard.find(7, |&k| k == 7).unwrap().version;
+        // As if 2^24 - 1 writes of other keys had come since.
+        let writes: Version = (1 << 24) - 1;
+        shard.next_version = shard
+            .next_version
+            .wrapping_add(writes.wrapping_mul(INSTALLS + 1));
+        shard.write(7, entry(7, 2), Write::Upsert, &mut out);
+        let installed = shard.install(7, |&k| k == 7, from, Install::Value(3, 1), 0, &mut out);
+        assert!(matches!(installed, Installed::Superseded(Some(3))));
+        assert_eq!(shard.find(7, |&k| k == 7).unwrap().value, 2);
+    }
+}
