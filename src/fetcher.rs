@@ -82,7 +82,9 @@ pub enum FetchError {
     Failed(Arc<dyn StdError + Send + Sync>),
     /// The fetcher took longer than `refresh_timeout`; it was cancelled.
     TimedOut(Duration),
-    /// The fetcher panicked; the panic was caught.
+    /// The fetcher panicked, or user code on its result did (the weigher,
+    /// or the key's or value's `Clone`, `Eq`, `Hash` or `Drop` while the
+    /// result was stored); the panic was caught.
     Panicked(String),
     /// The fetcher answered [`Fetched::Unchanged`] for a key the cache did
     /// not hold.
@@ -104,7 +106,7 @@ impl fmt::Display for FetchError {
         match self {
             Self::Failed(e) => write!(f, "fetch failed: {e}"),
             Self::TimedOut(after) => write!(f, "fetch timed out after {after:?}"),
-            Self::Panicked(message) => write!(f, "fetcher panicked: {message}"),
+            Self::Panicked(message) => write!(f, "fetch panicked: {message}"),
             Self::NothingToKeep => f.write_str("fetcher answered Unchanged for an uncached key"),
             Self::Gone => f.write_str("the key no longer exists at its source"),
             Self::NoFetcher => f.write_str("the cache has no fetcher"),
@@ -244,6 +246,16 @@ pub(crate) async fn run_fetch<V>(
     }
 }
 
+/// Runs `future` to its end; a panic inside it becomes
+/// [`FetchError::Panicked`].
+pub(crate) async fn panic_as_error<T>(
+    future: impl Future<Output = Result<T, FetchError>>,
+) -> Result<T, FetchError> {
+    CatchUnwind(Box::pin(future))
+        .await
+        .unwrap_or_else(|panic| Err(FetchError::Panicked(panic_message(&*panic))))
+}
+
 /// Polls a boxed future, turning a panic inside a poll into an `Err`.
 struct CatchUnwind<F>(Pin<Box<F>>)
 where
@@ -264,7 +276,7 @@ impl<T, F: Future<Output = T> + ?Sized> Future for CatchUnwind<F> {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -31,6 +31,7 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -38,7 +39,7 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
 use crate::changes::Change;
-use crate::fetcher::{FetchError, Fetched, run_fetch};
+use crate::fetcher::{FetchError, Fetched, panic_message, run_fetch};
 use crate::inner::{FlightReceiver, FlightSlot, Inner};
 use crate::metrics::Counter;
 use crate::removal::{RemovalCause, Removed};
@@ -161,7 +162,18 @@ where
             let from = start.map(|(_, version)| version);
             let outcome = run_fetch(fetcher.fetch(key, current), timeout).await;
             let result = match landing.cache.upgrade() {
-                Some(cache) => cache.install(&landing.key, from, outcome, &fence),
+                // User code storing the result (the weigher; the key's or
+                // value's Clone, Eq, Hash, Drop) may panic: the store is
+                // consistent then (it runs before the shard changes, or
+                // after), and the panic is the fetch's failure, counted and
+                // backed off like the fetcher's own.
+                Some(cache) => catch_unwind(AssertUnwindSafe(|| {
+                    cache.install(&landing.key, from, outcome, &fence)
+                }))
+                .unwrap_or_else(|panic| {
+                    let panicked = FetchError::Panicked(panic_message(&*panic));
+                    cache.install(&landing.key, from, Err(panicked), &fence)
+                }),
                 None => Err(FetchError::Cancelled),
             };
             // Leave the map before publishing, so a caller who sees the

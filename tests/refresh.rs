@@ -1039,3 +1039,97 @@ async fn with_the_refresher_running_an_entry_goes_stale_within_two_ticks_of_its_
         cache.stop().await;
     }
 }
+
+/// A key whose `Clone` panics while `PANICKY_CLONES` is set.
+#[derive(PartialEq, Eq, Hash, Debug)]
+struct PanickyClone(u32);
+
+static PANICKY_CLONES: AtomicBool = AtomicBool::new(false);
+
+impl Clone for PanickyClone {
+    fn clone(&self) -> Self {
+        assert!(!PANICKY_CLONES.load(Ordering::SeqCst), "the key's Clone");
+        PanickyClone(self.0)
+    }
+}
+
+/// The refresher takes a due entry under the shard's write lock and clones
+/// its key there: a `Clone` that panics ends the task, as the docs say,
+/// with the store consistent and the value still served; a new `start()`
+/// refreshes it.
+#[tokio::test(start_paused = true)]
+async fn a_key_clone_that_panics_in_the_refresher_leaves_the_store_consistent() {
+    let cache: Cache<PanickyClone, u32> = Cache::builder()
+        .max_size(10)
+        .ttl(TTL)
+        .refresh_interval(INTERVAL)
+        .refresh_on_read(false)
+        .fetcher(|_| async { Ok::<_, std::io::Error>(7) })
+        .build()
+        .unwrap();
+    cache.start().unwrap();
+    cache.insert(PanickyClone(1), 1);
+    PANICKY_CLONES.store(true, Ordering::SeqCst);
+    sleep(TTL + INTERVAL * 3).await;
+    PANICKY_CLONES.store(false, Ordering::SeqCst);
+    cache.validate();
+    assert!(!cache.is_refreshing(), "the panic ended the task");
+    assert_eq!(cache.peek(&PanickyClone(1)), Some(1), "still served");
+    assert_eq!(cache.is_stale(&PanickyClone(1)), Some(true));
+
+    cache.start().unwrap();
+    sleep(INTERVAL * 3).await;
+    assert_eq!(
+        cache.peek(&PanickyClone(1)),
+        Some(7),
+        "refreshed by the new task"
+    );
+    cache.validate();
+}
+
+/// (Review.) A weigher that panics on a refresh's result: the refresh
+/// failed, counted and backed off, and the key is refreshed again. The
+/// panic had unwound the fetch task, whose end the refresher then never
+/// heard of, so the key stayed "fetching" for the task's life and was
+/// never refreshed again, whatever was written to it.
+#[tokio::test(start_paused = true)]
+async fn a_weigher_panic_on_a_refreshed_value_is_a_failed_refresh() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let armed = Arc::new(AtomicBool::new(true));
+    let (counted, weigher_armed) = (Arc::clone(&calls), Arc::clone(&armed));
+    let cache: Cache<u32, String> = Cache::builder()
+        .max_size(10)
+        .ttl(TTL)
+        .refresh_interval(INTERVAL)
+        .refresh_on_read(false)
+        .weigher(move |_, value: &String| {
+            let fetched = value.starts_with("fetched");
+            assert!(
+                !(fetched && weigher_armed.swap(false, Ordering::SeqCst)),
+                "the weigher panics, once"
+            );
+            1
+        })
+        .max_weight(10)
+        .fetcher(move |_| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok::<_, std::io::Error>(format!("fetched {n}")) }
+        })
+        .build()
+        .unwrap();
+    cache.start().unwrap();
+    cache.insert(1, "written".into());
+    sleep(TTL).await;
+    while calls.load(Ordering::SeqCst) == 0 {
+        sleep(Duration::from_millis(10)).await;
+    }
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(cache.metrics().refresh_errors, 1, "the panic is a failed refresh");
+    assert_eq!(cache.peek(&1).as_deref(), Some("written"), "the stale value stays");
+
+    // Retried after its backoff (one interval, with jitter, then doubling).
+    sleep(INTERVAL * 8).await;
+    assert_eq!(cache.peek(&1).as_deref(), Some("fetched 2"));
+    assert!(cache.is_refreshing());
+    cache.validate();
+}

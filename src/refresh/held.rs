@@ -38,7 +38,7 @@ use super::backoff::{Jitter, retry_delay};
 use super::breaker::{Breaker, Permit, Turned};
 use super::limit::{Limit, Outcome};
 use crate::clock::{Nanos, duration_to_nanos};
-use crate::fetcher::FetchError;
+use crate::fetcher::{FetchError, panic_as_error};
 use crate::flight::{Flight, Purpose, wait};
 use crate::inner::Inner;
 use crate::settings::Settings;
@@ -281,13 +281,16 @@ where
             let started = tokio::time::Instant::now();
             let done = timed(key.clone(), probe);
             match inner.join_or_start_flight(key.clone(), Purpose::Refresh) {
+                // A fetch task ends with its key whatever happens in it (a
+                // panic in it too), so that the key is let go or backs off.
                 Ok(Flight::Started(drive)) => {
                     self.fetching
-                        .spawn(async move { latency(done(drive.await), started) });
+                        .spawn(async move { latency(done(panic_as_error(drive).await), started) });
                 }
                 Ok(Flight::Joined(flight)) => {
-                    self.fetching
-                        .spawn(async move { latency(done(wait(flight).await), started) });
+                    self.fetching.spawn(async move {
+                        latency(done(panic_as_error(wait(flight)).await), started)
+                    });
                 }
                 // Written or removed since it was taken: not ours any more.
                 // (A fetcher cannot be taken away once set.)

@@ -692,10 +692,10 @@ impl<K, V> Shard<K, V> {
             if !self.nodes[i as usize].meta.is_stale(now, ttl) {
                 break;
             }
+            // The key's `Clone` first, before the shard changes.
+            out.push(self.nodes[i as usize].key.clone());
             self.due.unlink(&mut self.order, i, 0);
-            let node = &mut self.nodes[i as usize];
-            node.meta.set_nudged();
-            out.push(node.key.clone());
+            self.nodes[i as usize].meta.set_nudged();
             taken += 1;
         }
     }
@@ -719,10 +719,11 @@ impl<K, V> Shard<K, V> {
         if self.is_held(i) {
             return None;
         }
+        // The key's `Clone` first, before the shard changes.
+        let key = self.nodes[i as usize].key.clone();
         self.due.unlink(&mut self.order, i, 0);
-        let node = &mut self.nodes[i as usize];
-        node.meta.set_nudged();
-        Some(node.key.clone())
+        self.nodes[i as usize].meta.set_nudged();
+        Some(key)
     }
 
     /// Gives node `key` back to `due` (at the head: it is due) if the
