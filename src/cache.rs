@@ -456,21 +456,28 @@ where
     /// Starts the refresher on the current tokio runtime. Calling it again
     /// while it runs does nothing.
     ///
-    /// The refresher is one tokio task. Every `refresh_interval` it walks
-    /// the cache, one shard at a time under that shard's read lock (so a
-    /// pass costs time in proportion to the entries, stale or not, and
-    /// delays a write to a shard by at most that shard's walk; readers share
-    /// the lock), and fetches every stale entry, at most
-    /// `max_concurrent_refreshes` at a time, each within `refresh_timeout`.
-    /// A `get` that finds an entry stale queues it at once (with
-    /// `refresh_on_read`). A failed fetch (an error, a timeout, a panic)
-    /// keeps the stale value, which goes on being served, and is retried
-    /// after a backoff that starts at one `refresh_interval` and doubles with
-    /// each failure, with jitter, up to `max_retry_backoff`. Between passes it
-    /// ticks the coarse clock reads judge staleness by, every `ttl / 64`
-    /// within 1 ms ..= 100 ms (so an entry is judged stale at most two
-    /// ticks after its TTL). It holds only a weak reference to the cache:
-    /// dropping the last handle ends it.
+    /// The refresher is one tokio task. Every `refresh_interval` it looks
+    /// for stale entries at the head of each shard's write order (one read
+    /// lock per shard, whatever the number of entries; it takes the stale
+    /// ones under the write lock, at most 32 per hold), and fetches them,
+    /// as many at a time as the adaptive limit allows
+    /// ([`adaptive_refreshes`](CacheBuilder::adaptive_refreshes), or a fixed
+    /// [`max_concurrent_refreshes`](CacheBuilder::max_concurrent_refreshes)),
+    /// each within `refresh_timeout`. A `get` that finds an entry stale
+    /// asks for it at once (with `refresh_on_read`), and those keys go
+    /// first. A failed fetch (an error, a timeout, a panic of the fetcher or
+    /// of the weigher on its result) keeps the stale value, which goes on
+    /// being served, and is retried after a backoff that starts at one
+    /// `refresh_interval` and doubles with each failure, with jitter, up to
+    /// `max_retry_backoff`; when ten keys fail with no answer between, a circuit breaker
+    /// holds every key back but for one probe every 200 ms, and lets them
+    /// all go when a probe succeeds. Between looks it ticks the coarse clock
+    /// reads judge staleness by, every `ttl / 64` within 1 ms ..= 100 ms (so
+    /// an entry is judged stale at most two ticks after its TTL). It holds
+    /// only a weak reference to the cache: dropping the last handle ends
+    /// it. A key whose `Clone` panics ends it too (the cache stays
+    /// consistent and serving; [`is_refreshing`](Cache::is_refreshing)
+    /// turns false, and `start` begins another).
     ///
     /// With `ttl = None` or a capacity of 0 no task is spawned until
     /// [`configure`](Cache::configure) gives a TTL and a capacity.
