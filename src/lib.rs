@@ -89,7 +89,7 @@
 //! # Memory
 //!
 //! Per entry, with `K` and `V` the sizes of key and value: a node of
-//! `K + V + 16` bytes, rounded up to a multiple of 8; 16 bytes of list
+//! `K + V + 20` bytes, rounded up to a multiple of 8; 16 bytes of list
 //! links (the policy's queue, and the write order the refresher reads); a
 //! table slot of 5 bytes (tables are between 44 % and 88 % full);
 //! and, once a shard has evicted, 3.6 bytes of ghost and 8 to 16 of
@@ -101,12 +101,12 @@
 //! # Performance
 //!
 //! Measured on 2 cores against the peers in the same run (`BENCHMARKS.md`
-//! has the tables and the commands): a hit reads at 0.80–0.97× quick_cache's
+//! has the tables and the commands): a hit reads at 0.74–1.00× quick_cache's
 //! speed and 9–28× moka's; inserting new keys into a full cache runs at
-//! 0.44–0.78× quick_cache's speed, the frequency sketch and duels costing a
+//! 0.39–0.75× quick_cache's speed, the frequency sketch and duels costing a
 //! few more cache misses per miss than quick_cache's policy. A million
 //! `u64 → u64` entries, with the policy's memory of evicted keys at full
-//! size, take 70.5 heap bytes each (quick_cache 94.4, moka 240). The
+//! size, take 78.5 heap bytes each (quick_cache 94.4, moka 240). The
 //! refresher's look for stale entries at a million entries costs a few
 //! microseconds whatever the entries (the walk it replaced: 1.35 ms).
 //!
