@@ -469,15 +469,16 @@ where
     /// of the weigher on its result) keeps the stale value, which goes on
     /// being served, and is retried after a backoff that starts at one
     /// `refresh_interval` and doubles with each failure, with jitter, up to
-    /// `max_retry_backoff`; when ten keys fail with no answer between, a circuit breaker
-    /// holds every key back but for one probe every 200 ms, and lets them
-    /// all go when a probe succeeds. Between looks it ticks the coarse clock
-    /// reads judge staleness by, every `ttl / 64` within 1 ms ..= 100 ms (so
-    /// an entry is judged stale at most two ticks after its TTL). It holds
-    /// only a weak reference to the cache: dropping the last handle ends
-    /// it. A key whose `Clone` panics ends it too (the cache stays
-    /// consistent and serving; [`is_refreshing`](Cache::is_refreshing)
-    /// turns false, and `start` begins another).
+    /// `max_retry_backoff`; when ten keys fail with no answer between, a
+    /// circuit breaker holds every key back but for one probe every 200 ms,
+    /// and lets them all go when a probe answers. Between looks it ticks the
+    /// coarse clock reads judge staleness by, every `ttl / 64` within
+    /// 1 ms ..= 100 ms (so an entry is judged stale at most two ticks after
+    /// its TTL). It holds only a weak reference to the cache: dropping the
+    /// last handle ends it. A key whose `Clone` panics ends it too (the
+    /// cache stays consistent and serving;
+    /// [`is_refreshing`](Cache::is_refreshing) turns false, and `start`
+    /// begins another).
     ///
     /// With `ttl = None` or a capacity of 0 no task is spawned until
     /// [`configure`](Cache::configure) gives a TTL and a capacity.
