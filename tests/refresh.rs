@@ -1124,8 +1124,16 @@ async fn a_weigher_panic_on_a_refreshed_value_is_a_failed_refresh() {
         sleep(Duration::from_millis(10)).await;
     }
     sleep(Duration::from_millis(1)).await;
-    assert_eq!(cache.metrics().refresh_errors, 1, "the panic is a failed refresh");
-    assert_eq!(cache.peek(&1).as_deref(), Some("written"), "the stale value stays");
+    assert_eq!(
+        cache.metrics().refresh_errors,
+        1,
+        "the panic is a failed refresh"
+    );
+    assert_eq!(
+        cache.peek(&1).as_deref(),
+        Some("written"),
+        "the stale value stays"
+    );
 
     // Retried after its backoff (one interval, with jitter, then doubling).
     sleep(INTERVAL * 8).await;
