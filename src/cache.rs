@@ -461,8 +461,8 @@ where
     /// lock per shard, whatever the number of entries; it takes the stale
     /// ones under the write lock, at most 32 per hold), and fetches them,
     /// as many at a time as the adaptive limit allows
-    /// ([`adaptive_refreshes`](CacheBuilder::adaptive_refreshes), or a fixed
-    /// [`max_concurrent_refreshes`](CacheBuilder::max_concurrent_refreshes)),
+    /// ([`adaptive_refreshes`](crate::CacheBuilder::adaptive_refreshes), or a fixed
+    /// [`max_concurrent_refreshes`](crate::CacheBuilder::max_concurrent_refreshes)),
     /// each within `refresh_timeout`. A `get` that finds an entry stale
     /// asks for it at once (with `refresh_on_read`), and those keys go
     /// first. A failed fetch (an error, a timeout, a panic of the fetcher or
