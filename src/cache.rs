@@ -73,6 +73,59 @@ where
         self.inner.get(key)
     }
 
+    /// Runs `read` on the cached value of `key` where it lies, without
+    /// cloning it, and returns what `read` returns; `None` if the key is not
+    /// cached. It means what [`get`](Self::get) means: the same hit, stale
+    /// hit and miss counts, the same refresh request for a stale value, the
+    /// same `max_stale` bound.
+    ///
+    /// `read` runs with no lock held (it may call into the cache), and the
+    /// value it sees stays valid until it returns even if another thread
+    /// replaces or evicts it meanwhile; it is the cheapest way to read, as
+    /// no reference count or lock word is written.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<String, Arc<str>> = Cache::builder().build()?;
+    /// cache.insert("greeting".into(), "Hello, {name}!".into());
+    /// let len = cache.get_with("greeting", |template| template.len());
+    /// assert_eq!(len, Some(14));
+    /// assert_eq!(cache.metrics().hits, 1);
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    #[inline]
+    pub fn get_with<Q, R>(&self, key: &Q, read: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.get_with(key, read)
+    }
+
+    /// [`get_with`](Self::get_with) without counting, marking the entry
+    /// used or asking for a refresh: [`peek`](Self::peek) that borrows.
+    ///
+    /// ```
+    /// # use swr_cache::Cache;
+    /// let cache: Cache<u32, String> = Cache::builder().build()?;
+    /// cache.insert(1, "one".into());
+    /// assert_eq!(cache.peek_with(&1, |v| v.to_uppercase()), Some("ONE".into()));
+    /// assert_eq!(cache.metrics().hits, 0);
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn peek_with<Q, R>(&self, key: &Q, read: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let inner = &*self.inner;
+        inner
+            .store
+            .read(key, |node| inner.is_servable(node).then(|| read(&node.value)))
+            .flatten()
+    }
+
     /// The value for `key`, fresh or stale, like [`get`](Self::get) but
     /// counting nothing, not marking the entry used (so it does not help it
     /// stay) and not asking for a refresh. Like `get`, `None` for a value
@@ -91,13 +144,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let inner = &*self.inner;
-        inner
-            .store
-            .read(key, |node| {
-                inner.is_servable(node).then(|| node.value.clone())
-            })
-            .flatten()
+        self.peek_with(key, V::clone)
     }
 
     /// Whether `key` is cached with a value [`get`](Self::get) would serve

@@ -146,22 +146,33 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.get_with(key, V::clone)
+    }
+
+    /// `read` run on the value of `key` where it lies, counting a hit (and
+    /// a stale hit) or a miss, and asking for the refresh of a stale value.
+    #[inline]
+    pub(crate) fn get_with<Q, R>(self: &Arc<Self>, key: &Q, read: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let ttl = self.ttl_nanos();
         let found = self.store.read_in_shard(key, |node, shard| {
             node.meta.touch();
             if ttl == 0 {
-                return (Some(node.value.clone()), false, None);
+                return (Some(read(&node.value)), false, None);
             }
             let now = self.read.clock.recent();
             if !node.meta.is_stale(now, ttl) {
-                return (Some(node.value.clone()), false, None);
+                return (Some(read(&node.value)), false, None);
             }
             // Only the first reader of a stale value asks for its refresh;
-            // the request is sent once the lock is released.
+            // the request is sent once the value is let go.
             let nudge = (self.refresher.nudging.load(Ordering::Relaxed) && node.meta.try_nudge())
                 .then(|| Nudge::of(node, shard));
             let max_stale = self.read.max_stale.load(Ordering::Relaxed);
-            let value = (!node.meta.is_expired(now, ttl, max_stale)).then(|| node.value.clone());
+            let value = (!node.meta.is_expired(now, ttl, max_stale)).then(|| read(&node.value));
             (value, true, nudge)
         });
         let found = found.map(|(value, stale, nudge)| {
