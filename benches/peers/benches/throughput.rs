@@ -4,6 +4,7 @@
 //! cargo bench -p swr-cache-peers --bench throughput                  # 1 and 2 threads
 //! SWR_BENCH_THREADS=1,2,4 cargo bench -p swr-cache-peers --bench throughput
 //! cargo bench -p swr-cache-peers --bench throughput -- get_hit/u64   # a filter, as criterion takes
+//! cargo test -p swr-cache-peers --bench throughput                   # test mode: each once, a check
 //! ```
 //!
 //! Caches: swr-cache (with a TTL and its refresher running, as a service runs
@@ -21,7 +22,18 @@
 //! - `get_or_insert`: a read of a Zipf(1.0) key over 100,000, and an insert
 //!   when it misses, into a cache of 10,000 (a tenth of the keys): what a
 //!   read-through cache does. The floor, unbounded, stops missing once it
-//!   holds every key.
+//!   holds every key;
+//! - `hot_prompts`: reads only, Zipf(1.0) over 100 prompts (`String` keys,
+//!   2 KB `Arc<str>` values), all held by caches of 100 (quick_cache's is
+//!   200, see `QUICK_CACHE_PROMPTS_CAPACITY`): reads that must not write
+//!   shared memory. Readers: a `HashMap` built once and never written, read
+//!   by reference (`frozen_borrow`, the limit) and cloning the `Arc`
+//!   (`frozen_clone`); swr-cache's `get_with` and `get`, each with its
+//!   refresher running and with a TTL but `start` never called
+//!   (`_no_refresher`); and `get` (a clone) of quick_cache, moka and the
+//!   `DashMap`. Its paired rounds run all nine readers and print each one's
+//!   median reads per second, its scaling over one thread, and swr-cache's
+//!   ratios to quick_cache and to `frozen_borrow`.
 //!
 //! Every measurement (criterion's `iter_custom`) runs `iters` operations split
 //! over the threads, started together behind a barrier, and reports the wall
@@ -38,12 +50,15 @@
 //! invocations than ratios of criterion medians taken minutes apart. A
 //! criterion filter (the first argument that is not a flag) limits these
 //! rounds to the workloads whose names contain it. `SWR_BENCH_PAIRED_ONLY=1`
-//! skips criterion and runs only these rounds.
+//! skips criterion and runs only these rounds. In criterion's test mode
+//! (`cargo test`, or `-- --test`) every benchmark runs once and the rounds
+//! are three short ones: a check that all of it runs, not a measurement.
 
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, LazyLock};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
@@ -153,18 +168,27 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Default + Send + Sync + 'static,
 {
-    let cache: Cache<K, V> = Cache::builder()
-        .max_size(capacity)
-        .ttl(Some(Duration::from_secs(3600)))
-        .fetcher(|_: K| async { Ok::<_, std::convert::Infallible>(V::default()) })
-        .build()
-        .expect("valid settings");
+    let cache = swr_not_started::<K, V>(capacity);
     cache.start_on(runtime.handle()).expect("has a fetcher");
     cache
 }
 
+/// [`swr`]'s cache before `start`: a TTL and a fetcher, but no refresher.
+fn swr_not_started<K, V>(capacity: usize) -> Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Default + Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_size(capacity)
+        .ttl(Some(Duration::from_secs(3600)))
+        .fetcher(|_: K| async { Ok::<_, std::convert::Infallible>(V::default()) })
+        .build()
+        .expect("valid settings")
+}
+
 /// The floor: a bare `DashMap` with swr-cache's hasher.
-fn floor<K: Hash + Eq>(capacity: usize) -> dashmap::DashMap<K, u64, DefaultBuildHasher> {
+fn floor<K: Hash + Eq, V>(capacity: usize) -> dashmap::DashMap<K, V, DefaultBuildHasher> {
     dashmap::DashMap::with_capacity_and_hasher(capacity, DefaultBuildHasher::default())
 }
 
@@ -195,7 +219,7 @@ macro_rules! each_cache {
         }
         {
             let $name = CACHES[4];
-            let $cache = floor::<$k>(capacity);
+            let $cache = floor::<$k, $v>(capacity);
             $body
         }
     }};
@@ -271,16 +295,28 @@ fn bench_get_hit<K, C>(
     });
 }
 
-fn get_hit_run<K: Sync, C: BenchCache<K, u64>>(
+fn get_hit_run<K: Sync, V, C: BenchCache<K, V>>(
     cache: &C,
     keys: &[K],
     draws: &[Vec<usize>],
     threads: usize,
     iters: u64,
 ) -> Duration {
+    reads_run(keys, draws, threads, iters, |key| cache.get(key))
+}
+
+/// `read` of the pre-drawn keys, `iters` of them over `threads` threads
+/// (see [`run_threads`]), each result black-boxed, then dropped.
+fn reads_run<K: Sync, R>(
+    keys: &[K],
+    draws: &[Vec<usize>],
+    threads: usize,
+    iters: u64,
+    read: impl Fn(&K) -> R + Sync,
+) -> Duration {
     run_threads(threads, iters, |thread, i| {
         let key = &keys[draws[thread][i & (DRAWS - 1)]];
-        std::hint::black_box(cache.get(key));
+        std::hint::black_box(read(key));
     })
 }
 
@@ -429,10 +465,193 @@ fn get_or_insert(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     group.finish();
 }
 
+/// The prompts of `hot_prompts`, every one cached: the capacity of each cache.
+const PROMPTS: usize = 100;
+/// Bytes of each prompt's text.
+const PROMPT_BYTES: usize = 2048;
+/// quick_cache's capacity in `hot_prompts`, the one exception to `PROMPTS`:
+/// at 100 it makes two shards of 50 entries, and the 100 keys seldom split
+/// evenly between them, so some would be evicted and their reads miss; at
+/// 200 it makes four shards of 50 (on any number of cores), which hold them.
+const QUICK_CACHE_PROMPTS_CAPACITY: usize = 2 * PROMPTS;
+
+/// The readers of `hot_prompts`, in the order they run and print.
+#[derive(Clone, Copy)]
+enum HotReader {
+    /// The limit: a `HashMap` never written, read by reference.
+    FrozenBorrow,
+    /// The same map, cloning the `Arc` of each value read.
+    FrozenClone,
+    /// swr-cache's `get_with`, its refresher running.
+    SwrGetWith,
+    /// swr-cache's `get` (a clone of the `Arc`), its refresher running.
+    SwrGet,
+    /// `get_with` with a TTL but `start` never called.
+    SwrGetWithNoRefresher,
+    /// `get` with a TTL but `start` never called.
+    SwrGetNoRefresher,
+    QuickCache,
+    DashMap,
+    Moka,
+}
+
+impl HotReader {
+    const ALL: [HotReader; 9] = [
+        HotReader::FrozenBorrow,
+        HotReader::FrozenClone,
+        HotReader::SwrGetWith,
+        HotReader::SwrGet,
+        HotReader::SwrGetWithNoRefresher,
+        HotReader::SwrGetNoRefresher,
+        HotReader::QuickCache,
+        HotReader::DashMap,
+        HotReader::Moka,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            HotReader::FrozenBorrow => "frozen_borrow",
+            HotReader::FrozenClone => "frozen_clone",
+            HotReader::SwrGetWith => "swr_get_with",
+            HotReader::SwrGet => "swr_get",
+            HotReader::SwrGetWithNoRefresher => "swr_get_with_no_refresher",
+            HotReader::SwrGetNoRefresher => "swr_get_no_refresher",
+            HotReader::QuickCache => "quick_cache_get",
+            HotReader::DashMap => "dashmap_get",
+            HotReader::Moka => "moka_get",
+        }
+    }
+}
+
+/// `PROMPTS` prompts of `PROMPT_BYTES` each, in every reader's store; each
+/// store holds its own `Arc`s, so no two share a reference count.
+struct HotPrompts {
+    keys: Vec<String>,
+    frozen: HashMap<String, Arc<str>, DefaultBuildHasher>,
+    swr: Cache<String, Arc<str>>,
+    swr_no_refresher: Cache<String, Arc<str>>,
+    quick: quick_cache::sync::Cache<String, Arc<str>>,
+    dashmap: dashmap::DashMap<String, Arc<str>, DefaultBuildHasher>,
+    moka: moka::sync::Cache<String, Arc<str>>,
+}
+
+impl HotPrompts {
+    fn new(runtime: &tokio::runtime::Runtime) -> Self {
+        let keys: Vec<String> = (0..PROMPTS).map(|i| format!("prompt-{i:05}")).collect();
+        let texts: Vec<String> = keys
+            .iter()
+            .map(|key| {
+                let mut text = format!("You are {key}. ");
+                text.extend(std::iter::repeat_n('.', PROMPT_BYTES - text.len()));
+                text
+            })
+            .collect();
+        let value = |i: usize| Arc::<str>::from(texts[i].as_str());
+        let prompts = HotPrompts {
+            frozen: (0..PROMPTS).map(|i| (keys[i].clone(), value(i))).collect(),
+            swr: swr(PROMPTS, runtime),
+            swr_no_refresher: swr_not_started(PROMPTS),
+            quick: quick_cache::sync::Cache::new(QUICK_CACHE_PROMPTS_CAPACITY),
+            dashmap: floor(PROMPTS),
+            moka: moka::sync::Cache::new(PROMPTS as u64),
+            keys,
+        };
+        for (i, key) in prompts.keys.iter().enumerate() {
+            prompts.swr.insert(key.clone(), value(i));
+            prompts.swr_no_refresher.insert(key.clone(), value(i));
+            prompts.quick.insert(key.clone(), value(i));
+            prompts.dashmap.insert(key.clone(), value(i));
+            prompts.moka.insert(key.clone(), value(i));
+        }
+        prompts.moka.run_pending_tasks();
+        let all_held = |name: &str, held: &dyn Fn(&String) -> bool| {
+            let missing = prompts.keys.iter().filter(|key| !held(key)).count();
+            assert_eq!(
+                missing, 0,
+                "hot_prompts: {name} lacks {missing} of the prompts"
+            );
+        };
+        all_held("swr-cache", &|key| prompts.swr.contains_key(key));
+        all_held("swr-cache (no refresher)", &|key| {
+            prompts.swr_no_refresher.contains_key(key)
+        });
+        all_held("quick_cache", &|key| prompts.quick.contains_key(key));
+        all_held("moka", &|key| prompts.moka.contains_key(key));
+        prompts
+    }
+
+    /// `iters` reads by `reader`, over `threads` threads.
+    fn run(&self, reader: HotReader, draws: &[Vec<usize>], threads: usize, iters: u64) -> Duration {
+        let keys = &self.keys[..];
+        match reader {
+            HotReader::FrozenBorrow => reads_run(keys, draws, threads, iters, |key| {
+                self.frozen.get(key).map(|v| v.len())
+            }),
+            HotReader::FrozenClone => reads_run(keys, draws, threads, iters, |key| {
+                self.frozen.get(key).cloned()
+            }),
+            HotReader::SwrGetWith => reads_run(keys, draws, threads, iters, |key| {
+                self.swr.get_with(key, |v: &Arc<str>| v.len())
+            }),
+            HotReader::SwrGet => get_hit_run(&self.swr, keys, draws, threads, iters),
+            HotReader::SwrGetWithNoRefresher => reads_run(keys, draws, threads, iters, |key| {
+                self.swr_no_refresher.get_with(key, |v: &Arc<str>| v.len())
+            }),
+            HotReader::SwrGetNoRefresher => {
+                get_hit_run(&self.swr_no_refresher, keys, draws, threads, iters)
+            }
+            HotReader::QuickCache => get_hit_run(&self.quick, keys, draws, threads, iters),
+            HotReader::DashMap => get_hit_run(&self.dashmap, keys, draws, threads, iters),
+            HotReader::Moka => get_hit_run(&self.moka, keys, draws, threads, iters),
+        }
+    }
+}
+
+/// Zipf(1.0) draws over the prompts, one list a thread.
+fn hot_prompt_draws(threads: usize) -> Vec<Vec<usize>> {
+    (0..threads)
+        .map(|t| draws(PROMPTS, true, 300 + t as u64))
+        .collect()
+}
+
+fn hot_prompts(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let prompts = HotPrompts::new(runtime);
+    let mut group = c.benchmark_group("hot_prompts");
+    group.throughput(Throughput::Elements(1));
+    for threads in thread_counts() {
+        let draws = hot_prompt_draws(threads);
+        for reader in HotReader::ALL {
+            group.bench_function(BenchmarkId::new(reader.name(), threads), |b| {
+                b.iter_custom(|iters| prompts.run(reader, &draws, threads, iters))
+            });
+        }
+    }
+    group.finish();
+}
+
 /// Rounds of the paired comparison; odd, so the median is one round's ratio.
 const PAIRED_ROUNDS: usize = 21;
 /// Operations per run in the paired comparison: tens of milliseconds a run.
 const PAIRED_OPS: u64 = 1 << 19;
+
+/// Whether criterion runs in its test mode (`cargo test --benches`, or
+/// `cargo bench -- --test`), as criterion decides it: every benchmark runs
+/// once, and the paired comparison runs a few short rounds, a check that it
+/// runs rather than a measurement.
+static TEST_MODE: LazyLock<bool> = LazyLock::new(|| {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.iter().any(|arg| arg == "--test") || !args.iter().any(|arg| arg == "--bench")
+});
+
+/// `PAIRED_ROUNDS`, or 3 in test mode.
+fn paired_rounds() -> usize {
+    if *TEST_MODE { 3 } else { PAIRED_ROUNDS }
+}
+
+/// `PAIRED_OPS`, or 1,024 in test mode.
+fn paired_ops() -> u64 {
+    if *TEST_MODE { 1 << 10 } else { PAIRED_OPS }
+}
 
 /// The quartiles of `swr / quick_cache` and `swr / floor` throughput ratios
 /// over rounds in which the three caches run back to back.
@@ -441,38 +660,46 @@ struct PairedRatios {
     versus_floor: [f64; 3],
 }
 
-/// Runs swr-cache, quick_cache and the floor in turn, `PAIRED_ROUNDS` times,
-/// rotating which goes first, and takes each round's throughput ratios. Two
-/// runs a few milliseconds apart share most of what a noisy neighbour does to
-/// the machine, so these ratios move far less between invocations than
-/// criterion's medians, measured minutes apart, do.
+/// Runs swr-cache, quick_cache and the floor in turn, `paired_rounds()`
+/// times, rotating which goes first, and takes each round's throughput
+/// ratios. Two runs a few milliseconds apart share most of what a noisy
+/// neighbour does to the machine, so these ratios move far less between
+/// invocations than criterion's medians, measured minutes apart, do.
 fn paired(
     swr: &dyn Fn() -> Duration,
     quick: &dyn Fn() -> Duration,
     floor: &dyn Fn() -> Duration,
 ) -> PairedRatios {
     let contenders = [swr, quick, floor];
-    let mut versus_quick_cache = Vec::with_capacity(PAIRED_ROUNDS);
-    let mut versus_floor = Vec::with_capacity(PAIRED_ROUNDS);
-    for round in 0..PAIRED_ROUNDS {
-        let mut seconds = [0.0; 3];
-        for turn in 0..3 {
-            let which = (round + turn) % 3;
-            seconds[which] = contenders[which]().as_secs_f64();
-        }
-        // Throughput ratio: the same operations, so the inverse of the times.
-        versus_quick_cache.push(seconds[1] / seconds[0]);
-        versus_floor.push(seconds[2] / seconds[0]);
-    }
-    let quartiles = |mut ratios: Vec<f64>| {
-        ratios.sort_by(f64::total_cmp);
-        let at = |q: usize| ratios[(ratios.len() - 1) * q / 4];
-        [at(1), at(2), at(3)]
-    };
+    let rounds = interleaved_rounds(contenders.len(), |which| contenders[which]());
+    // Throughput ratio: the same operations, so the inverse of the times.
+    let ratio = |of: usize| quartiles(rounds.iter().map(|s| s[of] / s[0]).collect());
     PairedRatios {
-        versus_quick_cache: quartiles(versus_quick_cache),
-        versus_floor: quartiles(versus_floor),
+        versus_quick_cache: ratio(1),
+        versus_floor: ratio(2),
     }
+}
+
+/// Runs `run(0)` to `run(contenders - 1)` in turn, `paired_rounds()` times,
+/// rotating which goes first; returns each round's seconds, by contender.
+fn interleaved_rounds(contenders: usize, run: impl Fn(usize) -> Duration) -> Vec<Vec<f64>> {
+    (0..paired_rounds())
+        .map(|round| {
+            let mut seconds = vec![0.0; contenders];
+            for turn in 0..contenders {
+                let which = (round + turn) % contenders;
+                seconds[which] = run(which).as_secs_f64();
+            }
+            seconds
+        })
+        .collect()
+}
+
+/// The first quartile, median and third quartile of `values`.
+fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
+    values.sort_by(f64::total_cmp);
+    let at = |q: usize| values[(values.len() - 1) * q / 4];
+    [at(1), at(2), at(3)]
 }
 
 /// The paired comparison of every workload whose name contains `filter`.
@@ -512,16 +739,16 @@ fn paired_ratios(
                 .collect();
             let swr = swr::<u64, u64>(CAPACITY, runtime);
             let quick = quick_cache::sync::Cache::<u64, u64>::new(CAPACITY);
-            let floor = floor::<u64>(CAPACITY);
+            let floor = floor::<u64, u64>(CAPACITY);
             for key in 0..(CAPACITY * 10) as u64 {
                 swr.insert(key, key);
                 quick.insert(key, key);
                 BenchCache::insert(&floor, key, key);
             }
             let ratios = paired(
-                &|| mixed_run(&swr, &draws, threads, PAIRED_OPS),
-                &|| mixed_run(&quick, &draws, threads, PAIRED_OPS),
-                &|| mixed_run(&floor, &draws, threads, PAIRED_OPS),
+                &|| mixed_run(&swr, &draws, threads, paired_ops()),
+                &|| mixed_run(&quick, &draws, threads, paired_ops()),
+                &|| mixed_run(&floor, &draws, threads, paired_ops()),
             );
             results.push((group.to_string(), threads, ratios));
         }
@@ -532,11 +759,11 @@ fn paired_ratios(
                 .collect();
             let swr = swr::<u64, u64>(CAPACITY, runtime);
             let quick = quick_cache::sync::Cache::<u64, u64>::new(CAPACITY);
-            let floor = floor::<u64>(CAPACITY);
+            let floor = floor::<u64, u64>(CAPACITY);
             let ratios = paired(
-                &|| get_or_insert_run(&swr, &draws, threads, PAIRED_OPS),
-                &|| get_or_insert_run(&quick, &draws, threads, PAIRED_OPS),
-                &|| get_or_insert_run(&floor, &draws, threads, PAIRED_OPS),
+                &|| get_or_insert_run(&swr, &draws, threads, paired_ops()),
+                &|| get_or_insert_run(&quick, &draws, threads, paired_ops()),
+                &|| get_or_insert_run(&floor, &draws, threads, paired_ops()),
             );
             results.push((group.to_string(), threads, ratios));
         }
@@ -544,16 +771,16 @@ fn paired_ratios(
         if group.contains(filter) {
             let swr = swr::<u64, u64>(CAPACITY, runtime);
             let quick = quick_cache::sync::Cache::<u64, u64>::new(CAPACITY);
-            let floor = floor::<u64>(CAPACITY);
+            let floor = floor::<u64, u64>(CAPACITY);
             let (swr_next, quick_next, floor_next) = (
                 fill_for_churn(&swr),
                 fill_for_churn(&quick),
                 fill_for_churn(&floor),
             );
             let ratios = paired(
-                &|| churn_run(&swr, &swr_next, threads, PAIRED_OPS),
-                &|| churn_run(&quick, &quick_next, threads, PAIRED_OPS),
-                &|| churn_run(&floor, &floor_next, threads, PAIRED_OPS),
+                &|| churn_run(&swr, &swr_next, threads, paired_ops()),
+                &|| churn_run(&quick, &quick_next, threads, paired_ops()),
+                &|| churn_run(&floor, &floor_next, threads, paired_ops()),
             );
             results.push((group.to_string(), threads, ratios));
         }
@@ -572,33 +799,183 @@ where
 {
     let swr = swr::<K, u64>(GET_KEYS * 2, runtime);
     let quick = quick_cache::sync::Cache::<K, u64>::new(GET_KEYS * 2);
-    let floor = floor::<K>(GET_KEYS * 2);
+    let floor = floor::<K, u64>(GET_KEYS * 2);
     for (i, key) in keys.iter().enumerate() {
         swr.insert(key.clone(), i as u64);
         quick.insert(key.clone(), i as u64);
         BenchCache::insert(&floor, key.clone(), i as u64);
     }
     paired(
-        &|| get_hit_run(&swr, keys, draws, threads, PAIRED_OPS),
-        &|| get_hit_run(&quick, keys, draws, threads, PAIRED_OPS),
-        &|| get_hit_run(&floor, keys, draws, threads, PAIRED_OPS),
+        &|| get_hit_run(&swr, keys, draws, threads, paired_ops()),
+        &|| get_hit_run(&quick, keys, draws, threads, paired_ops()),
+        &|| get_hit_run(&floor, keys, draws, threads, paired_ops()),
     )
 }
 
 fn print_paired(results: &[(String, usize, PairedRatios)]) {
+    if results.is_empty() {
+        return;
+    }
     println!(
-        "\n## Paired ratios (throughput of swr-cache over the peer's; median and quartiles of {PAIRED_ROUNDS} interleaved rounds)\n"
+        "\n## Paired ratios (throughput of swr-cache over the peer's; median and quartiles of {} interleaved rounds)\n",
+        paired_rounds()
     );
     println!("| workload | threads | swr / quick_cache | swr / floor |");
     println!("|---|---|---|---|");
-    let cell = |[q1, median, q3]: [f64; 3]| format!("{median:.2} ({q1:.2}–{q3:.2})");
     for (group, threads, ratios) in results {
         println!(
             "| {group} | {threads} | {} | {} |",
-            cell(ratios.versus_quick_cache),
-            cell(ratios.versus_floor)
+            ratio_cell(ratios.versus_quick_cache),
+            ratio_cell(ratios.versus_floor)
         );
     }
+}
+
+/// A ratio's median, then its quartiles in parentheses.
+fn ratio_cell([q1, median, q3]: [f64; 3]) -> String {
+    format!("{median:.2} ({q1:.2}–{q3:.2})")
+}
+
+/// The paired hot-prompts rounds at one thread count.
+struct HotPromptsRounds {
+    threads: usize,
+    /// Median reads per second of all threads, by reader (`HotReader::ALL`).
+    reads_per_second: Vec<f64>,
+    /// The quartiles of the per-round ratios of `HOT_RATIOS`, with
+    /// swr-cache's refresher running and not started.
+    ratios: Vec<[[f64; 3]; 2]>,
+}
+
+/// The throughput ratios the hot-prompts rounds print: a swr-cache reader
+/// (its refresher running; not started) over a peer.
+const HOT_RATIOS: [(&str, [HotReader; 2], HotReader); 3] = [
+    (
+        "swr get_with / quick_cache get",
+        [HotReader::SwrGetWith, HotReader::SwrGetWithNoRefresher],
+        HotReader::QuickCache,
+    ),
+    (
+        "swr get_with / frozen_borrow",
+        [HotReader::SwrGetWith, HotReader::SwrGetWithNoRefresher],
+        HotReader::FrozenBorrow,
+    ),
+    (
+        "swr get / quick_cache get",
+        [HotReader::SwrGet, HotReader::SwrGetNoRefresher],
+        HotReader::QuickCache,
+    ),
+];
+
+/// Every hot-prompts reader in interleaved rounds, at each thread count.
+fn paired_hot_prompts(runtime: &tokio::runtime::Runtime) -> Vec<HotPromptsRounds> {
+    let prompts = HotPrompts::new(runtime);
+    let ops = paired_ops();
+    thread_counts()
+        .into_iter()
+        .map(|threads| {
+            let draws = hot_prompt_draws(threads);
+            let rounds = interleaved_rounds(HotReader::ALL.len(), |which| {
+                prompts.run(HotReader::ALL[which], &draws, threads, ops)
+            });
+            let median = |values: Vec<f64>| quartiles(values)[1];
+            let reads_per_second = (0..HotReader::ALL.len())
+                .map(|which| median(rounds.iter().map(|s| ops as f64 / s[which]).collect()))
+                .collect();
+            // The same reads, so the inverse of the times.
+            let ratio = |swr: HotReader, peer: HotReader| {
+                quartiles(
+                    rounds
+                        .iter()
+                        .map(|s| s[peer as usize] / s[swr as usize])
+                        .collect(),
+                )
+            };
+            let ratios = HOT_RATIOS
+                .iter()
+                .map(|&(_, swr, peer)| swr.map(|swr| ratio(swr, peer)))
+                .collect();
+            HotPromptsRounds {
+                threads,
+                reads_per_second,
+                ratios,
+            }
+        })
+        .collect()
+}
+
+/// Millions of reads per second of every hot-prompts reader at each thread
+/// count, and each one's scaling: its reads per second over its own at the
+/// fewest threads measured (1 by default).
+fn print_hot_prompts_reads(rows: &[(usize, Vec<Option<f64>>)]) {
+    let Some((base_threads, base)) = rows.iter().min_by_key(|(threads, _)| *threads) else {
+        return;
+    };
+    let threads_word = if *base_threads == 1 {
+        "thread"
+    } else {
+        "threads"
+    };
+    println!("| threads | reader | M reads/s | ÷ {base_threads} {threads_word} |");
+    println!("|---|---|---|---|");
+    for (threads, reads) in rows {
+        for (which, reader) in HotReader::ALL.iter().enumerate() {
+            let (reads, base) = (reads[which], base[which]);
+            println!(
+                "| {threads} | {} | {} | {} |",
+                reader.name(),
+                reads.map_or("–".to_string(), |r| format!("{:.1}", r / 1e6)),
+                reads
+                    .zip(base)
+                    .map_or("–".to_string(), |(r, b)| format!("{:.2}", r / b)),
+            );
+        }
+    }
+}
+
+fn print_paired_hot_prompts(results: &[HotPromptsRounds]) {
+    println!(
+        "\n## Hot prompts, paired (median of {} interleaved rounds of every reader)\n",
+        paired_rounds()
+    );
+    let rows: Vec<(usize, Vec<Option<f64>>)> = results
+        .iter()
+        .map(|r| {
+            (
+                r.threads,
+                r.reads_per_second.iter().copied().map(Some).collect(),
+            )
+        })
+        .collect();
+    print_hot_prompts_reads(&rows);
+    println!("\nThroughput ratios, median and quartiles of the per-round ratios:\n");
+    println!("| threads | ratio | swr-cache's refresher running | not started |");
+    println!("|---|---|---|---|");
+    for result in results {
+        for ((name, _, _), [running, not_started]) in HOT_RATIOS.iter().zip(&result.ratios) {
+            println!(
+                "| {} | {name} | {} | {} |",
+                result.threads,
+                ratio_cell(*running),
+                ratio_cell(*not_started)
+            );
+        }
+    }
+}
+
+/// The hot-prompts readers' criterion medians, as the paired rounds print them.
+fn print_hot_prompts_summary() {
+    println!("\n## Hot prompts (criterion medians)\n");
+    let rows: Vec<(usize, Vec<Option<f64>>)> = thread_counts()
+        .into_iter()
+        .map(|threads| {
+            let reads = HotReader::ALL
+                .iter()
+                .map(|reader| median_ns("hot_prompts", reader.name(), threads).map(|ns| 1e9 / ns))
+                .collect();
+            (threads, reads)
+        })
+        .collect();
+    print_hot_prompts_reads(&rows);
 }
 
 /// Where criterion writes its estimates: `criterion/` in the target
@@ -681,6 +1058,7 @@ fn main() {
         mixed(&mut c, &runtime);
         get_or_insert(&mut c, &runtime);
         churn(&mut c, &runtime);
+        hot_prompts(&mut c, &runtime);
         c.final_summary();
 
         let mut groups = Vec::new();
@@ -692,7 +1070,11 @@ fn main() {
         groups.push("mixed_95_get_5_insert/u64/zipf".to_string());
         groups.push("get_or_insert/u64/zipf".to_string());
         groups.push("churn_insert_new/u64".to_string());
-        print_summary(&groups);
+        // Test mode writes no estimates: these would be an earlier run's.
+        if !*TEST_MODE {
+            print_summary(&groups);
+            print_hot_prompts_summary();
+        }
     }
 
     // criterion's filter, if one was given: the first argument not a flag.
@@ -701,4 +1083,7 @@ fn main() {
         .find(|arg| !arg.starts_with('-'))
         .unwrap_or_default();
     print_paired(&paired_ratios(&runtime, &u64_keys, &string_keys, &filter));
+    if "hot_prompts".contains(&filter) {
+        print_paired_hot_prompts(&paired_hot_prompts(&runtime));
+    }
 }
