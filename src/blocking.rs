@@ -119,7 +119,7 @@ where
         fence: &AtomicBool,
     ) -> Result<V, E> {
         let start = self.store.read(key, |n| {
-            (self.is_servable(n).then(|| n.value.clone()), n.version)
+            (self.is_servable(n).then(|| n.value.clone()), n.version())
         });
         if let Some((Some(value), _)) = start {
             return Ok(value);

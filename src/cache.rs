@@ -122,7 +122,9 @@ where
         let inner = &*self.inner;
         inner
             .store
-            .read(key, |node| inner.is_servable(node).then(|| read(&node.value)))
+            .read(key, |node| {
+                inner.is_servable(node).then(|| read(&node.value))
+            })
             .flatten()
     }
 

@@ -42,7 +42,8 @@ use crate::changes::Change;
 use crate::fetcher::{FetchError, Fetched, panic_message, run_fetch};
 use crate::inner::{FlightReceiver, FlightSlot, Inner};
 use crate::metrics::Counter;
-use crate::removal::{RemovalCause, Removed};
+use crate::removal::RemovalCause;
+use crate::store::Removed;
 use crate::store::{Install, Installed, Version, Write, Written};
 
 /// Why a flight is asked for.
@@ -139,10 +140,10 @@ where
         let start = match purpose {
             Purpose::Refresh => self
                 .store
-                .read_held(&key, |node| (node.value.clone(), node.version)),
+                .read_held(&key, |node| (node.value.clone(), node.version())),
             Purpose::Load | Purpose::Forced => self
                 .store
-                .read(&key, |node| (node.value.clone(), node.version)),
+                .read(&key, |node| (node.value.clone(), node.version())),
         };
         if purpose == Purpose::Refresh && start.is_none() {
             // Removed or written since the look: leave the map, unless
@@ -278,15 +279,18 @@ where
         let (update, fresh) = match fetched {
             Fetched::Value(value) => {
                 let weight = self.weigh(key, &value);
-                (Install::Value(value.clone(), weight), Some(value))
+                (
+                    Install::Value(key.clone(), value.clone(), weight),
+                    Some(value),
+                )
             }
             Fetched::Unchanged => (Install::Renew, None),
             Fetched::Gone => {
                 self.counters.incr(Counter::Gone);
                 // Only the entry fetched from: a newer write stands.
-                if let Some((key, value)) = self.store.remove(key, |n| n.version == from) {
+                if let Some(node) = self.store.remove(key, |n| n.version() == from) {
                     let mut removed = Removed::new();
-                    removed.push(key, value, RemovalCause::Gone);
+                    removed.push(node, RemovalCause::Gone);
                     self.count_removed(&removed);
                     self.report(removed);
                 }
@@ -309,9 +313,10 @@ where
                     // stale snapshot): telling it again would have every
                     // replica mark the others' values stale in turn.
                     if let (Some(new), false) = (&fresh, was_marked) {
-                        self.changes.tell(|| Change::Refreshed(key, &old, new));
+                        self.changes
+                            .tell(|| Change::Refreshed(key, &old.value, new));
                     }
-                    removed.push(key.clone(), old, RemovalCause::Replaced);
+                    removed.push(old, RemovalCause::Replaced);
                 }
                 match fresh {
                     Some(value) => Ok(value),
@@ -330,9 +335,9 @@ where
                     None => fresh.ok_or(FetchError::NothingToKeep),
                 }
             }
-            Installed::Overweight(value) => {
+            Installed::Overweight(key, value) => {
                 self.counters.incr(Counter::Refreshes);
-                removed.push(key.clone(), value, RemovalCause::Evicted);
+                removed.push_pair(key, value, RemovalCause::Evicted);
                 fresh.ok_or(FetchError::NothingToKeep)
             }
         };

@@ -22,9 +22,11 @@ use crate::fetcher::{ErasedFetcher, FetchError};
 use crate::latch::Latch;
 use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
-use crate::removal::{Listener, RemovalCause, Removed, Weigher};
+use crate::removal::{Listener, RemovalCause, Weigher};
 use crate::settings::{ConfigChange, ConfigError, Settings};
-use crate::store::{Entry, Node, Nudge, Refusal, Store, Write, Written, shard_count, user_write};
+use crate::store::{
+    Entry, Node, Nudge, Refusal, Removed, Store, Taken, Write, Written, shard_count, user_write,
+};
 use crate::throttle::Throttle;
 
 /// The outcome of one fetch, once it has one.
@@ -313,7 +315,7 @@ where
                 } else {
                     Counter::Inserts
                 });
-                removed.push(key, value, RemovalCause::Evicted);
+                removed.push_pair(key, value, RemovalCause::Evicted);
                 Written::Refused((), (), Refusal::Overweight)
             }
             Written::Refused(key, value, refusal) => {
@@ -345,7 +347,11 @@ where
     /// caught and counted; without a listener, drops them. Called with no
     /// lock held. A value whose `Drop` panics unwinds to the caller, the
     /// cache already consistent.
-    pub(crate) fn report(&self, removed: Removed<K, V>) {
+    ///
+    /// A node taken out is retired here, after its key and value are cloned
+    /// for the listener (readers may still hold the node's own): its own
+    /// are dropped once no reader can see them.
+    pub(crate) fn report(&self, removed: Removed<'_, K, V>) {
         if removed.is_empty() {
             return;
         }
@@ -353,7 +359,8 @@ where
             drop(removed);
             return;
         };
-        for (key, value, cause) in removed.into_iter() {
+        for (taken, cause) in removed.into_iter() {
+            let (key, value) = taken.into_pair();
             let heard = catch_unwind(AssertUnwindSafe(|| listener(key, value, cause)));
             if heard.is_err() {
                 self.counters.incr(Counter::ListenerPanics);
@@ -366,7 +373,7 @@ where
     /// before, so that one started earlier stores nothing; after, since one
     /// that joined the map in between read the entry being removed as what
     /// it starts from, and no later caller should join it.
-    fn remove_fenced<Q>(&self, key: &Q) -> Option<(K, V)>
+    fn remove_fenced<Q>(&self, key: &Q) -> Option<Taken<'_, K, V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -374,7 +381,7 @@ where
         self.fence(key);
         let removed = self.store.remove(key, |_| true);
         self.fence(key);
-        removed
+        removed.map(Taken::Node)
     }
 
     /// Removes `key`; whether it was cached. A removal the fleet is to
@@ -385,16 +392,15 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let removed = self.remove_fenced(key);
-        let Some((key, value)) = removed else {
+        let Some(taken) = self.remove_fenced(key) else {
             return false;
         };
         if share == Share::Fleet {
-            self.changes.tell(|| Change::Removed(&key));
+            self.changes.tell(|| Change::Removed(taken.key()));
         }
         self.counters.incr(Counter::Invalidations);
         let mut removed = Removed::new();
-        removed.push(key, value, RemovalCause::Invalidated);
+        removed.push(taken, RemovalCause::Invalidated);
         self.report(removed);
         true
     }
@@ -437,14 +443,13 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let (key, value) = self.remove_fenced(key)?;
-        self.changes.tell(|| Change::Removed(&key));
+        let taken = self.remove_fenced(key)?;
+        self.changes.tell(|| Change::Removed(taken.key()));
         self.counters.incr(Counter::Invalidations);
-        if self.listener.is_some() {
-            let mut removed = Removed::new();
-            removed.push(key, value.clone(), RemovalCause::Invalidated);
-            self.report(removed);
-        }
+        let value = taken.value().clone();
+        let mut removed = Removed::new();
+        removed.push(taken, RemovalCause::Invalidated);
+        self.report(removed);
         Some(value)
     }
 
@@ -465,16 +470,16 @@ where
                 let written = user_write(version);
                 let removed = self
                     .store
-                    .remove(&key, |n| user_write(n.version) == written);
+                    .remove(&key, |n| user_write(n.version()) == written);
                 self.fence(&key);
-                let Some((key, value)) = removed else {
+                let Some(node) = removed else {
                     continue;
                 };
-                self.changes.tell(|| Change::Removed(&key));
+                self.changes.tell(|| Change::Removed(&node.key));
                 count += 1;
                 self.counters.incr(Counter::Invalidations);
                 let mut removed = Removed::new();
-                removed.push(key, value, RemovalCause::Invalidated);
+                removed.push(node, RemovalCause::Invalidated);
                 self.report(removed);
             }
         }

@@ -53,29 +53,37 @@
 //! # Concurrency
 //!
 //! `Cache` is `Send + Sync` and cheap to clone (a shared handle). Each shard
-//! is a table, a slab of entries and its policy behind one `RwLock`:
+//! has a table that readers search without a lock, and behind one mutex its
+//! slab of entries and its policy:
 //!
-//! - *Readers never block* means: a `get` never waits for a fetch, a refresh
-//!   or I/O of any kind. It takes its shard's *read* lock, which can wait only
-//!   while a writer is changing that same shard, for a bounded in-memory step.
-//!   A `get` does not allocate or send on a channel; it writes only the
-//!   entry's frequency counter, while that is below its cap, and a count on
-//!   a metrics stripe of its own thread. (The first reader of a stale value,
-//!   with the refresher running, also claims a bit in the entry and, after
-//!   the lock, leaves a small record in a list allocated when the refresher
-//!   started, under a mutex of its own: one such reader per value.)
+//! - *Readers never block*: a `get` never waits for a fetch, a refresh, I/O
+//!   or a lock. It enters the cache's epoch collector (a store to a word of
+//!   its own thread's), probes its shard's published table and reads the
+//!   entry where it lies: [`get_with`](Cache::get_with) runs a closure on
+//!   the value there, `get` clones it. A read does not allocate or send on a
+//!   channel; it writes only the entry's frequency counter, while that is
+//!   below its cap, and a count on a metrics stripe of its own thread. (The
+//!   first reader of a stale value, with the refresher running, also claims
+//!   a bit in the entry and leaves a small record in a list allocated when
+//!   the refresher started, under a mutex of its own: one such reader per
+//!   value.)
 //! - A write (`insert`, `invalidate`, a refresh's result) takes its shard's
-//!   write lock once and does everything there: replacing a value, evicting to
-//!   make room, admitting the new key. So `len()` is never above `max_size`
-//!   (nor `weight()` above `max_weight`), at any moment.
+//!   lock once and does everything there: publishing a new value (a new
+//!   entry in the old one's place, so a reader sees the old value or the
+//!   new, whole), evicting to make room, admitting the new key. So `len()`
+//!   is never above `max_size` (nor `weight()` above `max_weight`), at any
+//!   moment.
 //! - Entries leaving the cache (evicted, replaced, invalidated, cleared) are
-//!   handed to the [eviction listener](CacheBuilder::eviction_listener), or
-//!   dropped, after the lock is released. The user code that does run
-//!   under a shard lock is the key's `Eq` (in a write, before anything
-//!   changes), the value's `Clone` on a read (under the read lock), and the
-//!   key's `Clone` when the refresher takes stale entries (under the write
-//!   lock) or a dump copies them. The weigher, the listener, the fetcher and
-//!   the drops of removed entries never run under a lock.
+//!   handed to the [eviction listener](CacheBuilder::eviction_listener) (a
+//!   clone of the key and value: readers may still hold the entry's own)
+//!   after the lock is released. The entry's own key and value are dropped
+//!   exactly once, when no reader can still see them: on whichever thread
+//!   next leaves a read or retires enough entries, or when the cache is
+//!   dropped (see *Limitations* in `docs/design.md`). The user code that
+//!   does run under a shard lock is the key's `Eq` (in a write, before
+//!   anything changes) and the key's `Clone` when the refresher takes stale
+//!   entries. The weigher, the listener, the fetcher, a read's closure and
+//!   every `Drop` of a key or value never run under a lock.
 //!
 //! A refresh of a cached key installs its result only if the entry still
 //! has the version the refresh started from, so it never overwrites a newer
@@ -83,15 +91,17 @@
 //! key that was not cached (`get_or_fetch`) inserts only if the key is still
 //! absent and was not removed since the fetch began: every removal fences
 //! the fetches of its keys in flight, and a caller after the removal starts
-//! a fetch of its own rather than join one from before. The crate has no
-//! `unsafe` code.
+//! a fetch of its own rather than join one from before. The crate's only
+//! `unsafe` code is the lock-free table and the retiring of its entries,
+//! one module of the store, tested under Miri and shuttle.
 //!
 //! # Memory
 //!
 //! Per entry, with `K` and `V` the sizes of key and value: a node of
-//! `K + V + 20` bytes, rounded up to a multiple of 8; 16 bytes of list
-//! links (the policy's queue, and the write order the refresher reads); a
-//! table slot of 5 bytes (tables are between 44 % and 88 % full);
+//! `K + V + 24` bytes, rounded up to a multiple of 8, in an allocation of
+//! its own; 8 bytes of slab pointer and 16 of list links (the policy's
+//! queue, and the write order the refresher reads); a table slot of 9
+//! bytes (tables are between 37 % and 75 % full);
 //! and, once a shard has evicted, 3.6 bytes of ghost and 8 to 16 of
 //! frequency sketch. Data the key or value points to (a `String`'s bytes)
 //! comes on top. Nothing is allocated per entry when the cache is built, so a
@@ -131,7 +141,10 @@
 //!   `insert` stores nothing.
 //! - Invalid settings are rejected by [`CacheBuilder::build`] and
 //!   [`Cache::configure`] with a [`ConfigError`] naming the setting.
-#![forbid(unsafe_code)]
+// Unsafe code lives in one module (`store::published`, the lock-free reads),
+// which alone allows it; each block there says why it is sound.
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

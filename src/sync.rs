@@ -4,11 +4,11 @@
 //! Only the types change; no code path differs between the two.
 
 #[cfg(not(feature = "shuttle"))]
-pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize};
+pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 #[cfg(not(feature = "shuttle"))]
-pub(crate) use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(feature = "shuttle")]
-pub(crate) use shuttle::sync::atomic::{AtomicU64, AtomicUsize};
+pub(crate) use shuttle::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 #[cfg(feature = "shuttle")]
-pub(crate) use shuttle::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub(crate) use shuttle::sync::{Mutex, MutexGuard};

@@ -1,18 +1,23 @@
 //! The store: the cache's entries, split by key hash into shards, each shard
-//! with its own table, entries and eviction policy behind its own lock.
+//! with its own published table, entries and eviction policy behind its own
+//! lock.
 //!
 //! A key's hash picks its shard (the top bits) and gives its fingerprint
-//! (the low 32 bits), which is all the shard ever hashes by. A read takes
-//! its shard's read lock, probes the table and clones the value; a write
-//! takes the shard's write lock, and everything it does — replacing a value,
+//! (the low 32 bits), which is all the shard ever hashes by. A read takes no
+//! lock: it enters the cache's epoch collector, probes its shard's published
+//! table and reads the node where it lies ([`published`]); it writes nothing
+//! another core reads, except a frequency or refresh bit of the node, and
+//! only while that bit is clear. A write takes the shard's lock, and
+//! everything it does — replacing a value (by publishing a new node),
 //! evicting to make room, admitting a new key, updating the totals — happens
 //! inside it. No operation holds two shard locks, so none waits for another
 //! while holding one.
 //!
-//! The store knows nothing of refreshing, fetching or counting: it keeps
-//! entries, their versions and their ages, and hands back whatever it took
-//! out ([`Removed`]) for the caller to report or drop once the lock is
-//! released.
+//! The store fetches nothing and counts nothing: it keeps entries, their
+//! versions and their ages, the write order the refresher takes stale
+//! entries from (each shard's `due` list, with the refresher's hold on an
+//! entry), and hands back whatever it took out ([`Removed`]) for the caller
+//! to report or drop once the lock is released.
 //!
 //! # Why the bound holds at every moment
 //!
@@ -26,36 +31,32 @@
 
 mod ghost;
 mod node;
+#[allow(unsafe_code)]
+mod published;
 mod queue;
+mod removed;
 mod shard;
 mod sketch;
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
-use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) use node::{Node, Version, user_write};
+pub(crate) use published::Unlinked;
+pub(crate) use removed::{Removed, Taken};
 pub(crate) use shard::{Entry, Install, Installed, Refusal, Write, Written};
 
 use crate::clock::Nanos;
-use crate::removal::Removed;
-use crate::sync::{AtomicU64, AtomicUsize, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::sync::{AtomicU64, AtomicUsize};
+use published::{Index, Padded, Shards};
 use shard::Shard;
-
-/// A shard behind its lock, on cache lines of its own.
-type Locked<K, V> = Padded<RwLock<Shard<K, V>>>;
 
 /// The fewest entries a shard is given when the capacity allows: below
 /// this, a shard is too small for its probation queue and its frequency
 /// duels to tell one-hit keys from recurring ones (measured: 1,024 holds
 /// the hit ratio within 0.1 point of one unsharded policy on 21 traces).
 pub(crate) const MIN_PER_SHARD: u64 = 1024;
-
-/// Keeps what it holds on a cache line (or two, as x86 prefetches pairs) of
-/// its own, so a lock written by one core does not slow another's reads.
-#[repr(align(128))]
-struct Padded<T>(T);
 
 /// A reader's request to refresh one value: where it is, and which write
 /// it came from. Plain data, made under the read lock and sent after it.
@@ -71,7 +72,7 @@ impl Nudge {
         Self {
             shard: shard as u32,
             fingerprint: node.fingerprint,
-            version: node.version,
+            version: node.version(),
         }
     }
 }
@@ -84,7 +85,7 @@ struct Located {
 }
 
 pub(crate) struct Store<K, V, S> {
-    shards: Box<[Locked<K, V>]>,
+    shards: Shards<K, V, Shard<K, V>>,
     hasher: S,
     weighted: bool,
     totals: Padded<Totals>,
@@ -136,14 +137,7 @@ where
     pub(crate) fn new(capacity: u64, weighted: bool, shards: usize, hasher: S) -> Self {
         let shards = shards.max(1);
         Self {
-            shards: (0..shards)
-                .map(|i| {
-                    Padded(RwLock::new(Shard::new(
-                        share(capacity, shards, i),
-                        weighted,
-                    )))
-                })
-                .collect(),
+            shards: Shards::new(shards, |i| Shard::new(share(capacity, shards, i), weighted)),
             hasher,
             weighted,
             totals: Padded(Totals {
@@ -167,33 +161,14 @@ where
         }
     }
 
-    #[inline]
-    fn read_lock(&self, shard: usize) -> RwLockReadGuard<'_, Shard<K, V>> {
-        // A panic under a shard lock (a user `Eq`, the only user code run
-        // there) happens before the shard changes: carry on past the poison.
-        self.shards[shard]
-            .0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write_lock(&self, shard: usize) -> RwLockWriteGuard<'_, Shard<K, V>> {
-        self.shards[shard]
-            .0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` on the entry of `key`, under its shard's read lock.
+    /// Runs `f` on the entry of `key`, taking no lock (see [`published`]).
     #[inline]
     pub(crate) fn read<Q, R>(&self, key: &Q, f: impl FnOnce(&Node<K, V>) -> R) -> Option<R>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let at = self.locate(key);
-        let shard = self.read_lock(at.shard);
-        shard.find(at.fingerprint, |k| k.borrow() == key).map(f)
+        self.read_in_shard(key, |node, _| f(node))
     }
 
     /// The key's 32-bit fingerprint, as the store files it (for logs).
@@ -213,23 +188,26 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let at = self.locate(key);
-        let shard = self.read_lock(at.shard);
-        shard
-            .find(at.fingerprint, |k| k.borrow() == key)
-            .map(|node| f(node, at.shard))
+        self.shards.read(
+            at.shard,
+            at.fingerprint,
+            |node| node.key.borrow() == key,
+            |node| f(node, at.shard),
+        )
     }
 
     /// Runs `f` on the entry of `key` if the refresher holds it (see
-    /// [`Shard::take_due`]).
+    /// [`Shard::take_due`]), under its shard's lock.
     pub(crate) fn read_held<R>(&self, key: &K, f: impl FnOnce(&Node<K, V>) -> R) -> Option<R> {
         let at = self.locate(key);
-        let shard = self.read_lock(at.shard);
-        shard.find_held(at.fingerprint, |k| k == key).map(f)
+        let mut writer = self.shards.lock(at.shard);
+        let (shard, ix) = writer.split();
+        shard.find_held(&ix, at.fingerprint, |k| k == key).map(f)
     }
 
-    /// Whether shard `at` has a value stale at `now`; under its read lock.
+    /// Whether shard `at` has a value stale at `now`; under its lock.
     pub(crate) fn has_due(&self, at: usize, now: Nanos, ttl: Nanos) -> bool {
-        self.read_lock(at).has_due(now, ttl)
+        self.shards.lock(at).state().has_due(now, ttl)
     }
 
     /// Hands the refresher up to `limit` keys of shard `at` stale at `now`
@@ -246,7 +224,10 @@ where
     ) where
         K: Clone,
     {
-        self.write_lock(at)
+        self.shards
+            .lock(at)
+            .split()
+            .0
             .take_due(refresher, now, ttl, limit, out);
     }
 
@@ -260,31 +241,38 @@ where
         if at >= self.shards.len() {
             return None;
         }
-        self.write_lock(at)
-            .take_nudged(refresher, nudge.fingerprint, nudge.version)
+        let mut writer = self.shards.lock(at);
+        let (shard, ix) = writer.split();
+        shard.take_nudged(&ix, refresher, nudge.fingerprint, nudge.version)
     }
 
     /// Gives `key` back to the due values if the refresher holds it.
     pub(crate) fn release(&self, key: &K) {
         let at = self.locate(key);
-        self.write_lock(at.shard)
-            .release(at.fingerprint, |k| k == key);
+        let mut writer = self.shards.lock(at.shard);
+        let (shard, ix) = writer.split();
+        shard.release(&ix, at.fingerprint, |k| k == key);
     }
 
     /// Gives every held entry back to the due values, one shard at a time,
     /// and lets only refresher number `refresher` take entries from now on.
     pub(crate) fn release_all(&self, refresher: u64) {
         for at in 0..self.shards.len() {
-            self.write_lock(at).release_all(refresher);
+            self.shards.lock(at).split().0.release_all(refresher);
         }
     }
 
     /// Changes shard `at` with `change`, then brings the totals up to date,
     /// all under the shard's write lock.
-    fn change<R>(&self, at: usize, change: impl FnOnce(&mut Shard<K, V>) -> R) -> R {
-        let mut shard = self.write_lock(at);
+    fn change<'s, R>(
+        &'s self,
+        at: usize,
+        change: impl FnOnce(&mut Shard<K, V>, &mut Index<'_, 's, K, V>) -> R,
+    ) -> R {
+        let mut writer = self.shards.lock(at);
+        let (shard, mut ix) = writer.split();
         let (len, weight) = (shard.len(), shard.weight());
-        let result = change(&mut shard);
+        let result = change(shard, &mut ix);
         let totals = &self.totals.0;
         match shard.len().cmp(&len) {
             std::cmp::Ordering::Greater => {
@@ -317,19 +305,19 @@ where
     /// ([`Refusal::Fenced`]) if the fence is set when the shard's lock is
     /// taken: whoever sets it before removing the key under that lock is
     /// sure the write either came before the removal or does not happen.
-    pub(crate) fn write(
-        &self,
+    pub(crate) fn write<'s>(
+        &'s self,
         entry: Entry<K, V>,
         how: Write,
         fence: Option<&AtomicBool>,
-        out: &mut Removed<K, V>,
+        out: &mut Removed<'s, K, V>,
     ) -> Written<K, V> {
         let at = self.locate(&entry.key);
-        self.change(at.shard, |shard| {
+        self.change(at.shard, |shard, ix| {
             if fence.is_some_and(|f| f.load(Ordering::SeqCst)) {
                 return Written::Refused(entry.key, entry.value, Refusal::Fenced);
             }
-            shard.write(at.fingerprint, entry, how, out)
+            shard.write(ix, at.fingerprint, entry, how, out)
         })
     }
 
@@ -341,54 +329,54 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let at = self.locate(key);
-        self.write_lock(at.shard)
-            .mark_stale(at.fingerprint, |k| k.borrow() == key)
+        let mut writer = self.shards.lock(at.shard);
+        let (shard, ix) = writer.split();
+        shard.mark_stale(&ix, at.fingerprint, |k| k.borrow() == key)
     }
 
     /// Marks every value stale, one shard at a time.
     pub(crate) fn mark_all_stale(&self) {
         for at in 0..self.shards.len() {
-            self.write_lock(at).mark_all_stale();
+            self.shards.lock(at).split().0.mark_all_stale();
         }
     }
 
     /// Installs a refresh's result for `key` over version `from` only.
-    pub(crate) fn install(
-        &self,
+    pub(crate) fn install<'s>(
+        &'s self,
         key: &K,
         from: Version,
-        update: Install<V>,
+        update: Install<K, V>,
         now: Nanos,
-        out: &mut Removed<K, V>,
-    ) -> Installed<V> {
+        out: &mut Removed<'s, K, V>,
+    ) -> Installed<'s, K, V> {
         let at = self.locate(key);
-        self.change(at.shard, |shard| {
-            shard.install(at.fingerprint, |k| k == key, from, update, now, out)
+        self.change(at.shard, |shard, ix| {
+            shard.install(ix, at.fingerprint, |k| k == key, from, update, now, out)
         })
     }
 
-    /// Removes the entry of `key` if `remove_if` says so.
+    /// Removes the entry of `key` if `remove_if` says so; it is retired
+    /// when the returned node drops.
     pub(crate) fn remove<Q>(
         &self,
         key: &Q,
         remove_if: impl FnOnce(&Node<K, V>) -> bool,
-    ) -> Option<(K, V)>
+    ) -> Option<Unlinked<'_, K, V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let at = self.locate(key);
-        self.change(at.shard, |shard| {
-            shard
-                .remove(at.fingerprint, |k| k.borrow() == key, remove_if)
-                .map(|node| (node.key, node.value))
+        self.change(at.shard, |shard, ix| {
+            shard.remove(ix, at.fingerprint, |k| k.borrow() == key, remove_if)
         })
     }
 
     /// Empties every shard, one after the other; the entries go to `out`.
-    pub(crate) fn clear(&self, out: &mut Removed<K, V>) {
+    pub(crate) fn clear<'s>(&'s self, out: &mut Removed<'s, K, V>) {
         for at in 0..self.shards.len() {
-            self.change(at, |shard| shard.clear(out));
+            self.change(at, |shard, ix| shard.clear(ix, out));
         }
     }
 
@@ -397,18 +385,19 @@ where
     /// Holds every shard's write lock at once (in index order, as
     /// `validate` does), so no one sees some shards resized and others not.
     /// A resize is rare; while it runs, the cache waits.
-    pub(crate) fn set_capacity(&self, capacity: u64, out: &mut Removed<K, V>) {
+    pub(crate) fn set_capacity<'s>(&'s self, capacity: u64, out: &mut Removed<'s, K, V>) {
         let n = self.shards.len();
-        let mut guards: Vec<_> = (0..n).map(|at| self.write_lock(at)).collect();
-        let (len, weight) = guards
-            .iter()
-            .fold((0, 0), |(l, w), s| (l + s.len(), w + s.weight()));
-        for (at, shard) in guards.iter_mut().enumerate() {
-            shard.set_capacity(share(capacity, n, at), out);
+        let mut writers: Vec<_> = (0..n).map(|at| self.shards.lock(at)).collect();
+        let (len, weight) = writers.iter().fold((0, 0), |(l, w), s| {
+            (l + s.state().len(), w + s.state().weight())
+        });
+        for (at, writer) in writers.iter_mut().enumerate() {
+            let (shard, mut ix) = writer.split();
+            shard.set_capacity(&mut ix, share(capacity, n, at), out);
         }
-        let (new_len, new_weight) = guards
-            .iter()
-            .fold((0, 0), |(l, w), s| (l + s.len(), w + s.weight()));
+        let (new_len, new_weight) = writers.iter().fold((0, 0), |(l, w), s| {
+            (l + s.state().len(), w + s.state().weight())
+        });
         let totals = &self.totals.0;
         totals.len.fetch_sub(len - new_len, Ordering::Relaxed);
         if self.weighted {
@@ -419,19 +408,18 @@ where
         totals.capacity.store(capacity, Ordering::Relaxed);
     }
 
-    /// Copies of shard `at`'s entries with their versions, taken under its
-    /// read lock (cloning each key and value there).
+    /// Copies of shard `at`'s entries with their versions, taken without a
+    /// lock (weakly consistent: a write meanwhile may or may not be seen).
     pub(crate) fn copy_shard(&self, at: usize) -> Vec<(K, V, Version)>
     where
         K: Clone,
         V: Clone,
     {
-        let shard = self.read_lock(at);
-        shard
-            .nodes()
-            .iter()
-            .map(|n| (n.key.clone(), n.value.clone(), n.version))
-            .collect()
+        let mut copies = Vec::new();
+        self.shards.for_each(at, |n| {
+            copies.push((n.key.clone(), n.value.clone(), n.version()));
+        });
+        copies
     }
 
     /// The number of entries.
@@ -465,11 +453,14 @@ where
     /// moment of the whole store and may run while other threads write.
     pub(crate) fn validate(&self) -> Result<(), String> {
         let n = self.shards.len();
-        let guards: Vec<_> = (0..n).map(|at| self.write_lock(at)).collect();
+        let mut writers: Vec<_> = (0..n).map(|at| self.shards.lock(at)).collect();
         let capacity = self.capacity();
         let (mut len, mut weight) = (0, 0);
-        for (at, shard) in guards.iter().enumerate() {
-            shard.validate().map_err(|e| format!("shard {at}: {e}"))?;
+        for (at, writer) in writers.iter_mut().enumerate() {
+            let (shard, ix) = writer.split();
+            shard
+                .validate(&ix)
+                .map_err(|e| format!("shard {at}: {e}"))?;
             if shard.capacity() != share(capacity, n, at) {
                 return Err(format!("shard {at}: capacity is not its share"));
             }

@@ -1,19 +1,19 @@
 //! One entry as the store keeps it: key, value, and the words of state the
 //! policy and the refresher need.
 //!
-//! A node lives in its shard's slab (a `Vec`), named by its index there. The
-//! shard's table maps a key to that index; the shard's two queues link the
-//! index in a [`Link`](super::queue::Link) kept beside the slab. Every field
-//! but [`Meta`] is written only under the shard's write lock; readers, who
-//! hold the read lock, write only the frequency and refresh bits of `meta`,
-//! and only with atomic `fetch_or`.
+//! A node is a heap allocation of its own, published in its shard's table
+//! for readers (see [`published`](super::published)) and owned by the
+//! shard's slab, where it is named by its index; the shard's queues link the
+//! index in a [`Link`](super::queue::Link) kept beside the slab. The key and
+//! value never change once the node is published (a new value is a new
+//! node); the version, the slab index and [`Meta`] are atomics, written by
+//! the shard's writers under its lock; readers, who take no lock, write
+//! only the frequency and refresh bits of `meta`, and only with `fetch_or`.
 //!
-//! For a `u64 → u64` cache a node is 40 bytes: key, value, `meta`, version
-//! and fingerprint. (Aligning the 32-byte node of an earlier layout to 32
-//! bytes, so that none straddled two cache lines, measured no faster on
-//! uniform reads.)
+//! For a `u64 → u64` cache a node is 40 bytes: key, value, `meta`, version,
+//! fingerprint and slab index.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::sync::AtomicU64;
 
@@ -51,22 +51,72 @@ pub(crate) struct Node<K, V> {
     pub(crate) key: K,
     pub(crate) value: V,
     pub(crate) meta: Meta,
-    pub(crate) version: Version,
+    /// Written under the shard's lock; read by readers for their refresh
+    /// requests.
+    version: AtomicU64,
     /// The key's 32-bit fingerprint: what the shard's table is hashed by and
     /// what the ghost remembers, so no user `Hash` runs inside the store.
     pub(crate) fingerprint: u32,
+    /// The node's index in its shard's slab; only writers use it (a plain
+    /// word in effect: written and read under the shard's lock).
+    slot: AtomicU32,
+}
+
+/// What a new node starts with besides its key and value.
+#[derive(Clone, Copy)]
+pub(crate) struct Born {
+    pub(crate) fingerprint: u32,
+    pub(crate) version: Version,
+    pub(crate) now: Nanos,
+    pub(crate) slot: u32,
+    /// The policy's bits it inherits: its frequency and queue.
+    pub(crate) freq: u8,
+    pub(crate) in_main: bool,
+    /// Written stale whatever its age.
+    pub(crate) stale: bool,
 }
 
 impl<K, V> Node<K, V> {
     #[inline]
-    pub(crate) fn new(key: K, value: V, fingerprint: u32, version: Version, now: Nanos) -> Self {
+    pub(crate) fn new(key: K, value: V, born: Born) -> Self {
+        let mut meta = born.now.min(WRITTEN_AT) | freq_bits(born.freq);
+        if born.in_main {
+            meta |= IN_MAIN;
+        }
+        if born.stale {
+            meta |= MARKED_STALE;
+        }
         Self {
             key,
             value,
-            meta: Meta::new(now),
-            version,
-            fingerprint,
+            meta: Meta(AtomicU64::new(meta)),
+            version: AtomicU64::new(born.version),
+            fingerprint: born.fingerprint,
+            slot: AtomicU32::new(born.slot),
         }
+    }
+
+    #[inline]
+    pub(crate) fn version(&self) -> Version {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// Under the shard's lock.
+    #[inline]
+    pub(crate) fn set_version(&self, version: Version) {
+        self.version.store(version, Ordering::Relaxed);
+    }
+
+    /// The node's slab index; under the shard's lock.
+    #[inline]
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot.load(Ordering::Relaxed)
+    }
+
+    /// Under the shard's lock.
+    #[inline]
+    pub(crate) fn set_slot(&self, slot: u32) {
+        self.slot.store(slot, Ordering::Relaxed);
     }
 }
 
@@ -101,11 +151,6 @@ const WRITTEN_AT: u64 = MARKED_STALE - 1;
 pub(crate) struct Meta(AtomicU64);
 
 impl Meta {
-    #[inline]
-    fn new(now: Nanos) -> Self {
-        Self(AtomicU64::new(now.min(WRITTEN_AT)))
-    }
-
     #[inline]
     fn load(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -169,64 +214,73 @@ impl Meta {
         self.load() & IN_MAIN != 0
     }
 
-    // The write lock's transitions (exclusive access).
+    // The writers' transitions, under the shard's lock. Readers may set
+    // bits at the same moment, so each is one atomic read-modify-write.
 
-    /// Starts the value's age over at `now`: a new value, or the old one
-    /// confirmed. Keeps the policy's bits, clears the stale mark and the
-    /// nudge (the new value's refresh has not been asked for).
+    /// Changes the word by `change` in one atomic step.
     #[inline]
-    pub(crate) fn renew(&mut self, now: Nanos) {
-        let meta = self.0.get_mut();
-        *meta = (*meta & !(WRITTEN_AT | MARKED_STALE | NUDGED)) | now.min(WRITTEN_AT);
+    fn update(&self, change: impl Fn(u64) -> u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| Some(change(m)));
+    }
+
+    /// Starts the value's age over at `now`: the value confirmed. Keeps
+    /// the policy's bits, clears the stale mark and the nudge (the value's
+    /// next refresh has not been asked for).
+    #[inline]
+    pub(crate) fn renew(&self, now: Nanos) {
+        self.update(|m| (m & !(WRITTEN_AT | MARKED_STALE | NUDGED)) | now.min(WRITTEN_AT));
     }
 
     /// Marks the value's refresh as asked for: the refresher took it.
     #[inline]
-    pub(crate) fn set_nudged(&mut self) {
-        *self.0.get_mut() |= NUDGED;
+    pub(crate) fn set_nudged(&self) {
+        self.0.fetch_or(NUDGED, Ordering::Relaxed);
     }
 
     /// Lets readers ask for this value's refresh again: the refresher gave
     /// it back without writing it.
     #[inline]
-    pub(crate) fn clear_nudged(&mut self) {
-        *self.0.get_mut() &= !NUDGED;
+    pub(crate) fn clear_nudged(&self) {
+        self.0.fetch_and(!NUDGED, Ordering::Relaxed);
     }
 
     /// Marks the value stale whatever its age, until it is renewed.
     #[inline]
-    pub(crate) fn mark_stale(&mut self) {
-        *self.0.get_mut() |= MARKED_STALE;
+    pub(crate) fn mark_stale(&self) {
+        self.0.fetch_or(MARKED_STALE, Ordering::Relaxed);
     }
 
     /// Lowers the frequency by one level; false if it was at zero.
     #[inline]
-    pub(crate) fn cool(&mut self) -> bool {
-        let meta = self.0.get_mut();
-        let level = freq_of(*meta);
+    pub(crate) fn cool(&self) -> bool {
+        let meta = self.load();
+        let level = freq_of(meta);
         if level == 0 {
             return false;
         }
-        *meta &= !(1 << (FREQ_SHIFT + u32::from(level) - 1));
+        // The top bit set: readers only ever set the bit above it.
+        self.0.fetch_and(
+            !(1 << (FREQ_SHIFT + u32::from(level) - 1)),
+            Ordering::Relaxed,
+        );
         true
     }
 
     /// Sets the frequency to `level` (at most [`MAX_FREQ`]).
     #[inline]
-    pub(crate) fn set_freq(&mut self, level: u8) {
-        let meta = self.0.get_mut();
-        let bits = (1u64 << level.min(MAX_FREQ)) - 1;
-        *meta = (*meta & !FREQ_MASK) | (bits << FREQ_SHIFT);
+    pub(crate) fn set_freq(&self, level: u8) {
+        self.update(|m| (m & !FREQ_MASK) | freq_bits(level));
     }
 
     /// Moves the node's queue mark: main if `main`, else small.
     #[inline]
-    pub(crate) fn set_in_main(&mut self, main: bool) {
-        let meta = self.0.get_mut();
+    pub(crate) fn set_in_main(&self, main: bool) {
         if main {
-            *meta |= IN_MAIN;
+            self.0.fetch_or(IN_MAIN, Ordering::Relaxed);
         } else {
-            *meta &= !IN_MAIN;
+            self.0.fetch_and(!IN_MAIN, Ordering::Relaxed);
         }
     }
 }
@@ -234,6 +288,12 @@ impl Meta {
 #[inline]
 fn freq_of(meta: u64) -> u8 {
     ((meta & FREQ_MASK) >> FREQ_SHIFT).trailing_ones() as u8
+}
+
+/// The thermometer bits of frequency `level` (at most [`MAX_FREQ`]).
+#[inline]
+fn freq_bits(level: u8) -> u64 {
+    ((1u64 << level.min(MAX_FREQ)) - 1) << FREQ_SHIFT
 }
 
 #[cfg(test)]
@@ -244,6 +304,10 @@ mod tests {
         meta.load() & WRITTEN_AT
     }
 
+    fn meta_at(now: Nanos) -> Meta {
+        Meta(AtomicU64::new(now))
+    }
+
     #[test]
     fn a_node_of_words_is_five_words() {
         assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 40);
@@ -251,7 +315,7 @@ mod tests {
 
     #[test]
     fn the_frequency_saturates_and_never_touches_the_time_or_flags() {
-        let mut meta = Meta::new(1234);
+        let meta = meta_at(1234);
         assert_eq!(meta.freq(), 0);
         for level in 1..=MAX_FREQ {
             meta.touch();
@@ -277,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_stale_mark_holds_until_renewed_and_only_with_a_ttl() {
-        let mut meta = Meta::new(100);
+        let meta = meta_at(100);
         meta.mark_stale();
         assert!(meta.is_stale(100, 50), "marked: stale at any age");
         assert!(!meta.is_stale(100, 0), "no TTL: never stale");
@@ -288,7 +352,7 @@ mod tests {
 
     #[test]
     fn expiry_is_past_the_ttl_and_the_bound() {
-        let meta = Meta::new(100);
+        let meta = meta_at(100);
         assert!(!meta.is_expired(180, 50, 30), "at ttl + bound: served");
         assert!(meta.is_expired(181, 50, 30));
         assert!(!meta.is_expired(u64::MAX, 50, u64::MAX), "no bound");
@@ -296,7 +360,7 @@ mod tests {
 
     #[test]
     fn staleness_and_renewal() {
-        let mut meta = Meta::new(100);
+        let meta = meta_at(100);
         assert!(!meta.is_stale(150, 50));
         assert!(meta.is_stale(151, 50));
         assert!(!meta.is_stale(u64::MAX, 0), "ttl 0 means never stale");

@@ -1,8 +1,9 @@
-//! One shard: its entries, its table, and its whole eviction policy, behind
-//! one lock in the [store](super). Every method that changes anything takes
-//! `&mut self`, so the shard's write lock covers the table, the slab, both
-//! queues, the ghost, the sketch and the totals at once; no other lock, no
-//! atomics between them, and nothing another shard can see.
+//! One shard's writers' state: its slab of entries and its whole eviction
+//! policy, behind the shard's lock in the [store](super). Every method takes
+//! `&mut self` and the shard's [`Index`] (its published table, which readers
+//! search without a lock), so the lock covers the slab, the table's
+//! writers' side, both queues, the ghost, the sketch and the totals at once;
+//! nothing another shard can see.
 //!
 //! # The policy: S3-FIFO with frequency duels
 //!
@@ -38,22 +39,22 @@
 //! replaying 21 real and synthetic traces against S3-FIFO, quick_cache and
 //! moka (`docs/design.md`, *Eviction*).
 //!
-//! Entries live in a dense slab (`nodes`), named by index. Removing one
-//! moves the last node into its place (`swap_remove`) and repoints the
-//! table and queue links at the moved node, so the slab never has holes and
-//! needs no free list or empty marker; a new key evicting one takes the
-//! victim's slot over instead.
+//! Entries live in a dense slab (`nodes`) of owned node pointers, named by
+//! index (each node knows its own). Removing one moves the last node into
+//! its place (`swap_remove`) and repoints the queue links and the moved
+//! node's index, so the slab has no holes between writes; a new key
+//! evicting one takes the victim's slot over instead.
 //!
 //! [`Meta::touch`]: super::node::Meta::touch
 
-use hashbrown::HashTable;
-
 use super::ghost::Ghost;
-use super::node::{INSTALLS, MAX_FREQ, Node, Version, installed_over};
+use super::node::{Born, INSTALLS, MAX_FREQ, Node, Version, installed_over};
+use super::published::{Index, Owned, Unlinked};
 use super::queue::{Link, NIL, Queue};
+use super::removed::Removed;
 use super::sketch::Sketch;
 use crate::clock::Nanos;
-use crate::removal::{RemovalCause, Removed};
+use crate::removal::RemovalCause;
 
 /// The small queue's share of the shard's weight, in percent.
 const SMALL_PERCENT: u64 = 5;
@@ -65,13 +66,6 @@ const GHOST_PERCENT: usize = 90;
 /// The most entries a shard numbers (indices are 32 bits, one kept for
 /// "none").
 const MAX_ENTRIES: usize = u32::MAX as usize - 1;
-
-/// The table's hash for a fingerprint: the fingerprint spread over 64 bits,
-/// so the table's probe position (low bits) and tag (top 7 bits) both vary.
-#[inline]
-fn table_hash(fingerprint: u32) -> u64 {
-    u64::from(fingerprint).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
 
 /// An entry to write, weighed (at least 1) and stamped before the lock.
 pub(crate) struct Entry<K, V> {
@@ -122,35 +116,37 @@ pub(crate) enum Written<K, V> {
 }
 
 /// A refresh's result, for [`Shard::install`].
-pub(crate) enum Install<V> {
-    /// A new value, weighing this much.
-    Value(V, u64),
+pub(crate) enum Install<K, V> {
+    /// A new value, weighing this much, with the key it is for (the new
+    /// node's own copy).
+    Value(K, V, u64),
     /// The value is still right: only its age starts over.
     Renew,
 }
 
 /// What an install did.
-pub(crate) enum Installed<V> {
-    /// Installed; the value it replaced, if any (to be reported with the
-    /// caller's copy of the key, outside the lock), and whether that value
-    /// was marked stale (the refresh answers a mark, not an age).
+pub(crate) enum Installed<'s, K, V> {
+    /// Installed; the node it replaced, if any (to be reported outside
+    /// the lock), and whether that value was marked stale (the refresh
+    /// answers a mark, not an age).
     Done {
-        replaced: Option<V>,
+        replaced: Option<Unlinked<'s, K, V>>,
         was_marked: bool,
     },
     /// The entry is gone or was written since the fetch started: nothing
-    /// changed. A value comes back to be dropped outside the lock.
-    Superseded(Option<V>),
+    /// changed. A key and value come back to be dropped outside the lock.
+    Superseded(Option<(K, V)>),
     /// The new value alone weighs more than the shard holds: the entry was
-    /// removed (its old value is among the removed), and the new value comes
-    /// back.
-    Overweight(V),
+    /// removed (its old value is among the removed), and the new key and
+    /// value come back.
+    Overweight(K, V),
 }
 
 pub(crate) struct Shard<K, V> {
-    /// Key fingerprint → index in `nodes`.
-    table: HashTable<u32>,
-    nodes: Vec<Node<K, V>>,
+    /// The nodes, each published in the shard's table. `None` only for a
+    /// moment inside a write: the slot of a victim whose place a new entry
+    /// takes, or which is about to be vacated.
+    nodes: Vec<Option<Owned<K, V>>>,
     /// Each node's place in its queue, by index.
     links: Vec<Link>,
     /// Each node's place in `due`, by index; unlinked while the refresher
@@ -183,7 +179,6 @@ pub(crate) struct Shard<K, V> {
 impl<K, V> Shard<K, V> {
     pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
         Self {
-            table: HashTable::new(),
             nodes: Vec::new(),
             links: Vec::new(),
             order: Vec::new(),
@@ -214,35 +209,22 @@ impl<K, V> Shard<K, V> {
         self.capacity
     }
 
-    /// Every entry, in no particular order (for scans and dumps).
-    pub(crate) fn nodes(&self) -> &[Node<K, V>] {
-        &self.nodes
+    /// Node `i` of the slab.
+    #[inline]
+    fn node(&self, i: u32) -> &Node<K, V> {
+        self.nodes[i as usize]
+            .as_deref()
+            .expect("a slab slot holds a node between writes")
     }
 
-    /// The entry whose key has `fingerprint` and passes `is_key`.
-    #[inline]
-    pub(crate) fn find(
-        &self,
+    /// The slab index of the entry whose key has `fingerprint` and passes
+    /// `is_key`.
+    fn index_of(
+        ix: &Index<'_, '_, K, V>,
         fingerprint: u32,
         mut is_key: impl FnMut(&K) -> bool,
-    ) -> Option<&Node<K, V>> {
-        let nodes = &self.nodes;
-        self.table
-            .find(table_hash(fingerprint), |&i| {
-                let node = &nodes[i as usize];
-                node.fingerprint == fingerprint && is_key(&node.key)
-            })
-            .map(|&i| &nodes[i as usize])
-    }
-
-    fn index_of(&self, fingerprint: u32, mut is_key: impl FnMut(&K) -> bool) -> Option<u32> {
-        let nodes = &self.nodes;
-        self.table
-            .find(table_hash(fingerprint), |&i| {
-                let node = &nodes[i as usize];
-                node.fingerprint == fingerprint && is_key(&node.key)
-            })
-            .copied()
+    ) -> Option<u32> {
+        ix.find(fingerprint, |n| is_key(&n.key)).map(Node::slot)
     }
 
     fn weight_of(&self, i: u32) -> u64 {
@@ -260,7 +242,7 @@ impl<K, V> Shard<K, V> {
     }
 
     fn queue_of(&mut self, i: u32) -> &mut Queue {
-        if self.nodes[i as usize].meta.in_main() {
+        if self.node(i).meta.in_main() {
             &mut self.main
         } else {
             &mut self.small
@@ -272,48 +254,49 @@ impl<K, V> Shard<K, V> {
     ///
     /// Comparing keys (`Eq`) is the only user code this runs, and it runs
     /// before anything changes.
-    pub(crate) fn write(
+    pub(crate) fn write<'s>(
         &mut self,
+        ix: &mut Index<'_, 's, K, V>,
         fingerprint: u32,
         entry: Entry<K, V>,
         how: Write,
-        out: &mut Removed<K, V>,
+        out: &mut Removed<'s, K, V>,
     ) -> Written<K, V>
     where
         K: Eq,
     {
-        let present = self.index_of(fingerprint, |k| *k == entry.key);
+        let present = Self::index_of(ix, fingerprint, |k| *k == entry.key);
         if present.is_some() && how == Write::IfAbsent {
             return Written::Refused(entry.key, entry.value, Refusal::Present);
         }
         if entry.weight > self.capacity {
             if let Some(i) = present {
-                let old = self.detach(i);
-                out.push(old.key, old.value, RemovalCause::Replaced);
+                out.push(self.detach(ix, i), RemovalCause::Replaced);
             }
             return Written::Refused(entry.key, entry.value, Refusal::Overweight);
         }
         if let Some(i) = present {
-            let version = self.version();
             let old_weight = self.weight_of(i);
-            let node = &mut self.nodes[i as usize];
-            let old = std::mem::replace(&mut node.value, entry.value);
-            node.version = version;
-            node.meta.renew(entry.now);
-            if entry.stale {
-                node.meta.mark_stale();
-            }
             // A write by the user is a use of the key.
-            let level = node.meta.freq().saturating_add(1).min(MAX_FREQ);
-            node.meta.set_freq(level);
+            let freq = self.node(i).meta.freq().saturating_add(1).min(MAX_FREQ);
+            let born = Born {
+                fingerprint,
+                version: self.version(),
+                now: entry.now,
+                slot: i,
+                freq,
+                in_main: self.node(i).meta.in_main(),
+                stale: entry.stale,
+            };
+            let owner = self.nodes[i as usize].as_mut().expect("present");
+            let old = ix.replace(owner, Node::new(entry.key, entry.value, born));
             self.requeue_due(i, entry.stale);
             if self.weighted {
                 self.weights[i as usize] = entry.weight;
                 self.queue_of(i).reweigh(old_weight, entry.weight);
             }
-            // The key itself is dropped by the caller, the old value here.
-            out.push(entry.key, old, RemovalCause::Replaced);
-            self.evict_while_over(0, out);
+            out.push(old, RemovalCause::Replaced);
+            self.evict_while_over(ix, 0, out);
             return Written::Replaced;
         }
         if how == Write::IfRoom && self.over(entry.weight) {
@@ -329,67 +312,73 @@ impl<K, V> Shard<K, V> {
             } else {
                 ((2 * entries).min(most).max(entries), most)
             };
-            let fingerprints = self.nodes.iter().map(|n| n.fingerprint);
+            let fingerprints = self.nodes.iter().flatten().map(|n| n.fingerprint);
             self.sketch = self.sketch.grown(target, period, fingerprints);
         }
         self.sketch.increment(fingerprint);
-        let (hole, to_main) = self.admit(fingerprint, entry.weight, out);
-        if let Some(victim) = self.add(hole, to_main, fingerprint, entry) {
-            out.push(victim.key, victim.value, RemovalCause::Evicted);
-        }
+        let (hole, to_main) = self.admit(ix, fingerprint, entry.weight, out);
+        self.add(ix, hole, to_main, fingerprint, entry);
         Written::Added
     }
 
     /// Installs a refresh's result over the entry of `key`, if it still has
     /// `version` (the one the fetch started from).
-    pub(crate) fn install(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn install<'s>(
         &mut self,
+        ix: &mut Index<'_, 's, K, V>,
         fingerprint: u32,
         is_key: impl FnMut(&K) -> bool,
         from: Version,
-        update: Install<V>,
+        update: Install<K, V>,
         now: Nanos,
-        out: &mut Removed<K, V>,
-    ) -> Installed<V> {
-        let current = self
-            .index_of(fingerprint, is_key)
-            .filter(|&i| self.nodes[i as usize].version == from);
+        out: &mut Removed<'s, K, V>,
+    ) -> Installed<'s, K, V> {
+        let current =
+            Self::index_of(ix, fingerprint, is_key).filter(|&i| self.node(i).version() == from);
         let Some(i) = current else {
             return Installed::Superseded(match update {
-                Install::Value(value, _) => Some(value),
+                Install::Value(key, value, _) => Some((key, value)),
                 Install::Renew => None,
             });
         };
         let version = installed_over(from);
         match update {
             Install::Renew => {
-                let node = &mut self.nodes[i as usize];
+                let node = self.node(i);
                 let was_marked = node.meta.is_marked_stale();
                 node.meta.renew(now);
-                node.version = version;
+                node.set_version(version);
                 self.requeue_due(i, false);
                 Installed::Done {
                     replaced: None,
                     was_marked,
                 }
             }
-            Install::Value(value, weight) if weight > self.capacity => {
-                let old = self.detach(i);
-                out.push(old.key, old.value, RemovalCause::Replaced);
-                Installed::Overweight(value)
+            Install::Value(key, value, weight) if weight > self.capacity => {
+                out.push(self.detach(ix, i), RemovalCause::Replaced);
+                Installed::Overweight(key, value)
             }
-            Install::Value(value, weight) => {
+            Install::Value(key, value, weight) => {
                 let old_weight = self.weight_of(i);
-                let node = &mut self.nodes[i as usize];
-                let old = std::mem::replace(&mut node.value, value);
+                let node = self.node(i);
                 let was_marked = node.meta.is_marked_stale();
-                node.meta.renew(now);
-                node.version = version;
+                let born = Born {
+                    fingerprint,
+                    version,
+                    now,
+                    slot: i,
+                    freq: node.meta.freq(),
+                    in_main: node.meta.in_main(),
+                    stale: false,
+                };
+                let owner = self.nodes[i as usize].as_mut().expect("present");
+                let old = ix.replace(owner, Node::new(key, value, born));
                 self.requeue_due(i, false);
                 if self.weighted {
                     self.weights[i as usize] = weight;
                     self.queue_of(i).reweigh(old_weight, weight);
-                    self.evict_while_over(0, out);
+                    self.evict_while_over(ix, 0, out);
                 }
                 Installed::Done {
                     replaced: Some(old),
@@ -405,8 +394,13 @@ impl<K, V> Shard<K, V> {
     /// it as a write), at `due`'s head, out of the
     /// refresher's hands and askable for again, so that the next stale read
     /// or look refreshes it. False if `key` is absent.
-    pub(crate) fn mark_stale(&mut self, fingerprint: u32, is_key: impl FnMut(&K) -> bool) -> bool {
-        let Some(i) = self.index_of(fingerprint, is_key) else {
+    pub(crate) fn mark_stale(
+        &mut self,
+        ix: &Index<'_, '_, K, V>,
+        fingerprint: u32,
+        is_key: impl FnMut(&K) -> bool,
+    ) -> bool {
+        let Some(i) = Self::index_of(ix, fingerprint, is_key) else {
             return false;
         };
         self.mark_node_stale(i);
@@ -425,34 +419,35 @@ impl<K, V> Shard<K, V> {
         // wrap at 256, and a fetch under way through 256 marks would find
         // its version again and install the value from before.
         let version = self.version();
-        let node = &mut self.nodes[i as usize];
-        node.version = version;
+        let node = self.node(i);
+        node.set_version(version);
         node.meta.mark_stale();
         node.meta.clear_nudged();
         self.requeue_due(i, true);
     }
 
     /// Removes the entry of `key`, if it passes `remove_if`.
-    pub(crate) fn remove(
+    pub(crate) fn remove<'s>(
         &mut self,
+        ix: &mut Index<'_, 's, K, V>,
         fingerprint: u32,
         is_key: impl FnMut(&K) -> bool,
         remove_if: impl FnOnce(&Node<K, V>) -> bool,
-    ) -> Option<Node<K, V>> {
-        let i = self.index_of(fingerprint, is_key)?;
-        if !remove_if(&self.nodes[i as usize]) {
+    ) -> Option<Unlinked<'s, K, V>> {
+        let i = Self::index_of(ix, fingerprint, is_key)?;
+        if !remove_if(self.node(i)) {
             return None;
         }
-        Some(self.detach(i))
+        Some(self.detach(ix, i))
     }
 
     /// Empties the shard; the entries go to `out`.
-    pub(crate) fn clear(&mut self, out: &mut Removed<K, V>) {
+    pub(crate) fn clear<'s>(&mut self, ix: &mut Index<'_, 's, K, V>, out: &mut Removed<'s, K, V>) {
         out.reserve(self.nodes.len());
-        for node in std::mem::take(&mut self.nodes) {
-            out.push(node.key, node.value, RemovalCause::Cleared);
+        for node in std::mem::take(&mut self.nodes).into_iter().flatten() {
+            out.push(ix.unpublish(node), RemovalCause::Cleared);
         }
-        self.table = HashTable::new();
+        ix.forget_table();
         self.links = Vec::new();
         self.order = Vec::new();
         self.weights = Vec::new();
@@ -471,12 +466,17 @@ impl<K, V> Shard<K, V> {
     }
 
     /// Sets the shard's capacity, evicting down to it.
-    pub(crate) fn set_capacity(&mut self, capacity: u64, out: &mut Removed<K, V>) {
+    pub(crate) fn set_capacity<'s>(
+        &mut self,
+        ix: &mut Index<'_, 's, K, V>,
+        capacity: u64,
+        out: &mut Removed<'s, K, V>,
+    ) {
         self.capacity = capacity;
-        self.evict_while_over(0, out);
+        self.evict_while_over(ix, 0, out);
         self.forget_history();
         if self.nodes.is_empty() {
-            self.table = HashTable::new();
+            ix.forget_table();
             self.nodes = Vec::new();
             self.links = Vec::new();
             self.order = Vec::new();
@@ -497,11 +497,12 @@ impl<K, V> Shard<K, V> {
     /// returns the slot of the last victim (out of the table and the queues,
     /// still in the slab, for the new entry to take over) and whether the
     /// new key goes to main.
-    fn admit(
+    fn admit<'s>(
         &mut self,
+        ix: &mut Index<'_, 's, K, V>,
         fingerprint: u32,
         weight: u64,
-        out: &mut Removed<K, V>,
+        out: &mut Removed<'s, K, V>,
     ) -> (Option<u32>, bool) {
         let returning = self.ghost.take(fingerprint);
         if !self.over(weight) {
@@ -515,18 +516,16 @@ impl<K, V> Shard<K, V> {
         if returning {
             if let Some(victim) = self.main_victim() {
                 if self.sketch.estimate(fingerprint)
-                    > self
-                        .sketch
-                        .estimate(self.nodes[victim as usize].fingerprint)
+                    > self.sketch.estimate(self.node(victim).fingerprint)
                 {
                     // Won its place: the victim goes, not to the ghost.
-                    self.unindex(victim);
+                    out.push(self.unindex(ix, victim), RemovalCause::Evicted);
                     hole = Some(victim);
                     to_main = true;
                 }
             }
         }
-        (self.make_room(weight, hole, out), to_main)
+        (self.make_room(ix, weight, hole, out), to_main)
     }
 
     /// The small queue's share of the shard's weight.
@@ -535,51 +534,55 @@ impl<K, V> Shard<K, V> {
     }
 
     /// Evicts until `incoming` more weight fits, starting from `hole` (a
-    /// victim already out of the table and queues). The last victim is left
-    /// in its slab slot and its index returned: a new entry takes the slot
-    /// over, sparing the slab a move.
-    fn make_room(
+    /// victim's slab slot, already emptied). The last victim's slot is left
+    /// empty and its index returned: a new entry takes the slot over,
+    /// sparing the slab a move.
+    fn make_room<'s>(
         &mut self,
+        ix: &mut Index<'_, 's, K, V>,
         incoming: u64,
         mut hole: Option<u32>,
-        out: &mut Removed<K, V>,
+        out: &mut Removed<'s, K, V>,
     ) -> Option<u32> {
         while self.over(incoming) {
             if let Some(h) = hole.take() {
-                let node = self.vacate(h);
-                out.push(node.key, node.value, RemovalCause::Evicted);
+                self.vacate(h);
             }
             let Some((i, remember)) = self.pick_victim() else {
                 break;
             };
             if remember {
-                self.ghost.insert(self.nodes[i as usize].fingerprint);
+                self.ghost.insert(self.node(i).fingerprint);
             }
-            self.unindex(i);
+            out.push(self.unindex(ix, i), RemovalCause::Evicted);
             hole = Some(i);
         }
         hole
     }
 
     /// Evicts until `incoming` more weight fits, when nothing is added.
-    fn evict_while_over(&mut self, incoming: u64, out: &mut Removed<K, V>) {
-        if let Some(h) = self.make_room(incoming, None, out) {
-            let node = self.vacate(h);
-            out.push(node.key, node.value, RemovalCause::Evicted);
+    fn evict_while_over<'s>(
+        &mut self,
+        ix: &mut Index<'_, 's, K, V>,
+        incoming: u64,
+        out: &mut Removed<'s, K, V>,
+    ) {
+        if let Some(h) = self.make_room(ix, incoming, None, out) {
+            self.vacate(h);
         }
     }
 
-    /// Adds a new entry in `hole` (from [`Shard::make_room`]) or at the end
-    /// of the slab, in main or in probation; returns the victim whose slot
-    /// it took.
+    /// Adds a new entry in `hole` (an empty slot from
+    /// [`Shard::make_room`]) or at the end of the slab, in main or in
+    /// probation, and publishes it.
     fn add(
         &mut self,
+        ix: &mut Index<'_, '_, K, V>,
         hole: Option<u32>,
         to_main: bool,
         fingerprint: u32,
         entry: Entry<K, V>,
-    ) -> Option<Node<K, V>> {
-        let version = self.version();
+    ) {
         let Entry {
             key,
             value,
@@ -587,20 +590,12 @@ impl<K, V> Shard<K, V> {
             now,
             stale,
         } = entry;
-        let mut node = Node::new(key, value, fingerprint, version, now);
-        node.meta.set_in_main(to_main);
-        if stale {
-            node.meta.mark_stale();
-        }
-        let (i, victim) = match hole {
+        let i = match hole {
             Some(h) => {
                 if self.weighted {
                     self.weights[h as usize] = weight;
                 }
-                (
-                    h,
-                    Some(std::mem::replace(&mut self.nodes[h as usize], node)),
-                )
+                h
             }
             None => {
                 if self.nodes.len() == self.nodes.capacity() && !self.weighted {
@@ -613,15 +608,28 @@ impl<K, V> Shard<K, V> {
                     self.links.reserve_exact(more);
                     self.order.reserve_exact(more);
                 }
-                self.nodes.push(node);
+                self.nodes.push(None);
                 self.links.push(Link::UNLINKED);
                 self.order.push(Link::UNLINKED);
                 if self.weighted {
                     self.weights.push(weight);
                 }
-                ((self.nodes.len() - 1) as u32, None)
+                (self.nodes.len() - 1) as u32
             }
         };
+        let born = Born {
+            fingerprint,
+            version: self.version(),
+            now,
+            slot: i,
+            freq: 0,
+            in_main: to_main,
+            stale,
+        };
+        // Without a weigher the table need never hold more than the
+        // capacity's entries.
+        let most = (!self.weighted).then(|| usize::try_from(self.capacity).unwrap_or(usize::MAX));
+        self.nodes[i as usize] = Some(ix.publish(Node::new(key, value, born), most));
         let queue = if to_main {
             &mut self.main
         } else {
@@ -629,11 +637,6 @@ impl<K, V> Shard<K, V> {
         };
         queue.push_back(&mut self.links, i, weight);
         self.enqueue_due(i, stale);
-        let nodes = &self.nodes;
-        self.table.insert_unique(table_hash(fingerprint), i, |&j| {
-            table_hash(nodes[j as usize].fingerprint)
-        });
-        victim
     }
 
     /// Whether the refresher holds node `i`: it is out of `due`.
@@ -666,7 +669,7 @@ impl<K, V> Shard<K, V> {
     pub(crate) fn has_due(&self, now: Nanos, ttl: Nanos) -> bool {
         self.due
             .head()
-            .is_some_and(|i| self.nodes[i as usize].meta.is_stale(now, ttl))
+            .is_some_and(|i| self.node(i).meta.is_stale(now, ttl))
     }
 
     /// Hands the refresher the keys of up to `limit` values stale at `now`,
@@ -689,13 +692,13 @@ impl<K, V> Shard<K, V> {
         let mut taken = 0;
         while taken < limit {
             let Some(i) = self.due.head() else { break };
-            if !self.nodes[i as usize].meta.is_stale(now, ttl) {
+            if !self.node(i).meta.is_stale(now, ttl) {
                 break;
             }
             // The key's `Clone` first, before the shard changes.
-            out.push(self.nodes[i as usize].key.clone());
+            out.push(self.node(i).key.clone());
             self.due.unlink(&mut self.order, i, 0);
-            self.nodes[i as usize].meta.set_nudged();
+            self.node(i).meta.set_nudged();
             taken += 1;
         }
     }
@@ -705,6 +708,7 @@ impl<K, V> Shard<K, V> {
     /// held.
     pub(crate) fn take_nudged(
         &mut self,
+        ix: &Index<'_, '_, K, V>,
         refresher: u64,
         fingerprint: u32,
         version: Version,
@@ -715,21 +719,28 @@ impl<K, V> Shard<K, V> {
         if refresher != self.refresher {
             return None;
         }
-        let i = self.index_of_version(fingerprint, version)?;
+        let i = ix
+            .find(fingerprint, |n| n.version() == version)
+            .map(Node::slot)?;
         if self.is_held(i) {
             return None;
         }
         // The key's `Clone` first, before the shard changes.
-        let key = self.nodes[i as usize].key.clone();
+        let key = self.node(i).key.clone();
         self.due.unlink(&mut self.order, i, 0);
-        self.nodes[i as usize].meta.set_nudged();
+        self.node(i).meta.set_nudged();
         Some(key)
     }
 
     /// Gives node `key` back to `due` (at the head: it is due) if the
     /// refresher holds it; for a refresh that ended without writing it.
-    pub(crate) fn release(&mut self, fingerprint: u32, is_key: impl FnMut(&K) -> bool) {
-        if let Some(i) = self.index_of(fingerprint, is_key) {
+    pub(crate) fn release(
+        &mut self,
+        ix: &Index<'_, '_, K, V>,
+        fingerprint: u32,
+        is_key: impl FnMut(&K) -> bool,
+    ) {
+        if let Some(i) = Self::index_of(ix, fingerprint, is_key) {
             self.give_back(i);
         }
     }
@@ -749,28 +760,19 @@ impl<K, V> Shard<K, V> {
     fn give_back(&mut self, i: u32) {
         if self.is_held(i) {
             self.due.push_front(&mut self.order, i, 0);
-            self.nodes[i as usize].meta.clear_nudged();
+            self.node(i).meta.clear_nudged();
         }
     }
 
     /// The node of `key` if the refresher holds it.
-    pub(crate) fn find_held(
+    pub(crate) fn find_held<'i>(
         &self,
+        ix: &'i Index<'_, '_, K, V>,
         fingerprint: u32,
-        is_key: impl FnMut(&K) -> bool,
-    ) -> Option<&Node<K, V>> {
-        let i = self.index_of(fingerprint, is_key)?;
-        self.is_held(i).then(|| &self.nodes[i as usize])
-    }
-
-    fn index_of_version(&self, fingerprint: u32, version: Version) -> Option<u32> {
-        let nodes = &self.nodes;
-        self.table
-            .find(table_hash(fingerprint), |&i| {
-                let node = &nodes[i as usize];
-                node.fingerprint == fingerprint && node.version == version
-            })
-            .copied()
+        mut is_key: impl FnMut(&K) -> bool,
+    ) -> Option<&'i Node<K, V>> {
+        ix.find(fingerprint, |n| is_key(&n.key))
+            .filter(|n| self.is_held(n.slot()))
     }
 
     /// Picks the next entry to evict by the policy (module docs), moving,
@@ -791,7 +793,7 @@ impl<K, V> Shard<K, V> {
             }
             while let Some(i) = self.small.head() {
                 let (fingerprint, reads) = {
-                    let node = &self.nodes[i as usize];
+                    let node = self.node(i);
                     (node.fingerprint, node.meta.freq())
                 };
                 for _ in 0..reads {
@@ -804,9 +806,7 @@ impl<K, V> Shard<K, V> {
                 return match self.main_victim() {
                     Some(victim)
                         if self.sketch.estimate(fingerprint)
-                            > self
-                                .sketch
-                                .estimate(self.nodes[victim as usize].fingerprint) =>
+                            > self.sketch.estimate(self.node(victim).fingerprint) =>
                     {
                         self.promote(i);
                         Some((victim, false))
@@ -823,7 +823,7 @@ impl<K, V> Shard<K, V> {
     fn main_victim(&mut self) -> Option<u32> {
         loop {
             let i = self.main.head()?;
-            let node = &mut self.nodes[i as usize];
+            let node = self.node(i);
             if !node.meta.cool() {
                 return Some(i);
             }
@@ -837,43 +837,42 @@ impl<K, V> Shard<K, V> {
     fn promote(&mut self, i: u32) {
         let weight = self.weight_of(i);
         self.small.unlink(&mut self.links, i, weight);
-        let meta = &mut self.nodes[i as usize].meta;
+        let meta = &self.node(i).meta;
         meta.set_in_main(true);
         meta.set_freq(0);
         self.main.push_back(&mut self.links, i, weight);
     }
 
-    /// Takes node `i` out of its queue and the table; it stays in the slab.
-    fn unindex(&mut self, i: u32) {
+    /// Takes node `i` out of its queue and the table, leaving its slab
+    /// slot empty (a hole to fill or vacate).
+    fn unindex<'s>(&mut self, ix: &mut Index<'_, 's, K, V>, i: u32) -> Unlinked<'s, K, V> {
         let weight = self.weight_of(i);
         if !self.is_held(i) {
             self.due.unlink(&mut self.order, i, 0);
         }
-        let node = &self.nodes[i as usize];
-        if node.meta.in_main() {
+        if self.node(i).meta.in_main() {
             self.main.unlink(&mut self.links, i, weight);
         } else {
             self.small.unlink(&mut self.links, i, weight);
         }
-        self.table
-            .find_entry(table_hash(node.fingerprint), |&j| j == i)
-            .expect("every indexed node is in the table")
-            .remove();
+        let node = self.nodes[i as usize].take().expect("a node to unindex");
+        ix.unpublish(node)
     }
 
-    /// Takes unindexed node `i` out of the slab; the last node moves into
-    /// its place, and its queue links and table entry follow it.
-    fn vacate(&mut self, i: u32) -> Node<K, V> {
+    /// Takes hole `i` out of the slab; the last node moves into its place,
+    /// its queue links and its own index following it.
+    fn vacate(&mut self, i: u32) {
         let last = (self.nodes.len() - 1) as u32;
-        let node = self.nodes.swap_remove(i as usize);
+        let hole = self.nodes.swap_remove(i as usize);
+        debug_assert!(hole.is_none(), "only a hole is vacated");
         self.links.swap_remove(i as usize);
         self.order.swap_remove(i as usize);
         if self.weighted {
             self.weights.swap_remove(i as usize);
         }
         if i != last {
-            let moved = &self.nodes[i as usize];
-            let moved_fingerprint = moved.fingerprint;
+            let moved = self.node(i);
+            moved.set_slot(i);
             if moved.meta.in_main() {
                 self.main.relocate(&mut self.links, last, i);
             } else {
@@ -882,18 +881,14 @@ impl<K, V> Shard<K, V> {
             if !self.is_held(i) {
                 self.due.relocate(&mut self.order, last, i);
             }
-            *self
-                .table
-                .find_mut(table_hash(moved_fingerprint), |&j| j == last)
-                .expect("every indexed node is in the table") = i;
         }
-        node
     }
 
     /// Takes node `i` out of its queue, the table and the slab.
-    fn detach(&mut self, i: u32) -> Node<K, V> {
-        self.unindex(i);
-        self.vacate(i)
+    fn detach<'s>(&mut self, ix: &mut Index<'_, 's, K, V>, i: u32) -> Unlinked<'s, K, V> {
+        let node = self.unindex(ix, i);
+        self.vacate(i);
+        node
     }
 
     /// Checks every invariant of the shard; the error says which failed.
@@ -903,17 +898,20 @@ impl<K, V> Shard<K, V> {
     /// own index; the table names nothing else; every entry is in `due` once
     /// or held by the refresher (and then marked as asked for); the weight
     /// is within the capacity; the ghost is consistent and within its size.
-    pub(crate) fn validate(&self) -> Result<(), String>
+    pub(crate) fn validate(&self, ix: &Index<'_, '_, K, V>) -> Result<(), String>
     where
         K: Eq,
     {
         let n = self.nodes.len();
-        if self.table.len() != n || self.links.len() != n {
+        if ix.len() != n || self.links.len() != n {
             return Err(format!(
                 "table has {} entries, links {}, slab {n}",
-                self.table.len(),
+                ix.len(),
                 self.links.len()
             ));
+        }
+        if let Some(i) = self.nodes.iter().position(Option::is_none) {
+            return Err(format!("slab slot {i} is empty between writes"));
         }
         if self.weighted && self.weights.len() != n {
             return Err(format!("{} weights for {n} nodes", self.weights.len()));
@@ -929,6 +927,7 @@ impl<K, V> Shard<K, V> {
                 let node = self
                     .nodes
                     .get(i as usize)
+                    .and_then(Option::as_deref)
                     .ok_or_else(|| format!("{name} queue links to {i}, past the slab"))?;
                 if std::mem::replace(&mut seen[i as usize], true) {
                     return Err(format!("node {i} is queued twice"));
@@ -975,7 +974,7 @@ impl<K, V> Shard<K, V> {
         if count != self.due.len() {
             return Err(format!("due counts {}, links {count}", self.due.len()));
         }
-        for (i, node) in self.nodes.iter().enumerate() {
+        for (i, node) in self.nodes.iter().flatten().enumerate() {
             if in_due[i] == self.is_held(i as u32) {
                 return Err(format!("node {i}'s order link disagrees with due"));
             }
@@ -983,17 +982,17 @@ impl<K, V> Shard<K, V> {
                 return Err(format!("node {i} is held but not marked as asked for"));
             }
         }
-        for (i, node) in self.nodes.iter().enumerate() {
-            let indexed = self
-                .table
-                .find(table_hash(node.fingerprint), |&j| j == i as u32)
-                .is_some();
-            if !indexed {
-                return Err(format!("node {i} is not in the table"));
+        for (i, node) in self.nodes.iter().flatten().enumerate() {
+            if node.slot() != i as u32 {
+                return Err(format!("node {i} says it is at {}", node.slot()));
             }
-            let first = self.index_of(node.fingerprint, |k| *k == node.key);
-            if first != Some(i as u32) {
-                return Err(format!("node {i}'s key is filed twice"));
+            // The first node the table finds for the key must be this one:
+            // it is published, and no other node has its key.
+            let first = ix.find(node.fingerprint, |n| n.key == node.key);
+            if !first.is_some_and(|n| std::ptr::eq(n, &**node)) {
+                return Err(format!(
+                    "node {i} is not in the table, or its key is filed twice"
+                ));
             }
             if self.weighted && self.weights[i] == 0 {
                 return Err(format!("node {i} weighs nothing"));
@@ -1014,6 +1013,7 @@ impl<K, V> Shard<K, V> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::published::Shards;
     use super::*;
 
     fn entry(key: u64, value: u64) -> Entry<u64, u64> {
@@ -1031,18 +1031,21 @@ mod tests {
     /// begun from the first installed over the second.
     #[test]
     fn a_refresh_from_before_2_pow_24_writes_installs_nothing() {
-        let mut shard = Shard::<u64, u64>::new(10, false);
+        let shards = Shards::new(1, |_| Shard::<u64, u64>::new(10, false));
+        let mut writer = shards.lock(0);
+        let (shard, mut ix) = writer.split();
         let mut out = Removed::new();
-        shard.write(7, entry(7, 1), Write::Upsert, &mut out);
-        let from = shard.find(7, |&k| k == 7).unwrap().version;
+        shard.write(&mut ix, 7, entry(7, 1), Write::Upsert, &mut out);
+        let from = ix.find(7, |n| n.key == 7).unwrap().version();
         // As if 2^24 - 1 writes of other keys had come since.
         let writes: Version = (1 << 24) - 1;
         shard.next_version = shard
             .next_version
             .wrapping_add(writes.wrapping_mul(INSTALLS + 1));
-        shard.write(7, entry(7, 2), Write::Upsert, &mut out);
-        let installed = shard.install(7, |&k| k == 7, from, Install::Value(3, 1), 0, &mut out);
-        assert!(matches!(installed, Installed::Superseded(Some(3))));
-        assert_eq!(shard.find(7, |&k| k == 7).unwrap().value, 2);
+        shard.write(&mut ix, 7, entry(7, 2), Write::Upsert, &mut out);
+        let update = Install::Value(7, 3, 1);
+        let installed = shard.install(&mut ix, 7, |&k| k == 7, from, update, 0, &mut out);
+        assert!(matches!(installed, Installed::Superseded(Some((7, 3)))));
+        assert_eq!(ix.find(7, |n| n.key == 7).unwrap().value, 2);
     }
 }
