@@ -227,6 +227,94 @@ fn marks_race_writes_and_evictions() {
     settle(&cache, &removed, &suspects, &written);
 }
 
+/// A value that knows its key, says whether it has been dropped, and
+/// counts its drops.
+struct Tagged {
+    key: u8,
+    value: u32,
+    alive: Box<std::sync::atomic::AtomicBool>,
+    drops: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Tagged {
+    fn new(key: u8, value: u32, drops: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        Self {
+            key,
+            value,
+            alive: Box::new(true.into()),
+            drops: Arc::clone(drops),
+        }
+    }
+}
+
+impl Clone for Tagged {
+    fn clone(&self) -> Self {
+        self.drops.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        Self::new(self.key, self.value, &self.drops)
+    }
+}
+
+impl Drop for Tagged {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        assert!(self.alive.swap(false, SeqCst), "dropped twice");
+        self.drops.fetch_add(1, SeqCst);
+    }
+}
+
+/// Borrowing reads (`get_with`) race a replace, an eviction and a clear of
+/// the entries they read, in a two-entry cache: each read sees a live value
+/// of its own key that some thread wrote, and once the cache is dropped
+/// every value it was given has been dropped exactly once.
+fn borrowed_reads_race_replace_evict_and_clear() {
+    let drops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cache: Cache<u8, Tagged> = Cache::builder().max_size(2).ttl(None).build().unwrap();
+    cache.insert(0, Tagged::new(0, 100, &drops));
+    cache.insert(1, Tagged::new(1, 101, &drops));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let cache = cache.clone();
+            thread::spawn(move || {
+                for k in 0..3u8 {
+                    cache.get_with(&k, |t| {
+                        assert!(t.alive.load(std::sync::atomic::Ordering::SeqCst));
+                        assert_eq!(t.key, k, "a read found another key's value");
+                        assert!([100, 101, 1, 2, 3].contains(&t.value), "read {}", t.value);
+                    });
+                }
+            })
+        })
+        .collect();
+    let writer = thread::spawn({
+        let cache = cache.clone();
+        let drops = Arc::clone(&drops);
+        move || {
+            cache.insert(0, Tagged::new(0, 1, &drops)); // a replace
+            cache.insert(2, Tagged::new(2, 2, &drops)); // an eviction
+            cache.clear();
+            cache.insert(1, Tagged::new(1, 3, &drops));
+            cache.validate();
+        }
+    });
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    writer.join().unwrap();
+    cache.validate();
+    drop(cache);
+    assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[test]
+fn borrowed_reads_race_replace_evict_and_clear_random() {
+    shuttle::check_random(borrowed_reads_race_replace_evict_and_clear, SCHEDULES);
+}
+
+#[test]
+fn borrowed_reads_race_replace_evict_and_clear_pct() {
+    shuttle::check_pct(borrowed_reads_race_replace_evict_and_clear, SCHEDULES, 3);
+}
+
 #[test]
 fn same_key_into_a_full_cache_random() {
     shuttle::check_random(same_key_into_a_full_cache, SCHEDULES);

@@ -747,3 +747,112 @@ fn an_insert_is_seen_unless_something_removed_it() {
     );
     assert!(m.evictions > 0, "the churn kept the cache full");
 }
+
+/// A value that says whether it is alive, counts its drops, and checks its
+/// own bytes: a read of a freed or half-written value fails.
+struct Watched {
+    key: u64,
+    bytes: Box<[u64; 8]>,
+    alive: AtomicBool,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Watched {
+    fn new(key: u64, seq: u64, drops: &Arc<AtomicUsize>) -> Self {
+        Self {
+            key,
+            bytes: Box::new([key ^ seq; 8]),
+            alive: AtomicBool::new(true),
+            drops: Arc::clone(drops),
+        }
+    }
+
+    /// Reads the whole value, as a borrower would, and checks it.
+    fn check(&self, key: u64) {
+        assert!(self.alive.load(Ordering::SeqCst), "read after drop");
+        assert_eq!(self.key, key, "a read found another key's value");
+        let first = self.bytes[0];
+        assert!(self.bytes.iter().all(|&b| b == first), "torn value");
+    }
+}
+
+impl Clone for Watched {
+    fn clone(&self) -> Self {
+        unreachable!("borrowing reads clone nothing")
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        assert!(self.alive.swap(false, Ordering::SeqCst), "dropped twice");
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Readers hold values by reference (`get_with`, `peek_with`, checking
+/// every byte) while writers replace them, evict them from a small cache
+/// and clear it: no value is seen after its drop, every value the cache
+/// was given is dropped exactly once (by the cache's collector while it
+/// lives, or when it is dropped), and values are freed while the cache
+/// lives, not only at its end.
+#[test]
+fn borrowed_values_are_dropped_once_and_never_while_read() {
+    within("borrowed values", || {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let given = Arc::new(AtomicUsize::new(0));
+        let cache: Cache<u64, Watched> = Cache::builder().max_size(32).ttl(None).build().unwrap();
+        let done = AtomicBool::new(false);
+        let freed_while_live = validating(&cache, || {
+            std::thread::scope(|s| {
+                for reader in 0..2u64 {
+                    let (cache, done) = (&cache, &done);
+                    s.spawn(move || {
+                        let mut rng = Rng::new(100 + reader);
+                        let mut reads = 0u64;
+                        while !done.load(Ordering::Acquire) || reads < 1_000 {
+                            let key = rng.below(64);
+                            if reader == 0 {
+                                cache.get_with(&key, |v| v.check(key));
+                            } else {
+                                cache.peek_with(&key, |v| v.check(key));
+                            }
+                            reads += 1;
+                        }
+                    });
+                }
+                let writers: Vec<_> = (0..2u64)
+                    .map(|writer| {
+                        let (cache, drops, given) = (&cache, &drops, &given);
+                        s.spawn(move || {
+                            let mut rng = Rng::new(writer);
+                            for seq in 0..20_000u64 {
+                                let key = rng.below(64);
+                                given.fetch_add(1, Ordering::SeqCst);
+                                cache.insert(key, Watched::new(key, seq, drops));
+                                if seq % 5_000 == 4_999 {
+                                    cache.clear();
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for writer in writers {
+                    writer.join().unwrap();
+                }
+                done.store(true, Ordering::Release);
+            });
+            drops.load(Ordering::SeqCst)
+        });
+        let given = given.load(Ordering::SeqCst);
+        assert!(
+            freed_while_live > given / 2,
+            "only {freed_while_live} of {given} values freed while the cache lived"
+        );
+        drop(cache);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            given,
+            "each value dropped once"
+        );
+    });
+}
