@@ -29,6 +29,7 @@
 //! [`Store::len`] and [`Store::weight`] read are changed inside the same
 //! critical section, by the net change, so they are never over either.
 
+mod due;
 mod ghost;
 mod node;
 #[allow(unsafe_code)]

@@ -47,10 +47,11 @@
 //!
 //! [`Meta::touch`]: super::node::Meta::touch
 
+use super::due::Due;
 use super::ghost::Ghost;
 use super::node::{Born, INSTALLS, MAX_FREQ, Node, Version, installed_over};
 use super::published::{Index, Owned, Unlinked};
-use super::queue::{Link, NIL, Queue};
+use super::queue::{Link, Queue};
 use super::removed::Removed;
 use super::sketch::Sketch;
 use crate::clock::Nanos;
@@ -149,14 +150,9 @@ pub(crate) struct Shard<K, V> {
     nodes: Vec<Option<Owned<K, V>>>,
     /// Each node's place in its queue, by index.
     links: Vec<Link>,
-    /// Each node's place in `due`, by index; unlinked while the refresher
-    /// holds the node.
-    order: Vec<Link>,
-    /// The nodes the refresher does not hold, oldest value first: each
-    /// write that starts a value's age moves its node to the tail (a value
-    /// written stale, to the head). The TTL is one for the whole cache, so
-    /// values go stale in this order, and the due ones are at the head.
-    due: Queue,
+    /// The write order of the nodes the refresher does not hold, oldest
+    /// value first ([`Due`]).
+    due: Due,
     /// Each node's weight, by index, when the cache has a weigher; empty
     /// otherwise, and every entry weighs 1.
     weights: Vec<u64>,
@@ -181,8 +177,7 @@ impl<K, V> Shard<K, V> {
         Self {
             nodes: Vec::new(),
             links: Vec::new(),
-            order: Vec::new(),
-            due: Queue::new(),
+            due: Due::new(),
             weights: Vec::new(),
             weighted,
             small: Queue::new(),
@@ -290,7 +285,7 @@ impl<K, V> Shard<K, V> {
             };
             let owner = self.nodes[i as usize].as_mut().expect("present");
             let old = ix.replace(owner, Node::new(entry.key, entry.value, born));
-            self.requeue_due(i, entry.stale);
+            self.due.written(i, entry.stale);
             if self.weighted {
                 self.weights[i as usize] = entry.weight;
                 self.queue_of(i).reweigh(old_weight, entry.weight);
@@ -349,7 +344,7 @@ impl<K, V> Shard<K, V> {
                 let was_marked = node.meta.is_marked_stale();
                 node.meta.renew(now);
                 node.set_version(version);
-                self.requeue_due(i, false);
+                self.due.written(i, false);
                 Installed::Done {
                     replaced: None,
                     was_marked,
@@ -374,7 +369,7 @@ impl<K, V> Shard<K, V> {
                 };
                 let owner = self.nodes[i as usize].as_mut().expect("present");
                 let old = ix.replace(owner, Node::new(key, value, born));
-                self.requeue_due(i, false);
+                self.due.written(i, false);
                 if self.weighted {
                     self.weights[i as usize] = weight;
                     self.queue_of(i).reweigh(old_weight, weight);
@@ -423,7 +418,7 @@ impl<K, V> Shard<K, V> {
         node.set_version(version);
         node.meta.mark_stale();
         node.meta.clear_nudged();
-        self.requeue_due(i, true);
+        self.due.written(i, true);
     }
 
     /// Removes the entry of `key`, if it passes `remove_if`.
@@ -449,11 +444,10 @@ impl<K, V> Shard<K, V> {
         }
         ix.forget_table();
         self.links = Vec::new();
-        self.order = Vec::new();
+        self.due.clear();
         self.weights = Vec::new();
         self.small.clear();
         self.main.clear();
-        self.due.clear();
         self.forget_history();
     }
 
@@ -479,7 +473,7 @@ impl<K, V> Shard<K, V> {
             ix.forget_table();
             self.nodes = Vec::new();
             self.links = Vec::new();
-            self.order = Vec::new();
+            self.due.clear();
             self.weights = Vec::new();
         }
     }
@@ -606,11 +600,11 @@ impl<K, V> Shard<K, V> {
                     let more = len.max(4).min(most.saturating_sub(len)).max(1);
                     self.nodes.reserve_exact(more);
                     self.links.reserve_exact(more);
-                    self.order.reserve_exact(more);
+                    self.due.reserve_exact(more);
                 }
                 self.nodes.push(None);
                 self.links.push(Link::UNLINKED);
-                self.order.push(Link::UNLINKED);
+                self.due.push_slot();
                 if self.weighted {
                     self.weights.push(weight);
                 }
@@ -636,32 +630,7 @@ impl<K, V> Shard<K, V> {
             &mut self.small
         };
         queue.push_back(&mut self.links, i, weight);
-        self.enqueue_due(i, stale);
-    }
-
-    /// Whether the refresher holds node `i`: it is out of `due`.
-    #[inline]
-    fn is_held(&self, i: u32) -> bool {
-        self.order[i as usize].next == NIL
-    }
-
-    /// Links node `i` (in no order list) into `due`: at the tail, or at the
-    /// head if its value is stale whatever its age.
-    fn enqueue_due(&mut self, i: u32, stale: bool) {
-        if stale {
-            self.due.push_front(&mut self.order, i, 0);
-        } else {
-            self.due.push_back(&mut self.order, i, 0);
-        }
-    }
-
-    /// Node `i`'s value was just written: it moves to `due`'s tail (head,
-    /// if written stale), out of the refresher's hands if it was held.
-    fn requeue_due(&mut self, i: u32, stale: bool) {
-        if !self.is_held(i) {
-            self.due.unlink(&mut self.order, i, 0);
-        }
-        self.enqueue_due(i, stale);
+        self.due.written(i, stale);
     }
 
     /// Whether `due`'s oldest value is stale at `now` (for the refresher's
@@ -697,7 +666,7 @@ impl<K, V> Shard<K, V> {
             }
             // The key's `Clone` first, before the shard changes.
             out.push(self.node(i).key.clone());
-            self.due.unlink(&mut self.order, i, 0);
+            self.due.hold(i);
             self.node(i).meta.set_nudged();
             taken += 1;
         }
@@ -722,12 +691,12 @@ impl<K, V> Shard<K, V> {
         let i = ix
             .find(fingerprint, |n| n.version() == version)
             .map(Node::slot)?;
-        if self.is_held(i) {
+        if self.due.is_held(i) {
             return None;
         }
         // The key's `Clone` first, before the shard changes.
         let key = self.node(i).key.clone();
-        self.due.unlink(&mut self.order, i, 0);
+        self.due.hold(i);
         self.node(i).meta.set_nudged();
         Some(key)
     }
@@ -758,8 +727,7 @@ impl<K, V> Shard<K, V> {
 
     /// Node `i`, if held, back at `due`'s head, and askable for again.
     fn give_back(&mut self, i: u32) {
-        if self.is_held(i) {
-            self.due.push_front(&mut self.order, i, 0);
+        if self.due.give_back(i) {
             self.node(i).meta.clear_nudged();
         }
     }
@@ -772,7 +740,7 @@ impl<K, V> Shard<K, V> {
         mut is_key: impl FnMut(&K) -> bool,
     ) -> Option<&'i Node<K, V>> {
         ix.find(fingerprint, |n| is_key(&n.key))
-            .filter(|n| self.is_held(n.slot()))
+            .filter(|n| self.due.is_held(n.slot()))
     }
 
     /// Picks the next entry to evict by the policy (module docs), moving,
@@ -847,9 +815,7 @@ impl<K, V> Shard<K, V> {
     /// slot empty (a hole to fill or vacate).
     fn unindex<'s>(&mut self, ix: &mut Index<'_, 's, K, V>, i: u32) -> Unlinked<'s, K, V> {
         let weight = self.weight_of(i);
-        if !self.is_held(i) {
-            self.due.unlink(&mut self.order, i, 0);
-        }
+        self.due.leave(i);
         if self.node(i).meta.in_main() {
             self.main.unlink(&mut self.links, i, weight);
         } else {
@@ -866,7 +832,7 @@ impl<K, V> Shard<K, V> {
         let hole = self.nodes.swap_remove(i as usize);
         debug_assert!(hole.is_none(), "only a hole is vacated");
         self.links.swap_remove(i as usize);
-        self.order.swap_remove(i as usize);
+        self.due.swap_remove(i);
         if self.weighted {
             self.weights.swap_remove(i as usize);
         }
@@ -877,9 +843,6 @@ impl<K, V> Shard<K, V> {
                 self.main.relocate(&mut self.links, last, i);
             } else {
                 self.small.relocate(&mut self.links, last, i);
-            }
-            if !self.is_held(i) {
-                self.due.relocate(&mut self.order, last, i);
             }
         }
     }
@@ -953,36 +916,11 @@ impl<K, V> Shard<K, V> {
         if let Some(i) = seen.iter().position(|&s| !s) {
             return Err(format!("node {i} is in no queue"));
         }
-        if self.order.len() != n {
-            return Err(format!("{} order links for {n} nodes", self.order.len()));
-        }
-        let mut in_due = vec![false; n];
-        let mut count = 0;
-        for i in self.due.walk(&self.order).take(n + 1) {
-            if i as usize >= n {
-                return Err(format!("due links to {i}, past the slab"));
-            }
-            if std::mem::replace(&mut in_due[i as usize], true) {
-                return Err(format!("node {i} is in due twice"));
-            }
-            let next = self.order[i as usize].next;
-            if self.order.get(next as usize).map(|l| l.prev) != Some(i) {
-                return Err(format!("node {i}'s next in due does not link back"));
-            }
-            count += 1;
-        }
-        if count != self.due.len() {
-            return Err(format!("due counts {}, links {count}", self.due.len()));
-        }
+        let in_due = self.due.validate(n)?;
         for (i, node) in self.nodes.iter().flatten().enumerate() {
-            if in_due[i] == self.is_held(i as u32) {
-                return Err(format!("node {i}'s order link disagrees with due"));
-            }
             if !in_due[i] && !node.meta.is_nudged() {
                 return Err(format!("node {i} is held but not marked as asked for"));
             }
-        }
-        for (i, node) in self.nodes.iter().flatten().enumerate() {
             if node.slot() != i as u32 {
                 return Err(format!("node {i} says it is at {}", node.slot()));
             }
