@@ -169,8 +169,17 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     /// The age after which an entry is stale: still served, and due for a
-    /// refresh. `None` is offline mode: nothing is ever stale. Takes a
-    /// `Duration` or an `Option<Duration>`:
+    /// refresh. `None` is offline mode: nothing is ever stale.
+    ///
+    /// Reads judge staleness by a coarse clock, so that a hit reads no
+    /// clock: it ticks every `ttl / 64` (1 ms to 100 ms), kept by the
+    /// refresher while it runs and otherwise by a small task on the tokio
+    /// runtime the cache is built in (a thread outside one), which ends with
+    /// the cache. So an entry goes stale at its TTL or up to one tick later,
+    /// never before. On tokio's paused clock, let the timers run (`sleep`
+    /// rather than `advance`) before reading.
+    ///
+    /// Takes a `Duration` or an `Option<Duration>`:
     ///
     /// ```
     /// # use std::time::Duration;
@@ -206,9 +215,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     ///     .max_stale(Duration::from_secs(600))
     ///     .build()?;
     /// cache.insert(1, 1);
-    /// tokio::time::advance(Duration::from_secs(61)).await;
+    /// // `sleep`, not `advance`: the coarse clock's keeper ticks on the way.
+    /// tokio::time::sleep(Duration::from_secs(61)).await;
     /// assert_eq!(cache.get(&1), Some(1), "stale, still served");
-    /// tokio::time::advance(Duration::from_secs(600)).await;
+    /// tokio::time::sleep(Duration::from_secs(601)).await;
     /// assert_eq!(cache.get(&1), None, "past the bound");
     /// assert_eq!(cache.metrics().expired, 1);
     /// # Ok(())
@@ -396,8 +406,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             self.listener,
             self.key_debug,
         );
-        Ok(Cache {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        crate::upkeep::keep_clock(&inner);
+        Ok(Cache { inner })
     }
 }

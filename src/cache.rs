@@ -449,7 +449,10 @@ where
     /// # Errors
     /// A [`ConfigError`] naming the first invalid setting; then nothing changes.
     pub fn configure(&self, change: ConfigChange) -> Result<(), ConfigError> {
-        self.inner.configure(&change)
+        self.inner.configure(&change)?;
+        // A TTL given now needs the coarse clock kept.
+        crate::upkeep::keep_clock(&self.inner);
+        Ok(())
     }
 
     /// Replaces the fetcher used from now on by the refresher,

@@ -6,12 +6,14 @@
 //! clock's base in a `u64`, which fits in an atomic and lasts 584 years.
 //!
 //! Reading the time costs a `clock_gettime` call (~20 ns), as much as a whole
-//! cache hit, so the read path does not do it while the refresher runs:
-//! the refresher ticks a *coarse* clock ([`Clock::recent`]) and `get` judges
-//! staleness against that. With no refresher ticking, `recent` reads the
-//! precise time instead, so staleness is never judged against a frozen clock.
+//! cache hit, so the read path does not do it: a *coarse* clock
+//! ([`Clock::recent`]) is ticked by the refresher while it runs, and
+//! otherwise, while the cache has a TTL, by a keeper of its own
+//! (`crate::upkeep`), and `get` judges staleness against that. With neither
+//! ticking (the keeper's runtime gone), `recent` reads the precise time
+//! instead, so staleness is never judged against a frozen clock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,6 +33,8 @@ pub(crate) struct Clock {
     ticker: AtomicU64,
     /// The last number given to a ticker.
     tickers: AtomicU64,
+    /// Whether the keeper (`crate::upkeep`) keeps `recent` current.
+    kept: AtomicBool,
 }
 
 /// A ticker's number, from [`Clock::start_ticking`].
@@ -45,6 +49,7 @@ impl Clock {
             period: AtomicU64::new(0),
             ticker: AtomicU64::new(0),
             tickers: AtomicU64::new(0),
+            kept: AtomicBool::new(false),
         }
     }
 
@@ -59,10 +64,11 @@ impl Clock {
         self.ticker.load(Ordering::Relaxed) != 0
     }
 
-    /// The time as of the last tick while a ticker runs, else the precise time.
+    /// The time as of the last tick while the refresher or the keeper
+    /// ticks, else the precise time.
     #[inline]
     pub(crate) fn recent(&self) -> Nanos {
-        if self.is_ticking() {
+        if self.is_ticking() || self.kept.load(Ordering::Relaxed) {
             self.recent.load(Ordering::Relaxed)
         } else {
             self.now()
@@ -127,10 +133,29 @@ impl Clock {
             .compare_exchange(ticker.0, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// Marks the clock as kept by a keeper, ticking first; false if one
+    /// keeps it already (the caller then starts none).
+    pub(crate) fn start_keeping(&self) -> bool {
+        self.tick();
+        !self.kept.swap(true, Ordering::Relaxed)
+    }
+
+    /// The keeper stopped: reads go back to the precise clock unless the
+    /// refresher ticks.
+    pub(crate) fn stop_keeping(&self) {
+        self.kept.store(false, Ordering::Relaxed);
+    }
+
     /// The instant a [`Nanos`] reading stands for, for tokio timers.
     pub(crate) fn instant_at(&self, at: Nanos) -> Instant {
         self.base + Duration::from_nanos(at)
     }
+}
+
+/// How often the coarse clock ticks for a TTL: a sixty-fourth of it,
+/// between 1 ms and 100 ms, so staleness is judged at most that late.
+pub(crate) fn tick_period(ttl: Nanos) -> Nanos {
+    (ttl / 64).clamp(1_000_000, 100_000_000)
 }
 
 pub(crate) fn duration_to_nanos(d: Duration) -> Nanos {

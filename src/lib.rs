@@ -171,6 +171,7 @@ pub mod snapshot;
 mod store;
 mod sync;
 mod throttle;
+mod upkeep;
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Iter};

@@ -254,5 +254,5 @@ async fn run_refresher<K, V, S>(
 /// (at 1 s, a 5 s TTL's storm took 1.22× its floor, not 1.12×); ten
 /// wake-ups a second cost a few microseconds whatever the entries.
 fn tick_period(ttl: Nanos, interval: Nanos) -> Nanos {
-    (ttl / 64).clamp(1_000_000, 100_000_000).min(interval)
+    crate::clock::tick_period(ttl).min(interval)
 }
