@@ -251,24 +251,32 @@ fn run_threads<F>(threads: usize, iters: u64, op: F) -> Duration
 where
     F: Fn(usize, usize) + Sync,
 {
-    let start = Barrier::new(threads + 1);
+    let start = Barrier::new(threads);
     let per_thread = (iters as usize).div_ceil(threads);
     let op = &op;
-    let started = std::thread::scope(|s| {
-        for thread in 0..threads {
-            let start = &start;
-            s.spawn(move || {
-                start.wait();
-                for i in 0..per_thread {
-                    op(thread, i);
-                }
-            });
-        }
-        start.wait();
-        Instant::now()
-        // The scope joins every thread before returning.
+    // Each worker times itself from the barrier: the span from the first
+    // start to the last end. (Timed by a waiting main thread, a round could
+    // end before that thread was scheduled again to read the clock, which
+    // on 2 cores made short rounds read far too fast.)
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    let began = Instant::now();
+                    for i in 0..per_thread {
+                        op(thread, i);
+                    }
+                    (began, Instant::now())
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
-    started.elapsed()
+    let first = spans.iter().map(|s| s.0).min().expect("a thread");
+    let last = spans.iter().map(|s| s.1).max().expect("a thread");
+    last - first
 }
 
 /// Reads of present keys.
