@@ -171,13 +171,14 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// The age after which an entry is stale: still served, and due for a
     /// refresh. `None` is offline mode: nothing is ever stale.
     ///
-    /// Reads judge staleness by a coarse clock, so that a hit reads no
-    /// clock: it ticks every `ttl / 64` (1 ms to 100 ms), kept by the
-    /// refresher while it runs and otherwise by a small task on the tokio
-    /// runtime the cache is built in (a thread outside one), which ends with
-    /// the cache. So an entry goes stale at its TTL or up to one tick later,
-    /// never before. On tokio's paused clock, let the timers run (`sleep`
-    /// rather than `advance`) before reading.
+    /// So that a hit reads no clock, reads judge staleness by a coarse
+    /// clock ticked every `ttl / 64` (1 ms to 100 ms): by the refresher while
+    /// it runs, and otherwise by a small task on the multi-thread tokio
+    /// runtime the cache was built in (or given its TTL in), which ends with
+    /// the cache. An entry then goes stale at its TTL or up to one tick
+    /// later, never before. Built outside such a runtime (or in a
+    /// current-thread one, whose timers run only inside `block_on`), a
+    /// cache without a running refresher reads the precise clock on a hit.
     ///
     /// Takes a `Duration` or an `Option<Duration>`:
     ///
@@ -215,10 +216,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     ///     .max_stale(Duration::from_secs(600))
     ///     .build()?;
     /// cache.insert(1, 1);
-    /// // `sleep`, not `advance`: the coarse clock's keeper ticks on the way.
-    /// tokio::time::sleep(Duration::from_secs(61)).await;
+    /// tokio::time::advance(Duration::from_secs(61)).await;
     /// assert_eq!(cache.get(&1), Some(1), "stale, still served");
-    /// tokio::time::sleep(Duration::from_secs(601)).await;
+    /// tokio::time::advance(Duration::from_secs(600)).await;
     /// assert_eq!(cache.get(&1), None, "past the bound");
     /// assert_eq!(cache.metrics().expired, 1);
     /// # Ok(())

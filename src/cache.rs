@@ -261,7 +261,7 @@ where
     /// [`RemovalCause::Invalidated`](crate::RemovalCause)).
     ///
     /// Weakly consistent, one shard at a time: each shard's entries are
-    /// copied under its read lock, `keep` is called with no lock held (so it
+    /// copied without a lock, `keep` is called with no lock held (so it
     /// may use the cache), and an entry it rejects is removed only if it was
     /// not written since the copy. Entries added meanwhile may be missed.
     ///
@@ -286,7 +286,7 @@ where
     }
 
     /// The entries, as copies: a weakly consistent snapshot taken one shard
-    /// at a time (each shard's entries are copied under its read lock when
+    /// at a time (each shard's entries are copied without a lock when
     /// the iterator reaches it), so writes made meanwhile may or may not be
     /// seen. Reading through it counts no hit and marks nothing used.
     ///
@@ -511,7 +511,7 @@ where
     /// The refresher is one tokio task. Every `refresh_interval` it looks
     /// for stale entries at the head of each shard's write order (one read
     /// lock per shard, whatever the number of entries; it takes the stale
-    /// ones under the write lock, at most 32 per hold), and fetches them,
+    /// ones under the shard's lock, at most 32 per hold), and fetches them,
     /// as many at a time as the adaptive limit allows
     /// ([`adaptive_refreshes`](crate::CacheBuilder::adaptive_refreshes), or a fixed
     /// [`max_concurrent_refreshes`](crate::CacheBuilder::max_concurrent_refreshes)),
@@ -801,7 +801,7 @@ where
 
     /// Checks the store's invariants (every shard's counts, queues, table,
     /// ghost and sketch, and the totals), panicking with the first that
-    /// fails. It holds every shard's write lock at once and walks every
+    /// fails. It holds every shard's lock at once and walks every
     /// entry, so it sees one moment of the whole cache and may run while
     /// other threads use it: for tests and fuzzing.
     #[doc(hidden)]

@@ -8,12 +8,12 @@
 //! Reading the time costs a `clock_gettime` call (~20 ns), as much as a whole
 //! cache hit, so the read path does not do it: a *coarse* clock
 //! ([`Clock::recent`]) is ticked by the refresher while it runs, and
-//! otherwise, while the cache has a TTL, by a keeper of its own
-//! (`crate::upkeep`), and `get` judges staleness against that. With neither
-//! ticking (the keeper's runtime gone), `recent` reads the precise time
-//! instead, so staleness is never judged against a frozen clock.
+//! otherwise, while the cache has a TTL and a multi-thread runtime to run
+//! it on, by a keeper of its own (`crate::upkeep`), and `get` judges
+//! staleness against that. With neither ticking, `recent` reads the precise
+//! time instead, so staleness is never judged against a frozen clock.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -33,9 +33,14 @@ pub(crate) struct Clock {
     ticker: AtomicU64,
     /// The last number given to a ticker.
     tickers: AtomicU64,
-    /// Whether the keeper (`crate::upkeep`) keeps `recent` current.
-    kept: AtomicBool,
+    /// The keeper (`crate::upkeep`) keeping `recent` current: 0 for none,
+    /// else its number, so that one ending late cannot stop a newer one.
+    kept: AtomicU64,
 }
+
+/// A keeper's number, from [`Clock::start_keeping`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Keeper(u64);
 
 /// A ticker's number, from [`Clock::start_ticking`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +54,7 @@ impl Clock {
             period: AtomicU64::new(0),
             ticker: AtomicU64::new(0),
             tickers: AtomicU64::new(0),
-            kept: AtomicBool::new(false),
+            kept: AtomicU64::new(0),
         }
     }
 
@@ -68,7 +73,7 @@ impl Clock {
     /// ticks, else the precise time.
     #[inline]
     pub(crate) fn recent(&self) -> Nanos {
-        if self.is_ticking() || self.kept.load(Ordering::Relaxed) {
+        if self.is_ticking() || self.kept.load(Ordering::Relaxed) != 0 {
             self.recent.load(Ordering::Relaxed)
         } else {
             self.now()
@@ -133,17 +138,23 @@ impl Clock {
             .compare_exchange(ticker.0, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Marks the clock as kept by a keeper, ticking first; false if one
-    /// keeps it already (the caller then starts none).
-    pub(crate) fn start_keeping(&self) -> bool {
+    /// Marks the clock as kept by a new keeper, ticking first; `None` if
+    /// one keeps it already (the caller then starts none).
+    pub(crate) fn start_keeping(&self) -> Option<Keeper> {
         self.tick();
-        !self.kept.swap(true, Ordering::Relaxed)
+        let keeper = self.tickers.fetch_add(1, Ordering::Relaxed) + 1;
+        self.kept
+            .compare_exchange(0, keeper, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| Keeper(keeper))
     }
 
-    /// The keeper stopped: reads go back to the precise clock unless the
-    /// refresher ticks.
-    pub(crate) fn stop_keeping(&self) {
-        self.kept.store(false, Ordering::Relaxed);
+    /// Keeper `keeper` stopped: reads go back to the precise clock unless
+    /// the refresher ticks or a newer keeper keeps it.
+    pub(crate) fn stop_keeping(&self, keeper: Keeper) {
+        let _ = self
+            .kept
+            .compare_exchange(keeper.0, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The instant a [`Nanos`] reading stands for, for tokio timers.

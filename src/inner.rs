@@ -171,8 +171,9 @@ where
             }
             // Only the first reader of a stale value asks for its refresh;
             // the request is sent once the value is let go.
-            let nudge = (self.refresher.nudging.load(Ordering::Relaxed) && node.meta.try_nudge())
-                .then(|| Nudge::of(node, shard));
+            let nudge = (self.refresher.nudging.load(Ordering::Relaxed)
+                && node.meta.try_nudge(now, ttl))
+            .then(|| Nudge::of(node, shard));
             let max_stale = self.read.max_stale.load(Ordering::Relaxed);
             let value = (!node.meta.is_expired(now, ttl, max_stale)).then(|| read(&node.value));
             (value, true, nudge)
@@ -454,7 +455,7 @@ where
     }
 
     /// Removes the entries `remove` picks, shard by shard: each shard's
-    /// entries are copied under its read lock, `remove` is asked about each
+    /// entries are copied without a lock, `remove` is asked about each
     /// with no lock held, and those it picks are removed unless written
     /// since the copy. Returns how many were removed.
     pub(crate) fn remove_picked(&self, mut remove: impl FnMut(&K, &V) -> bool) -> usize {

@@ -388,3 +388,49 @@ fn shrinking_below_one_entry_per_shard_keeps_the_bound() {
     assert_eq!(events.len(), 64 - cache.len());
     cache.validate();
 }
+
+/// The cache a `Reentrant` value's drop uses.
+static REENTERED: std::sync::OnceLock<Cache<u64, Reentrant>> = std::sync::OnceLock::new();
+
+/// A value whose drop uses its own cache (a removal takes a shard's lock).
+#[derive(Clone)]
+struct Reentrant;
+
+impl Drop for Reentrant {
+    fn drop(&mut self) {
+        if let Some(cache) = REENTERED.get() {
+            for key in 1_000_000..1_000_064 {
+                cache.remove(&key);
+            }
+        }
+    }
+}
+
+/// (Review.) A resize held every shard's lock while it retired the tables
+/// of shards it emptied, and a retirement may free values retired before
+/// and run their `Drop`: one that used the cache deadlocked. Old tables
+/// are now retired once every lock is released.
+#[test]
+fn a_value_dropped_during_a_resize_may_use_its_cache() {
+    #[path = "support/watchdog.rs"]
+    mod watchdog;
+    watchdog::within("a resize whose drops use the cache", || {
+        let cache = REENTERED.get_or_init(|| Cache::builder().max_size(4096).build().unwrap());
+        assert!(cache.shard_count() > 1);
+        // Removals retire one value each and the resize a table per shard
+        // it empties; rounds of every length bring the collector's batch
+        // to its size at some retirement inside the resize.
+        for round in 0..300u64 {
+            let keys = 1 + round % 128;
+            for key in 0..keys {
+                cache.insert(key, Reentrant);
+            }
+            for key in 0..keys {
+                cache.remove(&key);
+            }
+            let size = if round % 2 == 0 { 4097 } else { 4096 };
+            cache.configure(ConfigChange::new().max_size(size)).unwrap();
+            cache.validate();
+        }
+    });
+}

@@ -104,7 +104,7 @@ where
 {
     /// The message for a change of `key` of kind `op`; `None` once the
     /// cache is gone. User code runs here (Serialize, the version function,
-    /// and `V::clone` under the shard's read lock, as in `get`). A value
+    /// and `V::clone` where it lies, as in `get`). A value
     /// that cannot be encoded is told as a removal.
     fn message(
         &self,

@@ -269,7 +269,7 @@ where
                 return Ok(Outcome::Applied);
             }
             if let (Some(version), Some(version_of)) = (&message.version, &self.version) {
-                // The value is cloned under the lock; the user's function
+                // The value is cloned where it lies; the user's function
                 // runs after.
                 let held = inner.store.read(&key, |node| node.value.clone());
                 if held.is_some_and(|value| version_of(&value) == *version) {

@@ -2,9 +2,9 @@
 //! the handle of the task that takes them. Plain data and the read path's
 //! one step ([`Refresher::nudge`]); the task itself is in `task.rs`.
 //!
-//! A reader that finds a value stale claims the value's nudge bit under the
-//! shard's read lock (only the first reader of each value wins it), and,
-//! after the lock is released, leaves a [`Nudge`] (shard, fingerprint,
+//! A reader that finds a value stale claims the value's nudge bit (only the
+//! first reader of each value wins it), and, once it has let the value go,
+//! leaves a [`Nudge`] (shard, fingerprint,
 //! version: no key clone) in a list allocated once, and wakes the task. A
 //! full list drops the request and tells the task so: the value is stale
 //! (and marked as asked for, so its readers do not ask again), and the task

@@ -16,9 +16,9 @@
 //!
 //! # Cost
 //!
-//! A look for due values costs one read lock per shard, whatever the number
+//! A look for due values costs one lock of each shard, whatever the number
 //! of entries, fresh or stale; taking `n` of them costs `O(n)` under their
-//! shards' write locks, at most 32 per hold of a lock. So a tick's cost
+//! shards' locks, at most 32 per hold of a lock. So a tick's cost
 //! and lock hold time do not grow with the entries, and a look that finds
 //! nothing due is a few hundred nanoseconds for the largest cache.
 //!

@@ -23,7 +23,7 @@
 //!
 //! Shard `i` holds at most its share of the capacity (`capacity / n`, plus
 //! one for the first `capacity % n` shards, so the shares add up to the
-//! capacity), and a write evicts *before* it adds, inside the write lock. So
+//! capacity), and a write evicts *before* it adds, inside the shard's lock. So
 //! no shard is ever over its share, not even between two steps of a write,
 //! and the cache's total is never over the capacity. The totals that
 //! [`Store::len`] and [`Store::weight`] read are changed inside the same
@@ -60,7 +60,7 @@ use shard::Shard;
 pub(crate) const MIN_PER_SHARD: u64 = 1024;
 
 /// A reader's request to refresh one value: where it is, and which write
-/// it came from. Plain data, made under the read lock and sent after it.
+/// it came from. Plain data, made while reading and sent after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Nudge {
     pub(crate) shard: u32,
@@ -92,7 +92,7 @@ pub(crate) struct Store<K, V, S> {
     totals: Padded<Totals>,
 }
 
-/// Sums over the shards, changed under a shard's write lock by its net
+/// Sums over the shards, changed under a shard's lock by its net
 /// change (so a write that evicts one entry to add one writes nothing here).
 struct Totals {
     len: AtomicUsize,
@@ -212,7 +212,7 @@ where
     }
 
     /// Hands the refresher up to `limit` keys of shard `at` stale at `now`
-    /// ([`Shard::take_due`]); under its write lock, which it holds for as
+    /// ([`Shard::take_due`]); under its lock, which it holds for as
     /// many as it takes.
     pub(crate) fn take_due(
         &self,
@@ -264,7 +264,7 @@ where
     }
 
     /// Changes shard `at` with `change`, then brings the totals up to date,
-    /// all under the shard's write lock.
+    /// all under the shard's lock.
     fn change<'s, R>(
         &'s self,
         at: usize,
@@ -383,7 +383,7 @@ where
 
     /// Sets the total capacity, each shard evicting down to its new share.
     ///
-    /// Holds every shard's write lock at once (in index order, as
+    /// Holds every shard's lock at once (in index order, as
     /// `validate` does), so no one sees some shards resized and others not.
     /// A resize is rare; while it runs, the cache waits.
     pub(crate) fn set_capacity<'s>(&'s self, capacity: u64, out: &mut Removed<'s, K, V>) {
@@ -399,6 +399,11 @@ where
         let (new_len, new_weight) = writers.iter().fold((0, 0), |(l, w), s| {
             (l + s.state().len(), w + s.state().weight())
         });
+        // Old tables (of shards emptied) are retired once every lock, and
+        // the caller's, is released: with `out`.
+        for writer in &mut writers {
+            out.push_tables(writer.take_replaced());
+        }
         let totals = &self.totals.0;
         totals.len.fetch_sub(len - new_len, Ordering::Relaxed);
         if self.weighted {
@@ -449,7 +454,7 @@ where
 
     /// Checks every shard's invariants and that the totals add up.
     ///
-    /// It holds every shard's write lock at once (taken in index order; no
+    /// It holds every shard's lock at once (taken in index order; no
     /// other operation holds two, so this cannot deadlock), so it sees one
     /// moment of the whole store and may run while other threads write.
     pub(crate) fn validate(&self) -> Result<(), String> {

@@ -128,20 +128,20 @@ impl<K, V> Node<K, V> {
 /// write of the entry (a refresh's result included) clears it.
 const NUDGED: u64 = 1 << 63;
 /// Set while the node is in the main queue, clear while in the small
-/// (probationary) queue. Written under the write lock only.
+/// (probationary) queue. Written under the shard's lock only.
 const IN_MAIN: u64 = 1 << 62;
 /// The frequency counter, three bits as a thermometer: level `n` has the
 /// lowest `n` of them set. A reader raises the level by setting the next
 /// bit with `fetch_or`, so two readers racing at one level raise it once
 /// (an increment lost, which a saturating counter shrugs off) and the
-/// counter can never overflow into the bits beside it. Lowered only under
-/// the write lock, when no reader is there.
+/// counter can never overflow into the bits beside it. Lowered only by the
+/// shard's writer, in one atomic step (readers may raise it meanwhile).
 const FREQ_SHIFT: u32 = 59;
 const FREQ_MASK: u64 = 0b111 << FREQ_SHIFT;
 /// The highest frequency level.
 pub(crate) const MAX_FREQ: u8 = 3;
 /// Set on an entry written as stale whatever its age (a snapshot loaded
-/// as stale), until its value is renewed. Written under the write lock.
+/// as stale), until its value is renewed. Written under the shard's lock.
 const MARKED_STALE: u64 = 1 << 58;
 /// When the value was written or last confirmed unchanged: 58 bits of
 /// nanoseconds since the clock's base, 9 years, saturating.
@@ -174,8 +174,7 @@ impl Meta {
     /// `ttl == 0` is no TTL, and nothing is stale then.
     #[inline]
     pub(crate) fn is_stale(&self, now: Nanos, ttl: Nanos) -> bool {
-        let meta = self.load();
-        ttl != 0 && (meta & MARKED_STALE != 0 || now.saturating_sub(meta & WRITTEN_AT) > ttl)
+        stale(self.load(), now, ttl)
     }
 
     /// Whether a stale value (see [`Meta::is_stale`]) is also past
@@ -185,12 +184,20 @@ impl Meta {
         now.saturating_sub(self.load() & WRITTEN_AT) > ttl.saturating_add(max_stale)
     }
 
-    /// Claims the right to ask for this value's refresh: false if it was
-    /// asked for already. Reads first, so reads of a stale key write nothing
-    /// once it has been asked for.
+    /// Claims the right to ask for this value's refresh, if it is stale
+    /// at `now`: false if it is not, or was asked for already. Judged and
+    /// claimed in one step, so a value renewed meanwhile (its refresh done)
+    /// is not left marked as asked for. Reads first, so reads of a stale
+    /// key write nothing once it has been asked for.
     #[inline]
-    pub(crate) fn try_nudge(&self) -> bool {
-        self.load() & NUDGED == 0 && self.0.fetch_or(NUDGED, Ordering::Relaxed) & NUDGED == 0
+    pub(crate) fn try_nudge(&self, now: Nanos, ttl: Nanos) -> bool {
+        self.load() & NUDGED == 0
+            && self
+                .0
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                    (m & NUDGED == 0 && stale(m, now, ttl)).then_some(m | NUDGED)
+                })
+                .is_ok()
     }
 
     /// Whether the value carries the stale mark ([`Meta::mark_stale`]).
@@ -252,20 +259,16 @@ impl Meta {
         self.0.fetch_or(MARKED_STALE, Ordering::Relaxed);
     }
 
-    /// Lowers the frequency by one level; false if it was at zero.
+    /// Lowers the frequency by one level; false if it was at zero. In one
+    /// step, as a reader may raise it meanwhile.
     #[inline]
     pub(crate) fn cool(&self) -> bool {
-        let meta = self.load();
-        let level = freq_of(meta);
-        if level == 0 {
-            return false;
-        }
-        // The top bit set: readers only ever set the bit above it.
-        self.0.fetch_and(
-            !(1 << (FREQ_SHIFT + u32::from(level) - 1)),
-            Ordering::Relaxed,
-        );
-        true
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                let level = freq_of(m);
+                (level > 0).then(|| (m & !FREQ_MASK) | freq_bits(level - 1))
+            })
+            .is_ok()
     }
 
     /// Sets the frequency to `level` (at most [`MAX_FREQ`]).
@@ -283,6 +286,12 @@ impl Meta {
             self.0.fetch_and(!IN_MAIN, Ordering::Relaxed);
         }
     }
+}
+
+/// [`Meta::is_stale`] of a word.
+#[inline]
+fn stale(meta: u64, now: Nanos, ttl: Nanos) -> bool {
+    ttl != 0 && (meta & MARKED_STALE != 0 || now.saturating_sub(meta & WRITTEN_AT) > ttl)
 }
 
 #[inline]
@@ -325,17 +334,21 @@ mod tests {
         assert_eq!(meta.freq(), MAX_FREQ, "saturates");
         assert_eq!(written_at(&meta), 1234);
         assert!(!meta.in_main());
-        assert!(meta.try_nudge());
+        assert!(!meta.try_nudge(1234, 0), "never stale without a TTL");
+        assert!(meta.try_nudge(5000, 10), "stale: asked for");
         assert!(meta.cool());
         assert_eq!(meta.freq(), 2);
         meta.set_freq(0);
         assert!(!meta.cool(), "nothing to lower");
         meta.set_freq(9);
         assert_eq!(meta.freq(), MAX_FREQ, "clamped");
-        assert!(!meta.try_nudge(), "the flag survived");
+        assert!(!meta.try_nudge(5000, 10), "the flag survived");
         assert_eq!(written_at(&meta), 1234);
         meta.renew(2000);
-        assert!(meta.try_nudge(), "a new value's refresh is asked for anew");
+        assert!(
+            meta.try_nudge(5000, 10),
+            "a new value's refresh is asked for anew"
+        );
         assert_eq!(meta.freq(), MAX_FREQ, "renewal keeps the policy's bits");
     }
 

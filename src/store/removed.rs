@@ -1,7 +1,7 @@
 //! What a store call took out, for the caller to report or drop once the
 //! shard's lock is released.
 
-use super::published::Unlinked;
+use super::published::{RetiredTables, Unlinked};
 use crate::removal::RemovalCause;
 
 /// An entry taken out: a node readers may still be reading (retired to the
@@ -52,6 +52,9 @@ impl<'s, K, V> From<Unlinked<'s, K, V>> for Taken<'s, K, V> {
 pub(crate) struct Removed<'s, K, V> {
     first: Option<(Taken<'s, K, V>, RemovalCause)>,
     rest: Vec<(Taken<'s, K, V>, RemovalCause)>,
+    /// Old tables of shards a caller held together (a resize), retired
+    /// when this drops, after the caller's locks.
+    tables: Vec<RetiredTables<'s, K, V>>,
 }
 
 impl<'s, K, V> Removed<'s, K, V> {
@@ -59,7 +62,13 @@ impl<'s, K, V> Removed<'s, K, V> {
         Self {
             first: None,
             rest: Vec::new(),
+            tables: Vec::new(),
         }
+    }
+
+    /// Keeps old tables to retire when this drops.
+    pub(crate) fn push_tables(&mut self, tables: RetiredTables<'s, K, V>) {
+        self.tables.push(tables);
     }
 
     pub(crate) fn push(&mut self, taken: impl Into<Taken<'s, K, V>>, cause: RemovalCause) {
@@ -93,7 +102,10 @@ impl<'s, K, V> Removed<'s, K, V> {
         self.first.iter().chain(self.rest.iter())
     }
 
+    /// The entries; the old tables, if any, are retired at once (the
+    /// caller's locks are released by now).
     pub(crate) fn into_iter(self) -> impl Iterator<Item = (Taken<'s, K, V>, RemovalCause)> {
-        self.first.into_iter().chain(self.rest)
+        let Self { first, rest, .. } = self;
+        first.into_iter().chain(rest)
     }
 }

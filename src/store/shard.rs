@@ -35,7 +35,9 @@
 //!   weights), an entry leaving probation moves to main without a duel.
 //!
 //! Each step evicts, moves an entry out of probation, or spends a read, so
-//! making room ends, and costs O(1) amortized. The design was chosen by
+//! making room ends, and costs O(1) amortized; since readers take no lock
+//! and may raise counters meanwhile, main's hand stops after enough turns
+//! to spend every counter three times and evicts its head regardless. The design was chosen by
 //! replaying 21 real and synthetic traces against S3-FIFO, quick_cache and
 //! moka (`docs/design.md`, *Eviction*).
 //!
@@ -634,7 +636,7 @@ impl<K, V> Shard<K, V> {
     }
 
     /// Whether `due`'s oldest value is stale at `now` (for the refresher's
-    /// look under the read lock before it takes anything).
+    /// look, under the shard's lock, before it takes anything).
     pub(crate) fn has_due(&self, now: Nanos, ttl: Nanos) -> bool {
         self.due
             .head()
@@ -789,7 +791,10 @@ impl<K, V> Shard<K, V> {
     /// spending one (and counting it in the sketch), and stops at the first
     /// without, which it returns (still main's head). `None` if main is empty.
     fn main_victim(&mut self) -> Option<u32> {
-        loop {
+        // Readers may raise counters while the hand goes round (they take
+        // no lock), so it stops after enough turns to spend every counter
+        // three times over, and takes the head whatever its reads.
+        for _ in 0..(MAX_FREQ as usize + 1) * self.main.len() {
             let i = self.main.head()?;
             let node = self.node(i);
             if !node.meta.cool() {
@@ -799,6 +804,7 @@ impl<K, V> Shard<K, V> {
             self.sketch.increment(fingerprint);
             self.main.rotate(&self.links);
         }
+        self.main.head()
     }
 
     /// Moves a small-queue entry to main, its reads spent.

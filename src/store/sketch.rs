@@ -3,7 +3,7 @@
 //! lays it: the four counters of a key in one 64-byte block, so an update
 //! or an estimate touches one cache line).
 //!
-//! The shard feeds it only under its write lock: one count per miss (a new
+//! The shard feeds it only under its lock: one count per miss (a new
 //! key written), and the reads an entry collected, folded in when a queue
 //! passes over it. Every `10 × entries` counts, every counter is halved, so
 //! the sketch forgets at the pace the shard turns over (`entries` being the
