@@ -168,17 +168,20 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Default + Send + Sync + 'static,
 {
-    let cache = swr_not_started::<K, V>(capacity);
+    let cache = swr_not_started::<K, V>(capacity, runtime);
     cache.start_on(runtime.handle()).expect("has a fetcher");
     cache
 }
 
 /// [`swr`]'s cache before `start`: a TTL and a fetcher, but no refresher.
-fn swr_not_started<K, V>(capacity: usize) -> Cache<K, V>
+/// Built inside `runtime`, as a service builds it, so a task there keeps
+/// its coarse clock.
+fn swr_not_started<K, V>(capacity: usize, runtime: &tokio::runtime::Runtime) -> Cache<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Default + Send + Sync + 'static,
 {
+    let _inside = runtime.enter();
     Cache::builder()
         .max_size(capacity)
         .ttl(Some(Duration::from_secs(3600)))
@@ -558,7 +561,7 @@ impl HotPrompts {
         let prompts = HotPrompts {
             frozen: (0..PROMPTS).map(|i| (keys[i].clone(), value(i))).collect(),
             swr: swr(PROMPTS, runtime),
-            swr_no_refresher: swr_not_started(PROMPTS),
+            swr_no_refresher: swr_not_started(PROMPTS, runtime),
             quick: quick_cache::sync::Cache::new(QUICK_CACHE_PROMPTS_CAPACITY),
             dashmap: floor(PROMPTS),
             moka: moka::sync::Cache::new(PROMPTS as u64),
@@ -877,7 +880,10 @@ const HOT_RATIOS: [(&str, [HotReader; 2], HotReader); 3] = [
 /// Every hot-prompts reader in interleaved rounds, at each thread count.
 fn paired_hot_prompts(runtime: &tokio::runtime::Runtime) -> Vec<HotPromptsRounds> {
     let prompts = HotPrompts::new(runtime);
-    let ops = paired_ops();
+    // Eight times the other workloads' rounds: a hot-prompt read is a few
+    // nanoseconds, and a round of a few milliseconds on 2 shared cores
+    // measures the scheduler more than the reads.
+    let ops = 8 * paired_ops();
     thread_counts()
         .into_iter()
         .map(|threads| {
