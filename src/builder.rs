@@ -173,12 +173,13 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     ///
     /// So that a hit reads no clock, reads judge staleness by a coarse
     /// clock ticked every `ttl / 64` (1 ms to 100 ms): by the refresher while
-    /// it runs, and otherwise by a small task on the multi-thread tokio
-    /// runtime the cache was built in (or given its TTL in), which ends with
-    /// the cache. An entry then goes stale at its TTL or up to one tick
-    /// later, never before. Built outside such a runtime (or in a
-    /// current-thread one, whose timers run only inside `block_on`), a
-    /// cache without a running refresher reads the precise clock on a hit.
+    /// it runs, and otherwise, for a cache built (or given its TTL) inside a
+    /// multi-thread tokio runtime, by a thread of its own
+    /// (`swr-cache-clock`) that ends within a tick of the cache. An entry
+    /// then goes stale at its TTL or up to one tick later, never before.
+    /// Built outside such a runtime (or in a current-thread one, which may
+    /// run on tokio's paused clock), a cache without a running refresher
+    /// reads the precise clock on a hit.
     ///
     /// Takes a `Duration` or an `Option<Duration>`:
     ///

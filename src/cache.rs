@@ -509,8 +509,8 @@ where
     /// while it runs does nothing.
     ///
     /// The refresher is one tokio task. Every `refresh_interval` it looks
-    /// for stale entries at the head of each shard's write order (one read
-    /// lock per shard, whatever the number of entries; it takes the stale
+    /// for stale entries at the head of each shard's write order (one hold
+    /// of each shard's lock, whatever the number of entries; it takes the stale
     /// ones under the shard's lock, at most 32 per hold), and fetches them,
     /// as many at a time as the adaptive limit allows
     /// ([`adaptive_refreshes`](crate::CacheBuilder::adaptive_refreshes), or a fixed

@@ -8,9 +8,9 @@
 //! Reading the time costs a `clock_gettime` call (~20 ns), as much as a whole
 //! cache hit, so the read path does not do it: a *coarse* clock
 //! ([`Clock::recent`]) is ticked by the refresher while it runs, and
-//! otherwise, while the cache has a TTL and a multi-thread runtime to run
-//! it on, by a keeper of its own (`crate::upkeep`), and `get` judges
-//! staleness against that. With neither ticking, `recent` reads the precise
+//! otherwise, for a cache with a TTL built in a multi-thread runtime, by a
+//! keeper of its own (`crate::upkeep`), and `get` judges staleness against
+//! that. With neither ticking, `recent` reads the precise
 //! time instead, so staleness is never judged against a frozen clock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,8 +143,9 @@ impl Clock {
     pub(crate) fn start_keeping(&self) -> Option<Keeper> {
         self.tick();
         let keeper = self.tickers.fetch_add(1, Ordering::Relaxed) + 1;
+        // SeqCst: see `crate::upkeep`'s restart.
         self.kept
-            .compare_exchange(0, keeper, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(0, keeper, Ordering::SeqCst, Ordering::SeqCst)
             .ok()
             .map(|_| Keeper(keeper))
     }
@@ -154,7 +155,7 @@ impl Clock {
     pub(crate) fn stop_keeping(&self, keeper: Keeper) {
         let _ = self
             .kept
-            .compare_exchange(keeper.0, 0, Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(keeper.0, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// The instant a [`Nanos`] reading stands for, for tokio timers.
@@ -196,6 +197,21 @@ mod tests {
         clock.stop_ticking_if(ticker);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(clock.recent(), 3_000_000_000);
+    }
+
+    /// (Review.) A keeper that stops late (the TTL removed and given back
+    /// meanwhile) must not stop the one that took over.
+    #[test]
+    fn a_keeper_that_stops_late_does_not_stop_a_newer_one() {
+        let clock = Clock::new();
+        let old = clock.start_keeping().expect("none keeps it");
+        assert!(clock.start_keeping().is_none(), "one keeper at a time");
+        clock.stop_keeping(old);
+        let new = clock.start_keeping().expect("free again");
+        clock.stop_keeping(old);
+        assert_eq!(clock.kept.load(Ordering::SeqCst), new.0, "still kept");
+        clock.stop_keeping(new);
+        assert_eq!(clock.kept.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(start_paused = true)]

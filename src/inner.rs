@@ -521,7 +521,8 @@ where
                 // make that now.
                 self.read.clock.tick();
             }
-            self.read.ttl.store(ttl_nanos(&next), Ordering::Relaxed);
+            // SeqCst: see `crate::upkeep`'s restart.
+            self.read.ttl.store(ttl_nanos(&next), Ordering::SeqCst);
             self.read
                 .max_stale
                 .store(max_stale_nanos(&next), Ordering::Relaxed);

@@ -1,18 +1,19 @@
 //! The coarse clock's keeper. While a cache has a TTL, something must keep
 //! [`Clock::recent`](crate::clock::Clock::recent) current, so that a hit
 //! judges staleness without reading the clock. The refresher does while it
-//! runs; otherwise the keeper does, cheaply: a tick every [`tick_period`]
-//! (a sixty-fourth of the TTL, 1 to 100 ms), from a task on the
-//! multi-thread tokio runtime the cache was built (or given its TTL) in. It
-//! holds the cache weakly, and ends when the cache is dropped or its TTL
-//! removed; a keeper whose runtime goes away hands the read path back to
-//! the precise clock.
+//! runs; otherwise the keeper does, cheaply: a thread of its own (named
+//! `swr-cache-clock`) ticking every [`tick_period`] (a sixty-fourth of the
+//! TTL, 1 to 100 ms). It holds the cache weakly, and ends within a tick of
+//! the cache being dropped or its TTL removed.
 //!
-//! Only a multi-thread runtime keeps it: its workers always run timers,
-//! while a current-thread runtime runs them only inside `block_on`, and a
-//! keeper there could freeze the cache's time. Built outside a runtime, or
-//! in a current-thread one, a cache without a running refresher reads the
-//! precise clock on a hit, as it always did.
+//! A cache gets one only when built (or given its TTL) inside a
+//! multi-thread tokio runtime, the services it is made for: a thread per
+//! cache is cheap there, and it needs nothing of the runtime (neither its
+//! timers, which a runtime may not have enabled, nor its being driven). A
+//! current-thread runtime may run on tokio's paused clock, which a thread
+//! cannot follow, and a cache outside any runtime may be one of thousands
+//! (a test suite, a fuzzer): those, without a running refresher, read the
+//! precise clock on a hit, as they always did.
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
@@ -25,36 +26,38 @@ use crate::clock::{Keeper, tick_period};
 use crate::inner::Inner;
 
 /// Starts the keeper of `inner`'s coarse clock, unless it has no TTL, one
-/// runs already, or there is no multi-thread runtime to run it on.
+/// runs already, or it is not inside a multi-thread runtime.
 pub(crate) fn keep_clock<K, V, S>(inner: &Arc<Inner<K, V, S>>)
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    let Ok(runtime) = Handle::try_current() else {
-        return;
-    };
-    if runtime.runtime_flavor() != RuntimeFlavor::MultiThread || inner.ttl_nanos() == 0 {
+    let in_multi_thread =
+        Handle::try_current().is_ok_and(|r| r.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if !in_multi_thread || inner.ttl_nanos() == 0 {
         return;
     }
     let Some(keeper) = inner.read.clock.start_keeping() else {
         return;
     };
-    let kept = Kept {
+    let mut kept = Kept {
         cache: Arc::downgrade(inner),
         keeper,
     };
-    runtime.spawn(async move {
-        let mut kept = kept;
-        while let Some(period) = kept.tick() {
-            tokio::time::sleep(period).await;
-        }
-    });
+    // Should the thread not start, the closure (and `kept`) is dropped with
+    // the error, and reads keep the precise clock.
+    let _ = std::thread::Builder::new()
+        .name("swr-cache-clock".into())
+        .spawn(move || {
+            while let Some(period) = kept.tick() {
+                std::thread::sleep(period);
+            }
+        });
 }
 
-/// The keeper's hold on its cache: when it is dropped (the keeper ended,
-/// or its runtime dropped the task), the clock is no longer kept by it.
+/// The keeper's hold on its cache: when it is dropped (the keeper ended),
+/// the clock is no longer kept by it.
 struct Kept<K, V, S> {
     cache: Weak<Inner<K, V, S>>,
     keeper: Keeper,
@@ -66,7 +69,10 @@ impl<K, V, S> Kept<K, V, S> {
     fn tick(&mut self) -> Option<Duration> {
         let inner = self.cache.upgrade()?;
         let clock = &inner.read.clock;
-        let ttl = || inner.read.ttl.load(Ordering::Relaxed);
+        // SeqCst with `configure`'s store of the TTL and the keeper's
+        // number: of a keeper seeing no TTL and a `configure` giving one
+        // back, at least one sees the other.
+        let ttl = || inner.read.ttl.load(Ordering::SeqCst);
         if ttl() == 0 {
             // Stop keeping first, then look again: a `configure` giving a
             // TTL back in between found this keeper still keeping and

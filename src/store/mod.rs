@@ -395,15 +395,15 @@ where
         for (at, writer) in writers.iter_mut().enumerate() {
             let (shard, mut ix) = writer.split();
             shard.set_capacity(&mut ix, share(capacity, n, at), out);
+            // Old tables (of shards emptied) are retired once every lock,
+            // and the caller's, is released: with `out`. Taken at once, so
+            // an unwinding panic does not retire them as the locks go.
+            out.push_tables(writer.take_replaced());
         }
         let (new_len, new_weight) = writers.iter().fold((0, 0), |(l, w), s| {
             (l + s.state().len(), w + s.state().weight())
         });
-        // Old tables (of shards emptied) are retired once every lock, and
-        // the caller's, is released: with `out`.
-        for writer in &mut writers {
-            out.push_tables(writer.take_replaced());
-        }
+
         let totals = &self.totals.0;
         totals.len.fetch_sub(len - new_len, Ordering::Relaxed);
         if self.weighted {

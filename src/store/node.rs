@@ -130,12 +130,14 @@ const NUDGED: u64 = 1 << 63;
 /// Set while the node is in the main queue, clear while in the small
 /// (probationary) queue. Written under the shard's lock only.
 const IN_MAIN: u64 = 1 << 62;
-/// The frequency counter, three bits as a thermometer: level `n` has the
-/// lowest `n` of them set. A reader raises the level by setting the next
-/// bit with `fetch_or`, so two readers racing at one level raise it once
-/// (an increment lost, which a saturating counter shrugs off) and the
-/// counter can never overflow into the bits beside it. Lowered only by the
-/// shard's writer, in one atomic step (readers may raise it meanwhile).
+/// The frequency counter, three bits as a thermometer: the level is the
+/// number of low bits set in a row. A reader raises the level by setting
+/// the next bit with `fetch_or`, so two readers racing at one level raise
+/// it once (an increment lost, which a saturating counter shrugs off) and
+/// the counter can never overflow into the bits beside it. Lowered only by
+/// the shard's writer, in one atomic step; a reader that judged the level
+/// before a lowering may then set a bit above a gap (`0b101` reads as 1),
+/// which only biases the count, as a lost increment does.
 const FREQ_SHIFT: u32 = 59;
 const FREQ_MASK: u64 = 0b111 << FREQ_SHIFT;
 /// The highest frequency level.

@@ -35,9 +35,11 @@
 //!   weights), an entry leaving probation moves to main without a duel.
 //!
 //! Each step evicts, moves an entry out of probation, or spends a read, so
-//! making room ends, and costs O(1) amortized; since readers take no lock
-//! and may raise counters meanwhile, main's hand stops after enough turns
-//! to spend every counter three times and evicts its head regardless. The design was chosen by
+//! making room ends, and costs O(1) amortized while no one reads. Readers
+//! take no lock and may raise counters as the hand turns, so it stops after
+//! enough turns to spend every counter three times and evicts its head
+//! regardless: an eviction among entries read all the time costs at most
+//! four turns of main. The design was chosen by
 //! replaying 21 real and synthetic traces against S3-FIFO, quick_cache and
 //! moka (`docs/design.md`, *Eviction*).
 //!
