@@ -138,7 +138,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     ///
     /// It runs on the thread whose call removed the entry, after every lock
     /// is released and the cache is consistent, so it may call the cache
-    /// itself. A panic in it is caught and counted
+    /// itself. It gets clones of the key and value (a reader may still be
+    /// reading the entry's own, which are dropped once none can). A panic in
+    /// it is caught and counted
     /// ([`Metrics::listener_panics`](crate::Metrics::listener_panics)).
     ///
     /// ```

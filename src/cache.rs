@@ -194,8 +194,8 @@ where
     /// Stores `value` for `key`, with a fresh age. A new key in a full cache
     /// evicts to make room, by the policy described in the
     /// [crate docs](crate#policy); the evicted entries, and the value this
-    /// one replaces, are dropped (or given to the listener) after the lock
-    /// is released.
+    /// one replaces, are given to the listener after the lock is released,
+    /// and dropped once no reader can still see them.
     pub fn insert(&self, key: K, value: V) {
         if self.inner.is_disabled() {
             return;

@@ -345,13 +345,12 @@ where
     }
 
     /// Hands removed entries to the listener, one by one, each call's panic
-    /// caught and counted; without a listener, drops them. Called with no
-    /// lock held. A value whose `Drop` panics unwinds to the caller, the
-    /// cache already consistent.
-    ///
-    /// A node taken out is retired here, after its key and value are cloned
-    /// for the listener (readers may still hold the node's own): its own
-    /// are dropped once no reader can see them.
+    /// caught and counted. Called with no lock held. A node taken out is
+    /// retired here, after its key and value are cloned for the listener
+    /// (readers may still hold the node's own): its own are dropped once no
+    /// reader can see them, by the collector. A key and value no reader saw
+    /// (refused for their weight) are dropped here; a `Drop` of theirs that
+    /// panics unwinds to the caller, the cache already consistent.
     pub(crate) fn report(&self, removed: Removed<'_, K, V>) {
         if removed.is_empty() {
             return;
