@@ -138,7 +138,7 @@ impl<K, V> Slots<K, V> {
         self.groups.len() * GROUP
     }
 
-    /// The first node from `fingerprint`'s home group on that passes
+    /// The first node with `fingerprint` from its home group on that passes
     /// `matches`: its group, slot and address.
     #[inline]
     fn find(
@@ -162,7 +162,12 @@ impl<K, V> Slots<K, V> {
                 // retired after they entered, and a node is retired only
                 // after it left every slot; writers hold the shard's lock,
                 // and only they retire, after releasing it.
-                if !node.is_null() && matches(unsafe { &*node }) {
+                if node.is_null() {
+                    continue;
+                }
+                // SAFETY: as above.
+                let found = unsafe { &*node };
+                if found.fingerprint == fingerprint && matches(found) {
                     return Some((at, slot, node));
                 }
             }
@@ -340,50 +345,49 @@ impl<K, V, P> Shards<K, V, P> {
         &self,
         at: usize,
         fingerprint: u32,
-        mut matches: impl FnMut(&Node<K, V>) -> bool,
+        matches: impl FnMut(&Node<K, V>) -> bool,
         read: impl FnOnce(&Node<K, V>) -> R,
     ) -> Option<R> {
-        let _inside = self.collector.enter();
-        // What seize's `Guard::protect` does (a SeqCst load), spelled out so
-        // the permutation tests can swap the atomic for shuttle's.
-        let table = self.shards[at].0.table.load(SeqCst);
-        if table.is_null() {
-            return None;
-        }
-        // SAFETY: a published table is freed only once retired and left by
-        // every reader inside the collector then; we are inside.
-        let table = unsafe { &*table };
-        let (_, _, node) =
-            table.find(fingerprint, |n| n.fingerprint == fingerprint && matches(n))?;
-        // SAFETY: as in `Slots::find`: published when loaded, and we are
-        // inside the collector until `_inside` drops, after `read`.
-        Some(read(unsafe { &*node }))
+        self.inside(at, |table| {
+            let (_, _, node) = table.find(fingerprint, matches)?;
+            // SAFETY: as in `Slots::find`: published when loaded, and we are
+            // inside the collector until `inside` returns, after `read`.
+            Some(read(unsafe { &*node }))
+        })
     }
 
     /// Runs `each` on every node of shard `at` as the table holds them while
     /// it looks, without a lock (weakly consistent: a write meanwhile may or
     /// may not be seen).
     pub(crate) fn for_each(&self, at: usize, mut each: impl FnMut(&Node<K, V>)) {
+        self.inside(at, |table| {
+            for group in table.groups.iter() {
+                let tags = group.tags.load(Acquire);
+                // Full slots are the tags with the high bit set.
+                for slot in slots_of(tags & HIGH) {
+                    let node = group.nodes[slot].load(SeqCst);
+                    if !node.is_null() {
+                        // SAFETY: as in `read`.
+                        each(unsafe { &*node });
+                    }
+                }
+            }
+            Some(())
+        });
+    }
+
+    /// Runs `f` on shard `at`'s published table (`None` without one),
+    /// inside the collector for just this call: the table, and the nodes
+    /// `f` reaches through it, stay allocated until it returns.
+    #[inline]
+    fn inside<R>(&self, at: usize, f: impl FnOnce(&Slots<K, V>) -> Option<R>) -> Option<R> {
         let _inside = self.collector.enter();
         // What seize's `Guard::protect` does (a SeqCst load), spelled out so
         // the permutation tests can swap the atomic for shuttle's.
         let table = self.shards[at].0.table.load(SeqCst);
-        if table.is_null() {
-            return;
-        }
-        // SAFETY: as in `read`.
-        let table = unsafe { &*table };
-        for group in table.groups.iter() {
-            let tags = group.tags.load(Acquire);
-            // Full slots are the tags with the high bit set.
-            for slot in slots_of(tags & HIGH) {
-                let node = group.nodes[slot].load(SeqCst);
-                if !node.is_null() {
-                    // SAFETY: as in `read`.
-                    each(unsafe { &*node });
-                }
-            }
-        }
+        // SAFETY: a published table is freed only once retired and left by
+        // every reader inside the collector then; we are inside.
+        f(unsafe { table.as_ref() }?)
     }
 
     /// Takes shard `at`'s lock, for a writer.
@@ -505,11 +509,9 @@ impl<'s, K, V> Index<'_, 's, K, V> {
     pub(crate) fn find(
         &self,
         fingerprint: u32,
-        mut matches: impl FnMut(&Node<K, V>) -> bool,
+        matches: impl FnMut(&Node<K, V>) -> bool,
     ) -> Option<&Node<K, V>> {
-        let (_, _, node) = self
-            .slots()?
-            .find(fingerprint, |n| n.fingerprint == fingerprint && matches(n))?;
+        let (_, _, node) = self.slots()?.find(fingerprint, matches)?;
         // SAFETY: published, and only this lock's holder unpublishes.
         Some(unsafe { &*node })
     }
