@@ -224,7 +224,7 @@ where
     /// How logs name `key`: its `Debug` form with `log_keys`, else its hash.
     pub(crate) fn describe(&self, key: &K) -> String {
         match self.key_debug {
-            Some(debug) => debug(key),
+            Some(debug) => crate::excerpt::excerpt(debug(key)),
             None => format!("#{:08x}", self.store.fingerprint_of(key)),
         }
     }

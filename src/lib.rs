@@ -158,6 +158,7 @@ mod builder;
 mod cache;
 mod changes;
 mod clock;
+mod excerpt;
 mod fetcher;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
