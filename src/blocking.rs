@@ -34,8 +34,10 @@ enum Role {
     Wait(Arc<Latch>),
     /// Load it, registered as the key's loader.
     Load((Arc<Latch>, Arc<AtomicBool>)),
-    /// This thread is the key's loader already (its loader asked again).
-    Reenter,
+    /// This thread is the key's loader already (its loader asked again):
+    /// load again, under the registered load's fence, since a removal
+    /// while either runs must keep both out.
+    Reenter(Arc<AtomicBool>),
 }
 
 impl<K, V, S> Inner<K, V, S>
@@ -64,7 +66,9 @@ where
                 Entry::Occupied(slot) if slot.get().fence.load(Ordering::SeqCst) => {
                     Role::Load(Self::register(|s| drop(slot.replace_entry(s)), me))
                 }
-                Entry::Occupied(slot) if slot.get().loader == me => Role::Reenter,
+                Entry::Occupied(slot) if slot.get().loader == me => {
+                    Role::Reenter(Arc::clone(&slot.get().fence))
+                }
                 Entry::Occupied(slot) => Role::Wait(Arc::clone(&slot.get().done)),
                 Entry::Vacant(slot) => Role::Load(Self::register(|s| drop(slot.insert(s)), me)),
             };
@@ -87,8 +91,8 @@ where
                     };
                     return self.load_blocking(&key, load, &fence);
                 }
-                Role::Reenter => {
-                    return self.load_blocking(&key, load, &AtomicBool::new(false));
+                Role::Reenter(fence) => {
+                    return self.load_blocking(&key, load, &fence);
                 }
             }
         }

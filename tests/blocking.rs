@@ -160,6 +160,28 @@ fn a_loader_that_asks_for_its_own_key_does_not_wait_for_itself() {
     });
 }
 
+/// (Review #18.1.) The inner load of a reentrant `get_or_insert_with`
+/// began before an invalidate that landed while it ran: the invalidate
+/// must fence it, as it fences the outer load it belongs to. It loaded
+/// under a fresh, unset fence, and its value was cached after the
+/// invalidate returned.
+#[test]
+fn an_invalidate_during_a_reentrant_load_fences_the_inner_load_too() {
+    within("reentrant fenced load", || {
+        let cache = plain();
+        let outer = cache.get_or_insert_with("k", |_| {
+            let inner = cache.get_or_insert_with("k", |_| {
+                assert!(!cache.invalidate("k"), "nothing cached yet");
+                Ok::<_, String>("inner".into())
+            })?;
+            Ok::<_, String>(format!("outer of {inner}"))
+        });
+        assert_eq!(outer.unwrap(), "outer of inner", "returned, not cached");
+        assert_eq!(cache.get("k"), None, "a load begun before the invalidate");
+        assert_eq!(cache.metrics().discarded, 2, "both loads fenced");
+    });
+}
+
 #[test]
 fn a_disabled_cache_loads_and_stores_nothing() {
     let cache: Cache<String, String> = Cache::builder().max_size(0).build().unwrap();
