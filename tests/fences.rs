@@ -1026,9 +1026,10 @@ fn mark_stale_without_a_ttl_invalidates() {
 }
 
 /// Found in review: a mark made the value's next version by the install
-/// count, which wraps at 256, so a refresh in flight across 256 marks found
-/// its version again and installed the value from before as fresh. A mark
-/// is a write of its own now.
+/// count, which wrapped at 256, so a refresh in flight across 256 marks
+/// found its version again and installed the value from before as fresh.
+/// Marks and installs now count in 24 bits, which no fetch lives through
+/// (see `Version`); a mark is still not a user's write (the next test).
 #[tokio::test(start_paused = true)]
 async fn a_refresh_in_flight_across_256_marks_installs_nothing() {
     let upstream = Gated::new();
@@ -1049,6 +1050,29 @@ async fn a_refresh_in_flight_across_256_marks_installs_nothing() {
     assert_eq!(cache.get("k").as_deref(), Some("old"));
     assert_eq!(cache.is_stale("k"), Some(true), "still marked");
     assert_eq!(cache.metrics().discarded, 1);
+    cache.validate();
+}
+
+/// (Review #18.5.) A mark between `invalidate_if`'s copy of the shard and
+/// its removal is not a user's write: the entry the predicate picked is
+/// removed. Marks took a user-write number, and the entry survived.
+#[test]
+fn invalidate_if_removes_an_entry_marked_stale_meanwhile() {
+    let cache: Cache<String, String> = Cache::builder().ttl(TTL).build().unwrap();
+    cache.insert("k".into(), "old".into());
+    let removed = cache.invalidate_if(|k, _| {
+        // The predicate runs between the copy and the removal.
+        assert!(cache.mark_stale(k));
+        true
+    });
+    assert_eq!(removed, 1);
+    assert_eq!(cache.peek("k"), None, "the mark saved the entry");
+    cache.insert("k".into(), "old".into());
+    cache.retain(|k, _| {
+        assert!(cache.mark_stale(k));
+        false
+    });
+    assert_eq!(cache.peek("k"), None, "retain: the mark saved the entry");
     cache.validate();
 }
 

@@ -19,32 +19,40 @@ use crate::sync::AtomicU64;
 
 use crate::clock::Nanos;
 
-/// The version of an entry's value: which write it came from. The top 56
-/// bits number the user's writes in the shard, the low 8 the installs of
-/// fetched results since (wrapping; one fetch of a key is in flight at a
-/// time). A refresh installs its result only over the exact version it
-/// fetched from (see `Shard::install`); `retain` and `invalidate_if` remove
-/// an entry only if no user write came since they looked, a refresh
-/// between not saving it ([`user_write`]). 56 bits do not wrap (2^56
-/// writes are 150 years at 15 million a second); the 24 bits of a 32-bit
-/// version did, after 2^24 writes to a shard (a second of churn), and then
-/// a refresh begun before a write could install over it.
+/// The version of an entry's value: which change it came from. The top 40
+/// bits number the user's writes in the shard; the low 24 count the
+/// changes since that are not the user's (installs of fetched results, and
+/// `mark_stale`), wrapping. A refresh installs its result only over the
+/// exact version it fetched from (see `Shard::install`), so any change
+/// since (a write, an install, a mark) supersedes it; `retain` and
+/// `invalidate_if` remove an entry only if no user write came since they
+/// looked ([`user_write`]), an install or a mark between not saving it.
+///
+/// Equal versions are only ever compared across the life of one fetch (or
+/// of one `retain` pass), so a number may wrap as long as it cannot come
+/// round within one: 2^40 writes to a shard (18 hours at the fastest a
+/// shard writes, 17 million a second) or 2^24 installs and marks of one
+/// key (one install per fetch, and a fetch is one at a time per key and
+/// bounded by `refresh_timeout`) cannot. A blocking load of an expired
+/// entry (`get_or_insert_with`) has no time bound: one that outlives
+/// exactly a multiple of 2^24 refreshes of its key installs over the last
+/// (a limitation the crate docs state).
 pub(crate) type Version = u64;
 
-/// The bits of a [`Version`] that number installs.
-pub(crate) const INSTALLS: Version = 0xff;
+/// The bits of a [`Version`] that count changes since the user's write.
+pub(crate) const CHANGES: Version = (1 << 24) - 1;
 
-/// The user's write a version comes from, refreshes aside.
+/// The user's write a version comes from, installs and marks aside.
 #[inline]
 pub(crate) fn user_write(version: Version) -> Version {
-    version & !INSTALLS
+    version & !CHANGES
 }
 
-/// The version after an install over `version`: the same user write, the
-/// next install.
+/// The version after a change that is not the user's (an install, a mark)
+/// over `version`: the same user write, the next change.
 #[inline]
-pub(crate) fn installed_over(version: Version) -> Version {
-    user_write(version) | (version.wrapping_add(1) & INSTALLS)
+pub(crate) fn changed_from(version: Version) -> Version {
+    user_write(version) | (version.wrapping_add(1) & CHANGES)
 }
 
 pub(crate) struct Node<K, V> {

@@ -53,7 +53,7 @@
 
 use super::due::Due;
 use super::ghost::Ghost;
-use super::node::{Born, INSTALLS, MAX_FREQ, Node, Version, installed_over};
+use super::node::{Born, CHANGES, MAX_FREQ, Node, Version, changed_from};
 use super::published::{Index, Owned, Unlinked};
 use super::queue::{Link, Queue};
 use super::removed::Removed;
@@ -236,7 +236,7 @@ impl<K, V> Shard<K, V> {
 
     /// The version for a user's write (a new key, or a replaced value).
     fn version(&mut self) -> Version {
-        self.next_version = self.next_version.wrapping_add(INSTALLS + 1);
+        self.next_version = self.next_version.wrapping_add(CHANGES + 1);
         self.next_version
     }
 
@@ -341,7 +341,7 @@ impl<K, V> Shard<K, V> {
                 Install::Renew => None,
             });
         };
-        let version = installed_over(from);
+        let version = changed_from(from);
         match update {
             Install::Renew => {
                 let node = self.node(i);
@@ -389,10 +389,10 @@ impl<K, V> Shard<K, V> {
 
     /// Marks the value of `key` stale whatever its age, until it is next
     /// written: as a new version (so a refresh under way, fetched from the
-    /// value before, installs nothing; `retain` and `invalidate_if` count
-    /// it as a write), at `due`'s head, out of the
-    /// refresher's hands and askable for again, so that the next stale read
-    /// or look refreshes it. False if `key` is absent.
+    /// value before, installs nothing), but not a user's write (so
+    /// `retain` and `invalidate_if` still remove it), at `due`'s head, out
+    /// of the refresher's hands and askable for again, so that the next
+    /// stale read or look refreshes it. False if `key` is absent.
     pub(crate) fn mark_stale(
         &mut self,
         ix: &Index<'_, '_, K, V>,
@@ -414,12 +414,8 @@ impl<K, V> Shard<K, V> {
     }
 
     fn mark_node_stale(&mut self, i: u32) {
-        // A new user-write number, not the next install: the install bits
-        // wrap at 256, and a fetch under way through 256 marks would find
-        // its version again and install the value from before.
-        let version = self.version();
         let node = self.node(i);
-        node.set_version(version);
+        node.set_version(changed_from(node.version()));
         node.meta.mark_stale();
         node.meta.clear_nudged();
         self.due.written(i, true);
@@ -987,7 +983,7 @@ mod tests {
         let writes: Version = (1 << 24) - 1;
         shard.next_version = shard
             .next_version
-            .wrapping_add(writes.wrapping_mul(INSTALLS + 1));
+            .wrapping_add(writes.wrapping_mul(CHANGES + 1));
         shard.write(&mut ix, 7, entry(7, 2), Write::Upsert, &mut out);
         let update = Install::Value(7, 3, 1);
         let installed = shard.install(&mut ix, 7, |&k| k == 7, from, update, 0, &mut out);
