@@ -3,7 +3,8 @@
 //! Time is read through [`tokio::time::Instant`], so a test on tokio's paused
 //! clock (`#[tokio::test(start_paused = true)]`) controls every age the cache
 //! computes, with no real sleep. Instants are kept as nanoseconds since the
-//! clock's base in a `u64`, which fits in an atomic and lasts 584 years.
+//! clock's base in a `u64`, which fits in an atomic and lasts 584 years
+//! (an entry keeps its write time in microseconds, which last longer).
 //!
 //! Reading the time costs a `clock_gettime` call (~20 ns), as much as a whole
 //! cache hit, so the read path does not do it: a *coarse* clock

@@ -16,6 +16,32 @@ const TTL: Duration = Duration::from_secs(10);
 const MAX_STALE: Duration = Duration::from_secs(30);
 const INTERVAL: Duration = Duration::from_secs(1);
 
+/// (Review #18.6.) Write times were nanoseconds in 58 bits: 9.1 years
+/// into a cache's life every value was stale as it was written, and with
+/// `max_stale` every `get` missed. Long-running services keep caches for
+/// years.
+#[tokio::test(start_paused = true)]
+async fn a_cache_ten_years_old_judges_ages_as_a_new_one_does() {
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(TTL)
+        .max_stale(MAX_STALE)
+        .build()
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
+    cache.insert("k".into(), "v".into());
+    assert_eq!(cache.is_stale("k"), Some(false), "fresh as written");
+    assert_eq!(cache.get("k").as_deref(), Some("v"));
+    sleep(TTL + Duration::from_millis(1)).await;
+    assert_eq!(cache.is_stale("k"), Some(true), "stale past its TTL");
+    assert_eq!(
+        cache.get("k").as_deref(),
+        Some("v"),
+        "served within max_stale"
+    );
+    let m = cache.metrics();
+    assert_eq!((m.hits, m.stale_hits, m.misses), (2, 1, 0), "{m}");
+}
+
 /// Fails while `down`, else answers `"{key}-new"`.
 fn flaky_cache(down: &Arc<AtomicBool>) -> Cache<String, String> {
     let down = Arc::clone(down);

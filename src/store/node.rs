@@ -87,7 +87,7 @@ pub(crate) struct Born {
 impl<K, V> Node<K, V> {
     #[inline]
     pub(crate) fn new(key: K, value: V, born: Born) -> Self {
-        let mut meta = born.now.min(WRITTEN_AT) | freq_bits(born.freq);
+        let mut meta = stamp(born.now) | freq_bits(born.freq);
         if born.in_main {
             meta |= IN_MAIN;
         }
@@ -154,8 +154,25 @@ pub(crate) const MAX_FREQ: u8 = 3;
 /// as stale), until its value is renewed. Written under the shard's lock.
 const MARKED_STALE: u64 = 1 << 58;
 /// When the value was written or last confirmed unchanged: 58 bits of
-/// nanoseconds since the clock's base, 9 years, saturating.
+/// microseconds since the clock's base (rounded up, so a value is never
+/// judged older than it is), 9,000 years. In nanoseconds they lasted 9
+/// years, after which every value was stale as it was written.
 const WRITTEN_AT: u64 = MARKED_STALE - 1;
+
+/// Nanoseconds in the unit [`WRITTEN_AT`] counts.
+const MICROSECOND: Nanos = 1_000;
+
+/// `now` as [`WRITTEN_AT`] holds it.
+#[inline]
+fn stamp(now: Nanos) -> u64 {
+    now.div_ceil(MICROSECOND).min(WRITTEN_AT)
+}
+
+/// When a word's value was written, in nanoseconds.
+#[inline]
+fn written(meta: u64) -> Nanos {
+    (meta & WRITTEN_AT).saturating_mul(MICROSECOND)
+}
 
 /// The node's atomic word: write time, frequency and three flags.
 pub(crate) struct Meta(AtomicU64);
@@ -191,7 +208,7 @@ impl Meta {
     /// `ttl + max_stale`, too old to serve.
     #[inline]
     pub(crate) fn is_expired(&self, now: Nanos, ttl: Nanos, max_stale: Nanos) -> bool {
-        now.saturating_sub(self.load() & WRITTEN_AT) > ttl.saturating_add(max_stale)
+        now.saturating_sub(written(self.load())) > ttl.saturating_add(max_stale)
     }
 
     /// Claims the right to ask for this value's refresh, if it is stale
@@ -247,7 +264,7 @@ impl Meta {
     /// next refresh has not been asked for).
     #[inline]
     pub(crate) fn renew(&self, now: Nanos) {
-        self.update(|m| (m & !(WRITTEN_AT | MARKED_STALE | NUDGED)) | now.min(WRITTEN_AT));
+        self.update(|m| (m & !(WRITTEN_AT | MARKED_STALE | NUDGED)) | stamp(now));
     }
 
     /// Marks the value's refresh as asked for: the refresher took it.
@@ -301,7 +318,7 @@ impl Meta {
 /// [`Meta::is_stale`] of a word.
 #[inline]
 fn stale(meta: u64, now: Nanos, ttl: Nanos) -> bool {
-    ttl != 0 && (meta & MARKED_STALE != 0 || now.saturating_sub(meta & WRITTEN_AT) > ttl)
+    ttl != 0 && (meta & MARKED_STALE != 0 || now.saturating_sub(written(meta)) > ttl)
 }
 
 #[inline]
@@ -319,12 +336,15 @@ fn freq_bits(level: u8) -> u64 {
 mod tests {
     use super::*;
 
+    /// Microseconds, the unit write times are kept in.
+    const US: Nanos = MICROSECOND;
+
     fn written_at(meta: &Meta) -> Nanos {
-        meta.load() & WRITTEN_AT
+        written(meta.load())
     }
 
     fn meta_at(now: Nanos) -> Meta {
-        Meta(AtomicU64::new(now))
+        Meta(AtomicU64::new(stamp(now)))
     }
 
     #[test]
@@ -334,7 +354,7 @@ mod tests {
 
     #[test]
     fn the_frequency_saturates_and_never_touches_the_time_or_flags() {
-        let meta = meta_at(1234);
+        let meta = meta_at(1234 * US);
         assert_eq!(meta.freq(), 0);
         for level in 1..=MAX_FREQ {
             meta.touch();
@@ -342,21 +362,21 @@ mod tests {
         }
         meta.touch();
         assert_eq!(meta.freq(), MAX_FREQ, "saturates");
-        assert_eq!(written_at(&meta), 1234);
+        assert_eq!(written_at(&meta), 1234 * US);
         assert!(!meta.in_main());
-        assert!(!meta.try_nudge(1234, 0), "never stale without a TTL");
-        assert!(meta.try_nudge(5000, 10), "stale: asked for");
+        assert!(!meta.try_nudge(1234 * US, 0), "never stale without a TTL");
+        assert!(meta.try_nudge(5000 * US, 10 * US), "stale: asked for");
         assert!(meta.cool());
         assert_eq!(meta.freq(), 2);
         meta.set_freq(0);
         assert!(!meta.cool(), "nothing to lower");
         meta.set_freq(9);
         assert_eq!(meta.freq(), MAX_FREQ, "clamped");
-        assert!(!meta.try_nudge(5000, 10), "the flag survived");
-        assert_eq!(written_at(&meta), 1234);
-        meta.renew(2000);
+        assert!(!meta.try_nudge(5000 * US, 10 * US), "the flag survived");
+        assert_eq!(written_at(&meta), 1234 * US);
+        meta.renew(2000 * US);
         assert!(
-            meta.try_nudge(5000, 10),
+            meta.try_nudge(5000 * US, 10 * US),
             "a new value's refresh is asked for anew"
         );
         assert_eq!(meta.freq(), MAX_FREQ, "renewal keeps the policy's bits");
@@ -364,41 +384,71 @@ mod tests {
 
     #[test]
     fn a_stale_mark_holds_until_renewed_and_only_with_a_ttl() {
-        let meta = meta_at(100);
+        let meta = meta_at(100 * US);
         meta.mark_stale();
-        assert!(meta.is_stale(100, 50), "marked: stale at any age");
-        assert!(!meta.is_stale(100, 0), "no TTL: never stale");
-        assert_eq!(written_at(&meta), 100);
-        meta.renew(200);
-        assert!(!meta.is_stale(200, 50), "renewed: the mark is gone");
+        assert!(meta.is_stale(100 * US, 50 * US), "marked: stale at any age");
+        assert!(!meta.is_stale(100 * US, 0), "no TTL: never stale");
+        assert_eq!(written_at(&meta), 100 * US);
+        meta.renew(200 * US);
+        assert!(
+            !meta.is_stale(200 * US, 50 * US),
+            "renewed: the mark is gone"
+        );
     }
 
     #[test]
     fn expiry_is_past_the_ttl_and_the_bound() {
-        let meta = meta_at(100);
-        assert!(!meta.is_expired(180, 50, 30), "at ttl + bound: served");
-        assert!(meta.is_expired(181, 50, 30));
+        let meta = meta_at(100 * US);
+        assert!(
+            !meta.is_expired(180 * US, 50 * US, 30 * US),
+            "at ttl + bound: served"
+        );
+        assert!(meta.is_expired(180 * US + 1, 50 * US, 30 * US));
         assert!(!meta.is_expired(u64::MAX, 50, u64::MAX), "no bound");
     }
 
     #[test]
     fn staleness_and_renewal() {
-        let meta = meta_at(100);
-        assert!(!meta.is_stale(150, 50));
-        assert!(meta.is_stale(151, 50));
+        let meta = meta_at(100 * US);
+        assert!(!meta.is_stale(150 * US, 50 * US));
+        assert!(meta.is_stale(150 * US + 1, 50 * US));
         assert!(!meta.is_stale(u64::MAX, 0), "ttl 0 means never stale");
         assert!(
-            !meta.is_stale(0, 50),
+            !meta.is_stale(0, 50 * US),
             "a clock behind the write is not stale"
         );
         meta.set_in_main(true);
         meta.touch();
         meta.renew(u64::MAX);
-        assert_eq!(written_at(&meta), WRITTEN_AT, "saturates");
+        assert_eq!(written_at(&meta), u64::MAX, "the clock's whole range fits");
         assert!(meta.in_main() && meta.freq() == 1, "flags kept");
-        meta.renew(7);
-        assert_eq!(written_at(&meta), 7);
+        meta.renew(7 * US);
+        assert_eq!(written_at(&meta), 7 * US);
         meta.set_in_main(false);
         assert!(!meta.in_main());
+    }
+
+    /// A time between two microseconds is kept as the later, so a value
+    /// is judged its age or younger, never older: stale no earlier than
+    /// its TTL.
+    #[test]
+    fn a_write_time_rounds_up_so_no_value_goes_stale_early() {
+        let meta = meta_at(100 * US + 1);
+        assert_eq!(written_at(&meta), 101 * US);
+        assert!(!meta.is_stale(150 * US + 1, 50 * US), "exactly its TTL old");
+        assert!(meta.is_stale(151 * US + 1, 50 * US));
+    }
+
+    /// (Review #18.6.) Write times were 58 bits of nanoseconds: 9.1 years
+    /// after a cache was built they saturated, and every value was stale
+    /// as it was written.
+    #[test]
+    fn a_value_written_ten_years_into_a_caches_life_is_fresh() {
+        let ten_years: Nanos = 10 * 365 * 24 * 3600 * 1_000_000_000;
+        let ttl: Nanos = 60 * 1_000_000_000;
+        let meta = meta_at(ten_years);
+        assert!(!meta.is_stale(ten_years + ttl, ttl));
+        assert!(meta.is_stale(ten_years + ttl + US, ttl));
+        assert!(!meta.is_expired(ten_years + ttl + US, ttl, ttl));
     }
 }
