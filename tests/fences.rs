@@ -1101,3 +1101,40 @@ async fn a_marked_value_is_refreshed_without_waiting_for_the_interval() {
 
     assert_eq!(cache.get("k").as_deref(), Some("k@v1"));
 }
+
+/// (Review #18.3.) A mark that lands while the refresher's own fetch of
+/// the key runs: that fetch began from the value before and installs
+/// nothing, and the marked value is fetched as soon as it ends, not at the
+/// next interval. The refresher was handed the key again mid-fetch and
+/// ignored it, then let it go; the "look now" was spent.
+#[tokio::test(start_paused = true)]
+async fn a_mark_during_the_refreshers_own_fetch_is_refreshed_when_that_fetch_ends() {
+    let upstream = Gated::new();
+    let fetcher = upstream.clone();
+    let cache: Cache<String, String> = Cache::builder()
+        .ttl(TTL)
+        .refresh_interval(Duration::from_secs(3600))
+        .fetcher(move |key: String| {
+            let upstream = fetcher.clone();
+            async move { upstream.fetch(key).await }
+        })
+        .build()
+        .unwrap();
+    cache.insert("k".into(), "old".into());
+    cache.start().unwrap();
+    // Two ticks of the coarse clock past the TTL.
+    sleep(TTL + Duration::from_secs(1)).await;
+    assert_eq!(cache.get("k").as_deref(), Some("old"), "stale: asks");
+    settle().await;
+    assert_eq!(upstream.calls(), 1, "the refresher's fetch runs");
+
+    upstream.set_version(1);
+    assert!(cache.mark_stale("k"));
+    upstream.open(2);
+    sleep(Duration::from_millis(10)).await;
+
+    assert_eq!(upstream.calls(), 2, "fetched again at once");
+    assert_eq!(cache.get("k").as_deref(), Some("k@v1"));
+    assert_eq!(cache.is_stale("k"), Some(false));
+    cache.validate();
+}

@@ -10,7 +10,10 @@
 //!
 //! - the refresh succeeds: its install wrote the entry, which put it back
 //!   at the tail of `due` (or a newer write or removal won, with the same
-//!   effect); anything the install did not write is given back;
+//!   effect); anything the install did not write is given back. If the
+//!   store handed the key over again while it was fetched (a newer value
+//!   written or marked stale, then due or asked for), it is fetched again
+//!   at once instead;
 //! - the entry is written or removed by someone else: the next start of a
 //!   fetch finds it no longer held ([`Flight::Gone`]) and lets the key go;
 //! - the task ends: what it held is given back when the next task starts,
@@ -21,7 +24,9 @@
 //! a retry after a backoff; while the circuit breaker is open (the
 //! upstream, not the key, is failing), it waits in the queue instead, to go
 //! as soon as the upstream is back. Keys a reader asked for are fetched
-//! before keys taken as due. How many run at once is the concurrency
+//! before keys taken as due, but for one of those after every
+//! [`HOT_RUN`] of theirs, so reads cannot starve them; each key is queued
+//! once, however often it is asked for. How many run at once is the concurrency
 //! limit's ([`limit`](super::limit)); whether any may start, the breaker's
 //! ([`breaker`](super::breaker)).
 //!
@@ -51,11 +56,27 @@ use crate::store::Nudge;
 /// is the safer bound.)
 const TAKE_BATCH: usize = 32;
 
+/// The most fetches started in a row from readers' keys while keys taken
+/// as due wait: then one of those goes, so that a steady flood of reads
+/// cannot starve a key nobody reads (its value is stale all the same).
+const HOT_RUN: u32 = 3;
+
+/// Which line a queued key waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Line {
+    /// Keys a reader asked for.
+    Hot,
+    /// Keys taken as due.
+    Cold,
+}
+
 /// Where a held key is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// In `hot` or `cold`, waiting for a fetch slot.
-    Queued,
+    /// Waiting for a fetch slot in this line. A key moved to the hot line
+    /// (a reader asked for it) leaves a copy in the cold one, which is
+    /// skipped when it comes up: each key is queued once.
+    Queued(Line),
     /// Its fetch is under way.
     Fetching,
     /// Its fetch failed; it is queued again when the retry of this number
@@ -69,6 +90,10 @@ struct Held {
     hot: bool,
     /// Fetches that failed in a row.
     failures: u32,
+    /// Handed over again while fetching (a newer value was written or
+    /// marked stale meanwhile): fetched again when this fetch ends, rather
+    /// than let go.
+    again: bool,
 }
 
 /// What the task knows of a fetch it started, when it ends.
@@ -88,6 +113,10 @@ pub(crate) struct Holdings<K, V, S> {
     hot: VecDeque<K>,
     /// Keys taken as due.
     cold: VecDeque<K>,
+    /// Keys in the `Queued` state (the lines may also hold skipped copies).
+    queued: usize,
+    /// Fetches started from the hot line in a row while the cold one waited.
+    hot_run: u32,
     /// Keys backing off, by retry time and retry number.
     retries: BTreeMap<(Nanos, u64), K>,
     next_retry: u64,
@@ -115,6 +144,8 @@ where
             held: HashMap::with_hasher(hasher),
             hot: VecDeque::new(),
             cold: VecDeque::new(),
+            queued: 0,
+            hot_run: 0,
             retries: BTreeMap::new(),
             next_retry: 0,
             fetching: JoinSet::new(),
@@ -129,7 +160,46 @@ where
 
     /// How many keys wait for a fetch slot.
     fn queued(&self) -> usize {
-        self.hot.len() + self.cold.len()
+        self.queued
+    }
+
+    /// Queues held `key` (not queued now) in the line its `hot` says.
+    fn enqueue(&mut self, key: K) {
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
+        let line = if held.hot { Line::Hot } else { Line::Cold };
+        held.state = State::Queued(line);
+        self.queued += 1;
+        self.line(line).push_back(key);
+    }
+
+    /// The next queued key to fetch, readers' first but for one key taken
+    /// as due after every [`HOT_RUN`] of theirs; it leaves the queue.
+    fn dequeue(&mut self) -> Option<K> {
+        loop {
+            let line = match (self.hot.is_empty(), self.cold.is_empty()) {
+                (true, true) => return None,
+                (false, false) if self.hot_run < HOT_RUN => Line::Hot,
+                (false, true) => Line::Hot,
+                _ => Line::Cold,
+            };
+            let key = self.line(line).pop_front()?;
+            let Some(held) = self.held.get_mut(&key) else {
+                continue;
+            };
+            // A copy left behind by a move to the hot line, or a key let go.
+            if held.state != State::Queued(line) {
+                continue;
+            }
+            held.state = State::Fetching;
+            self.queued -= 1;
+            self.hot_run = match line {
+                Line::Hot if !self.cold.is_empty() => self.hot_run + 1,
+                _ => 0,
+            };
+            return Some(key);
+        }
     }
 
     /// The earliest time something is due to start: a retry, or the
@@ -212,11 +282,12 @@ where
             Entry::Vacant(slot) => {
                 let key = slot.key().clone();
                 slot.insert(Held {
-                    state: State::Queued,
+                    state: State::Fetching,
                     hot,
                     failures: 0,
+                    again: false,
                 });
-                self.line(hot).push_back(key);
+                self.enqueue(key);
             }
             // Held already, for an older value (written since, then due or
             // asked for again): this value starts over.
@@ -226,20 +297,24 @@ where
                 held.hot |= hot;
                 held.failures = 0;
                 match held.state {
-                    State::Fetching => {}
-                    State::Queued if !hot => {}
-                    State::Queued | State::BackingOff(_) => {
-                        held.state = State::Queued;
-                        let hot = held.hot;
-                        self.line(hot).push_back(key);
+                    // The fetch under way began from the older value.
+                    State::Fetching => held.again = true,
+                    State::Queued(Line::Cold) if hot => {
+                        held.state = State::Queued(Line::Hot);
+                        self.hot.push_back(key);
                     }
+                    State::Queued(_) => {}
+                    State::BackingOff(_) => self.enqueue(key),
                 }
             }
         }
     }
 
-    fn line(&mut self, hot: bool) -> &mut VecDeque<K> {
-        if hot { &mut self.hot } else { &mut self.cold }
+    fn line(&mut self, line: Line) -> &mut VecDeque<K> {
+        match line {
+            Line::Hot => &mut self.hot,
+            Line::Cold => &mut self.cold,
+        }
     }
 
     /// Queues again the keys whose retry has come.
@@ -250,12 +325,12 @@ where
                 break;
             }
             let key = entry.remove();
-            if let Some(held) = self.held.get_mut(&key) {
-                if held.state == State::BackingOff(number) {
-                    held.state = State::Queued;
-                    let hot = held.hot;
-                    self.line(hot).push_back(key);
-                }
+            if self
+                .held
+                .get(&key)
+                .is_some_and(|held| held.state == State::BackingOff(number))
+            {
+                self.enqueue(key);
             }
         }
     }
@@ -270,13 +345,9 @@ where
                 Permit::Probe => true,
                 Permit::Wait => break,
             };
-            let Some(key) = self.hot.pop_front().or_else(|| self.cold.pop_front()) else {
+            let Some(key) = self.dequeue() else {
                 break;
             };
-            // Skips keys let go, or queued twice.
-            if self.held.get(&key).map(|h| h.state) != Some(State::Queued) {
-                continue;
-            }
             let timed = |key: K, probe| move |result| (key, result, Fetch { probe, latency: 0 });
             let started = tokio::time::Instant::now();
             let done = timed(key.clone(), probe);
@@ -298,9 +369,6 @@ where
                     self.held.remove(&key);
                     continue;
                 }
-            }
-            if let Some(held) = self.held.get_mut(&key) {
-                held.state = State::Fetching;
             }
             if probe {
                 self.breaker.probing();
@@ -350,12 +418,12 @@ where
     fn queue_backing_off(&mut self) {
         let retries = std::mem::take(&mut self.retries);
         for (_, key) in retries {
-            if let Some(held) = self.held.get_mut(&key) {
-                if matches!(held.state, State::BackingOff(_)) {
-                    held.state = State::Queued;
-                    let hot = held.hot;
-                    self.line(hot).push_back(key);
-                }
+            if self
+                .held
+                .get(&key)
+                .is_some_and(|held| matches!(held.state, State::BackingOff(_)))
+            {
+                self.enqueue(key);
             }
         }
     }
@@ -369,6 +437,16 @@ where
     ) {
         let settings = inner.settings.load();
         self.judge(&settings, now, &key, &result, &fetch);
+        let again = self
+            .held
+            .get_mut(&key)
+            .is_some_and(|held| std::mem::take(&mut held.again));
+        if result.is_ok() && again {
+            // The store handed a newer value over meanwhile: the refresher
+            // holds it still, and fetches it now.
+            self.enqueue(key);
+            return;
+        }
         if result.is_ok() {
             self.held.remove(&key);
             // Written by the install, or by a newer write; if neither (the
@@ -385,9 +463,7 @@ where
         };
         if self.breaker.is_open() {
             // The upstream is down, not this key: it waits for the breaker.
-            held.state = State::Queued;
-            let hot = held.hot;
-            self.line(hot).push_back(key);
+            self.enqueue(key);
             return;
         }
         let base = duration_to_nanos(settings.refresh_interval);
@@ -406,4 +482,64 @@ where
 fn latency<K, V>(mut done: (K, V, Fetch), started: tokio::time::Instant) -> (K, V, Fetch) {
     done.2.latency = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::RandomState;
+
+    fn holdings() -> Holdings<String, String, RandomState> {
+        Holdings::new(RandomState::new(), 1)
+    }
+
+    fn drain(h: &mut Holdings<String, String, RandomState>) -> Vec<String> {
+        std::iter::from_fn(|| h.dequeue()).collect()
+    }
+
+    /// (Review #18.4.) A key asked for again while queued (written, then
+    /// read stale, during an outage) was pushed again each time: the hot
+    /// line grew without bound, and the copies counted as queued, so keys
+    /// due but unread were not taken.
+    #[test]
+    fn a_key_asked_for_again_while_queued_is_queued_once() {
+        let mut h = holdings();
+        h.hold("k".into(), false);
+        for _ in 0..100 {
+            h.hold("k".into(), true);
+        }
+        assert_eq!(h.queued(), 1);
+        assert!(h.hot.len() + h.cold.len() <= 2, "one copy per line at most");
+        assert_eq!(drain(&mut h), ["k"], "fetched once");
+        assert_eq!(h.queued(), 0);
+    }
+
+    /// (Review #18.9.) Readers' keys go first, but a steady flood of them
+    /// no longer starves a key taken as due: one goes after every
+    /// `HOT_RUN` of theirs.
+    #[test]
+    fn a_key_taken_as_due_goes_between_runs_of_readers_keys() {
+        let mut h = holdings();
+        h.hold("due".into(), false);
+        for i in 0..10 {
+            h.hold(format!("read{i}"), true);
+        }
+        let order = drain(&mut h);
+        let at = order.iter().position(|k| k == "due");
+        assert_eq!(at, Some(HOT_RUN as usize), "{order:?}");
+        assert_eq!(order.len(), 11);
+    }
+
+    /// (Review #18.3.) A key handed over again while its fetch runs (marked
+    /// stale, or written and read stale) is fetched again when the fetch
+    /// ends, not let go until the next look.
+    #[test]
+    fn a_key_handed_over_while_fetching_is_queued_again_when_it_ends() {
+        let mut h = holdings();
+        h.hold("k".into(), false);
+        assert_eq!(drain(&mut h), ["k"]);
+        h.hold("k".into(), false);
+        assert_eq!(h.queued(), 0, "fetching: not queued twice at once");
+        assert!(h.held["k"].again);
+    }
 }
