@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dashmap::mapref::entry::Entry;
 
 use crate::fetcher::Fetched;
+use crate::flight::Purpose;
 use crate::inner::{BlockingSlot, Inner};
 use crate::latch::Latch;
 use crate::metrics::Counter;
@@ -131,7 +132,13 @@ where
         let from = start.map(|(_, version)| version);
         match load(key) {
             Ok(value) => Ok(self
-                .install(key, from, Ok(Fetched::Value(value.clone())), fence)
+                .install(
+                    key,
+                    from,
+                    Ok(Fetched::Value(value.clone())),
+                    fence,
+                    Purpose::Load,
+                )
                 .unwrap_or(value)),
             Err(error) => {
                 self.counters.incr(Counter::LoadErrors);

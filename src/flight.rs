@@ -44,7 +44,7 @@ use crate::inner::{FlightReceiver, FlightSlot, Inner};
 use crate::metrics::Counter;
 use crate::removal::RemovalCause;
 use crate::store::Removed;
-use crate::store::{Install, Installed, Version, Write, Written};
+use crate::store::{Install, Installed, Refusal, Version, Write, Written};
 
 /// Why a flight is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,11 +169,11 @@ where
                 // after), and the panic is the fetch's failure, counted and
                 // backed off like the fetcher's own.
                 Some(cache) => catch_unwind(AssertUnwindSafe(|| {
-                    cache.install(&landing.key, from, outcome, &fence)
+                    cache.install(&landing.key, from, outcome, &fence, purpose)
                 }))
                 .unwrap_or_else(|panic| {
                     let panicked = FetchError::Panicked(panic_message(&*panic));
-                    cache.install(&landing.key, from, Err(panicked), &fence)
+                    cache.install(&landing.key, from, Err(panicked), &fence, purpose)
                 }),
                 None => Err(FetchError::Cancelled),
             };
@@ -220,19 +220,23 @@ where
     /// Installs a fetch's outcome and counts it; returns the value the cache
     /// now holds for the key (a newer write's, if one won), or the error.
     /// `from` is the version the fetch started from, `None` for a load.
+    /// A failure counts as a refresh's if the fetch was the refresher's
+    /// (even when its key was removed as it started and it stores
+    /// nothing) or started from a cached value, else as a load's.
     pub(crate) fn install(
         &self,
         key: &K,
         from: Option<Version>,
         outcome: Result<Fetched<V>, FetchError>,
         fence: &AtomicBool,
+        purpose: Purpose,
     ) -> Result<V, FetchError> {
         let fetched = match outcome {
             Ok(fetched) => fetched,
             Err(error) => {
-                self.counters.incr(match from {
-                    None => Counter::LoadErrors,
-                    Some(_) => Counter::RefreshErrors,
+                self.counters.incr(match (from, purpose) {
+                    (None, Purpose::Load | Purpose::Forced) => Counter::LoadErrors,
+                    _ => Counter::RefreshErrors,
                 });
                 if let Some(held_back) = self.failure_logs.admit(self.read.clock.now()) {
                     let key = self.describe(key);
@@ -255,6 +259,13 @@ where
                     // Only if still absent and not fenced: a write or an
                     // invalidation meanwhile wins.
                     match self.write_fenced(key.clone(), value.clone(), Write::IfAbsent, fence) {
+                        // Stored and at once evicted for its weight, as an
+                        // insert is (counted as one, and an eviction): a
+                        // load all the same, not a discard.
+                        Written::Refused(_, _, Refusal::Overweight) => {
+                            self.counters.incr(Counter::Loads);
+                            Ok(value)
+                        }
                         Written::Refused(..) => {
                             self.counters.incr(Counter::Discarded);
                             Ok(self.store.read(key, |n| n.value.clone()).unwrap_or(value))

@@ -52,9 +52,13 @@ pub struct Metrics {
     /// key) whose result was installed: a new value, or the old one renewed.
     pub refreshes: u64,
     /// Refreshes that failed, timed out or panicked; the cached value stays.
+    /// Every fetch the refresher starts is a refresh, even one whose key was
+    /// removed as it started (it then stores nothing).
     pub refresh_errors: u64,
-    /// Loads (read-throughs of a key not cached, by `get_or_fetch` or
-    /// `refresh`) whose value was stored.
+    /// Loads (read-throughs of a key not cached, by `get_or_fetch`,
+    /// `get_or_insert_with` or `refresh`) whose value was stored, including
+    /// one stored and at once evicted as heavier than its shard's share
+    /// (counted in `inserts` and `evictions` too, as such an `insert` is).
     pub loads: u64,
     /// Loads that failed, timed out or panicked.
     pub load_errors: u64,

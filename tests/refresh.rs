@@ -1141,3 +1141,24 @@ async fn a_weigher_panic_on_a_refreshed_value_is_a_failed_refresh() {
     assert!(cache.is_refreshing());
     cache.validate();
 }
+
+/// (Review #18.7.) A load whose value is too heavy to keep is stored and
+/// at once evicted, as such an insert is: an insert, an eviction and a
+/// load. It counted a discard and no load.
+#[tokio::test(start_paused = true)]
+async fn a_load_too_heavy_to_keep_counts_as_a_load_and_an_eviction() {
+    let cache: Cache<String, String> = Cache::builder()
+        .weigher(|_, value: &String| value.len() as u64)
+        .max_weight(10)
+        .fetcher(|_| async { Ok::<_, std::io::Error>("x".repeat(100)) })
+        .build()
+        .unwrap();
+    assert_eq!(cache.get_or_fetch("k").await.unwrap().len(), 100);
+    assert!(!cache.contains_key("k"));
+    let m = cache.metrics();
+    assert_eq!(
+        (m.loads, m.inserts, m.evictions, m.discarded, m.load_errors),
+        (1, 1, 1, 0, 0),
+        "{m}"
+    );
+}
