@@ -504,7 +504,8 @@ where
         self.report(removed);
     }
 
-    /// Applies `change`: checked whole, then the capacity, then the rest.
+    /// Applies `change`: checked whole, then a lower capacity, the rest,
+    /// and a higher capacity.
     pub(crate) fn configure(self: &Arc<Self>, change: &ConfigChange) -> Result<(), ConfigError> {
         let mut removed = Removed::new();
         {
@@ -512,8 +513,12 @@ where
             let current = self.settings.load_full();
             let next = change.apply(&current);
             next.validate(self.weigher.is_some())?;
-            if next.capacity() != current.capacity() {
-                self.store.set_capacity(next.capacity(), &mut removed);
+            // `len() <= max_size()` at every moment: a lower bound is
+            // announced once the entries fit it, a higher one before
+            // there is room for more.
+            let capacity = next.capacity();
+            if capacity < current.capacity() {
+                self.store.set_capacity(capacity, &mut removed);
             }
             if current.ttl.is_none() && next.ttl.is_some() {
                 // Entries written without a TTL count from the last tick:
@@ -526,6 +531,9 @@ where
                 .max_stale
                 .store(max_stale_nanos(&next), Ordering::Relaxed);
             self.settings.store(Arc::new(next));
+            if capacity > current.capacity() {
+                self.store.set_capacity(capacity, &mut removed);
+            }
         }
         self.count_removed(&removed);
         self.report(removed);

@@ -856,3 +856,47 @@ fn borrowed_values_are_dropped_once_and_never_while_read() {
         );
     });
 }
+
+/// (Review #18.8.) `configure` raising the bound raised the shards'
+/// capacities before the settings, so for a moment `len()` could exceed
+/// `max_size()`. A writer checks, after each insert, the length and then
+/// the bound, while the bound is raised (and lowered again) under it.
+#[test]
+fn len_never_exceeds_max_size_while_the_bound_is_raised() {
+    within("bound raised under writes", || {
+        let cache: Cache<u64, u64> = Cache::builder().max_size(100_000).build().unwrap();
+        let small = ConfigChange::new().max_size(100);
+        let large = ConfigChange::new().max_size(100_000);
+        for round in 0..300u64 {
+            cache.configure(small.clone()).unwrap();
+            for key in 0..200 {
+                cache.insert(key, key);
+            }
+            let (stop, writing) = (AtomicBool::new(false), AtomicBool::new(false));
+            let seen = std::thread::scope(|s| {
+                let writer = s.spawn(|| {
+                    let mut key = round << 32;
+                    while !stop.load(Ordering::Relaxed) {
+                        cache.insert(key, key);
+                        writing.store(true, Ordering::Relaxed);
+                        key += 1;
+                        let len = cache.len();
+                        let max = cache.max_size();
+                        if len > max {
+                            return Some((len, max));
+                        }
+                    }
+                    None
+                });
+                while !writing.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+                cache.configure(large.clone()).unwrap();
+                stop.store(true, Ordering::Relaxed);
+                writer.join().unwrap()
+            });
+            assert_eq!(seen, None, "len above max_size in round {round}");
+        }
+        cache.validate();
+    });
+}
