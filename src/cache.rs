@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 
 use crate::changes::{Change, Share};
 use crate::fetcher::{ErasedFetcher, FetchError, Fetcher};
-use crate::flight::{Flight, Purpose, wait};
+use crate::flight::{Flight, Purpose};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 use crate::metrics::Metrics;
@@ -785,17 +785,27 @@ where
             .await
     }
 
-    async fn fetch_now(&self, key: K, purpose: Purpose) -> Result<V, FetchError> {
+    async fn fetch_now(&self, mut key: K, purpose: Purpose) -> Result<V, FetchError> {
         let runtime = Handle::try_current().map_err(|_| FetchError::NoRuntime)?;
-        match self.inner.join_or_start_flight(key, purpose)? {
-            Flight::Joined(flight) => wait(flight).await,
-            // Spawned, not awaited here: the fetch finishes and fills the
-            // cache even if every caller waiting on it goes away.
-            Flight::Started(drive) => runtime
-                .spawn(drive)
-                .await
-                .unwrap_or(Err(FetchError::Cancelled)),
-            Flight::Gone => unreachable!("only a background refresh skips an absent key"),
+        loop {
+            return match self.inner.join_or_start_flight(key, purpose)? {
+                Flight::Joined(flight) => match flight.wait().await {
+                    Ok(result) => result,
+                    // Its driver stalled: start a new one (or join one
+                    // another caller started meanwhile).
+                    Err(again) => {
+                        key = again;
+                        continue;
+                    }
+                },
+                // Spawned, not awaited here: the fetch finishes and fills
+                // the cache even if every caller waiting on it goes away.
+                Flight::Started(drive) => runtime
+                    .spawn(drive)
+                    .await
+                    .unwrap_or(Err(FetchError::Cancelled)),
+                Flight::Gone => unreachable!("only a background refresh skips an absent key"),
+            };
         }
     }
 

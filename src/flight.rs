@@ -34,6 +34,7 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
@@ -58,9 +59,9 @@ pub(crate) enum Purpose {
 }
 
 /// A flight joined or started by [`Inner::join_or_start_flight`].
-pub(crate) enum Flight<V, D> {
-    /// A fetch was under way: wait on its receiver.
-    Joined(FlightReceiver<V>),
+pub(crate) enum Flight<K, V, S, D> {
+    /// A fetch was under way: wait for it.
+    Joined(Joined<K, V, S>),
     /// No fetch was: this future drives the new one, and returns its result.
     Started(D),
     /// A background refresh of a key the refresher no longer holds
@@ -69,11 +70,58 @@ pub(crate) enum Flight<V, D> {
 }
 
 /// Waits for a flight's result.
-pub(crate) async fn wait<V: Clone>(mut flight: FlightReceiver<V>) -> Result<V, FetchError> {
+async fn wait<V: Clone>(mut flight: FlightReceiver<V>) -> Result<V, FetchError> {
     match flight.wait_for(Option::is_some).await {
         Ok(outcome) => outcome.clone().unwrap_or(Err(FetchError::Cancelled)),
         // The fetch was dropped before it finished (stop, runtime shut down).
         Err(_) => Err(FetchError::Cancelled),
+    }
+}
+
+/// How long a caller that joined a flight waits for its result. A flight
+/// that is driven ends within its fetch's timeout; one that has not ended
+/// the same time again later (and at least 100 ms, for a loaded runtime's
+/// scheduling) is taken to be stalled: its driver is a task of a runtime
+/// that is alive but not driven (a current-thread runtime outside
+/// `block_on`, after the caller that started it gave up), and waiting on
+/// would be for ever.
+fn patience(timeout: Duration) -> Duration {
+    timeout.saturating_add(timeout.max(Duration::from_millis(100)))
+}
+
+/// A flight a caller joined: its result, and what is needed to give up on
+/// it if it stalls.
+pub(crate) struct Joined<K, V, S> {
+    result: FlightReceiver<V>,
+    cache: Weak<Inner<K, V, S>>,
+    key: K,
+    patience: Duration,
+}
+
+impl<K, V, S> Joined<K, V, S>
+where
+    K: Hash + Eq,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    /// The flight's result; or, if it has not come within the caller's
+    /// patience, the key back (the flight is then fenced and out of the
+    /// map, so that the caller, and every one after, starts a new one).
+    pub(crate) async fn wait(self) -> Result<Result<V, FetchError>, K> {
+        match tokio::time::timeout(self.patience, wait(self.result.clone())).await {
+            Ok(result) => Ok(result),
+            Err(_stalled) => {
+                if let Some(cache) = self.cache.upgrade() {
+                    let stalled = cache.flights.remove_if(&self.key, |_, flight| {
+                        flight.result.same_channel(&self.result)
+                    });
+                    if let Some((_, flight)) = stalled {
+                        flight.fence.store(true, Ordering::SeqCst);
+                    }
+                }
+                Err(self.key)
+            }
+        }
     }
 }
 
@@ -92,8 +140,10 @@ where
         self: &Arc<Self>,
         key: K,
         purpose: Purpose,
-    ) -> Result<Flight<V, impl Future<Output = Result<V, FetchError>> + Send + 'static>, FetchError>
-    {
+    ) -> Result<
+        Flight<K, V, S, impl Future<Output = Result<V, FetchError>> + Send + 'static>,
+        FetchError,
+    > {
         let fetcher = self
             .fetcher
             .load_full()
@@ -115,7 +165,14 @@ where
         let (publish, landing) = match self.flights.entry(key.clone()) {
             // A slot `clear` fenced is as good as gone: it is replaced.
             Entry::Occupied(flight) if !flight.get().fence.load(Ordering::SeqCst) => {
-                return Ok(Flight::Joined(flight.get().result.clone()));
+                let result = flight.get().result.clone();
+                drop(flight);
+                return Ok(Flight::Joined(Joined {
+                    result,
+                    cache: Arc::downgrade(self),
+                    key,
+                    patience: patience(self.settings.load().refresh_timeout),
+                }));
             }
             entry => {
                 let (publish, receiver) = watch::channel(None);

@@ -44,7 +44,7 @@ use super::breaker::{Breaker, Permit, Turned};
 use super::limit::{Limit, Outcome};
 use crate::clock::{Nanos, duration_to_nanos};
 use crate::fetcher::{FetchError, panic_as_error};
-use crate::flight::{Flight, Purpose, wait};
+use crate::flight::{Flight, Purpose};
 use crate::inner::Inner;
 use crate::settings::Settings;
 use crate::store::Nudge;
@@ -102,6 +102,8 @@ pub(crate) struct Fetch {
     probe: bool,
     /// How long it took, in nanoseconds.
     latency: u64,
+    /// It joined a flight under way, so its latency is not the upstream's.
+    joined: bool,
 }
 
 /// The task's keys and the fetches under way.
@@ -348,7 +350,16 @@ where
             let Some(key) = self.dequeue() else {
                 break;
             };
-            let timed = |key: K, probe| move |result| (key, result, Fetch { probe, latency: 0 });
+            let timed = |key: K, probe| {
+                move |result| {
+                    let fetch = Fetch {
+                        probe,
+                        latency: 0,
+                        joined: false,
+                    };
+                    (key, result, fetch)
+                }
+            };
             let started = tokio::time::Instant::now();
             let done = timed(key.clone(), probe);
             match inner.join_or_start_flight(key.clone(), Purpose::Refresh) {
@@ -358,9 +369,18 @@ where
                     self.fetching
                         .spawn(async move { latency(done(panic_as_error(drive).await), started) });
                 }
+                // Its latency is timed from the join, not the fetch's
+                // start, so it says nothing of the upstream's: the limit
+                // hears its outcome only. A flight that stalls is given
+                // up on (it is fenced, and the key retried).
                 Ok(Flight::Joined(flight)) => {
                     self.fetching.spawn(async move {
-                        latency(done(panic_as_error(wait(flight)).await), started)
+                        let result = panic_as_error(async {
+                            flight.wait().await.unwrap_or(Err(FetchError::Cancelled))
+                        });
+                        let (key, result, mut fetch) = done(result.await);
+                        fetch.joined = true;
+                        (key, result, fetch)
                     });
                 }
                 // Written or removed since it was taken: not ours any more.
@@ -400,7 +420,7 @@ where
         if let Some(floor) = settings.min_concurrent_refreshes {
             self.limit.record(
                 outcome,
-                fetch.latency,
+                (!fetch.joined).then_some(fetch.latency),
                 floor,
                 settings.max_concurrent_refreshes,
             );

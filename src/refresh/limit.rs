@@ -39,6 +39,8 @@ struct Window {
     size: usize,
     finished: usize,
     failed: usize,
+    /// Answers whose latency was timed, and their sum.
+    timed: usize,
     latency_sum: f64,
 }
 
@@ -72,8 +74,16 @@ impl Limit {
         self.window = Window::default();
     }
 
-    /// Records a finished fetch that took `latency` nanoseconds.
-    pub(crate) fn record(&mut self, outcome: Outcome, latency: u64, floor: usize, cap: usize) {
+    /// Records a finished fetch that took `latency` nanoseconds; `None` for
+    /// one whose latency is not the upstream's (it joined a fetch under
+    /// way), which counts towards the window and its failures only.
+    pub(crate) fn record(
+        &mut self,
+        outcome: Outcome,
+        latency: Option<u64>,
+        floor: usize,
+        cap: usize,
+    ) {
         let size = self.get(floor, cap);
         let window = &mut self.window;
         if window.size == 0 {
@@ -81,21 +91,28 @@ impl Limit {
         }
         window.finished += 1;
         match outcome {
-            Outcome::Answered => window.latency_sum += latency as f64,
+            Outcome::Answered => {
+                if let Some(latency) = latency {
+                    window.timed += 1;
+                    window.latency_sum += latency as f64;
+                }
+            }
             Outcome::Failed => window.failed += 1,
         }
         if window.finished < window.size {
             return;
         }
         let window = std::mem::take(&mut self.window);
-        let answered = window.finished - window.failed;
         let (floor, cap) = (floor.max(1) as f64, cap.max(1) as f64);
         let limit = self.current.clamp(floor, cap);
         let next = if window.failed * 5 > window.finished {
             self.slow_start = false;
             limit / 2.0
+        } else if window.timed == 0 {
+            // Answers, none timed: nothing learnt of latency; hold.
+            limit
         } else {
-            let mean = window.latency_sum / answered.max(1) as f64;
+            let mean = window.latency_sum / window.timed as f64;
             if self.baseline == 0.0 || mean < self.baseline {
                 self.baseline = mean;
             }
@@ -127,7 +144,7 @@ mod tests {
     /// Finishes `n` fetches of one latency and outcome.
     fn run(limit: &mut Limit, n: usize, outcome: Outcome, latency: u64) {
         for _ in 0..n {
-            limit.record(outcome, latency, 4, 256);
+            limit.record(outcome, Some(latency), 4, 256);
         }
     }
 
@@ -180,9 +197,28 @@ mod tests {
         let mut limit = Limit::new(4);
         run(&mut limit, 4 + 8, Outcome::Answered, 10 * MS);
         for _ in 0..3 {
-            limit.record(Outcome::Failed, 0, 4, 256);
+            limit.record(Outcome::Failed, None, 4, 256);
         }
         run(&mut limit, 13, Outcome::Answered, 10 * MS);
         assert_eq!(limit.get(4, 256), 32, "3 of 16 failed: still doubling");
+    }
+
+    /// (Review #18.9.) A refresh that joined a fetch under way was timed
+    /// from the join: its short latency lowered the baseline, and the
+    /// upstream's own latency then read as past the knee. Joined answers
+    /// count towards the window, not its latency.
+    #[test]
+    fn joined_answers_leave_the_baseline_alone() {
+        let mut limit = Limit::new(4);
+        run(&mut limit, 4, Outcome::Answered, 100 * MS);
+        assert_eq!(limit.get(4, 256), 8);
+        for _ in 0..4 {
+            limit.record(Outcome::Answered, Some(100 * MS), 4, 256);
+            limit.record(Outcome::Answered, None, 4, 256);
+        }
+        assert_eq!(limit.get(4, 256), 16, "the timed half is the upstream's");
+        run(&mut limit, 16, Outcome::Answered, 100 * MS);
+        assert_eq!(limit.get(4, 256), 32, "not taken for a slowdown");
+        assert_eq!(limit.baseline, (100 * MS) as f64);
     }
 }

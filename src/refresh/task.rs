@@ -28,8 +28,11 @@
 //! to `max_retry_backoff`; meanwhile readers do not ask for it again.
 //!
 //! The task holds only a `Weak` reference: dropping the last cache handle
-//! ends it. It ticks the coarse clock `get` reads (see [`crate::clock`])
-//! every `ttl / 64`, clamped to 1 ms ..= 100 ms.
+//! ends it. On a runtime that is always driven (a multi-thread one, or the
+//! thread `start_thread` makes), it ticks the coarse clock `get` reads (see
+//! [`crate::clock`]) every `ttl / 64`, clamped to 1 ms ..= 100 ms; on a
+//! current-thread runtime, which may sit idle with the task in it, it
+//! leaves the clock to the keeper or the precise time.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
@@ -37,7 +40,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::held::Holdings;
 use super::requests::{Control, Nudges, Run, Signals};
@@ -64,7 +67,14 @@ where
         match (&control.runtime, can_run, running) {
             (Some(runtime), true, false) => {
                 let runtime = runtime.clone();
-                control.run = Some(self.spawn_refresher(&runtime));
+                // A current-thread runtime runs the task only while some
+                // thread drives it (its own, for `start_thread`), and may be
+                // idle for good: the task then keeps the coarse clock only
+                // on a runtime that is always driven, so that a stalled
+                // task cannot freeze the ages every read judges.
+                let driven = runtime.runtime_flavor() != RuntimeFlavor::CurrentThread
+                    || control.owned.is_some();
+                control.run = Some(self.spawn_refresher(&runtime, driven));
             }
             (_, true, true) => {
                 let on_read = self.settings.load().refresh_on_read;
@@ -111,7 +121,7 @@ where
         control.run.take()
     }
 
-    fn spawn_refresher(self: &Arc<Self>, runtime: &Handle) -> Run {
+    fn spawn_refresher(self: &Arc<Self>, runtime: &Handle, keeps_clock: bool) -> Run {
         // What an earlier task held, this one does not know of: given back
         // to the due values (O(entries), once per start); and an earlier
         // task still running (told to stop, not yet stopped) can take no
@@ -129,7 +139,7 @@ where
             .set_period(tick_period(self.ttl_nanos(), interval));
         let ticking = Ticking {
             cache: Arc::downgrade(self),
-            ticker: self.read.clock.start_ticking(),
+            ticker: keeps_clock.then(|| self.read.clock.start_ticking()),
         };
         let signals = Arc::new(Signals::default());
         let task = runtime.spawn(run_refresher(
@@ -148,16 +158,17 @@ where
 /// task stopped, or its runtime shut down or was dropped, even before the
 /// task first ran), the read path goes back to the precise clock, unless a
 /// newer task ticks it by then. Without it, `get` would judge staleness by
-/// a clock nobody ticks any more, and no entry would go stale again.
+/// a clock nobody ticks any more, and no entry would go stale again. `None`
+/// for a task that does not keep the clock (its runtime may not be driven).
 struct Ticking<K, V, S> {
     cache: Weak<Inner<K, V, S>>,
-    ticker: Ticker,
+    ticker: Option<Ticker>,
 }
 
 impl<K, V, S> Drop for Ticking<K, V, S> {
     fn drop(&mut self) {
-        if let Some(inner) = self.cache.upgrade() {
-            inner.read.clock.stop_ticking_if(self.ticker);
+        if let (Some(ticker), Some(inner)) = (self.ticker, self.cache.upgrade()) {
+            inner.read.clock.stop_ticking_if(ticker);
         }
     }
 }
