@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
+use swr_cache::snapshot::MAX_MESSAGE_BYTES;
 use swr_cache::{Cache, LoadOptions, SnapshotError, SnapshotLimits};
 use tokio::time::advance;
 
@@ -673,4 +674,82 @@ async fn entries_loaded_as_stale_are_served_and_refreshed_first() {
         .load_from_reader(&input[..], SnapshotLimits::default())
         .unwrap();
     assert_eq!(fresh.is_stale("a"), Some(false));
+}
+
+/// A megabyte of `fill`: far more than any report or message should quote.
+fn huge(fill: char) -> String {
+    std::iter::repeat_n(fill, 1 << 20).collect()
+}
+
+#[test]
+fn a_huge_key_or_value_is_quoted_only_in_part_in_the_skip_reason() {
+    let key = huge('k');
+    let bad_value = huge('x');
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a huge key with a huge bad value",
+            serde_json::to_vec(&serde_json::json!({"entries": {key.as_str(): bad_value}})).unwrap(),
+        ),
+        (
+            "a huge bad value in the list form",
+            serde_json::to_vec(&serde_json::json!({"entries": [["k", bad_value]]})).unwrap(),
+        ),
+    ];
+    for (what, input) in cases {
+        let cache: Cache<String, u32> = Cache::builder().build().unwrap();
+        let report = cache
+            .load_from_reader(&input[..], SnapshotLimits::default())
+            .unwrap();
+        assert_eq!(report.bad_values, 1, "{what}");
+        let reason = report.first_skip_reason.unwrap();
+        assert!(
+            reason.len() <= MAX_MESSAGE_BYTES,
+            "{what}: a reason of {} bytes",
+            reason.len()
+        );
+        assert!(reason.starts_with("value of entry "), "{what}: {reason}");
+        assert!(reason.contains("more bytes)"), "{what}: says it was cut");
+    }
+
+    // A huge key that does not decode, in either form.
+    let numbers: Cache<u64, u32> = Cache::builder().build().unwrap();
+    for input in [
+        serde_json::to_vec(&serde_json::json!({"entries": {key.as_str(): 1}})).unwrap(),
+        serde_json::to_vec(&serde_json::json!({"entries": [[key, 1]]})).unwrap(),
+    ] {
+        let report = numbers
+            .load_from_reader(&input[..], SnapshotLimits::default())
+            .unwrap();
+        assert_eq!(report.bad_keys, 1);
+        let reason = report.first_skip_reason.unwrap();
+        assert!(reason.len() <= MAX_MESSAGE_BYTES, "{} bytes", reason.len());
+        assert!(reason.starts_with("key of entry "), "{reason}");
+    }
+}
+
+#[test]
+fn a_huge_format_value_or_misshapen_input_is_quoted_only_in_part_in_the_error() {
+    let text = huge('x');
+    for input in [
+        serde_json::json!({"swr_cache_format": text, "entries": {}}),
+        serde_json::json!({"swr_cache_format": [text], "entries": {}}),
+        serde_json::json!(text),
+        serde_json::json!({"entries": text}),
+    ] {
+        let error = load_fails(&serde_json::to_vec(&input).unwrap());
+        assert!(
+            matches!(
+                error,
+                SnapshotError::UnsupportedFormat(_) | SnapshotError::WrongShape(_)
+            ),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.len() <= MAX_MESSAGE_BYTES,
+            "a message of {} bytes",
+            message.len()
+        );
+        assert!(message.contains("more bytes)"), "says it was cut");
+    }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use serde_json::error::Category;
 
 use super::{SNAPSHOT_FORMAT, SnapshotError, SnapshotLimits};
+use crate::excerpt::{Excerpt, excerpt};
 
 /// Keeps one entry per key: the value listed last, at the place the key was
 /// first listed. Returns the entries and how many were dropped.
@@ -105,7 +106,8 @@ impl<K: DeserializeOwned, V: DeserializeOwned> State<K, V> {
                 }
                 Err(e) => {
                     decoded.bad_values += 1;
-                    format!("value of entry {}: {e}", which())
+                    // serde_json's message quotes the value it met.
+                    format!("value of entry {}: {}", which(), Excerpt(e))
                 }
             },
         };
@@ -157,7 +159,8 @@ pub(super) fn decode<K: DeserializeOwned, V: DeserializeOwned>(
         Err(e) => Err(state.failure.take().unwrap_or_else(|| match e.classify() {
             Category::Io => SnapshotError::Io(e.into()),
             // Only the document's own visitors meet types they do not expect.
-            Category::Data => SnapshotError::WrongShape(e.to_string()),
+            // serde_json's message quotes the value it met.
+            Category::Data => SnapshotError::WrongShape(excerpt(e)),
             Category::Syntax | Category::Eof => SnapshotError::InvalidJson(e),
         })),
     }
@@ -283,7 +286,8 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Documen
                 "swr_cache_format" => {
                     let version: Value = map.next_value()?;
                     if version.as_u64() != Some(SNAPSHOT_FORMAT) {
-                        return Err(state.fail(SnapshotError::UnsupportedFormat(version)));
+                        let found = excerpt(version);
+                        return Err(state.fail(SnapshotError::UnsupportedFormat(found)));
                     }
                 }
                 "entries" => {
@@ -363,7 +367,7 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Entries
             let key = if state.marked && holds_lone_surrogate(&key) {
                 Err(LONE_SURROGATE_REASON.to_string())
             } else {
-                serde_json::from_value::<K>(key).map_err(|e| e.to_string())
+                serde_json::from_value::<K>(key).map_err(excerpt)
             };
             state.entry(|| index.to_string(), key, value);
             index += 1;
@@ -373,21 +377,16 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Entries
 }
 
 /// An object key as the key type: from the string itself, else from the
-/// JSON the string holds (`"42"` for a number).
+/// JSON the string holds (`"42"` for a number). The error is bounded, as
+/// serde_json's message quotes the key.
 fn decode_object_key<K: DeserializeOwned>(text: &str) -> Result<K, String> {
     serde_json::from_value::<K>(Value::String(text.to_owned()))
-        .or_else(|as_string| serde_json::from_str::<K>(text).map_err(|_| as_string.to_string()))
+        .or_else(|as_string| serde_json::from_str::<K>(text).map_err(|_| excerpt(as_string)))
 }
 
-/// A key for a message: quoted, and cut short if long.
+/// A key for a message: quoted, and bounded.
 fn quoted(text: &str) -> String {
-    const MAX_CHARS: usize = 64;
-    if text.chars().count() <= MAX_CHARS {
-        format!("{text:?}")
-    } else {
-        let head: String = text.chars().take(MAX_CHARS).collect();
-        format!("{head:?}…")
-    }
+    excerpt(format_args!("{text:?}"))
 }
 
 #[cfg(test)]

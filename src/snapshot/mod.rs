@@ -59,7 +59,9 @@
 //! writes for a string that is not valid text), where serde_json alone would
 //! fail the whole input. (To find them, the loader rewrites each such escape
 //! to U+FDD0, a noncharacter no text should hold; an input with lone
-//! surrogates skips entries holding U+FDD0 too.)
+//! surrogates skips entries holding U+FDD0 too.) The report's reason and
+//! the errors quote at most 256 bytes of each key, value or version they
+//! name, so they stay within [`MAX_MESSAGE_BYTES`] whatever the input.
 //!
 //! Loaded entries get a fresh age, as the LangSmith SDK gives them, or,
 //! with [`LoadOptions::as_stale`], are loaded stale: served at once, and
@@ -108,6 +110,26 @@ use load::{Decoded, decode, dedup};
 
 /// The version written in `swr_cache_format`.
 pub const SNAPSHOT_FORMAT: u64 = 1;
+
+/// The most bytes of a [`LoadReport::first_skip_reason`], and of the message
+/// of a [`SnapshotError`] about the input (all but `Io`, `NotFound` and
+/// `Serialize`): they quote at most 256 bytes of each piece of the input
+/// they name (a key, serde_json's message about a value, the format found),
+/// so a hostile file cannot make them large.
+///
+/// ```
+/// use swr_cache::Cache;
+/// use swr_cache::snapshot::MAX_MESSAGE_BYTES;
+///
+/// let cache: Cache<String, u32> = Cache::builder().build()?;
+/// let huge = "x".repeat(1 << 20);
+/// let input = serde_json::json!({"entries": {huge.as_str(): huge}}).to_string();
+/// let report = cache.load_from_reader(input.as_bytes(), Default::default())?;
+/// let reason = report.first_skip_reason.unwrap();
+/// assert!(reason.len() <= MAX_MESSAGE_BYTES, "{}", reason.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Bounds on what one load reads and allocates, so a huge or hostile input
 /// fails cleanly with a [`SnapshotError`].
@@ -214,7 +236,7 @@ pub struct LoadReport {
     /// loaded instead.
     pub duplicate_keys: usize,
     /// Why the first skipped entry (bad key or bad value) was skipped, if any
-    /// was, naming the entry.
+    /// was, naming the entry; at most [`MAX_MESSAGE_BYTES`].
     pub first_skip_reason: Option<String>,
 }
 
@@ -249,10 +271,12 @@ pub enum SnapshotError {
     InvalidJson(serde_json::Error),
     /// The JSON is not a snapshot: not an object, no `entries` field or two
     /// of them, `entries` neither an object nor a list, or a list item that is
-    /// not a `[key, value]` pair.
+    /// not a `[key, value]` pair. (What is wrong, quoting at most 256 bytes
+    /// of the input.)
     WrongShape(String),
-    /// `swr_cache_format` names a version this crate does not read.
-    UnsupportedFormat(Value),
+    /// `swr_cache_format` names a version this crate does not read. (The
+    /// value found, as JSON text, cut after 256 bytes.)
+    UnsupportedFormat(String),
     /// A key or value could not be written (its `Serialize` failed).
     Serialize(serde_json::Error),
 }
