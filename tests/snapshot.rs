@@ -753,3 +753,88 @@ fn a_huge_format_value_or_misshapen_input_is_quoted_only_in_part_in_the_error() 
         assert!(message.contains("more bytes)"), "says it was cut");
     }
 }
+
+/// Set in the child process that [`under_umask_0`] starts.
+#[cfg(unix)]
+const UMASK_0_CHILD: &str = "SWR_SNAPSHOT_TEST_UMASK_0_CHILD";
+
+/// Runs `test` (this function's caller, by name) again in a child process
+/// whose umask is 0, where a file created with the default mode is open to
+/// everyone (0666), and checks that it passed there. Returns whether this
+/// is the child, which goes on to the test's body.
+#[cfg(unix)]
+fn under_umask_0(test: &str) -> bool {
+    if std::env::var_os(UMASK_0_CHILD).is_some() {
+        return true;
+    }
+    let output = std::process::Command::new("sh")
+        .args(["-c", r#"umask 000 && exec "$0" "$@""#])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(UMASK_0_CHILD, "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && out.contains("1 passed"),
+        "the child under umask 0 failed:\n{out}\n{err}"
+    );
+    false
+}
+
+#[cfg(unix)]
+thread_local! {
+    /// The modes of the temporary files `ModeSpy` found while being written.
+    static TEMP_MODES: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A value that, while a dump writes it, records the mode of each
+/// temporary file in its directory: the file the dump is writing into.
+#[cfg(unix)]
+#[derive(Clone, Debug, Deserialize)]
+struct ModeSpy(PathBuf);
+
+#[cfg(unix)]
+impl Serialize for ModeSpy {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(&self.0).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+                TEMP_MODES.with_borrow_mut(|modes| modes.push(mode));
+            }
+        }
+        serializer.serialize_str("spy")
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_snapshot_file_is_never_open_to_group_or_others() {
+    use std::os::unix::fs::PermissionsExt;
+    if !under_umask_0("a_new_snapshot_file_is_never_open_to_group_or_others") {
+        return;
+    }
+    let dir = TempDir::new("umask");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    std::fs::File::create(dir.path("plain")).unwrap();
+    assert_eq!(mode(&dir.path("plain")), 0o666, "the umask is 0 here");
+    std::fs::remove_file(dir.path("plain")).unwrap();
+
+    // No file to replace: owner only, from creation (while written) on.
+    let path = dir.path("cache.json");
+    let cache: Cache<String, ModeSpy> = Cache::builder().build().unwrap();
+    cache.insert("k".into(), ModeSpy(dir.0.clone()));
+    cache.dump(&path).unwrap();
+    assert_eq!(TEMP_MODES.take(), vec![0o600], "while being written");
+    assert_eq!(mode(&path), 0o600);
+
+    // A file to replace: its mode, which the new one takes before any
+    // entry is written.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    cache.dump(&path).unwrap();
+    assert_eq!(TEMP_MODES.take(), vec![0o640], "while being written");
+    assert_eq!(mode(&path), 0o640);
+}

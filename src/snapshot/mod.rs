@@ -41,8 +41,10 @@
 //! `dump` copies the entries out of the cache (so no shard lock is held
 //! during I/O), creates the parent directories, and writes a temporary file
 //! beside the target, named `.<file name>.<process id>.<counter>.tmp` and
-//! created exclusively, with the old file's permissions if there is one. It
-//! flushes the file to disk (`fsync`), renames it over the target and
+//! created exclusively. On Unix it is created readable by its owner only
+//! (0600, whatever the umask), so no other user can open it, and given the
+//! old file's permissions, if there is one, before anything is written: a
+//! new snapshot is 0600, a replaced one keeps its mode. It flushes the file to disk (`fsync`), renames it over the target and
 //! flushes the directory, so the target is always either the whole old
 //! snapshot or the whole new one. On any failure before the rename (an I/O
 //! error, a value whose `Serialize` fails) the temporary file is removed and
