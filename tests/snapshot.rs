@@ -838,3 +838,70 @@ fn a_new_snapshot_file_is_never_open_to_group_or_others() {
     assert_eq!(TEMP_MODES.take(), vec![0o640], "while being written");
     assert_eq!(mode(&path), 0o640);
 }
+
+/// A file as Python's `json.dump` writes floats that are not finite: bare
+/// `NaN`, `Infinity` and `-Infinity`
+/// (`tests/fixtures/python_json/make_non_finite.py`).
+fn non_finite_dump() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python_json/non_finite.json")
+}
+
+#[test]
+fn entries_holding_nan_or_infinity_are_skipped_and_the_rest_load() {
+    let cache: Cache<String, serde_json::Value> = Cache::builder().ttl(None).build().unwrap();
+    let report = cache.load(non_finite_dump()).unwrap();
+    assert_eq!(
+        (report.loaded, report.bad_values, report.bad_keys),
+        (3, 3, 0),
+        "{report:?}"
+    );
+    let why = report.first_skip_reason.unwrap();
+    assert!(
+        why.starts_with(r#"value of entry "acme/sampling:latest": "#) && why.contains("NaN"),
+        "{why}"
+    );
+    for skipped in [
+        "acme/sampling:latest",
+        "acme/limits:latest",
+        "acme/scores:v1",
+    ] {
+        assert!(!cache.contains_key(skipped), "{skipped}");
+    }
+    // The words, in strings and keys, are text.
+    let words = cache.get("acme/words:latest").unwrap();
+    assert_eq!(
+        words["manifest"]["kwargs"]["template"],
+        r#"NaN, Infinity and -Infinity are words here: "NaN" \NaN"#
+    );
+    assert_eq!(
+        words["manifest"]["kwargs"]["stop"],
+        serde_json::json!(["NaN", "Infinity", "-Infinity"])
+    );
+    assert_eq!(
+        cache.get("NaN").unwrap()["manifest"]["kwargs"]["Infinity"],
+        "-Infinity"
+    );
+    assert_eq!(
+        cache.get("acme/plain:latest").unwrap()["manifest"]["kwargs"]["top_p"],
+        1e300
+    );
+}
+
+#[test]
+fn nan_or_infinity_in_the_list_form_skips_its_entry_as_a_bad_key_or_value() {
+    let cache: Cache<u64, String> = Cache::builder().build().unwrap();
+    let input = br#"{"entries":[[NaN,"x"],[1,"one"],[2,-Infinity],[3,[Infinity]],[4,"NaN"]]}"#;
+    let report = cache
+        .load_from_reader(&input[..], SnapshotLimits::default())
+        .unwrap();
+    assert_eq!(
+        (report.loaded, report.bad_keys, report.bad_values),
+        (2, 1, 2),
+        "{report:?}"
+    );
+    let why = report.first_skip_reason.unwrap();
+    assert!(why.starts_with("key of entry 0: "), "{why}");
+    assert_eq!(cache.get(&1).as_deref(), Some("one"));
+    assert_eq!(cache.get(&4).as_deref(), Some("NaN"));
+    assert_eq!(cache.len(), 2);
+}

@@ -61,9 +61,15 @@
 //! writes for a string that is not valid text), where serde_json alone would
 //! fail the whole input. (To find them, the loader rewrites each such escape
 //! to U+FDD0, a noncharacter no text should hold; an input with lone
-//! surrogates skips entries holding U+FDD0 too.) The report's reason and
-//! the errors quote at most 256 bytes of each key, value or version they
-//! name, so they stay within [`MAX_MESSAGE_BYTES`] whatever the input.
+//! surrogates skips entries holding U+FDD0 too.) So is one holding a bare
+//! `NaN`, `Infinity` or `-Infinity`, which Python's `json.dump` writes for
+//! a float that is not finite and JSON has no number for (the words inside
+//! strings are text, and load). (The loader rewrites each such token
+//! outside strings into the string of one U+007F, padded to its length; an
+//! input with them skips entries whose value holds that string too.) The
+//! report's reason and the errors quote at most 256 bytes of each key,
+//! value or version they name, so they stay within [`MAX_MESSAGE_BYTES`]
+//! whatever the input.
 //!
 //! Loaded entries get a fresh age, as the LangSmith SDK gives them, or,
 //! with [`LoadOptions::as_stale`], are loaded stale: served at once, and
@@ -93,6 +99,7 @@
 
 mod dump;
 mod load;
+mod marks;
 
 use std::fmt;
 use std::fs::{self, File};
