@@ -905,3 +905,33 @@ fn nan_or_infinity_in_the_list_form_skips_its_entry_as_a_bad_key_or_value() {
     assert_eq!(cache.get(&4).as_deref(), Some("NaN"));
     assert_eq!(cache.len(), 2);
 }
+
+#[test]
+fn the_report_counts_every_listed_entry_once() {
+    // Loaded, a bad key, a bad value, NaN, a lone surrogate, a key listed
+    // twice, and one left out of a full cache, in both forms.
+    for input in [
+        &br#"{"entries": {"1": "a", "x": "b", "2": 3, "3": [NaN], "4": "\ud800", "1": "c", "5": "d", "6": "e"}}"#[..],
+        br#"{"entries": [[1, "a"], ["x", "b"], [2, 3], [3, [NaN]], [4, "\ud800"], [1, "c"], [5, "d"], [6, "e"]]}"#,
+    ] {
+        let cache: Cache<u64, String> = Cache::builder().max_size(2).build().unwrap();
+        let report = cache
+            .load_from_reader(input, SnapshotLimits::default())
+            .unwrap();
+        assert_eq!(report.listed, 8, "{report:?}");
+        assert_eq!(
+            (
+                report.loaded,
+                report.bad_keys,
+                report.bad_values,
+                report.duplicate_keys,
+                report.left_out_full
+            ),
+            (2, 1, 3, 1, 1),
+            "{report:?}"
+        );
+        assert_eq!(report.loaded + report.not_loaded(), report.listed);
+        assert_eq!(cache.get(&1).as_deref(), Some("c"));
+        assert_eq!(cache.get(&5).as_deref(), Some("d"));
+    }
+}

@@ -50,6 +50,7 @@ pub(super) fn dedup<K: Hash + Eq, V>(entries: Vec<(K, V)>) -> (Vec<(K, V)>, usiz
 
 /// What a load decoded, before it changes the cache.
 pub(super) struct Decoded<K, V> {
+    pub(super) listed: usize,
     pub(super) entries: Vec<(K, V)>,
     pub(super) bad_keys: usize,
     pub(super) bad_values: usize,
@@ -59,7 +60,6 @@ pub(super) struct Decoded<K, V> {
 /// The state of one decode.
 struct State<K, V> {
     limits: SnapshotLimits,
-    listed: usize,
     /// What Python writes and JSON lacks, marked in the input.
     marks: Marks,
     decoded: Decoded<K, V>,
@@ -78,8 +78,8 @@ impl<K: DeserializeOwned, V: DeserializeOwned> State<K, V> {
 
     /// Counts one more listed entry, failing past `max_entries`.
     fn count<E: de::Error>(&mut self) -> Result<(), E> {
-        self.listed += 1;
-        if self.listed > self.limits.max_entries {
+        self.decoded.listed += 1;
+        if self.decoded.listed > self.limits.max_entries {
             let max_entries = self.limits.max_entries;
             return Err(self.fail(SnapshotError::TooManyEntries { max_entries }));
         }
@@ -138,9 +138,9 @@ pub(super) fn decode<K: DeserializeOwned, V: DeserializeOwned>(
     let marks = Marks::write(&mut input);
     let mut state = State {
         limits,
-        listed: 0,
         marks,
         decoded: Decoded {
+            listed: 0,
             entries: Vec::new(),
             bad_keys: 0,
             bad_values: 0,

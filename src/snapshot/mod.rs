@@ -229,10 +229,28 @@ impl LoadOptions {
 }
 
 /// What a load did. Every entry the input lists is counted once, in
-/// `loaded` or in one of the other counts ([`not_loaded`](Self::not_loaded)).
+/// `loaded` or in one of the other counts ([`not_loaded`](Self::not_loaded)):
+/// `loaded + not_loaded() == listed`.
+///
+/// ```
+/// use swr_cache::{Cache, SnapshotLimits};
+///
+/// let cache: Cache<String, u32> = Cache::builder().max_size(1).build()?;
+/// let input = br#"{"entries": {"a": 1, "b": "two", "a": 3, "c": 4}}"#;
+/// let report = cache.load_from_reader(&input[..], SnapshotLimits::default())?;
+/// assert_eq!(report.listed, 4);
+/// assert_eq!(
+///     (report.loaded, report.bad_values, report.duplicate_keys, report.left_out_full),
+///     (1, 1, 1, 1)
+/// );
+/// assert_eq!(report.loaded + report.not_loaded(), report.listed);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadReport {
+    /// Entries the input lists, each listing of a key counted.
+    pub listed: usize,
     /// Entries added to or updated in the cache.
     pub loaded: usize,
     /// Entries skipped because their key did not decode as the key type.
@@ -542,6 +560,7 @@ where
     /// Adds decoded entries while the cache has room for new keys.
     fn apply(&self, decoded: Decoded<K, V>, stale: bool) -> LoadReport {
         let mut report = LoadReport {
+            listed: decoded.listed,
             bad_keys: decoded.bad_keys,
             bad_values: decoded.bad_values,
             first_skip_reason: decoded.first_skip_reason,
