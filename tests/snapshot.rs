@@ -935,3 +935,59 @@ fn the_report_counts_every_listed_entry_once() {
         assert_eq!(cache.get(&5).as_deref(), Some("d"));
     }
 }
+
+#[test]
+fn keys_and_values_beyond_ascii_round_trip_as_python_escapes_them() {
+    // Each text, and the escapes Python's `json.dumps` writes for it
+    // (checked with CPython 3.11): a surrogate pair above U+FFFF, combining
+    // marks kept as written (no normalization).
+    let texts = [
+        ("😀 grin", r"\ud83d\ude00 grin"),
+        (
+            "プロンプト/要約:latest",
+            r"\u30d7\u30ed\u30f3\u30d7\u30c8/\u8981\u7d04:latest",
+        ),
+        ("é", r"\u00e9"),
+        ("e\u{301}", r"e\u0301"),
+        (
+            "👨\u{200d}👩\u{200d}👧",
+            r"\ud83d\udc68\u200d\ud83d\udc69\u200d\ud83d\udc67",
+        ),
+        ("𝄞 \u{10ffff}", r"\ud834\udd1e \udbff\udfff"),
+    ];
+    let dir = TempDir::new("beyond-ascii");
+    let path = dir.path("cache.json");
+    let cache = strings(100);
+    for (text, _) in texts {
+        cache.insert(text.to_owned(), format!("{text} ✓"));
+    }
+    cache.dump(&path).unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.is_ascii(), "a dump is ASCII only");
+    let dump = String::from_utf8(bytes).unwrap();
+    for (text, escaped) in texts {
+        assert!(
+            dump.contains(&format!(r#""{escaped}":"{escaped} \u2713""#)),
+            "{text:?} as {escaped}: {dump}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert!(json["entries"].is_object(), "the LangSmith SDK's form");
+
+    let restored = strings(100);
+    let report = restored.load(&path).unwrap();
+    assert_eq!((report.loaded, report.listed), (texts.len(), texts.len()));
+    for (text, _) in texts {
+        assert_eq!(
+            restored.get(text).as_deref(),
+            Some(format!("{text} ✓").as_str()),
+            "{text:?}"
+        );
+    }
+    assert_ne!(
+        restored.get("é"),
+        restored.get("e\u{301}"),
+        "composed and decomposed stay two keys"
+    );
+}
