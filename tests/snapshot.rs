@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
+use swr_cache::snapshot::MAX_MESSAGE_BYTES;
 use swr_cache::{Cache, LoadOptions, SnapshotError, SnapshotLimits};
 use tokio::time::advance;
 
@@ -673,4 +674,320 @@ async fn entries_loaded_as_stale_are_served_and_refreshed_first() {
         .load_from_reader(&input[..], SnapshotLimits::default())
         .unwrap();
     assert_eq!(fresh.is_stale("a"), Some(false));
+}
+
+/// A megabyte of `fill`: far more than any report or message should quote.
+fn huge(fill: char) -> String {
+    std::iter::repeat_n(fill, 1 << 20).collect()
+}
+
+#[test]
+fn a_huge_key_or_value_is_quoted_only_in_part_in_the_skip_reason() {
+    let key = huge('k');
+    let bad_value = huge('x');
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a huge key with a huge bad value",
+            serde_json::to_vec(&serde_json::json!({"entries": {key.as_str(): bad_value}})).unwrap(),
+        ),
+        (
+            "a huge bad value in the list form",
+            serde_json::to_vec(&serde_json::json!({"entries": [["k", bad_value]]})).unwrap(),
+        ),
+    ];
+    for (what, input) in cases {
+        let cache: Cache<String, u32> = Cache::builder().build().unwrap();
+        let report = cache
+            .load_from_reader(&input[..], SnapshotLimits::default())
+            .unwrap();
+        assert_eq!(report.bad_values, 1, "{what}");
+        let reason = report.first_skip_reason.unwrap();
+        assert!(
+            reason.len() <= MAX_MESSAGE_BYTES,
+            "{what}: a reason of {} bytes",
+            reason.len()
+        );
+        assert!(reason.starts_with("value of entry "), "{what}: {reason}");
+        assert!(reason.contains("more bytes)"), "{what}: says it was cut");
+    }
+
+    // A huge key that does not decode, in either form.
+    let numbers: Cache<u64, u32> = Cache::builder().build().unwrap();
+    for input in [
+        serde_json::to_vec(&serde_json::json!({"entries": {key.as_str(): 1}})).unwrap(),
+        serde_json::to_vec(&serde_json::json!({"entries": [[key, 1]]})).unwrap(),
+    ] {
+        let report = numbers
+            .load_from_reader(&input[..], SnapshotLimits::default())
+            .unwrap();
+        assert_eq!(report.bad_keys, 1);
+        let reason = report.first_skip_reason.unwrap();
+        assert!(reason.len() <= MAX_MESSAGE_BYTES, "{} bytes", reason.len());
+        assert!(reason.starts_with("key of entry "), "{reason}");
+    }
+}
+
+#[test]
+fn a_huge_format_value_or_misshapen_input_is_quoted_only_in_part_in_the_error() {
+    let text = huge('x');
+    for input in [
+        serde_json::json!({"swr_cache_format": text, "entries": {}}),
+        serde_json::json!({"swr_cache_format": [text], "entries": {}}),
+        serde_json::json!(text),
+        serde_json::json!({"entries": text}),
+    ] {
+        let error = load_fails(&serde_json::to_vec(&input).unwrap());
+        assert!(
+            matches!(
+                error,
+                SnapshotError::UnsupportedFormat(_) | SnapshotError::WrongShape(_)
+            ),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.len() <= MAX_MESSAGE_BYTES,
+            "a message of {} bytes",
+            message.len()
+        );
+        assert!(message.contains("more bytes)"), "says it was cut");
+    }
+}
+
+/// Set in the child process that [`under_umask_0`] starts.
+#[cfg(unix)]
+const UMASK_0_CHILD: &str = "SWR_SNAPSHOT_TEST_UMASK_0_CHILD";
+
+/// Runs `test` (this function's caller, by name) again in a child process
+/// whose umask is 0, where a file created with the default mode is open to
+/// everyone (0666), and checks that it passed there. Returns whether this
+/// is the child, which goes on to the test's body.
+#[cfg(unix)]
+fn under_umask_0(test: &str) -> bool {
+    if std::env::var_os(UMASK_0_CHILD).is_some() {
+        return true;
+    }
+    let output = std::process::Command::new("sh")
+        .args(["-c", r#"umask 000 && exec "$0" "$@""#])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(UMASK_0_CHILD, "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && out.contains("1 passed"),
+        "the child under umask 0 failed:\n{out}\n{err}"
+    );
+    false
+}
+
+#[cfg(unix)]
+thread_local! {
+    /// The modes of the temporary files `ModeSpy` found while being written.
+    static TEMP_MODES: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A value that, while a dump writes it, records the mode of each
+/// temporary file in its directory: the file the dump is writing into.
+#[cfg(unix)]
+#[derive(Clone, Debug, Deserialize)]
+struct ModeSpy(PathBuf);
+
+#[cfg(unix)]
+impl Serialize for ModeSpy {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(&self.0).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+                TEMP_MODES.with_borrow_mut(|modes| modes.push(mode));
+            }
+        }
+        serializer.serialize_str("spy")
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_snapshot_file_is_never_open_to_group_or_others() {
+    use std::os::unix::fs::PermissionsExt;
+    if !under_umask_0("a_new_snapshot_file_is_never_open_to_group_or_others") {
+        return;
+    }
+    let dir = TempDir::new("umask");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    std::fs::File::create(dir.path("plain")).unwrap();
+    assert_eq!(mode(&dir.path("plain")), 0o666, "the umask is 0 here");
+    std::fs::remove_file(dir.path("plain")).unwrap();
+
+    // No file to replace: owner only, from creation (while written) on.
+    let path = dir.path("cache.json");
+    let cache: Cache<String, ModeSpy> = Cache::builder().build().unwrap();
+    cache.insert("k".into(), ModeSpy(dir.0.clone()));
+    cache.dump(&path).unwrap();
+    assert_eq!(TEMP_MODES.take(), vec![0o600], "while being written");
+    assert_eq!(mode(&path), 0o600);
+
+    // A file to replace: its mode, which the new one takes before any
+    // entry is written.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    cache.dump(&path).unwrap();
+    assert_eq!(TEMP_MODES.take(), vec![0o640], "while being written");
+    assert_eq!(mode(&path), 0o640);
+}
+
+/// A file as Python's `json.dump` writes floats that are not finite: bare
+/// `NaN`, `Infinity` and `-Infinity`
+/// (`tests/fixtures/python_json/make_non_finite.py`).
+fn non_finite_dump() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python_json/non_finite.json")
+}
+
+#[test]
+fn entries_holding_nan_or_infinity_are_skipped_and_the_rest_load() {
+    let cache: Cache<String, serde_json::Value> = Cache::builder().ttl(None).build().unwrap();
+    let report = cache.load(non_finite_dump()).unwrap();
+    assert_eq!(
+        (report.loaded, report.bad_values, report.bad_keys),
+        (3, 3, 0),
+        "{report:?}"
+    );
+    let why = report.first_skip_reason.unwrap();
+    assert!(
+        why.starts_with(r#"value of entry "acme/sampling:latest": "#) && why.contains("NaN"),
+        "{why}"
+    );
+    for skipped in [
+        "acme/sampling:latest",
+        "acme/limits:latest",
+        "acme/scores:v1",
+    ] {
+        assert!(!cache.contains_key(skipped), "{skipped}");
+    }
+    // The words, in strings and keys, are text.
+    let words = cache.get("acme/words:latest").unwrap();
+    assert_eq!(
+        words["manifest"]["kwargs"]["template"],
+        r#"NaN, Infinity and -Infinity are words here: "NaN" \NaN"#
+    );
+    assert_eq!(
+        words["manifest"]["kwargs"]["stop"],
+        serde_json::json!(["NaN", "Infinity", "-Infinity"])
+    );
+    assert_eq!(
+        cache.get("NaN").unwrap()["manifest"]["kwargs"]["Infinity"],
+        "-Infinity"
+    );
+    assert_eq!(
+        cache.get("acme/plain:latest").unwrap()["manifest"]["kwargs"]["top_p"],
+        1e300
+    );
+}
+
+#[test]
+fn nan_or_infinity_in_the_list_form_skips_its_entry_as_a_bad_key_or_value() {
+    let cache: Cache<u64, String> = Cache::builder().build().unwrap();
+    let input = br#"{"entries":[[NaN,"x"],[1,"one"],[2,-Infinity],[3,[Infinity]],[4,"NaN"]]}"#;
+    let report = cache
+        .load_from_reader(&input[..], SnapshotLimits::default())
+        .unwrap();
+    assert_eq!(
+        (report.loaded, report.bad_keys, report.bad_values),
+        (2, 1, 2),
+        "{report:?}"
+    );
+    let why = report.first_skip_reason.unwrap();
+    assert!(why.starts_with("key of entry 0: "), "{why}");
+    assert_eq!(cache.get(&1).as_deref(), Some("one"));
+    assert_eq!(cache.get(&4).as_deref(), Some("NaN"));
+    assert_eq!(cache.len(), 2);
+}
+
+#[test]
+fn the_report_counts_every_listed_entry_once() {
+    // Loaded, a bad key, a bad value, NaN, a lone surrogate, a key listed
+    // twice, and one left out of a full cache, in both forms.
+    for input in [
+        &br#"{"entries": {"1": "a", "x": "b", "2": 3, "3": [NaN], "4": "\ud800", "1": "c", "5": "d", "6": "e"}}"#[..],
+        br#"{"entries": [[1, "a"], ["x", "b"], [2, 3], [3, [NaN]], [4, "\ud800"], [1, "c"], [5, "d"], [6, "e"]]}"#,
+    ] {
+        let cache: Cache<u64, String> = Cache::builder().max_size(2).build().unwrap();
+        let report = cache
+            .load_from_reader(input, SnapshotLimits::default())
+            .unwrap();
+        assert_eq!(report.listed, 8, "{report:?}");
+        assert_eq!(
+            (
+                report.loaded,
+                report.bad_keys,
+                report.bad_values,
+                report.duplicate_keys,
+                report.left_out_full
+            ),
+            (2, 1, 3, 1, 1),
+            "{report:?}"
+        );
+        assert_eq!(report.loaded + report.not_loaded(), report.listed);
+        assert_eq!(cache.get(&1).as_deref(), Some("c"));
+        assert_eq!(cache.get(&5).as_deref(), Some("d"));
+    }
+}
+
+#[test]
+fn keys_and_values_beyond_ascii_round_trip_as_python_escapes_them() {
+    // Each text, and the escapes Python's `json.dumps` writes for it
+    // (checked with CPython 3.11): a surrogate pair above U+FFFF, combining
+    // marks kept as written (no normalization).
+    let texts = [
+        ("😀 grin", r"\ud83d\ude00 grin"),
+        (
+            "プロンプト/要約:latest",
+            r"\u30d7\u30ed\u30f3\u30d7\u30c8/\u8981\u7d04:latest",
+        ),
+        ("é", r"\u00e9"),
+        ("e\u{301}", r"e\u0301"),
+        (
+            "👨\u{200d}👩\u{200d}👧",
+            r"\ud83d\udc68\u200d\ud83d\udc69\u200d\ud83d\udc67",
+        ),
+        ("𝄞 \u{10ffff}", r"\ud834\udd1e \udbff\udfff"),
+    ];
+    let dir = TempDir::new("beyond-ascii");
+    let path = dir.path("cache.json");
+    let cache = strings(100);
+    for (text, _) in texts {
+        cache.insert(text.to_owned(), format!("{text} ✓"));
+    }
+    cache.dump(&path).unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.is_ascii(), "a dump is ASCII only");
+    let dump = String::from_utf8(bytes).unwrap();
+    for (text, escaped) in texts {
+        assert!(
+            dump.contains(&format!(r#""{escaped}":"{escaped} \u2713""#)),
+            "{text:?} as {escaped}: {dump}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert!(json["entries"].is_object(), "the LangSmith SDK's form");
+
+    let restored = strings(100);
+    let report = restored.load(&path).unwrap();
+    assert_eq!((report.loaded, report.listed), (texts.len(), texts.len()));
+    for (text, _) in texts {
+        assert_eq!(
+            restored.get(text).as_deref(),
+            Some(format!("{text} ✓").as_str()),
+            "{text:?}"
+        );
+    }
+    assert_ne!(
+        restored.get("é"),
+        restored.get("e\u{301}"),
+        "composed and decomposed stay two keys"
+    );
 }

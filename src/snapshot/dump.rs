@@ -1,6 +1,6 @@
 //! Writing a snapshot: the JSON form, and the file written atomically.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,7 +93,8 @@ impl<K: Serialize, V: Serialize> Serialize for AsList<'_, K, V> {
 }
 
 /// Creates a fresh temporary file beside `path`, for a dump to write before
-/// renaming it over `path`.
+/// renaming it over `path`; on Unix, readable and writable by its owner
+/// only (0600, whatever the umask).
 pub(super) fn create_temp(path: &Path) -> Result<(PathBuf, File), SnapshotError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
@@ -103,7 +104,13 @@ pub(super) fn create_temp(path: &Path) -> Result<(PathBuf, File), SnapshotError>
     loop {
         let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = path.with_file_name(format!(".{name}.{}.{unique}.tmp", std::process::id()));
-        match File::create_new(&temp) {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        // Owner only from its creation: a chmod afterwards would not close
+        // the file to whoever opened it in between.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&temp) {
             Ok(file) => return Ok((temp, file)),
             // Left by a crashed process that had this process id.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,

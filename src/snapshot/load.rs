@@ -11,7 +11,9 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, 
 use serde_json::Value;
 use serde_json::error::Category;
 
+use super::marks::Marks;
 use super::{SNAPSHOT_FORMAT, SnapshotError, SnapshotLimits};
+use crate::excerpt::{Excerpt, excerpt};
 
 /// Keeps one entry per key: the value listed last, at the place the key was
 /// first listed. Returns the entries and how many were dropped.
@@ -48,6 +50,7 @@ pub(super) fn dedup<K: Hash + Eq, V>(entries: Vec<(K, V)>) -> (Vec<(K, V)>, usiz
 
 /// What a load decoded, before it changes the cache.
 pub(super) struct Decoded<K, V> {
+    pub(super) listed: usize,
     pub(super) entries: Vec<(K, V)>,
     pub(super) bad_keys: usize,
     pub(super) bad_values: usize,
@@ -57,9 +60,8 @@ pub(super) struct Decoded<K, V> {
 /// The state of one decode.
 struct State<K, V> {
     limits: SnapshotLimits,
-    listed: usize,
-    /// Whether the input had lone surrogates marked ([`mark_lone_surrogates`]).
-    marked: bool,
+    /// What Python writes and JSON lacks, marked in the input.
+    marks: Marks,
     decoded: Decoded<K, V>,
     /// The typed error that stopped the decode, if it was not serde_json's.
     failure: Option<SnapshotError>,
@@ -76,8 +78,8 @@ impl<K: DeserializeOwned, V: DeserializeOwned> State<K, V> {
 
     /// Counts one more listed entry, failing past `max_entries`.
     fn count<E: de::Error>(&mut self) -> Result<(), E> {
-        self.listed += 1;
-        if self.listed > self.limits.max_entries {
+        self.decoded.listed += 1;
+        if self.decoded.listed > self.limits.max_entries {
             let max_entries = self.limits.max_entries;
             return Err(self.fail(SnapshotError::TooManyEntries { max_entries }));
         }
@@ -87,25 +89,25 @@ impl<K: DeserializeOwned, V: DeserializeOwned> State<K, V> {
     /// Decodes one entry's value, or records why its key or value did not
     /// decode.
     fn entry(&mut self, which: impl FnOnce() -> String, key: Result<K, String>, value: Value) {
-        let lone = self.marked && holds_lone_surrogate(&value);
         let decoded = &mut self.decoded;
-        let why = match key {
-            Err(why) => {
+        let why = match (key, self.marks.in_value(&value)) {
+            (Err(why), _) => {
                 decoded.bad_keys += 1;
                 format!("key of entry {}: {why}", which())
             }
-            Ok(_) if lone => {
+            (Ok(_), Some(why)) => {
                 decoded.bad_values += 1;
-                format!("value of entry {}: {LONE_SURROGATE_REASON}", which())
+                format!("value of entry {}: {why}", which())
             }
-            Ok(key) => match serde_json::from_value::<V>(value) {
+            (Ok(key), None) => match serde_json::from_value::<V>(value) {
                 Ok(value) => {
                     decoded.entries.push((key, value));
                     return;
                 }
                 Err(e) => {
                     decoded.bad_values += 1;
-                    format!("value of entry {}: {e}", which())
+                    // serde_json's message quotes the value it met.
+                    format!("value of entry {}: {}", which(), Excerpt(e))
                 }
             },
         };
@@ -133,12 +135,12 @@ pub(super) fn decode<K: DeserializeOwned, V: DeserializeOwned>(
             SnapshotError::Io(e)
         });
     }
-    let marked = mark_lone_surrogates(&mut input) > 0;
+    let marks = Marks::write(&mut input);
     let mut state = State {
         limits,
-        listed: 0,
-        marked,
+        marks,
         decoded: Decoded {
+            listed: 0,
             entries: Vec::new(),
             bad_keys: 0,
             bad_values: 0,
@@ -157,75 +159,12 @@ pub(super) fn decode<K: DeserializeOwned, V: DeserializeOwned>(
         Err(e) => Err(state.failure.take().unwrap_or_else(|| match e.classify() {
             Category::Io => SnapshotError::Io(e.into()),
             // Only the document's own visitors meet types they do not expect.
-            Category::Data => SnapshotError::WrongShape(e.to_string()),
+            // serde_json's message quotes the value it met.
+            Category::Data => SnapshotError::WrongShape(excerpt(e)),
             Category::Syntax | Category::Eof => SnapshotError::InvalidJson(e),
         })),
     }
 }
-
-/// Stands in the text for a lone surrogate escape: U+FDD0, a noncharacter,
-/// which Unicode keeps for uses like this one and no text should carry.
-const LONE_SURROGATE: char = '\u{fdd0}';
-
-/// Rewrites, in place, every `\uD800`–`\uDFFF` escape that is not half of
-/// a surrogate pair into the escape of [`LONE_SURROGATE`] (same length), and
-/// returns how many it rewrote. Python's `json.dump` writes such escapes for
-/// strings that hold a lone surrogate, which is not text: serde_json would
-/// fail the whole input on one, and this way only the entry holding it is
-/// skipped. (Backslashes appear only inside strings in valid JSON, and every
-/// escape is stepped over whole, so an escaped backslash followed by `u` is
-/// left alone.)
-fn mark_lone_surrogates(input: &mut [u8]) -> usize {
-    let mut marked = 0;
-    let mut at = 0;
-    while at < input.len() {
-        if input[at] != b'\\' {
-            at += 1;
-            continue;
-        }
-        let Some(first) = escaped_unit(input, at) else {
-            at += 2; // another escape, `\"` or `\\`: stepped over whole
-            continue;
-        };
-        let paired = (0xd800..0xdc00).contains(&first)
-            && escaped_unit(input, at + 6).is_some_and(|second| (0xdc00..0xe000).contains(&second));
-        if paired {
-            at += 12;
-        } else {
-            if (0xd800..0xe000).contains(&first) {
-                input[at + 2..at + 6].copy_from_slice(b"fdd0");
-                marked += 1;
-            }
-            at += 6;
-        }
-    }
-    marked
-}
-
-/// The UTF-16 unit of the `\uXXXX` escape at `at`, if one is there.
-fn escaped_unit(input: &[u8], at: usize) -> Option<u16> {
-    let escape = input.get(at..at + 6)?;
-    if escape[0] != b'\\' || escape[1] != b'u' {
-        return None;
-    }
-    u16::from_str_radix(std::str::from_utf8(&escape[2..]).ok()?, 16).ok()
-}
-
-/// Whether `value` holds [`LONE_SURROGATE`] anywhere, in a key or a string.
-fn holds_lone_surrogate(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.contains(LONE_SURROGATE),
-        Value::Array(items) => items.iter().any(holds_lone_surrogate),
-        Value::Object(fields) => fields
-            .iter()
-            .any(|(key, value)| key.contains(LONE_SURROGATE) || holds_lone_surrogate(value)),
-        _ => false,
-    }
-}
-
-/// Why an entry holding a lone surrogate is skipped.
-const LONE_SURROGATE_REASON: &str =
-    "holds a lone surrogate escape (\\ud800 to \\udfff, not half of a pair), which is not text";
 
 /// A reader that fails once more than `left` bytes are asked of it.
 struct Limited<R> {
@@ -283,7 +222,8 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Documen
                 "swr_cache_format" => {
                     let version: Value = map.next_value()?;
                     if version.as_u64() != Some(SNAPSHOT_FORMAT) {
-                        return Err(state.fail(SnapshotError::UnsupportedFormat(version)));
+                        let found = excerpt(version);
+                        return Err(state.fail(SnapshotError::UnsupportedFormat(found)));
                     }
                 }
                 "entries" => {
@@ -328,10 +268,9 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Entries
         let state = self.0;
         while let Some(text) = map.next_key::<String>()? {
             state.count()?;
-            let key = if state.marked && text.contains(LONE_SURROGATE) {
-                Err(LONE_SURROGATE_REASON.to_string())
-            } else {
-                decode_object_key::<K>(&text)
+            let key = match state.marks.in_key(&text) {
+                Some(why) => Err(why.to_string()),
+                None => decode_object_key::<K>(&text),
             };
             match key {
                 Ok(key) => {
@@ -360,10 +299,9 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Entries
                 let why = format!("entry {index} is not a [key, value] pair");
                 return Err(state.fail(SnapshotError::WrongShape(why)));
             };
-            let key = if state.marked && holds_lone_surrogate(&key) {
-                Err(LONE_SURROGATE_REASON.to_string())
-            } else {
-                serde_json::from_value::<K>(key).map_err(|e| e.to_string())
+            let key = match state.marks.in_value(&key) {
+                Some(why) => Err(why.to_string()),
+                None => serde_json::from_value::<K>(key).map_err(excerpt),
             };
             state.entry(|| index.to_string(), key, value);
             index += 1;
@@ -373,21 +311,16 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> de::Visitor<'de> for Entries
 }
 
 /// An object key as the key type: from the string itself, else from the
-/// JSON the string holds (`"42"` for a number).
+/// JSON the string holds (`"42"` for a number). The error is bounded, as
+/// serde_json's message quotes the key.
 fn decode_object_key<K: DeserializeOwned>(text: &str) -> Result<K, String> {
     serde_json::from_value::<K>(Value::String(text.to_owned()))
-        .or_else(|as_string| serde_json::from_str::<K>(text).map_err(|_| as_string.to_string()))
+        .or_else(|as_string| serde_json::from_str::<K>(text).map_err(|_| excerpt(as_string)))
 }
 
-/// A key for a message: quoted, and cut short if long.
+/// A key for a message: quoted, and bounded.
 fn quoted(text: &str) -> String {
-    const MAX_CHARS: usize = 64;
-    if text.chars().count() <= MAX_CHARS {
-        format!("{text:?}")
-    } else {
-        let head: String = text.chars().take(MAX_CHARS).collect();
-        format!("{head:?}…")
-    }
+    excerpt(format_args!("{text:?}"))
 }
 
 #[cfg(test)]
@@ -404,27 +337,6 @@ mod tests {
             dedup(vec![("x", 1), ("y", 2)]),
             (vec![("x", 1), ("y", 2)], 0)
         );
-    }
-
-    #[test]
-    fn lone_surrogates_are_marked_and_pairs_and_other_escapes_left_alone() {
-        let mark = |text: &str| {
-            let mut bytes = text.as_bytes().to_vec();
-            let n = mark_lone_surrogates(&mut bytes);
-            (String::from_utf8(bytes).unwrap(), n)
-        };
-        assert_eq!(mark(r#""\ud800""#), (r#""\ufdd0""#.into(), 1));
-        assert_eq!(mark(r#""\udc00x""#), (r#""\ufdd0x""#.into(), 1));
-        assert_eq!(mark(r#""\ud83d\ude00""#), (r#""\ud83d\ude00""#.into(), 0));
-        assert_eq!(mark(r#""\ud83d\u0041""#), (r#""\ufdd0\u0041""#.into(), 1));
-        assert_eq!(
-            mark(r#""\\ud800""#),
-            (r#""\\ud800""#.into(), 0),
-            "an escaped backslash"
-        );
-        assert_eq!(mark(r#""\"\ud800\"""#), (r#""\"\ufdd0\"""#.into(), 1));
-        assert_eq!(mark(r#""\u12"#), (r#""\u12"#.into(), 0), "cut short");
-        assert_eq!(mark("\\"), ("\\".into(), 0));
     }
 
     #[test]

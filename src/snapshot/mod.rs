@@ -41,8 +41,10 @@
 //! `dump` copies the entries out of the cache (so no shard lock is held
 //! during I/O), creates the parent directories, and writes a temporary file
 //! beside the target, named `.<file name>.<process id>.<counter>.tmp` and
-//! created exclusively, with the old file's permissions if there is one. It
-//! flushes the file to disk (`fsync`), renames it over the target and
+//! created exclusively. On Unix it is created readable by its owner only
+//! (0600, whatever the umask), so no other user can open it, and given the
+//! old file's permissions, if there is one, before anything is written: a
+//! new snapshot is 0600, a replaced one keeps its mode. It flushes the file to disk (`fsync`), renames it over the target and
 //! flushes the directory, so the target is always either the whole old
 //! snapshot or the whole new one. On any failure before the rename (an I/O
 //! error, a value whose `Serialize` fails) the temporary file is removed and
@@ -59,7 +61,15 @@
 //! writes for a string that is not valid text), where serde_json alone would
 //! fail the whole input. (To find them, the loader rewrites each such escape
 //! to U+FDD0, a noncharacter no text should hold; an input with lone
-//! surrogates skips entries holding U+FDD0 too.)
+//! surrogates skips entries holding U+FDD0 too.) So is one holding a bare
+//! `NaN`, `Infinity` or `-Infinity`, which Python's `json.dump` writes for
+//! a float that is not finite and JSON has no number for (the words inside
+//! strings are text, and load). (The loader rewrites each such token
+//! outside strings into the string of one U+007F, padded to its length; an
+//! input with them skips entries whose value holds that string too.) The
+//! report's reason and the errors quote at most 256 bytes of each key,
+//! value or version they name, so they stay within [`MAX_MESSAGE_BYTES`]
+//! whatever the input.
 //!
 //! Loaded entries get a fresh age, as the LangSmith SDK gives them, or,
 //! with [`LoadOptions::as_stale`], are loaded stale: served at once, and
@@ -89,6 +99,7 @@
 
 mod dump;
 mod load;
+mod marks;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -108,6 +119,26 @@ use load::{Decoded, decode, dedup};
 
 /// The version written in `swr_cache_format`.
 pub const SNAPSHOT_FORMAT: u64 = 1;
+
+/// The most bytes of a [`LoadReport::first_skip_reason`], and of the message
+/// of a [`SnapshotError`] about the input (all but `Io`, `NotFound` and
+/// `Serialize`): they quote at most 256 bytes of each piece of the input
+/// they name (a key, serde_json's message about a value, the format found),
+/// so a hostile file cannot make them large.
+///
+/// ```
+/// use swr_cache::Cache;
+/// use swr_cache::snapshot::MAX_MESSAGE_BYTES;
+///
+/// let cache: Cache<String, u32> = Cache::builder().build()?;
+/// let huge = "x".repeat(1 << 20);
+/// let input = serde_json::json!({"entries": {huge.as_str(): huge}}).to_string();
+/// let report = cache.load_from_reader(input.as_bytes(), Default::default())?;
+/// let reason = report.first_skip_reason.unwrap();
+/// assert!(reason.len() <= MAX_MESSAGE_BYTES, "{}", reason.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Bounds on what one load reads and allocates, so a huge or hostile input
 /// fails cleanly with a [`SnapshotError`].
@@ -198,10 +229,28 @@ impl LoadOptions {
 }
 
 /// What a load did. Every entry the input lists is counted once, in
-/// `loaded` or in one of the other counts ([`not_loaded`](Self::not_loaded)).
+/// `loaded` or in one of the other counts ([`not_loaded`](Self::not_loaded)):
+/// `loaded + not_loaded() == listed`.
+///
+/// ```
+/// use swr_cache::{Cache, SnapshotLimits};
+///
+/// let cache: Cache<String, u32> = Cache::builder().max_size(1).build()?;
+/// let input = br#"{"entries": {"a": 1, "b": "two", "a": 3, "c": 4}}"#;
+/// let report = cache.load_from_reader(&input[..], SnapshotLimits::default())?;
+/// assert_eq!(report.listed, 4);
+/// assert_eq!(
+///     (report.loaded, report.bad_values, report.duplicate_keys, report.left_out_full),
+///     (1, 1, 1, 1)
+/// );
+/// assert_eq!(report.loaded + report.not_loaded(), report.listed);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadReport {
+    /// Entries the input lists, each listing of a key counted.
+    pub listed: usize,
     /// Entries added to or updated in the cache.
     pub loaded: usize,
     /// Entries skipped because their key did not decode as the key type.
@@ -214,7 +263,7 @@ pub struct LoadReport {
     /// loaded instead.
     pub duplicate_keys: usize,
     /// Why the first skipped entry (bad key or bad value) was skipped, if any
-    /// was, naming the entry.
+    /// was, naming the entry; at most [`MAX_MESSAGE_BYTES`].
     pub first_skip_reason: Option<String>,
 }
 
@@ -249,10 +298,12 @@ pub enum SnapshotError {
     InvalidJson(serde_json::Error),
     /// The JSON is not a snapshot: not an object, no `entries` field or two
     /// of them, `entries` neither an object nor a list, or a list item that is
-    /// not a `[key, value]` pair.
+    /// not a `[key, value]` pair. (What is wrong, quoting at most 256 bytes
+    /// of the input.)
     WrongShape(String),
-    /// `swr_cache_format` names a version this crate does not read.
-    UnsupportedFormat(Value),
+    /// `swr_cache_format` names a version this crate does not read. (The
+    /// value found, as JSON text, cut after 256 bytes.)
+    UnsupportedFormat(String),
     /// A key or value could not be written (its `Serialize` failed).
     Serialize(serde_json::Error),
 }
@@ -509,6 +560,7 @@ where
     /// Adds decoded entries while the cache has room for new keys.
     fn apply(&self, decoded: Decoded<K, V>, stale: bool) -> LoadReport {
         let mut report = LoadReport {
+            listed: decoded.listed,
             bad_keys: decoded.bad_keys,
             bad_values: decoded.bad_values,
             first_skip_reason: decoded.first_skip_reason,
