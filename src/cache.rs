@@ -804,6 +804,7 @@ where
                     .spawn(drive)
                     .await
                     .unwrap_or(Err(FetchError::Cancelled)),
+                Flight::Found(value) => Ok(value),
                 Flight::Gone => unreachable!("only a background refresh skips an absent key"),
             };
         }

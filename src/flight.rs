@@ -15,7 +15,9 @@
 //!   flight. The fence is a flag of the flight, set before the removal takes
 //!   its shard lock and read under the shard lock the insert takes, so
 //!   either the insert comes first and the removal takes it out, or the
-//!   insert sees the fence and stores nothing.
+//!   insert sees the fence and stores nothing. A `get_or_fetch` whose key
+//!   was written between its miss and its flight's start fetches nothing:
+//!   that value is its answer.
 //! - A fenced flight also leaves the map of flights at once (`clear` only
 //!   flags it, and the next caller replaces it), so a caller who asks after
 //!   the removal starts a new fetch instead of joining the old one and
@@ -67,6 +69,8 @@ pub(crate) enum Flight<K, V, S, D> {
     /// A background refresh of a key the refresher no longer holds
     /// (removed, or written since it was taken): nothing to do.
     Gone,
+    /// A load of a key written since the caller's miss: its value.
+    Found(V),
 }
 
 /// Waits for a flight's result.
@@ -198,7 +202,22 @@ where
             Purpose::Refresh => self
                 .store
                 .read_held(&key, |node| (node.value.clone(), node.version())),
-            Purpose::Load | Purpose::Forced => self
+            Purpose::Load => {
+                let found = self.store.read(&key, |node| {
+                    let servable = self.is_servable(node);
+                    (node.value.clone(), node.version(), servable)
+                });
+                if let Some((value, _, true)) = found {
+                    // Written since the caller's miss: that value is the
+                    // answer, for whoever joined too, and nothing is
+                    // fetched (it would overwrite the write).
+                    drop(landing);
+                    publish.send_replace(Some(Ok(value.clone())));
+                    return Ok(Flight::Found(value));
+                }
+                found.map(|(value, version, _)| (value, version))
+            }
+            Purpose::Forced => self
                 .store
                 .read(&key, |node| (node.value.clone(), node.version())),
         };

@@ -1162,3 +1162,51 @@ async fn a_load_too_heavy_to_keep_counts_as_a_load_and_an_eviction() {
         "{m}"
     );
 }
+
+/// A key whose clone runs a hook once, when armed: a way to land an
+/// `insert` between a `get_or_fetch`'s miss and its flight's start (it
+/// clones the key in between), as another thread could.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CloneHooked(u32);
+
+thread_local! {
+    static ON_CLONE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        std::cell::RefCell::new(None);
+}
+
+impl Clone for CloneHooked {
+    fn clone(&self) -> Self {
+        if let Some(hook) = ON_CLONE.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+        Self(self.0)
+    }
+}
+
+/// (Review #18.9.) An insert that lands between a `get_or_fetch`'s miss
+/// and its flight's start is the answer: it was fetched over, as a
+/// refresh of the inserted value, and overwritten.
+#[tokio::test(start_paused = true)]
+async fn get_or_fetch_returns_an_insert_that_landed_after_its_miss() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let cache: Cache<CloneHooked, String> = Cache::builder()
+        .ttl(TTL)
+        .fetcher(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::io::Error>("fetched".to_owned()) }
+        })
+        .build()
+        .unwrap();
+    let writer = cache.clone();
+    ON_CLONE.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || {
+            writer.insert(CloneHooked(1), "inserted".into());
+        }))
+    });
+    let got = cache.get_or_fetch(&CloneHooked(1)).await.unwrap();
+    assert!(ON_CLONE.with(|h| h.borrow().is_none()), "the hook ran");
+    assert_eq!(got, "inserted");
+    assert_eq!(cache.peek(&CloneHooked(1)).as_deref(), Some("inserted"));
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing fetched");
+}

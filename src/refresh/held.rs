@@ -385,7 +385,7 @@ where
                 }
                 // Written or removed since it was taken: not ours any more.
                 // (A fetcher cannot be taken away once set.)
-                Ok(Flight::Gone) | Err(_) => {
+                Ok(Flight::Gone | Flight::Found(_)) | Err(_) => {
                     self.held.remove(&key);
                     continue;
                 }
