@@ -71,6 +71,9 @@ pub struct Metrics {
     /// Calls of the eviction listener that panicked (each caught; the cache
     /// carried on).
     pub listener_panics: u64,
+    /// Times the refresher task panicked (in user code it runs: a key's
+    /// `Clone`, `Hash` or `Eq`); each time it is logged and restarted.
+    pub refresher_panics: u64,
 }
 
 /// One line a person reads:
@@ -134,6 +137,9 @@ impl std::fmt::Display for Metrics {
         if self.listener_panics > 0 {
             write!(f, "; {} listener panics", self.listener_panics)?;
         }
+        if self.refresher_panics > 0 {
+            write!(f, "; {} refresher panics", self.refresher_panics)?;
+        }
         Ok(())
     }
 }
@@ -171,9 +177,10 @@ pub(crate) enum Counter {
     Expired,
     Gone,
     ListenerPanics,
+    RefresherPanics,
 }
 
-const COUNTERS: usize = 15;
+const COUNTERS: usize = 16;
 
 /// Stripes shared by threads whose id has no exclusive stripe.
 const SHARED_STRIPES: usize = 8;
@@ -251,6 +258,7 @@ impl Counters {
             expired: sum(Counter::Expired),
             gone: sum(Counter::Gone),
             listener_panics: sum(Counter::ListenerPanics),
+            refresher_panics: sum(Counter::RefresherPanics),
         }
     }
 
@@ -273,6 +281,7 @@ impl Counters {
             expired: t.expired.wrapping_sub(baseline.expired),
             gone: t.gone.wrapping_sub(baseline.gone),
             listener_panics: t.listener_panics.wrapping_sub(baseline.listener_panics),
+            refresher_panics: t.refresher_panics.wrapping_sub(baseline.refresher_panics),
         }
     }
 

@@ -45,7 +45,10 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use super::held::Holdings;
 use super::requests::{Control, Nudges, Run, Signals};
 use crate::clock::{Nanos, Ticker, duration_to_nanos};
+use crate::excerpt::Excerpt;
+use crate::fetcher::{FetchError, panic_as_error};
 use crate::inner::Inner;
+use crate::metrics::Counter;
 
 impl<K, V, S> Inner<K, V, S>
 where
@@ -122,6 +125,21 @@ where
     }
 
     fn spawn_refresher(self: &Arc<Self>, runtime: &Handle, keeps_clock: bool) -> Run {
+        let first = self.begin_task(keeps_clock);
+        let signals = Arc::new(Signals::default());
+        let task = runtime.spawn(supervise(
+            Arc::downgrade(self),
+            Arc::clone(&signals),
+            self.store.hasher().clone(),
+            first,
+            keeps_clock,
+        ));
+        Run { signals, task }
+    }
+
+    /// Readies the store and the read path for a task that starts: returns
+    /// its number and its hold on the clock.
+    fn begin_task(self: &Arc<Self>, keeps_clock: bool) -> (u64, Ticking<K, V, S>) {
         // What an earlier task held, this one does not know of: given back
         // to the due values (O(entries), once per start); and an earlier
         // task still running (told to stop, not yet stopped) can take no
@@ -141,16 +159,67 @@ where
             cache: Arc::downgrade(self),
             ticker: keeps_clock.then(|| self.read.clock.start_ticking()),
         };
-        let signals = Arc::new(Signals::default());
-        let task = runtime.spawn(run_refresher(
-            Arc::downgrade(self),
+        (number, ticking)
+    }
+}
+
+/// Runs the refresher task and, should it panic (in user code it runs: a
+/// key's `Clone`, `Hash` or `Eq`), counts and logs the panic and starts a
+/// new task after a refresh interval, unless it was stopped meanwhile. The
+/// new task is numbered anew, which gives back to the store whatever the
+/// one that panicked held (its own records may be half-changed). Without
+/// this, readers' requests went on flowing to a task that was gone.
+async fn supervise<K, V, S>(
+    cache: Weak<Inner<K, V, S>>,
+    signals: Arc<Signals>,
+    hasher: S,
+    (mut number, mut ticking): (u64, Ticking<K, V, S>),
+    keeps_clock: bool,
+) where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    loop {
+        let Some(nudges) = cache
+            .upgrade()
+            .map(|inner| Arc::clone(&inner.refresher.nudges))
+        else {
+            return;
+        };
+        let run = run_refresher(
+            cache.clone(),
             Arc::clone(&signals),
-            Arc::clone(&self.refresher.nudges),
-            self.store.hasher().clone(),
+            nudges,
+            hasher.clone(),
             number,
             ticking,
-        ));
-        Run { signals, task }
+        );
+        let Err(FetchError::Panicked(panic)) = panic_as_error(async {
+            run.await;
+            Ok(())
+        })
+        .await
+        else {
+            return;
+        };
+        let Some(inner) = cache.upgrade() else { return };
+        inner.counters.incr(Counter::RefresherPanics);
+        tracing::error!(
+            cause = %Excerpt(&panic),
+            "the refresher panicked; a new one starts after a refresh interval"
+        );
+        let pause = inner.settings.load().refresh_interval;
+        drop(inner);
+        tokio::time::sleep(pause).await;
+        let Some(inner) = cache.upgrade() else { return };
+        // Under the control lock, as start and stop are: a stop since the
+        // panic has detached this task, and a new one may run.
+        let _control = inner.refresher.control();
+        if signals.stop.load(Ordering::Acquire) {
+            return;
+        }
+        (number, ticking) = inner.begin_task(keeps_clock);
     }
 }
 
