@@ -1,11 +1,13 @@
 //! Permutation tests: the store's locks and atomics run under shuttle's
-//! scheduler (feature `shuttle`), which explores the interleavings of a few
+//! scheduler (under `--cfg swr_shuttle`, not a feature, so that
+//! `--all-features` builds stay ordinary), which explores the interleavings of a few
 //! threads working a tiny cache, thousands of schedules per test, randomly
 //! and with PCT (probabilistic concurrency testing, which finds bugs that
 //! need a few ordered preemptions).
 //!
 //! ```text
-//! cargo test --features shuttle --test shuttle --release
+//! RUSTFLAGS="--cfg swr_shuttle" CARGO_TARGET_DIR=target/shuttle \
+//!     cargo test --release --test shuttle
 //! ```
 //!
 //! Every schedule checks, once the threads are done: the store's invariants
@@ -14,7 +16,7 @@
 //! thread's `get` right after its `insert` sees its value unless the
 //! listener was told that value left (replaced, invalidated, evicted or
 //! cleared).
-#![cfg(feature = "shuttle")]
+#![cfg(swr_shuttle)]
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
