@@ -174,14 +174,13 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// refresh. `None` is offline mode: nothing is ever stale.
     ///
     /// So that a hit reads no clock, reads judge staleness by a coarse
-    /// clock ticked every `ttl / 64` (1 ms to 100 ms): by the refresher while
-    /// it runs, and otherwise, for a cache built (or given its TTL) inside a
-    /// multi-thread tokio runtime, by a thread of its own
+    /// clock: ticked by the refresher while it runs on a runtime that is
+    /// always driven, and otherwise, for a cache built (or given its TTL)
+    /// inside a multi-thread tokio runtime, by a thread of its own
     /// (`swr-cache-clock`) that ends within a tick of the cache. An entry
-    /// then goes stale at its TTL or up to one tick later, never before.
-    /// Built outside such a runtime (or in a current-thread one, which may
-    /// run on tokio's paused clock), a cache without a running refresher
-    /// reads the precise clock on a hit.
+    /// then goes stale at its TTL or a tick or two later, never before.
+    /// Elsewhere a hit reads the precise clock. The tick's period is in
+    /// [the crate docs](crate#the-refreshers-numbers).
     ///
     /// Takes a `Duration` or an `Option<Duration>`:
     ///
@@ -344,10 +343,11 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// trips, and an upstream that slows down under load is not driven past
     /// the point where it does.
     ///
-    /// Whatever the limit, when every fetch fails (ten in a row, across
-    /// keys) the refresher stops fetching but for one probe every 200 ms,
-    /// and starts everything waiting as soon as one answers: a circuit
-    /// breaker, so an outage costs the upstream five calls a second.
+    /// Whatever the limit, when every fetch fails (many in a row, across
+    /// keys) the refresher stops fetching but for a probe now and then, and
+    /// starts everything waiting as soon as one answers: a circuit breaker,
+    /// so an outage costs the upstream a few calls a second
+    /// ([the numbers](crate#the-refreshers-numbers)).
     pub fn adaptive_refreshes(mut self, floor: usize, cap: usize) -> Self {
         self.settings.max_concurrent_refreshes = cap;
         self.settings.min_concurrent_refreshes = Some(floor);

@@ -510,8 +510,8 @@ where
     ///
     /// The refresher is one tokio task. Every `refresh_interval` it looks
     /// for stale entries at the head of each shard's write order (one hold
-    /// of each shard's lock, whatever the number of entries; it takes the stale
-    /// ones under the shard's lock, at most 32 per hold), and fetches them,
+    /// of each shard's lock, whatever the number of entries; it takes the
+    /// stale ones under the shard's lock, a bounded batch per hold), and fetches them,
     /// as many at a time as the adaptive limit allows
     /// ([`adaptive_refreshes`](crate::CacheBuilder::adaptive_refreshes), or a fixed
     /// [`max_concurrent_refreshes`](crate::CacheBuilder::max_concurrent_refreshes)),
@@ -521,16 +521,15 @@ where
     /// of the weigher on its result) keeps the stale value, which goes on
     /// being served, and is retried after a backoff that starts at one
     /// `refresh_interval` and doubles with each failure, with jitter, up to
-    /// `max_retry_backoff`; when ten keys fail with no answer between, a
-    /// circuit breaker holds every key back but for one probe every 200 ms,
+    /// `max_retry_backoff`; when many keys fail with no answer between, a
+    /// circuit breaker holds every key back but for a probe now and then,
     /// and lets them all go when a probe answers. Between looks it ticks the
-    /// coarse clock reads judge staleness by, every `ttl / 64` within
-    /// 1 ms ..= 100 ms (so an entry is judged stale at most two ticks after
-    /// its TTL). It holds only a weak reference to the cache: dropping the
-    /// last handle ends it. A key whose `Clone` panics ends it too (the
-    /// cache stays consistent and serving;
-    /// [`is_refreshing`](Cache::is_refreshing) turns false, and `start`
-    /// begins another).
+    /// coarse clock reads judge staleness by (on a runtime that is always
+    /// driven). It holds only a weak reference to the cache: dropping the
+    /// last handle ends it. A panic in the task (a key's `Clone`, say) is
+    /// counted and logged, and the task starts over; the cache stays
+    /// consistent and serving meanwhile. The numbers are in
+    /// [the crate docs](crate#the-refreshers-numbers).
     ///
     /// With `ttl = None` or a capacity of 0 no task is spawned until
     /// [`configure`](Cache::configure) gives a TTL and a capacity.

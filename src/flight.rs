@@ -459,3 +459,29 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cache;
+
+    /// (Review #18.7.) A refresher's flight whose key was removed as it
+    /// started goes on as a fenced load (from no version) for whoever
+    /// joined it; its failure counted as a load error. Every fetch the
+    /// refresher starts counts as a refresh. (The race that makes one is
+    /// narrow; this checks the rule it is counted by.)
+    #[test]
+    fn a_failed_refreshers_fetch_from_no_version_is_a_refresh_error() {
+        let cache: Cache<u32, u32> = Cache::builder().build().unwrap();
+        let fence = AtomicBool::new(true);
+        let timed_out = || Err(FetchError::TimedOut(Duration::from_secs(1)));
+        let _ = cache
+            .inner
+            .install(&1, None, timed_out(), &fence, Purpose::Refresh);
+        let _ = cache
+            .inner
+            .install(&1, None, timed_out(), &fence, Purpose::Load);
+        let m = cache.metrics();
+        assert_eq!((m.refresh_errors, m.load_errors), (1, 1), "{m}");
+    }
+}

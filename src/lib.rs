@@ -133,8 +133,6 @@
 //!   service share their inserts, invalidations, clears and refreshes over
 //!   Redis pub/sub. Off by default: without it the crate has no network
 //!   dependency.
-//! - `shuttle`: not for users. It swaps the store's locks and atomics for
-//!   shuttle's, for the crate's permutation tests (`tests/shuttle.rs`).
 //!
 //! # Semantics
 //!
@@ -146,6 +144,59 @@
 //!   `insert` stores nothing.
 //! - Invalid settings are rejected by [`CacheBuilder::build`] and
 //!   [`Cache::configure`] with a [`ConfigError`] naming the setting.
+//!
+//! # The refresher's numbers
+//!
+//! The fixed numbers the refresher and the clock work by, stated here
+//! once (the methods' docs link here):
+//!
+//! - **Coarse clock.** A hit judges staleness by a clock ticked every
+//!   `ttl / 64`, within 1 ms ..= 100 ms, by the refresher on a runtime that
+//!   is always driven (multi-thread, or [`Cache::start_thread`]'s own) or
+//!   else by the cache's keeper thread (a cache built or given its TTL in a
+//!   multi-thread runtime); with neither, a hit reads the precise clock. An
+//!   entry goes stale at its TTL, never before, and at most two ticks
+//!   after.
+//! - **Taking stale entries.** At most 32 entries per hold of a shard's
+//!   lock, so a look's lock hold does not grow with the entries.
+//! - **Order.** Keys a reader asked for go first, but for one key taken as
+//!   due after every three of theirs.
+//! - **Circuit breaker.** Once ten keys have failed with no answer between,
+//!   no fetch starts but one probe every 200 ms (five calls a second to a
+//!   dead upstream); the first answer lets everything waiting go.
+//! - **A flight whose driver stalled.** A caller (or the refresher) that
+//!   joined a fetch under way waits at most its `refresh_timeout` and as
+//!   long again (at least 100 ms more), then starts its own: the fetch's
+//!   driver was a task on a runtime that is no longer driven.
+//! - **A refresher that panics** (in a key's `Clone`, `Hash` or `Eq`) is
+//!   counted in [`Metrics::refresher_panics`], logged, and started over
+//!   after a `refresh_interval`.
+//!
+//! # Limitations
+//!
+//! - **Removed values are dropped late.** A value replaced, evicted,
+//!   invalidated or cleared is dropped once no reader can see it, on
+//!   whichever thread frees it; a thread gathers up to 128 before it hands
+//!   them on, so a few may wait until that thread writes more or the cache
+//!   is dropped. The listener is told at once, with clones.
+//! - **A hit on one thread costs more than a bare map's**, and more than
+//!   quick_cache's: entering the epoch collector and a pointer to the node.
+//!   The gain is that a hit writes nothing shared, so reads scale with the
+//!   cores (see *Performance*). Inserting new keys into a full cache is
+//!   slower than quick_cache (a node allocated per value).
+//! - **The coarse clock needs a runtime always driven.** Outside a
+//!   multi-thread runtime and without the refresher on one, a hit reads the
+//!   precise clock (about 20 ns more).
+//! - **A blocking load has no time bound.** A `get_or_insert_with` over an
+//!   expired entry installs over the version it read; one that outlives
+//!   exactly a multiple of 2^24 refreshes of its key would install over the
+//!   last of them. Fetches are bounded by `refresh_timeout` and cannot.
+//! - **A flight's driver is a task of the runtime that started it.** A
+//!   caller that joins it waits at most twice its timeout before starting
+//!   its own; a fetch abandoned on an idle runtime may then run twice.
+//! - **One TTL for the whole cache**; entries go stale in write order.
+//!
+//! `docs/design.md` (*Limitations*, *Departures*) has the reasons.
 // Unsafe code lives in one module (`store::published`, the lock-free reads),
 // which alone allows it; each block there says why it is sound.
 #![deny(unsafe_code)]

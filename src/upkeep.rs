@@ -2,8 +2,8 @@
 //! [`Clock::recent`](crate::clock::Clock::recent) current, so that a hit
 //! judges staleness without reading the clock. The refresher does while it
 //! runs; otherwise the keeper does, cheaply: a thread of its own (named
-//! `swr-cache-clock`) ticking every [`tick_period`] (a sixty-fourth of the
-//! TTL, 1 to 100 ms). It holds the cache weakly, and ends within a tick of
+//! `swr-cache-clock`) ticking every [`tick_period`] (the crate docs' *The
+//! refresher's numbers*). It holds the cache weakly, and ends within a tick of
 //! the cache being dropped or its TTL removed.
 //!
 //! A cache gets one only when built (or given its TTL) inside a

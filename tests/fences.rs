@@ -1,4 +1,4 @@
-//! Fences (DESIGN.md S7): a removal of a key (`invalidate`, `remove`,
+//! Fences (`docs/design.md` S7): a removal of a key (`invalidate`, `remove`,
 //! `invalidate_if`, `retain`, `clear`) fences every fetch of it in flight.
 //! A fetch that began before never installs, a caller who asks after never
 //! joins it nor gets its value, and the background refresher never brings a

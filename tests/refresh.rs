@@ -1,4 +1,4 @@
-//! The refresh engine's behaviours (DESIGN.md S4–S9, S12), each on tokio's
+//! The refresh engine's behaviours (`docs/design.md` S4–S9, S12), each on tokio's
 //! paused clock: `sleep` there advances virtual time as soon as every task is
 //! idle, so these tests are exact and take no real time.
 

@@ -1,4 +1,4 @@
-//! DESIGN.md's semantics S1, S2, S3, S10, S11 and S14, one named test each,
+//! The semantics (`docs/design.md`) S1, S2, S3, S10, S11 and S14, one named test each,
 //! plus eviction order and live reconfiguration. Ages are checked on tokio's
 //! paused clock.
 

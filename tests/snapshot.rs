@@ -1,4 +1,4 @@
-//! Snapshots (DESIGN.md S13): dump and load, LangSmith's file format, crash
+//! Snapshots (`docs/design.md` S13): dump and load, LangSmith's file format, crash
 //! safety, and every way a load can fail leaving the cache as it was.
 #![cfg(feature = "serde")]
 

@@ -18,7 +18,7 @@
 //!
 //! A look for due values costs one lock of each shard, whatever the number
 //! of entries, fresh or stale; taking `n` of them costs `O(n)` under their
-//! shards' locks, at most 32 per hold of a lock. So a tick's cost
+//! shards' locks, at most `TAKE_BATCH` per hold of a lock. So a tick's cost
 //! and lock hold time do not grow with the entries, and a look that finds
 //! nothing due is a few hundred nanoseconds for the largest cache.
 //!
@@ -30,7 +30,7 @@
 //! The task holds only a `Weak` reference: dropping the last cache handle
 //! ends it. On a runtime that is always driven (a multi-thread one, or the
 //! thread `start_thread` makes), it ticks the coarse clock `get` reads (see
-//! [`crate::clock`]) every `ttl / 64`, clamped to 1 ms ..= 100 ms; on a
+//! [`crate::clock`]) every [`tick_period`]; on a
 //! current-thread runtime, which may sit idle with the task in it, it
 //! leaves the clock to the keeper or the precise time.
 

@@ -10,8 +10,9 @@
 //! only while that bit is clear. A write takes the shard's lock, and
 //! everything it does — replacing a value (by publishing a new node),
 //! evicting to make room, admitting a new key, updating the totals — happens
-//! inside it. No operation holds two shard locks, so none waits for another
-//! while holding one.
+//! inside it. No operation holds two shard locks but the two that take
+//! every one of them, in index order (a change of capacity, `validate`), so
+//! there is no cycle of waits.
 //!
 //! The store fetches nothing and counts nothing: it keeps entries, their
 //! versions and their ages, the write order the refresher takes stale
