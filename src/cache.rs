@@ -16,7 +16,7 @@ use crate::flight::{Flight, Purpose};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 use crate::metrics::Metrics;
-use crate::refresh::StartError;
+use crate::refresh::{RefresherState, StartError};
 use crate::settings::{ConfigChange, ConfigError};
 use crate::store::Write;
 
@@ -677,6 +677,36 @@ where
     /// Whether the refresher task is running.
     pub fn is_refreshing(&self) -> bool {
         self.inner.is_refreshing()
+    }
+
+    /// The refresher's state for dashboards and alerts: fetches in flight,
+    /// the concurrency limit now, keys waiting and backing off, the circuit
+    /// breaker, and when a fetch last answered. Cheap (a few atomic loads);
+    /// the numbers are as of the task's last pass.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use swr_cache::{BreakerState, Cache};
+    ///
+    /// let cache: Cache<String, String> = Cache::builder()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .fetcher(|key| async move { Ok::<_, std::io::Error>(key) })
+    ///     .build()?;
+    /// assert!(!cache.refresher_state().running);
+    /// cache.start()?;
+    /// tokio::task::yield_now().await;
+    /// let state = cache.refresher_state();
+    /// assert!(state.running);
+    /// assert_eq!(state.breaker, BreakerState::Closed);
+    /// # Ok(()) }
+    /// ```
+    pub fn refresher_state(&self) -> RefresherState {
+        self.inner
+            .refresher
+            .gauges
+            .read(self.inner.is_refreshing(), &self.inner.read.clock)
     }
 
     /// The cached value for `key`, fresh or stale; on a miss, fetches it,

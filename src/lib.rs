@@ -235,7 +235,7 @@ pub use cache::{Cache, Iter};
 pub use fetcher::{FetchError, Fetched, Fetcher};
 pub use hasher::DefaultBuildHasher;
 pub use metrics::Metrics;
-pub use refresh::StartError;
+pub use refresh::{BreakerState, RefresherState, StartError};
 pub use removal::RemovalCause;
 pub use settings::{ConfigChange, ConfigError, MAX_SIZE_LIMIT, MAX_WEIGHT_LIMIT};
 #[cfg(feature = "serde")]

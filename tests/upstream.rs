@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use swr_cache::Cache;
+use swr_cache::{BreakerState, Cache};
 use tokio::time::{Instant, sleep};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -155,6 +155,42 @@ async fn an_outage_costs_a_few_probes_a_second_and_recovery_is_at_once() {
         done - recovered
     );
     assert_eq!(cache.get(&0), Some(1));
+}
+
+/// `refresher_state` shows an outage as it happens: the breaker open (or
+/// probing), every stale key queued, nothing answered since; then, once
+/// the upstream is back, the breaker closed and the last answer recent.
+#[tokio::test(start_paused = true)]
+async fn the_refresher_state_shows_an_outage_and_the_recovery() {
+    const ENTRIES: usize = 1_000;
+    let upstream = Upstream::new(|_| Duration::from_millis(10));
+    let cache = upstream.cache(ENTRIES);
+    assert!(!cache.refresher_state().running);
+    cache.start().unwrap();
+    upstream.down.store(true, Ordering::SeqCst);
+    sleep(TTL + Duration::from_secs(2)).await;
+
+    let state = cache.refresher_state();
+    assert!(state.running);
+    assert_ne!(state.breaker, BreakerState::Closed, "{state:?}");
+    assert_eq!(state.last_answer, None, "{state:?}");
+    assert!(state.in_flight <= 1, "only a probe: {state:?}");
+    assert!(state.queued + state.in_flight >= 2, "keys wait: {state:?}");
+
+    upstream.down.store(false, Ordering::SeqCst);
+    let recovered = Instant::now();
+    all_refreshed(&cache, ENTRIES).await;
+    sleep(INTERVAL).await;
+    let state = cache.refresher_state();
+    assert_eq!(state.breaker, BreakerState::Closed, "{state:?}");
+    assert_eq!((state.queued, state.backing_off), (0, 0), "{state:?}");
+    let last = state.last_answer.expect("answers came");
+    assert!(last >= recovered.into_std(), "answered since the recovery");
+    assert!(state.limit >= 1);
+
+    cache.stop().await;
+    let state = cache.refresher_state();
+    assert!(!state.running && state.in_flight == 0, "{state:?}");
 }
 
 /// A few keys failing on their own, while the others answer, leave the

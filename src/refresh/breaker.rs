@@ -17,6 +17,7 @@
 use crate::clock::Nanos;
 
 use super::limit::Outcome;
+use super::state::BreakerState;
 
 /// Keys failing with no answer between that open the breaker.
 pub(crate) const OPEN_AFTER: u32 = 10;
@@ -59,6 +60,15 @@ impl Breaker {
         Self {
             failing_keys: 0,
             state: State::Closed,
+        }
+    }
+
+    /// The state, as operators see it.
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.state {
+            State::Closed => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::Probing => BreakerState::Probing,
         }
     }
 

@@ -42,6 +42,7 @@ use tokio::task::JoinSet;
 use super::backoff::{Jitter, retry_delay};
 use super::breaker::{Breaker, Permit, Turned};
 use super::limit::{Limit, Outcome};
+use super::state::Pass;
 use crate::clock::{Nanos, duration_to_nanos};
 use crate::fetcher::{FetchError, panic_as_error};
 use crate::flight::{Flight, Purpose};
@@ -117,6 +118,10 @@ pub(crate) struct Holdings<K, V, S> {
     cold: VecDeque<K>,
     /// Keys in the `Queued` state (the lines may also hold skipped copies).
     queued: usize,
+    /// Keys in the `BackingOff` state.
+    backing_off: usize,
+    /// When a fetch last brought an answer.
+    last_answer: Option<Nanos>,
     /// Fetches started from the hot line in a row while the cold one waited.
     hot_run: u32,
     /// Keys backing off, by retry time and retry number.
@@ -147,6 +152,8 @@ where
             hot: VecDeque::new(),
             cold: VecDeque::new(),
             queued: 0,
+            backing_off: 0,
+            last_answer: None,
             hot_run: 0,
             retries: BTreeMap::new(),
             next_retry: 0,
@@ -165,12 +172,27 @@ where
         self.queued
     }
 
+    /// What operators see of this pass.
+    pub(crate) fn pass(&self, settings: &Settings) -> Pass {
+        Pass {
+            in_flight: self.fetching.len(),
+            limit: self.concurrency(settings),
+            queued: self.queued,
+            backing_off: self.backing_off,
+            breaker: self.breaker.state(),
+            last_answer: self.last_answer,
+        }
+    }
+
     /// Queues held `key` (not queued now) in the line its `hot` says.
     fn enqueue(&mut self, key: K) {
         let Some(held) = self.held.get_mut(&key) else {
             return;
         };
         let line = if held.hot { Line::Hot } else { Line::Cold };
+        if matches!(held.state, State::BackingOff(_)) {
+            self.backing_off -= 1;
+        }
         held.state = State::Queued(line);
         self.queued += 1;
         self.line(line).push_back(key);
@@ -406,7 +428,10 @@ where
         fetch: &Fetch,
     ) {
         let outcome = match result {
-            Ok(_) | Err(FetchError::Gone | FetchError::NothingToKeep) => Outcome::Answered,
+            Ok(_) | Err(FetchError::Gone | FetchError::NothingToKeep) => {
+                self.last_answer = Some(now);
+                Outcome::Answered
+            }
             // Stopped by this side, not the upstream's doing: says nothing
             // of the upstream, but a probe ended so must be tried again.
             Err(FetchError::Cancelled | FetchError::NoFetcher | FetchError::NoRuntime) => {
@@ -427,8 +452,16 @@ where
         }
         let new_key = self.held.get(key).is_none_or(|h| h.failures == 0);
         match self.breaker.record(outcome, fetch.probe, new_key, now) {
-            Some(Turned::Closed) => self.limit.restart(),
-            Some(Turned::Opened) => self.queue_backing_off(),
+            Some(Turned::Closed) => {
+                tracing::info!("refresh breaker closed: the upstream answers again");
+                self.limit.restart();
+            }
+            Some(Turned::Opened) => {
+                tracing::warn!(
+                    "refresh breaker open: fetches failing across keys; only probes go until one answers"
+                );
+                self.queue_backing_off();
+            }
             None => {}
         }
     }
@@ -493,6 +526,7 @@ where
         let number = self.next_retry;
         self.next_retry += 1;
         held.state = State::BackingOff(number);
+        self.backing_off += 1;
         self.retries
             .insert((now.saturating_add(delay), number), key);
     }

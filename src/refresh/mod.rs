@@ -1,15 +1,19 @@
 //! Refreshing: the cache's side of the refresher (`requests`: where stale
 //! reads ask for refreshes, and the task's handle), the task that fetches
 //! them (`task`), what it holds (`held`), how many it fetches at once
-//! (`limit`), when it stops for an outage (`breaker`) and how long a failing
-//! key waits (`backoff`).
+//! (`limit`), when it stops for an outage (`breaker`), how long a failing
+//! key waits (`backoff`), and what operators see of it (`state`).
 
 mod backoff;
 mod breaker;
 mod held;
 mod limit;
 pub(crate) mod requests;
+mod state;
 pub(crate) mod task;
+
+pub(crate) use state::Gauges;
+pub use state::{BreakerState, RefresherState};
 
 /// Why [`Cache::start`](crate::Cache::start) could not start the refresher.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
+use super::Gauges;
 use crate::store::Nudge;
 
 /// How many readers' requests wait for the task at most.
@@ -31,6 +32,8 @@ pub(crate) struct Refresher {
     /// The last number given to a task: a task takes entries from the
     /// store only while its number is the store's (see `release_all`).
     pub(crate) tasks: AtomicU64,
+    /// What the task last published of its state.
+    pub(crate) gauges: Gauges,
     control: Mutex<Control>,
 }
 
@@ -139,6 +142,7 @@ impl Refresher {
             nudging: AtomicBool::new(false),
             nudges: Arc::default(),
             tasks: AtomicU64::new(0),
+            gauges: Gauges::default(),
             control: Mutex::new(Control::default()),
         }
     }

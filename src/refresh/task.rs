@@ -121,6 +121,7 @@ where
     fn take_run(&self, control: &mut Control) -> Option<Run> {
         self.refresher.nudging.store(false, Ordering::Relaxed);
         self.read.clock.stop_ticking();
+        self.refresher.gauges.idle();
         control.run.take()
     }
 
@@ -285,6 +286,9 @@ async fn run_refresher<K, V, S>(
             }
         }
         holdings.start_fetches(&inner, now);
+        if !signals.stop.load(Ordering::Acquire) {
+            inner.refresher.gauges.publish(&holdings.pass(&settings));
+        }
         let tick = tick_period(inner.ttl_nanos(), interval);
         inner.read.clock.set_period(tick);
         let mut wake_at = look_at(last_look).min(now.saturating_add(tick));
