@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::changes::Change;
 use crate::fetcher::{FetchError, Fetched, panic_message, run_fetch};
@@ -79,6 +80,18 @@ async fn wait<V: Clone>(mut flight: FlightReceiver<V>) -> Result<V, FetchError> 
         Ok(outcome) => outcome.clone().unwrap_or(Err(FetchError::Cancelled)),
         // The fetch was dropped before it finished (stop, runtime shut down).
         Err(_) => Err(FetchError::Cancelled),
+    }
+}
+
+/// How a fetch ended, as its span names it.
+fn outcome_name<V>(outcome: &Result<Fetched<V>, FetchError>) -> &'static str {
+    match outcome {
+        Ok(Fetched::Value(_)) => "value",
+        Ok(Fetched::Unchanged) => "unchanged",
+        Ok(Fetched::Gone) => "gone",
+        Err(FetchError::TimedOut(_)) => "timeout",
+        Err(FetchError::Panicked(_)) => "panic",
+        Err(_) => "error",
     }
 }
 
@@ -234,10 +247,25 @@ where
             fence.store(true, Ordering::SeqCst);
         }
         let timeout = self.settings.load().refresh_timeout;
+        // One span per fetch, at DEBUG; its fields are formatted only if a
+        // subscriber wants it.
+        let span = tracing::debug_span!(
+            "swr_cache.fetch",
+            key = %self.describe(&key),
+            purpose = ?purpose,
+            outcome = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        let traced = span.clone();
         let drive = async move {
             let current = start.as_ref().map(|(value, _)| value.clone());
             let from = start.map(|(_, version)| version);
+            let began = (!traced.is_disabled()).then(std::time::Instant::now);
             let outcome = run_fetch(fetcher.fetch(key, current), timeout).await;
+            if let Some(began) = began {
+                traced.record("outcome", outcome_name(&outcome));
+                traced.record("elapsed_ms", began.elapsed().as_secs_f64() * 1e3);
+            }
             let result = match landing.cache.upgrade() {
                 // User code storing the result (the weigher; the key's or
                 // value's Clone, Eq, Hash, Drop) may panic: the store is
@@ -260,7 +288,7 @@ where
             publish.send_replace(Some(result.clone()));
             result
         };
-        Ok(Flight::Started(drive))
+        Ok(Flight::Started(drive.instrument(span)))
     }
 
     /// Fences the flights of `key` (async and blocking), if any are under

@@ -11,12 +11,18 @@ use tracing::field::{Field, Visit};
 use tracing::span;
 use tracing::{Event, Metadata, Subscriber};
 
+/// The events' lines, and apart the spans' (name and fields when made,
+/// then each record of a field).
 #[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
+struct Lines(Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>);
 
 impl Lines {
     fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    fn spans(&self) -> Vec<String> {
+        std::mem::take(&mut *self.1.lock().unwrap())
     }
 }
 
@@ -32,10 +38,17 @@ impl Subscriber for Lines {
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
     }
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+    fn new_span(&self, attributes: &span::Attributes<'_>) -> span::Id {
+        let mut line = format!("{} ", attributes.metadata().name());
+        attributes.record(&mut Fields(&mut line));
+        self.1.lock().unwrap().push(line);
         span::Id::from_u64(1)
     }
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record(&self, _: &span::Id, values: &span::Record<'_>) {
+        let mut line = String::from("record ");
+        values.record(&mut Fields(&mut line));
+        self.1.lock().unwrap().push(line);
+    }
     fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
     fn event(&self, event: &Event<'_>) {
         let mut line = String::new();
@@ -118,4 +131,70 @@ fn an_outage_logs_ten_lines_a_second_and_counts_the_rest() {
     assert_eq!(lines.len(), 11, "{lines:?}");
     assert!(lines[..10].iter().all(|l| l.contains("held_back=0")));
     assert!(lines[10].contains("held_back=990"), "{}", lines[10]);
+}
+
+/// (#20.) One span per fetch, at DEBUG: the key as logs name it, the
+/// purpose, then the outcome and how long it took. Nothing on a hit.
+#[test]
+fn every_fetch_has_a_span_with_its_key_purpose_outcome_and_duration() {
+    let lines = Lines::default();
+    logged(&lines, || async {
+        let cache: Cache<String, String> = Cache::builder()
+            .log_keys()
+            .fetcher(|key: String| async move {
+                if key == "bad" {
+                    Err("upstream down")
+                } else {
+                    Ok(format!("{key}!"))
+                }
+            })
+            .build()
+            .unwrap();
+        assert!(cache.get_or_fetch("good").await.is_ok());
+        assert!(cache.get_or_fetch("good").await.is_ok(), "a hit: no span");
+        assert!(cache.get_or_fetch("bad").await.is_err());
+    });
+    let spans = lines.spans();
+    assert_eq!(spans.len(), 6, "{spans:?}");
+    assert!(spans[0].starts_with("swr_cache.fetch "), "{spans:?}");
+    assert!(spans[0].contains("key=\"good\"") && spans[0].contains("purpose=Load"));
+    assert!(spans[1].contains("outcome=\"value\""), "{spans:?}");
+    assert!(spans[2].contains("elapsed_ms="), "{spans:?}");
+    assert!(spans[3].contains("key=\"bad\""), "{spans:?}");
+    assert!(spans[4].contains("outcome=\"error\""), "{spans:?}");
+}
+
+/// (#20.) The breaker's turns are logged: open at WARN, closed at INFO.
+#[test]
+fn the_breaker_logs_when_it_opens_and_closes() {
+    let lines = Lines::default();
+    logged(&lines, || async {
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let fetch_down = Arc::clone(&down);
+        let cache: Cache<u32, u32> = Cache::builder()
+            .ttl(Duration::from_secs(1))
+            .refresh_interval(Duration::from_millis(100))
+            .fetcher(move |key: u32| {
+                let down = fetch_down.load(std::sync::atomic::Ordering::SeqCst);
+                async move { if down { Err("upstream down") } else { Ok(key) } }
+            })
+            .build()
+            .unwrap();
+        for key in 0..20 {
+            cache.insert(key, key);
+        }
+        cache.start().unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        down.store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cache.stop().await;
+    });
+    let lines = lines.take();
+    let open = lines
+        .iter()
+        .position(|l| l.contains("refresh breaker open"));
+    let closed = lines
+        .iter()
+        .position(|l| l.contains("refresh breaker closed"));
+    assert!(open.is_some() && closed > open, "{lines:?}");
 }
