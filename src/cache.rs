@@ -679,6 +679,44 @@ where
         self.inner.is_refreshing()
     }
 
+    /// Reports the cache's counters and gauges to the `metrics` facade now
+    /// (feature `metrics`): each [`Metrics`] field as a counter
+    /// `swr_cache_<field>_total`, and the gauges `swr_cache_entries`,
+    /// `swr_cache_weight` and the refresher's state
+    /// (`swr_cache_refresher_running`, `_in_flight`, `_limit`, `_queued`,
+    /// `_backing_off`, and `_breaker`: 0 closed, 1 open, 2 probing). The
+    /// refresher reports them once a second while it runs; call this where
+    /// they must be current (before a scrape, or with no refresher).
+    ///
+    /// Two histograms are recorded as their events happen, off the hit
+    /// path: `swr_cache_fetch_seconds` for each fetch, labelled `purpose`
+    /// (`load`, `refresh`) and `outcome` (`value`, `unchanged`, `gone`,
+    /// `error`, `timeout`), and `swr_cache_stale_served_seconds`, how far
+    /// past its TTL each stale value served was. Their handles are taken
+    /// when the cache is built: install the recorder first. Every series is
+    /// labelled `cache` with the builder's [`name`](crate::CacheBuilder::name)
+    /// (`"default"` without one).
+    ///
+    /// Useful queries (PromQL), for a cache named `prompts`:
+    ///
+    /// ```text
+    /// hit ratio:     rate(swr_cache_hits_total{cache="prompts"}[5m])
+    ///                  / (rate(swr_cache_hits_total{cache="prompts"}[5m])
+    ///                   + rate(swr_cache_misses_total{cache="prompts"}[5m]))
+    /// served stale:  rate(swr_cache_stale_hits_total{cache="prompts"}[5m])
+    ///                  / rate(swr_cache_hits_total{cache="prompts"}[5m])
+    /// staleness p99: histogram_quantile(0.99,
+    ///                  rate(swr_cache_stale_served_seconds_bucket{cache="prompts"}[5m]))
+    /// outage:        swr_cache_refresher_breaker{cache="prompts"} > 0
+    /// fetch p99:     histogram_quantile(0.99, sum by (le, purpose)
+    ///                  (rate(swr_cache_fetch_seconds_bucket{cache="prompts"}[5m])))
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn report_metrics(&self) {
+        self.inner.report_metrics(self.refresher_state());
+    }
+
     /// The refresher's state for dashboards and alerts: fetches in flight,
     /// the concurrency limit now, keys waiting and backing off, the circuit
     /// breaker, and when a fetch last answered. Cheap (a few atomic loads);

@@ -251,6 +251,7 @@ where
         // subscriber wants it.
         let span = tracing::debug_span!(
             "swr_cache.fetch",
+            cache = self.name.as_deref().unwrap_or("default"),
             key = %self.describe(&key),
             purpose = ?purpose,
             outcome = tracing::field::Empty,
@@ -260,11 +261,17 @@ where
         let drive = async move {
             let current = start.as_ref().map(|(value, _)| value.clone());
             let from = start.map(|(_, version)| version);
-            let began = (!traced.is_disabled()).then(std::time::Instant::now);
+            let timed = cfg!(feature = "metrics") || !traced.is_disabled();
+            let began = timed.then(std::time::Instant::now);
             let outcome = run_fetch(fetcher.fetch(key, current), timeout).await;
             if let Some(began) = began {
+                let seconds = began.elapsed().as_secs_f64();
                 traced.record("outcome", outcome_name(&outcome));
-                traced.record("elapsed_ms", began.elapsed().as_secs_f64() * 1e3);
+                traced.record("elapsed_ms", seconds * 1e3);
+                #[cfg(feature = "metrics")]
+                if let Some(cache) = landing.cache.upgrade() {
+                    cache.export.fetched(from.is_some(), &outcome, seconds);
+                }
             }
             let result = match landing.cache.upgrade() {
                 // User code storing the result (the weigher; the key's or

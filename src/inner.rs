@@ -53,6 +53,15 @@ pub(crate) struct BlockingSlot {
     pub(crate) fence: Arc<AtomicBool>,
 }
 
+/// What a read of a stale value leaves to do once it let the value go.
+struct StaleRead {
+    /// Its refresh to ask for, if this reader claimed it.
+    nudge: Option<Nudge>,
+    /// How far past its TTL the value was.
+    #[cfg(feature = "metrics")]
+    past_ttl: Nanos,
+}
+
 /// What every `get` reads besides the store, alone on its cache line(s):
 /// written only by `configure` and the refresher's clock ticks.
 #[repr(align(128))]
@@ -77,6 +86,11 @@ pub(crate) struct Inner<K, V, S> {
     listener: Option<Listener<K, V>>,
     /// How logs name a key: its `Debug` form, if the user asked for it.
     key_debug: Option<fn(&K) -> String>,
+    /// The builder's name for the cache, if any.
+    pub(crate) name: Option<Arc<str>>,
+    /// Its handles on the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    pub(crate) export: crate::export::Export,
     pub(crate) failure_logs: Throttle,
     /// The fetch under way for each key being fetched.
     pub(crate) flights: DashMap<K, FlightSlot<V>, S>,
@@ -100,6 +114,7 @@ where
         weigher: Option<Weigher<K, V>>,
         listener: Option<Listener<K, V>>,
         key_debug: Option<fn(&K) -> String>,
+        name: Option<Arc<str>>,
     ) -> Self {
         let shards = shard_count(settings.max_size as u64);
         let store = Store::new(
@@ -123,6 +138,9 @@ where
             weigher,
             listener,
             key_debug,
+            #[cfg(feature = "metrics")]
+            export: crate::export::Export::new(name.as_deref()),
+            name,
             failure_logs: Throttle::new(),
             flights: DashMap::with_hasher(hasher.clone()),
             blocking: DashMap::with_hasher(hasher),
@@ -163,11 +181,11 @@ where
         let found = self.store.read_in_shard(key, |node, shard| {
             node.meta.touch();
             if ttl == 0 {
-                return (Some(read(&node.value)), false, None);
+                return (Some(read(&node.value)), None);
             }
             let now = self.read.clock.recent();
             if !node.meta.is_stale(now, ttl) {
-                return (Some(read(&node.value)), false, None);
+                return (Some(read(&node.value)), None);
             }
             // Only the first reader of a stale value asks for its refresh;
             // the request is sent once the value is let go.
@@ -176,18 +194,25 @@ where
             .then(|| Nudge::of(node, shard));
             let max_stale = self.read.max_stale.load(Ordering::Relaxed);
             let value = (!node.meta.is_expired(now, ttl, max_stale)).then(|| read(&node.value));
-            (value, true, nudge)
+            let stale = StaleRead {
+                nudge,
+                #[cfg(feature = "metrics")]
+                past_ttl: node.meta.age(now).saturating_sub(ttl),
+            };
+            (value, Some(stale))
         });
-        let found = found.map(|(value, stale, nudge)| {
-            if let Some(nudge) = nudge {
+        let found = found.map(|(value, stale)| {
+            if let Some(nudge) = stale.as_ref().and_then(|s| s.nudge) {
                 self.refresher.nudge(nudge);
             }
             (value, stale)
         });
         match found {
             Some((Some(value), stale)) => {
-                if stale {
+                if let Some(_stale) = stale {
                     self.counters.incr(Counter::StaleHits);
+                    #[cfg(feature = "metrics")]
+                    self.export.stale_served(_stale.past_ttl as f64 / 1e9);
                 }
                 self.counters.incr(Counter::Hits);
                 Some(value)
@@ -206,6 +231,14 @@ where
                 None
             }
         }
+    }
+
+    /// Reports counters and gauges to the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn report_metrics(&self, refresher: crate::refresh::RefresherState) {
+        let metrics = self.counters.snapshot();
+        self.export
+            .report(&metrics, self.store.len(), self.store.weight(), &refresher);
     }
 
     /// Whether `node`'s value may be served: not past `ttl + max_stale`.

@@ -129,6 +129,11 @@
 //!
 //! - `serde` (default): [`Cache::dump`] and [`Cache::load`] of JSON
 //!   snapshots, compatible with the LangSmith SDK's files; see [`snapshot`].
+//! - `metrics`: the cache reports its counters, gauges (entries, the
+//!   refresher's state) and histograms (fetch latency, how stale the
+//!   stale values served were) to the [`metrics`](https://docs.rs/metrics)
+//!   facade, for Prometheus, StatsD or OpenTelemetry exporters; see
+//!   [`Cache::report_metrics`] for the series. Nothing is added to a hit.
 //! - `redis`: a fleet link (the `fleet` module) through which the replicas of a
 //!   service share their inserts, invalidations, clears and refreshes over
 //!   Redis pub/sub. Off by default: without it the crate has no network
@@ -210,6 +215,8 @@ mod cache;
 mod changes;
 mod clock;
 mod excerpt;
+#[cfg(feature = "metrics")]
+mod export;
 mod fetcher;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

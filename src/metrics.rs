@@ -76,6 +76,31 @@ pub struct Metrics {
     pub refresher_panics: u64,
 }
 
+impl Metrics {
+    /// Every counter with its name, for exporters.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn fields(&self) -> [(&'static str, u64); 16] {
+        [
+            ("hits", self.hits),
+            ("misses", self.misses),
+            ("stale_hits", self.stale_hits),
+            ("expired", self.expired),
+            ("inserts", self.inserts),
+            ("updates", self.updates),
+            ("evictions", self.evictions),
+            ("invalidations", self.invalidations),
+            ("refreshes", self.refreshes),
+            ("refresh_errors", self.refresh_errors),
+            ("loads", self.loads),
+            ("load_errors", self.load_errors),
+            ("gone", self.gone),
+            ("discarded", self.discarded),
+            ("listener_panics", self.listener_panics),
+            ("refresher_panics", self.refresher_panics),
+        ]
+    }
+}
+
 /// One line a person reads:
 ///
 /// ```

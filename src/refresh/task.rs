@@ -259,6 +259,8 @@ async fn run_refresher<K, V, S>(
     let mut last_look: Option<Nanos> = None;
     let mut backlog = false;
     let mut finished = Vec::new();
+    #[cfg(feature = "metrics")]
+    let mut next_report: Nanos = 0;
     loop {
         if signals.stop.load(Ordering::Acquire) {
             break;
@@ -288,6 +290,11 @@ async fn run_refresher<K, V, S>(
         holdings.start_fetches(&inner, now);
         if !signals.stop.load(Ordering::Acquire) {
             inner.refresher.gauges.publish(&holdings.pass(&settings));
+            #[cfg(feature = "metrics")]
+            if now >= next_report {
+                next_report = now.saturating_add(REPORT_EVERY);
+                inner.report_metrics(inner.refresher.gauges.read(true, &inner.read.clock));
+            }
         }
         let tick = tick_period(inner.ttl_nanos(), interval);
         inner.read.clock.set_period(tick);
@@ -330,6 +337,11 @@ async fn run_refresher<K, V, S>(
         .await;
     }
 }
+
+/// How often the task reports the cache's counters and gauges to the
+/// `metrics` facade (it wakes at least every 100 ms).
+#[cfg(feature = "metrics")]
+const REPORT_EVERY: Nanos = 1_000_000_000;
 
 /// How long the task waits at most between two ticks of the coarse clock:
 /// a 64th of the TTL, within 1 ms ..= 100 ms, and no longer than the

@@ -204,6 +204,13 @@ impl Meta {
         stale(self.load(), now, ttl)
     }
 
+    /// How old the value is at `now`.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn age(&self, now: Nanos) -> Nanos {
+        now.saturating_sub(written(self.load()))
+    }
+
     /// Whether a stale value (see [`Meta::is_stale`]) is also past
     /// `ttl + max_stale`, too old to serve.
     #[inline]
