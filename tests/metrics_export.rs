@@ -9,7 +9,10 @@ use swr_cache::Cache;
 
 /// One reading of every series: name, labels, value. (Reading resets the
 /// debugging recorder's counters, so each check group reads once.)
-struct Reading(Vec<(String, Vec<(String, String)>, DebugValue)>);
+struct Reading(Vec<Series>);
+
+/// A series' name, labels and value.
+type Series = (String, Vec<(String, String)>, DebugValue);
 
 impl Reading {
     fn take(snapshotter: &Snapshotter) -> Self {
