@@ -822,9 +822,12 @@ where
         self.inner.get_or_insert_with(key, load)
     }
 
-    /// Revalidates `key` now: fetches it (joining a fetch already under way)
-    /// and installs the result, unless a newer write lands first. Returns the
-    /// value the cache holds afterwards. An uncached key is fetched and cached.
+    /// Revalidates `key` now: fetches it (joining a fetch already under way,
+    /// whose result is then the answer) and installs the result, unless a
+    /// newer write lands first. Returns the value the cache holds afterwards.
+    /// An uncached key is fetched and cached. (Joining a `get_or_fetch` that
+    /// found the key written since its miss answers with that value, with
+    /// no fetch.)
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -38,6 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -95,15 +97,19 @@ fn outcome_name<V>(outcome: &Result<Fetched<V>, FetchError>) -> &'static str {
     }
 }
 
-/// How long a caller that joined a flight waits for its result. A flight
-/// that is driven ends within its fetch's timeout; one that has not ended
-/// the same time again later (and at least 100 ms, for a loaded runtime's
-/// scheduling) is taken to be stalled: its driver is a task of a runtime
-/// that is alive but not driven (a current-thread runtime outside
-/// `block_on`, after the caller that started it gave up), and waiting on
-/// would be for ever.
-fn patience(timeout: Duration) -> Duration {
-    timeout.saturating_add(timeout.max(Duration::from_millis(100)))
+/// When a flight started now with fetch timeout `timeout` should have
+/// ended, whoever waits for it. A flight that is driven ends within its
+/// fetch's timeout; one that has not ended the same time again later (and
+/// at least 100 ms more, for a loaded runtime's scheduling) is taken to be
+/// stalled: its driver is a task of a runtime that is alive but not driven
+/// (a current-thread runtime outside `block_on`, after the caller that
+/// started it gave up), and waiting on would be for ever. Fixed when the
+/// flight starts, so a `configure` meanwhile does not move it.
+fn ends_by(timeout: Duration) -> Instant {
+    let patience = timeout.saturating_add(timeout.max(Duration::from_millis(100)));
+    let now = Instant::now();
+    now.checked_add(patience)
+        .unwrap_or(now + Duration::from_secs(86_400 * 365))
 }
 
 /// A flight a caller joined: its result, and what is needed to give up on
@@ -112,7 +118,7 @@ pub(crate) struct Joined<K, V, S> {
     result: FlightReceiver<V>,
     cache: Weak<Inner<K, V, S>>,
     key: K,
-    patience: Duration,
+    ends_by: Instant,
 }
 
 impl<K, V, S> Joined<K, V, S>
@@ -121,24 +127,30 @@ where
     V: Clone,
     S: BuildHasher + Clone,
 {
-    /// The flight's result; or, if it has not come within the caller's
-    /// patience, the key back (the flight is then fenced and out of the
-    /// map, so that the caller, and every one after, starts a new one).
+    /// The flight's result; or, if it has not come by the time the flight
+    /// should have ended ([`ends_by`]), the key back (the flight is then
+    /// fenced and out of the map, so that the caller, and every one after,
+    /// starts a new one).
     pub(crate) async fn wait(self) -> Result<Result<V, FetchError>, K> {
-        match tokio::time::timeout(self.patience, wait(self.result.clone())).await {
-            Ok(result) => Ok(result),
-            Err(_stalled) => {
-                if let Some(cache) = self.cache.upgrade() {
-                    let stalled = cache.flights.remove_if(&self.key, |_, flight| {
-                        flight.result.same_channel(&self.result)
-                    });
-                    if let Some((_, flight)) = stalled {
-                        flight.fence.store(true, Ordering::SeqCst);
-                    }
-                }
-                Err(self.key)
-            }
+        let waited = tokio::time::timeout_at(self.ends_by, wait(self.result.clone())).await;
+        if let Ok(result) = waited {
+            return Ok(result);
         }
+        // A result that came as the time ran out is as good as any.
+        if let Some(result) = self.result.borrow().clone() {
+            return Ok(result);
+        }
+        if let Some(cache) = self.cache.upgrade() {
+            // Flagged under the map's lock before it leaves (as `fence`).
+            cache.flights.remove_if(&self.key, |_, flight| {
+                let stalled = flight.result.same_channel(&self.result);
+                if stalled {
+                    flight.fence.store(true, Ordering::SeqCst);
+                }
+                stalled
+            });
+        }
+        Err(self.key)
     }
 }
 
@@ -182,13 +194,13 @@ where
         let (publish, landing) = match self.flights.entry(key.clone()) {
             // A slot `clear` fenced is as good as gone: it is replaced.
             Entry::Occupied(flight) if !flight.get().fence.load(Ordering::SeqCst) => {
-                let result = flight.get().result.clone();
+                let (result, ends_by) = (flight.get().result.clone(), flight.get().ends_by);
                 drop(flight);
                 return Ok(Flight::Joined(Joined {
                     result,
                     cache: Arc::downgrade(self),
                     key,
-                    patience: patience(self.settings.load().refresh_timeout),
+                    ends_by,
                 }));
             }
             entry => {
@@ -196,6 +208,7 @@ where
                 let slot = FlightSlot {
                     result: receiver.clone(),
                     fence: Arc::clone(&fence),
+                    ends_by: ends_by(self.settings.load().refresh_timeout),
                 };
                 match entry {
                     Entry::Occupied(mut fenced) => drop(fenced.insert(slot)),
@@ -307,12 +320,17 @@ where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if let Some((_, slot)) = self.flights.remove(key) {
+        // Flagged before it leaves the map, under the map's lock: a slot
+        // out of the map and not yet flagged is one that a second removal
+        // finds nowhere, and returns before the flag is set.
+        self.flights.remove_if(key, |_, slot| {
             slot.fence.store(true, Ordering::SeqCst);
-        }
-        if let Some((_, slot)) = self.blocking.remove(key) {
+            true
+        });
+        self.blocking.remove_if(key, |_, slot| {
             slot.fence.store(true, Ordering::SeqCst);
-        }
+            true
+        });
     }
 
     /// Fences every flight under way; for `clear`. Flags only: taking the

@@ -40,6 +40,8 @@ pub(crate) struct FlightSlot<V> {
     pub(crate) result: FlightReceiver<V>,
     /// Set by an invalidation of the key: the fetch's value is not stored.
     pub(crate) fence: Arc<AtomicBool>,
+    /// When the flight should have ended; whoever joins it waits no longer.
+    pub(crate) ends_by: tokio::time::Instant,
 }
 
 /// A blocking read-through under way (`get_or_insert_with`).

@@ -169,10 +169,12 @@
 //! - **Circuit breaker.** Once ten keys have failed with no answer between,
 //!   no fetch starts but one probe every 200 ms (five calls a second to a
 //!   dead upstream); the first answer lets everything waiting go.
-//! - **A flight whose driver stalled.** A caller (or the refresher) that
-//!   joined a fetch under way waits at most its `refresh_timeout` and as
-//!   long again (at least 100 ms more), then starts its own: the fetch's
-//!   driver was a task on a runtime that is no longer driven.
+//! - **A flight whose driver stalled.** Whoever joined a fetch under way
+//!   waits at most its `refresh_timeout` and as long again (at least 100 ms
+//!   more) from when it started: its driver was then a task on a runtime
+//!   no longer driven. A caller then starts a fetch of its own; the
+//!   refresher counts the fetch cancelled and retries the key after its
+//!   backoff.
 //! - **A refresher that panics** (in a key's `Clone`, `Hash` or `Eq`) is
 //!   counted in [`Metrics::refresher_panics`], logged, and started over
 //!   after a `refresh_interval`.
@@ -192,10 +194,13 @@
 //! - **The coarse clock needs a runtime always driven.** Outside a
 //!   multi-thread runtime and without the refresher on one, a hit reads the
 //!   precise clock (about 20 ns more).
-//! - **A blocking load has no time bound.** A `get_or_insert_with` over an
-//!   expired entry installs over the version it read; one that outlives
-//!   exactly a multiple of 2^24 refreshes of its key would install over the
-//!   last of them. Fetches are bounded by `refresh_timeout` and cannot.
+//! - **A version's count of changes wraps at 2^24.** A refresh installs
+//!   only over the version it began from; installs and marks of a key
+//!   since count in 24 bits, so a fetch that lives through exactly a
+//!   multiple of 2^24 of them (a blocking load, which has no time bound; a
+//!   flight parked on an idle runtime and resumed much later; or millions
+//!   of `mark_stale` calls during one fetch) would install over the last.
+//!   Unlikely, not impossible.
 //! - **A flight's driver is a task of the runtime that started it.** A
 //!   caller that joins it waits at most twice its timeout before starting
 //!   its own; a fetch abandoned on an idle runtime may then run twice.

@@ -1028,8 +1028,9 @@ fn mark_stale_without_a_ttl_invalidates() {
 /// Found in review: a mark made the value's next version by the install
 /// count, which wrapped at 256, so a refresh in flight across 256 marks
 /// found its version again and installed the value from before as fresh.
-/// Marks and installs now count in 24 bits, which no fetch lives through
-/// (see `Version`); a mark is still not a user's write (the next test).
+/// Marks and installs now count in 24 bits (see `Version`); this guards
+/// against narrowing them again. A mark is not a user's write (the next
+/// test).
 #[tokio::test(start_paused = true)]
 async fn a_refresh_in_flight_across_256_marks_installs_nothing() {
     let upstream = Gated::new();

@@ -1045,6 +1045,8 @@ async fn with_the_refresher_running_an_entry_goes_stale_within_two_ticks_of_its_
 struct PanickyClone(u32);
 
 static PANICKY_CLONES: AtomicBool = AtomicBool::new(false);
+/// Held by each test that sets `PANICKY_CLONES`, so they do not run at once.
+static PANICKY_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Clone for PanickyClone {
     fn clone(&self) -> Self {
@@ -1054,11 +1056,11 @@ impl Clone for PanickyClone {
 }
 
 /// The refresher takes a due entry under the shard's write lock and clones
-/// its key there: a `Clone` that panics ends the task, as the docs say,
-/// with the store consistent and the value still served; a new `start()`
-/// refreshes it.
+/// its key there: a `Clone` that panics is counted and the task starts
+/// over, with the store consistent and the value still served meanwhile.
 #[tokio::test(start_paused = true)]
 async fn a_refresher_that_panics_in_a_key_clone_is_counted_and_starts_over() {
+    let _alone = PANICKY_TESTS.lock().await;
     let cache: Cache<PanickyClone, u32> = Cache::builder()
         .max_size(10)
         .ttl(TTL)
@@ -1213,4 +1215,77 @@ async fn get_or_fetch_returns_an_insert_that_landed_after_its_miss() {
     assert_eq!(got, "inserted");
     assert_eq!(cache.peek(&CloneHooked(1)).as_deref(), Some("inserted"));
     assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing fetched");
+}
+
+/// (Review of #18.9's restart.) A refresher that panicked waits a refresh
+/// interval before it starts over; a `stop` meanwhile must end it at once,
+/// not when that pause is over.
+#[tokio::test(start_paused = true)]
+async fn stop_right_after_a_refresher_panic_does_not_wait_out_the_pause() {
+    let _alone = PANICKY_TESTS.lock().await;
+    let cache: Cache<PanickyClone, u32> = Cache::builder()
+        .max_size(10)
+        .ttl(TTL)
+        .refresh_interval(Duration::from_secs(60))
+        .refresh_on_read(false)
+        .fetcher(|_| async { Ok::<_, std::io::Error>(7) })
+        .build()
+        .unwrap();
+    cache.insert(PanickyClone(1), 1);
+    sleep(TTL + Duration::from_secs(1)).await;
+    PANICKY_CLONES.store(true, Ordering::SeqCst);
+    cache.start().unwrap();
+    while cache.metrics().refresher_panics == 0 {
+        sleep(Duration::from_millis(10)).await;
+    }
+    PANICKY_CLONES.store(false, Ordering::SeqCst);
+    let asked = Instant::now();
+    cache.stop().await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(!cache.is_refreshing());
+}
+
+/// (Review of #18.2's patience.) A joiner's patience is the flight's own:
+/// fixed when the flight starts, from the timeout it runs under. Lowering
+/// `refresh_timeout` while a fetch runs made later joiners give up on a
+/// healthy flight and fetch again.
+#[tokio::test(start_paused = true)]
+async fn a_joiner_waits_by_the_flights_own_timeout_not_a_lowered_one() {
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (fetch_gate, counted) = (Arc::clone(&gate), Arc::clone(&calls));
+    let cache: Cache<String, String> = Cache::builder()
+        .refresh_timeout(Duration::from_secs(30))
+        .fetcher(move |key: String| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let gate = Arc::clone(&fetch_gate);
+            async move {
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, std::io::Error>(format!("{key}!"))
+            }
+        })
+        .build()
+        .unwrap();
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_or_fetch("k").await }
+    });
+    sleep(Duration::from_millis(1)).await;
+    cache
+        .configure(ConfigChange::new().refresh_timeout(Duration::from_secs(1)))
+        .unwrap();
+    let joiner = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_or_fetch("k").await }
+    });
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the joiner gave up early");
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap(), "k!");
+    assert_eq!(joiner.await.unwrap().unwrap(), "k!");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -212,7 +212,14 @@ async fn supervise<K, V, S>(
         );
         let pause = inner.settings.load().refresh_interval;
         drop(inner);
-        tokio::time::sleep(pause).await;
+        // A stop meanwhile wakes it (a permit stored by a `notify_one`
+        // before this waits counts too), so `stop().await` does not wait
+        // out the pause.
+        let stopped = signals.wake.notified();
+        let _ = tokio::time::timeout(pause, stopped).await;
+        if signals.stop.load(Ordering::Acquire) {
+            return;
+        }
         let Some(inner) = cache.upgrade() else { return };
         // Under the control lock, as start and stop are: a stop since the
         // panic has detached this task, and a new one may run.

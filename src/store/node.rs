@@ -29,14 +29,14 @@ use crate::clock::Nanos;
 /// looked ([`user_write`]), an install or a mark between not saving it.
 ///
 /// Equal versions are only ever compared across the life of one fetch (or
-/// of one `retain` pass), so a number may wrap as long as it cannot come
-/// round within one: 2^40 writes to a shard (18 hours at the fastest a
-/// shard writes, 17 million a second) or 2^24 installs and marks of one
-/// key (one install per fetch, and a fetch is one at a time per key and
-/// bounded by `refresh_timeout`) cannot. A blocking load of an expired
-/// entry (`get_or_insert_with`) has no time bound: one that outlives
-/// exactly a multiple of 2^24 refreshes of its key installs over the last
-/// (a limitation the crate docs state).
+/// of one `retain` pass), so a number may wrap as long as it does not come
+/// round within one: 2^40 writes to a shard take 18 hours at the fastest a
+/// shard writes (17 million a second), and 2^24 installs and marks of one
+/// key need as many fetches of it (one at a time, each bounded by
+/// `refresh_timeout`) or marks. A fetch with no time bound (a blocking
+/// load; a flight parked on an idle runtime) or millions of marks during
+/// one fetch could see the count come round exactly: unlikely, and stated
+/// in the crate docs' limitations.
 pub(crate) type Version = u64;
 
 /// The bits of a [`Version`] that count changes since the user's write.

@@ -970,7 +970,8 @@ mod tests {
 
     /// (Review.) With 24 bits for the user's writes in a version, the write
     /// 2^24 after another in a shard took its version again, and a refresh
-    /// begun from the first installed over the second.
+    /// begun from the first installed over the second. A guard against
+    /// narrowing them again (they are 40 bits now).
     #[test]
     fn a_refresh_from_before_2_pow_24_writes_installs_nothing() {
         let shards = Shards::new(1, |_| Shard::<u64, u64>::new(10, false));
