@@ -1,53 +1,27 @@
-//! The link's handle and builder, and what its parts share: attaching
-//! sets the cache's change hook ([`publish::Teller`]) and spawns the two
-//! tasks ([`publish::run`], [`subscribe::run`]).
+//! The link's handle and builder: attaching sets the cache's change hook
+//! ([`publish::Teller`]) and spawns the two tasks ([`publish::run`],
+//! [`subscribe::run`]), which share [`Shared`].
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::message::Envelope;
 use super::publish::{self, Item, Teller};
+use super::shared::{Shared, ValueCodec, VersionFn, epoch_nanos};
 use super::subscribe::{self, Applier};
 use super::{FleetError, FleetMetrics, OnReconnect, RemoteChanges};
 use crate::cache::Cache;
 use crate::changes::Share;
 use crate::inner::Inner;
-use crate::throttle::Throttle;
 
-/// How long a connection attempt or a command may take.
-pub(super) const NETWORK_TIMEOUT: Duration = Duration::from_secs(1);
-/// The first wait before connecting again, doubled up to [`MAX_BACKOFF`].
-pub(super) const BACKOFF: Duration = Duration::from_millis(50);
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Messages waiting to be published, by default.
 const QUEUE: usize = 1024;
-
-pub(super) type VersionFn<V> = Arc<dyn Fn(&V) -> String + Send + Sync>;
-
-/// How values travel, when the user opted in ([`FleetBuilder::send_values`]).
-pub(super) struct ValueCodec<V> {
-    pub(super) encode: fn(&V) -> Result<Value, serde_json::Error>,
-    pub(super) decode: fn(Value) -> Result<V, serde_json::Error>,
-}
-
-impl<V> Clone for ValueCodec<V> {
-    fn clone(&self) -> Self {
-        Self {
-            encode: self.encode,
-            decode: self.decode,
-        }
-    }
-}
 
 /// Settings of a link, then [`attach`](Self::attach) to a cache. See the
 /// [module docs](super) for what a link does.
@@ -160,13 +134,7 @@ where
         let listener = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| FleetError::Url(e.to_string()))?;
         let id = replica_id();
-        let shared = Arc::new(Shared {
-            id,
-            envelope: Envelope::new(id),
-            counters: Counters::default(),
-            subscribed: watch::Sender::new(false),
-            logs: Throttle::new(),
-        });
+        let shared = Arc::new(Shared::new(id));
         let (outbox, queued) = mpsc::channel(self.queue);
         let teller = Arc::new(Teller {
             outbox,
@@ -282,70 +250,6 @@ impl<K, V, S> std::fmt::Debug for FleetLink<K, V, S> {
             .field("metrics", &self.shared.metrics())
             .finish_non_exhaustive()
     }
-}
-
-/// What the link's parts share.
-pub(super) struct Shared {
-    pub(super) id: u64,
-    pub(super) envelope: Envelope,
-    pub(super) counters: Counters,
-    pub(super) subscribed: watch::Sender<bool>,
-    logs: Throttle,
-}
-
-#[derive(Default)]
-pub(super) struct Counters {
-    pub(super) published: AtomicU64,
-    pub(super) dropped: AtomicU64,
-    /// Of `dropped`, those the hook could not queue: the publisher flags
-    /// its next message as following a loss.
-    pub(super) unqueued: AtomicU64,
-    pub(super) received: AtomicU64,
-    pub(super) applied: AtomicU64,
-    pub(super) current: AtomicU64,
-    pub(super) own: AtomicU64,
-    pub(super) malformed: AtomicU64,
-    pub(super) gaps: AtomicU64,
-    pub(super) reconnects: AtomicU64,
-}
-
-impl Counters {
-    pub(super) fn incr(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Shared {
-    fn metrics(&self) -> FleetMetrics {
-        let c = &self.counters;
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        FleetMetrics {
-            published: get(&c.published),
-            publish_dropped: get(&c.dropped),
-            received: get(&c.received),
-            applied: get(&c.applied),
-            already_current: get(&c.current),
-            own: get(&c.own),
-            malformed: get(&c.malformed),
-            gaps: get(&c.gaps),
-            reconnects: get(&c.reconnects),
-            subscribed: *self.subscribed.borrow(),
-        }
-    }
-
-    /// Logs a line, at most a few a second.
-    pub(super) fn warn(&self, what: &str, detail: &dyn std::fmt::Display) {
-        if let Some(held_back) = self.logs.admit(epoch_nanos()) {
-            tracing::warn!(%detail, held_back, "fleet link: {what}");
-        }
-    }
-}
-
-/// Nanoseconds since the Unix epoch, for the log throttle's seconds.
-fn epoch_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A replica id: random per link, from the standard library's per-process

@@ -105,6 +105,7 @@
 mod link;
 mod message;
 mod publish;
+mod shared;
 mod subscribe;
 
 pub use link::{FleetBuilder, FleetLink};

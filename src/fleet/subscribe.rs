@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::link::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
 use super::message::{Op, decode};
+use super::shared::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
 use super::{OnReconnect, RemoteChanges};
 use crate::changes::Share;
 use crate::inner::Inner;

@@ -1,0 +1,110 @@
+//! What the link's parts (the handle, the publisher, the subscriber) share:
+//! the replica's id and counters, the network deadlines, the user's
+//! version function and value codec, and a throttled log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::FleetMetrics;
+use super::message::Envelope;
+use crate::throttle::Throttle;
+
+/// How long a connection attempt or a command may take.
+pub(super) const NETWORK_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first wait before connecting again, doubled up to [`MAX_BACKOFF`].
+pub(super) const BACKOFF: Duration = Duration::from_millis(50);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) type VersionFn<V> = Arc<dyn Fn(&V) -> String + Send + Sync>;
+
+/// How values travel, when the user opted in ([`FleetBuilder::send_values`]).
+pub(super) struct ValueCodec<V> {
+    pub(super) encode: fn(&V) -> Result<Value, serde_json::Error>,
+    pub(super) decode: fn(Value) -> Result<V, serde_json::Error>,
+}
+
+impl<V> Clone for ValueCodec<V> {
+    fn clone(&self) -> Self {
+        Self {
+            encode: self.encode,
+            decode: self.decode,
+        }
+    }
+}
+
+/// What the link's parts share.
+pub(super) struct Shared {
+    pub(super) id: u64,
+    pub(super) envelope: Envelope,
+    pub(super) counters: Counters,
+    pub(super) subscribed: watch::Sender<bool>,
+    logs: Throttle,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) published: AtomicU64,
+    pub(super) dropped: AtomicU64,
+    /// Of `dropped`, those the hook could not queue: the publisher flags
+    /// its next message as following a loss.
+    pub(super) unqueued: AtomicU64,
+    pub(super) received: AtomicU64,
+    pub(super) applied: AtomicU64,
+    pub(super) current: AtomicU64,
+    pub(super) own: AtomicU64,
+    pub(super) malformed: AtomicU64,
+    pub(super) gaps: AtomicU64,
+    pub(super) reconnects: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn incr(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    pub(super) fn new(id: u64) -> Self {
+        Self {
+            id,
+            envelope: Envelope::new(id),
+            counters: Counters::default(),
+            subscribed: watch::Sender::new(false),
+            logs: Throttle::new(),
+        }
+    }
+
+    pub(super) fn metrics(&self) -> FleetMetrics {
+        let c = &self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        FleetMetrics {
+            published: get(&c.published),
+            publish_dropped: get(&c.dropped),
+            received: get(&c.received),
+            applied: get(&c.applied),
+            already_current: get(&c.current),
+            own: get(&c.own),
+            malformed: get(&c.malformed),
+            gaps: get(&c.gaps),
+            reconnects: get(&c.reconnects),
+            subscribed: *self.subscribed.borrow(),
+        }
+    }
+
+    /// Logs a line, at most a few a second.
+    pub(super) fn warn(&self, what: &str, detail: &dyn std::fmt::Display) {
+        if let Some(held_back) = self.logs.admit(epoch_nanos()) {
+            tracing::warn!(%detail, held_back, "fleet link: {what}");
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch, for the log throttle's seconds.
+pub(super) fn epoch_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
