@@ -901,3 +901,75 @@ fn an_insert_racing_a_clear_ends_the_same_on_every_replica() {
         assert_eq!(diverged, 0, "{diverged} of {trials} trials diverged");
     });
 }
+
+// The review of issue #18, each failing before its fix.
+
+/// Publishes `payloads` on `channel` by hand, as anyone with access to the
+/// server could.
+async fn publish_raw(server: &RedisServer, channel: &str, payloads: &[&[u8]]) {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for payload in payloads {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(*payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Without a secret, one message published by anyone cleared every
+/// replica, or planted a value; with one, unsigned and badly signed
+/// messages change nothing and are counted.
+#[test]
+fn an_unsigned_message_is_dropped_when_a_secret_is_set() {
+    run("secret", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        two.insert(key("a"), "v0".into());
+        let signed = || {
+            FleetBuilder::new(server.url(), "signed")
+                .secret("fleet secret")
+                .send_values()
+        };
+        let _one_link = linked(signed(), &one).await;
+        let two_link = linked(signed(), &two).await;
+
+        let mut wrong_key = br#"{"swr":1,"from":"0000000000000001","op":"c"}"#.to_vec();
+        wrong_key.push(b'\n');
+        wrong_key.extend_from_slice(&[b'0'; 64]);
+        publish_raw(
+            &server,
+            "signed",
+            &[
+                br#"{"swr":1,"from":"0000000000000001","op":"c"}"#,
+                br#"{"swr":1,"from":"0000000000000001","op":"w","lost":true,"key":"a","val":"planted"}"#,
+                &wrong_key,
+            ],
+        )
+        .await;
+        eventually("all three refused", || two_link.metrics().rejected == 3).await;
+        let m = two_link.metrics();
+        assert_eq!((m.applied, m.malformed, m.gaps), (0, 0, 0), "{m:?}");
+        assert_eq!(two.get("a").as_deref(), Some("v0"), "nothing applied");
+
+        one.insert(key("a"), "signed".into());
+        eventually("a signed change is applied", || {
+            two.peek("a").as_deref() == Some("signed")
+        })
+        .await;
+        assert_eq!(two_link.metrics().rejected, 3);
+    });
+}
+
+#[test]
+fn an_empty_secret_is_refused() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _inside = runtime.enter();
+    let error = FleetBuilder::<String>::new("redis://127.0.0.1:1/", "x")
+        .secret("")
+        .attach(&cache())
+        .unwrap_err();
+    assert!(matches!(error, FleetError::Setting(_)), "{error:?}");
+}

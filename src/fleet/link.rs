@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::publish::{self, Item, Teller};
+use super::seal::Seal;
 use super::shared::{Shared, ValueCodec, VersionFn, epoch_nanos};
 use super::subscribe::{self, Applier};
 use super::{FleetError, FleetMetrics, OnReconnect, RemoteChanges};
@@ -33,6 +34,7 @@ pub struct FleetBuilder<V> {
     version: Option<VersionFn<V>>,
     values: Option<ValueCodec<V>>,
     queue: usize,
+    secret: Option<Vec<u8>>,
 }
 
 impl<V> FleetBuilder<V>
@@ -50,6 +52,7 @@ where
             version: None,
             values: None,
             queue: QUEUE,
+            secret: None,
         }
     }
 
@@ -101,6 +104,37 @@ where
         self
     }
 
+    /// Signs every message with `secret` (HMAC-SHA256), and refuses any
+    /// message not signed with it: unsigned or badly signed messages are
+    /// dropped unread and counted ([`FleetMetrics::rejected`]). Every
+    /// replica of the fleet must be given the same secret (a replica
+    /// without it counts the others' messages as
+    /// [malformed](FleetMetrics::malformed)). Use at least 32 random bytes;
+    /// an empty secret is refused by [`attach`](Self::attach).
+    ///
+    /// Without a secret, whoever can `PUBLISH` on the channel is trusted:
+    /// one message clears every replica, and with
+    /// [`send_values`](Self::send_values) installs any value. With one,
+    /// only holders of the secret can say anything, but a message they
+    /// signed can be replayed by whoever can publish (see the
+    /// [module docs](super#trust)).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cache: swr_cache::Cache<String, String> = swr_cache::Cache::builder().build()?;
+    /// use swr_cache::fleet::FleetBuilder;
+    ///
+    /// let secret = std::env::var("FLEET_SECRET")?;
+    /// let link = FleetBuilder::new("redis://127.0.0.1:6379/", "prompts")
+    ///     .secret(secret)
+    ///     .attach(&cache)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
     /// Attaches the link to `cache`, its tasks on the current tokio runtime.
     /// Returns at once: the link connects in the background, and keeps
     /// trying while Redis is unreachable (see [`FleetLink::subscribed`]).
@@ -133,8 +167,15 @@ where
             .set_protocol(redis::ProtocolVersion::RESP3);
         let listener = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| FleetError::Url(e.to_string()))?;
+        let seal = match &self.secret {
+            Some(secret) if secret.is_empty() => {
+                return Err(FleetError::Setting("the secret is empty".into()));
+            }
+            Some(secret) => Some(Seal::new(secret)),
+            None => None,
+        };
         let id = replica_id();
-        let shared = Arc::new(Shared::new(id));
+        let shared = Arc::new(Shared::new(id, seal));
         let (outbox, queued) = mpsc::channel(self.queue);
         let teller = Arc::new(Teller {
             outbox,

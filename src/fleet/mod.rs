@@ -67,6 +67,26 @@
 //!   reconnect with a backoff up to 2 s, and a server refusing publishes or
 //!   dropping subscribers at once is not hammered.
 //!
+//! # Trust
+//!
+//! **Without a [secret](FleetBuilder::secret), anyone who can `PUBLISH` on
+//! the channel is trusted**: one message clears every replica (or, flagged
+//! `lost`, marks everything stale), and with `send_values` installs any
+//! value for any key. On a shared or managed Redis, set a secret (and an
+//! ACL that lets only the fleet's user use the channel). With one, each
+//! message carries an HMAC-SHA256 of its bytes; unsigned or badly signed
+//! messages are dropped before they are parsed, change nothing, and are
+//! counted ([`FleetMetrics::rejected`]).
+//!
+//! What the secret does not do: it does not hide anything (keys and sent
+//! values travel readable; use TLS, feature `redis-tls`, against
+//! eavesdroppers on the network, and trust the server itself), and it
+//! does not stop a **replay**: whoever can publish can send again, later,
+//! a message a replica signed (a clear clears again, an old value is
+//! installed again). It bounds what an outsider can say to what the fleet
+//! once said. Rotate the secret (all replicas at once) if it may have
+//! leaked.
+//!
 //! # Limitations
 //!
 //! - **At most once, and noticed late.** A gap at a sender is seen only at
@@ -105,6 +125,7 @@
 mod link;
 mod message;
 mod publish;
+mod seal;
 mod shared;
 mod subscribe;
 
@@ -162,6 +183,9 @@ pub struct FleetMetrics {
     /// Messages skipped: not ours, not decodable, or their key or value did
     /// not deserialize.
     pub malformed: u64,
+    /// Messages refused unread, with a [secret](FleetBuilder::secret) set:
+    /// unsigned, or not signed with this fleet's secret.
+    pub rejected: u64,
     /// Messages missed: flagged by their sender as following one it dropped,
     /// or dropped here on arrival (faster than applied). Each ran the
     /// reconnect action.
@@ -182,6 +206,8 @@ pub enum FleetError {
     AlreadyLinked,
     /// [`FleetBuilder::attach`] was called outside a tokio runtime.
     NoRuntime,
+    /// A builder setting is out of its range; which, and why.
+    Setting(String),
 }
 
 impl std::fmt::Display for FleetError {
@@ -190,6 +216,7 @@ impl std::fmt::Display for FleetError {
             FleetError::Url(why) => write!(f, "invalid Redis URL: {why}"),
             FleetError::AlreadyLinked => f.write_str("the cache has a fleet link attached already"),
             FleetError::NoRuntime => f.write_str("attach needs a tokio runtime (or use attach_on)"),
+            FleetError::Setting(why) => write!(f, "invalid fleet link setting: {why}"),
         }
     }
 }

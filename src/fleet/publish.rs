@@ -243,11 +243,15 @@ pub(super) async fn run<K, V, S>(
     }
 }
 
-/// Adds an encoded message to the batch, or counts it dropped; returns
-/// whether the next message must say something was lost.
-fn collect(shared: &Shared, message: Result<String, String>, payloads: &mut Vec<String>) -> bool {
+/// Adds an encoded message to the batch (signed, with a secret), or counts
+/// it dropped; returns whether the next message must say something was lost.
+fn collect(shared: &Shared, message: Result<String, String>, payloads: &mut Vec<Vec<u8>>) -> bool {
     match message {
         Ok(payload) => {
+            let mut payload = payload.into_bytes();
+            if let Some(seal) = &shared.seal {
+                seal.sign(&mut payload);
+            }
             payloads.push(payload);
             false
         }
@@ -293,7 +297,7 @@ impl Publisher {
     /// restart) is made again and the pipeline tried once more; an error
     /// reply (an ACL, a read-only replica) keeps the connection and backs
     /// off instead, so a refusing server is not hammered.
-    async fn publish(&mut self, channel: &str, payloads: &[String]) -> Result<(), ()> {
+    async fn publish(&mut self, channel: &str, payloads: &[Vec<u8>]) -> Result<(), ()> {
         let had_connection = self.connection.is_some();
         match self.attempt(channel, payloads).await {
             Err(Lost) if had_connection => self.attempt(channel, payloads).await.map_err(drop),
@@ -301,7 +305,7 @@ impl Publisher {
         }
     }
 
-    async fn attempt(&mut self, channel: &str, payloads: &[String]) -> Result<(), Lost> {
+    async fn attempt(&mut self, channel: &str, payloads: &[Vec<u8>]) -> Result<(), Lost> {
         self.connect().await;
         let open = self.connection.as_mut().ok_or(Lost)?;
         if Instant::now() < self.retry_at {

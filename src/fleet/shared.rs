@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::FleetMetrics;
 use super::message::Envelope;
+use super::seal::Seal;
 use crate::throttle::Throttle;
 
 /// How long a connection attempt or a command may take.
@@ -41,6 +42,8 @@ pub(super) struct Shared {
     pub(super) envelope: Envelope,
     pub(super) counters: Counters,
     pub(super) subscribed: watch::Sender<bool>,
+    /// The fleet's key, if it signs its messages.
+    pub(super) seal: Option<Seal>,
     logs: Throttle,
 }
 
@@ -56,6 +59,7 @@ pub(super) struct Counters {
     pub(super) current: AtomicU64,
     pub(super) own: AtomicU64,
     pub(super) malformed: AtomicU64,
+    pub(super) rejected: AtomicU64,
     pub(super) gaps: AtomicU64,
     pub(super) reconnects: AtomicU64,
 }
@@ -67,12 +71,13 @@ impl Counters {
 }
 
 impl Shared {
-    pub(super) fn new(id: u64) -> Self {
+    pub(super) fn new(id: u64, seal: Option<Seal>) -> Self {
         Self {
             id,
             envelope: Envelope::new(id),
             counters: Counters::default(),
             subscribed: watch::Sender::new(false),
+            seal,
             logs: Throttle::new(),
         }
     }
@@ -88,6 +93,7 @@ impl Shared {
             already_current: get(&c.current),
             own: get(&c.own),
             malformed: get(&c.malformed),
+            rejected: get(&c.rejected),
             gaps: get(&c.gaps),
             reconnects: get(&c.reconnects),
             subscribed: *self.subscribed.borrow(),

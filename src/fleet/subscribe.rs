@@ -214,11 +214,24 @@ where
         let Some(inner) = self.cache.upgrade() else {
             return false;
         };
-        self.shared.counters.incr(&self.shared.counters.received);
+        let counters = &self.shared.counters;
+        counters.incr(&counters.received);
+        // With a secret, nothing unsigned is even parsed.
+        let payload = match &self.shared.seal {
+            None => payload,
+            Some(seal) => match seal.open(payload) {
+                Ok(message) => message,
+                Err(why) => {
+                    counters.incr(&counters.rejected);
+                    self.shared
+                        .warn("a message was refused", &format_args!("{why:?}"));
+                    return true;
+                }
+            },
+        };
         // User code runs here (Deserialize, the version function, Drop of
         // what is removed): a panic costs this message, not the link.
         let applied = catch_unwind(AssertUnwindSafe(|| self.apply_to(&inner, payload)));
-        let counters = &self.shared.counters;
         match applied {
             Ok(Ok(outcome)) => counters.incr(match outcome {
                 Outcome::Applied => &counters.applied,
