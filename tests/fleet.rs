@@ -973,3 +973,218 @@ fn an_empty_secret_is_refused() {
         .unwrap_err();
     assert!(matches!(error, FleetError::Setting(_)), "{error:?}");
 }
+
+/// A message over the receiver's size limit was parsed whole (into a JSON
+/// tree) and applied: it is now counted and skipped unread.
+#[test]
+fn a_message_over_the_size_limit_is_skipped_unread() {
+    run("oversized in", || async {
+        let server = RedisServer::start();
+        let two = cache();
+        two.insert(key("a"), "v0".into());
+        let two_link = linked(
+            FleetBuilder::new(server.url(), "big").max_message_bytes(1024),
+            &two,
+        )
+        .await;
+        let padding = "x".repeat(2000);
+        let big = format!(r#"{{"swr":1,"from":"0000000000000001","op":"c","pad":"{padding}"}}"#);
+        publish_raw(
+            &server,
+            "big",
+            &[
+                big.as_bytes(),
+                br#"{"swr":1,"from":"0000000000000001","op":"d","key":"b"}"#,
+            ],
+        )
+        .await;
+        eventually("the small one after it is applied", || {
+            two_link.metrics().applied == 1
+        })
+        .await;
+        let m = two_link.metrics();
+        assert_eq!((m.oversized, m.received, m.malformed), (1, 1, 0), "{m:?}");
+        assert_eq!(
+            two.get("a").as_deref(),
+            Some("v0"),
+            "the clear was not applied"
+        );
+    });
+}
+
+/// A value whose message would be over the sender's limit: the change is
+/// told without it (the others drop theirs), and counted.
+#[test]
+fn a_value_over_the_size_limit_is_sent_without_it() {
+    run("oversized out", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        two.insert(key("p"), "old".into());
+        let small = || {
+            FleetBuilder::new(server.url(), "bigout")
+                .send_values()
+                .max_message_bytes(1024)
+        };
+        let one_link = linked(small(), &one).await;
+        let two_link = linked(small(), &two).await;
+        one.insert(key("p"), "v".repeat(4000));
+        eventually("the others drop theirs", || !two.contains_key("p")).await;
+        let (m1, m2) = (one_link.metrics(), two_link.metrics());
+        assert_eq!(
+            (m1.oversized, m1.published, m1.publish_dropped),
+            (1, 1, 0),
+            "{m1:?}"
+        );
+        assert_eq!((m2.oversized, m2.applied), (0, 1), "{m2:?}");
+    });
+}
+
+/// A message larger than the server's pub/sub output-buffer hard limit makes
+/// Redis disconnect every subscriber: the publisher reads the limit and
+/// keeps its messages under half of it.
+#[test]
+fn the_publisher_keeps_under_the_servers_pubsub_output_buffer_limit() {
+    run("output buffer", || async {
+        let server =
+            RedisServer::start_with(&["--client-output-buffer-limit", "pubsub 64kb 32kb 60"]);
+        let (one, two) = (cache(), cache());
+        two.insert(key("p"), "old".into());
+        let one_link = linked(FleetBuilder::new(server.url(), "obl").send_values(), &one).await;
+        let two_link = linked(FleetBuilder::new(server.url(), "obl").send_values(), &two).await;
+        one.insert(key("p"), "v".repeat(100 << 10));
+        eventually("the others drop theirs", || !two.contains_key("p")).await;
+        let m = two_link.metrics();
+        assert_eq!((m.reconnects, m.applied), (0, 1), "not disconnected: {m:?}");
+        assert_eq!(one_link.metrics().oversized, 1);
+    });
+}
+
+/// Decoding a key named "gate" waits until [`open_gate`]: the receiving
+/// task is held while messages pile up.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(from = "String")]
+struct GatedKey(String);
+
+static GATE: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+impl From<String> for GatedKey {
+    fn from(s: String) -> Self {
+        if s == "gate" {
+            let (open, opened) = &GATE;
+            let _open = opened
+                .wait_while(open.lock().unwrap(), |open| !*open)
+                .unwrap();
+        }
+        GatedKey(s)
+    }
+}
+
+fn open_gate() {
+    *GATE.0.lock().unwrap() = true;
+    GATE.1.notify_all();
+}
+
+/// After an overflow the reconnect action ran at the next message, and the
+/// older backlog was applied after it: an older write landed as fresh.
+#[test]
+fn the_backlog_older_than_an_overflow_never_lands_after_the_reconnect_action() {
+    run("overflow order", || async {
+        let server = RedisServer::start();
+        let new = || -> Cache<GatedKey, String> { Cache::builder().max_size(100).build().unwrap() };
+        let (one, two) = (new(), new());
+        let one_link = FleetBuilder::new(server.url(), "order")
+            .send_values()
+            .queue(10_000)
+            .attach(&one)
+            .unwrap();
+        let two_link = FleetBuilder::new(server.url(), "order")
+            .send_values()
+            .on_reconnect(OnReconnect::Clear)
+            .attach(&two)
+            .unwrap();
+        for link in [&one_link, &two_link] {
+            tokio::time::timeout(CONVERGE, link.subscribed())
+                .await
+                .unwrap();
+        }
+        // Two takes "gate" and waits in its decoding; "p" and 6,000 more
+        // arrive, of which 4,096 fit.
+        one.insert(GatedKey("gate".into()), "g".into());
+        one.insert(GatedKey("p".into()), "old".into());
+        for i in 0..6000 {
+            one_link.invalidate(GatedKey(format!("f{i}")));
+        }
+        eventually("the rest dropped on arrival", || {
+            two_link.metrics().dropped_on_arrival == 6002 - 1 - 4096
+        })
+        .await;
+        open_gate();
+        eventually("the gap noticed", || two_link.metrics().gaps == 1).await;
+        one.insert(GatedKey("sentinel".into()), "s".into());
+        eventually("the sentinel arrives", || {
+            two.contains_key(&GatedKey("sentinel".into()))
+        })
+        .await;
+        assert!(
+            !two.contains_key(&GatedKey("p".into())),
+            "the write of p, older than the gap, landed after the action"
+        );
+        assert_eq!(two_link.metrics().actions, 1);
+    });
+}
+
+/// In a sustained overflow at a sender, nearly every message carries
+/// `lost`; each ran the reconnect action (a full mark_all_stale). Now at
+/// most one a second runs, and one due is not forgotten.
+#[test]
+fn a_storm_of_flagged_messages_runs_the_reconnect_action_at_most_once_a_second() {
+    run("gap storm", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        let one_link = linked(FleetBuilder::new(server.url(), "storm").queue(1), &one).await;
+        let two_link = linked(
+            FleetBuilder::new(server.url(), "storm").on_reconnect(OnReconnect::Clear),
+            &two,
+        )
+        .await;
+        let started = Instant::now();
+        // Three changes at once into a queue of one: most rounds drop one,
+        // and flag the next message.
+        for round in 0..100 {
+            for k in ["a", "b", "c"] {
+                one.insert(format!("{k}{round}"), "v".into());
+            }
+            eventually("the round published or dropped", || {
+                let m = one_link.metrics();
+                m.published + m.publish_dropped == 3 * (round + 1)
+            })
+            .await;
+        }
+        let published = one_link.metrics().published;
+        eventually("two heard all", || two_link.metrics().received == published).await;
+        let m = two_link.metrics();
+        let seconds = started.elapsed().as_secs();
+        assert!(m.gaps >= 20, "a storm of flagged messages: {m:?}");
+        assert!(
+            m.actions <= seconds + 2,
+            "{} actions for {} gaps in {seconds} s",
+            m.actions,
+            m.gaps
+        );
+
+        // A gap just after an action is acted on at the interval's end,
+        // with nothing arriving after it.
+        eventually("no action due", || two_link.metrics().actions >= 1).await;
+        let actions = two_link.metrics().actions;
+        two.insert(key("marker"), "v".into());
+        publish_raw(
+            &server,
+            "storm",
+            &[br#"{"swr":1,"from":"0000000000000001","op":"d","lost":true,"key":"x"}"#],
+        )
+        .await;
+        eventually("the action due runs", || !two.contains_key("marker")).await;
+        assert_eq!(two_link.metrics().actions, actions + 1);
+    });
+}

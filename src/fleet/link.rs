@@ -12,6 +12,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::pacer::Pacer;
 use super::publish::{self, Item, Teller};
 use super::seal::Seal;
 use super::shared::{Shared, ValueCodec, VersionFn, epoch_nanos};
@@ -23,6 +24,10 @@ use crate::inner::Inner;
 
 /// Messages waiting to be published, by default.
 const QUEUE: usize = 1024;
+/// The largest message sent or received, by default.
+const MAX_MESSAGE: usize = 256 << 10;
+/// The least [`FleetBuilder::max_message_bytes`]: room for a key.
+const MIN_MESSAGE: usize = 1 << 10;
 
 /// Settings of a link, then [`attach`](Self::attach) to a cache. See the
 /// [module docs](super) for what a link does.
@@ -35,6 +40,7 @@ pub struct FleetBuilder<V> {
     values: Option<ValueCodec<V>>,
     queue: usize,
     secret: Option<Vec<u8>>,
+    max_message: usize,
 }
 
 impl<V> FleetBuilder<V>
@@ -53,6 +59,7 @@ where
             values: None,
             queue: QUEUE,
             secret: None,
+            max_message: MAX_MESSAGE,
         }
     }
 
@@ -135,6 +142,33 @@ where
         self
     }
 
+    /// The largest message, in bytes, sent or received (default 256 KiB; at
+    /// least 1 KiB, else [`attach`](Self::attach) refuses it). A received
+    /// message over it is skipped unread; a change whose message would be
+    /// over it is sent without its value, or, still too large, dropped
+    /// (receivers then run the reconnect action). Each is counted in
+    /// [`FleetMetrics::oversized`]. Give every replica the same.
+    ///
+    /// The publisher also keeps under the server's own bound: a message
+    /// larger than the pub/sub class's hard `client-output-buffer-limit`
+    /// would make Redis disconnect every subscriber. It reads the limit
+    /// with `CONFIG GET` on each connection and sends nothing larger than
+    /// half of it; where `CONFIG` is refused (managed services often do),
+    /// it keeps this setting alone, so keep it under that limit (Redis's
+    /// default is 32 MiB).
+    ///
+    /// ```
+    /// use swr_cache::fleet::FleetBuilder;
+    ///
+    /// let builder = FleetBuilder::<String>::new("redis://127.0.0.1:6379/", "prompts")
+    ///     .send_values()
+    ///     .max_message_bytes(64 << 10);
+    /// ```
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
     /// Attaches the link to `cache`, its tasks on the current tokio runtime.
     /// Returns at once: the link connects in the background, and keeps
     /// trying while Redis is unreachable (see [`FleetLink::subscribed`]).
@@ -167,6 +201,12 @@ where
             .set_protocol(redis::ProtocolVersion::RESP3);
         let listener = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| FleetError::Url(e.to_string()))?;
+        if self.max_message < MIN_MESSAGE {
+            return Err(FleetError::Setting(format!(
+                "max_message_bytes is {}, under {MIN_MESSAGE}",
+                self.max_message
+            )));
+        }
         let seal = match &self.secret {
             Some(secret) if secret.is_empty() => {
                 return Err(FleetError::Setting("the secret is empty".into()));
@@ -202,6 +242,7 @@ where
                 values: self.values.clone(),
             },
             Arc::clone(&shared),
+            self.max_message,
         ));
         let applier = Applier {
             cache: Weak::clone(&cache_ref),
@@ -210,8 +251,14 @@ where
             reconnect: self.reconnect,
             version: self.version,
             values: self.values,
+            pacer: Pacer::default(),
         };
-        let subscriber = runtime.spawn(subscribe::run(listener, self.channel, applier));
+        let subscriber = runtime.spawn(subscribe::run(
+            listener,
+            self.channel,
+            self.max_message,
+            applier,
+        ));
         Ok(FleetLink {
             cache: cache_ref,
             shared,

@@ -112,9 +112,22 @@
 //!   must serialize the same way on every replica; a map key that is not a
 //!   string does not, and is dropped and counted.
 //! - **Redis 6 or later**: the subscription speaks RESP3, so that what it
-//!   receives can be bounded (4,096 messages waiting to be applied; past
-//!   that they are dropped, counted as a gap, and the reconnect action
-//!   runs).
+//!   receives can be bounded: 4,096 messages waiting to be applied, and 16
+//!   MiB of them (or four of the largest allowed, if more); past that they
+//!   are dropped ([`FleetMetrics::dropped_on_arrival`]), counted as a gap,
+//!   and the reconnect action runs after everything received before the
+//!   drop (which it discards: the action covers it, and an older write
+//!   applied after the action would land as fresh) and before anything
+//!   received after it.
+//! - **Messages are bounded in size** ([`FleetBuilder::max_message_bytes`],
+//!   256 KiB by default), checked before a received message is parsed, and
+//!   kept under half the server's pub/sub output-buffer hard limit where
+//!   `CONFIG GET` may read it. A message is read whole by the Redis client
+//!   before the link sees it; Redis itself disconnects a subscriber rather
+//!   than buffer past that hard limit (32 MiB by default).
+//! - **Reconnect actions are coalesced**: at most one a second per replica,
+//!   however many gaps are noticed ([`FleetMetrics::actions`]); a gap within
+//!   the second after an action has one run at the second's end.
 //!
 //! # Performance
 //!
@@ -122,8 +135,10 @@
 //! the key and `try_send`s it on the writing thread; figures are in
 //! `BENCHMARKS.md` (`cargo bench --features redis --bench fleet`).
 
+mod inbox;
 mod link;
 mod message;
+mod pacer;
 mod publish;
 mod seal;
 mod shared;
@@ -187,9 +202,22 @@ pub struct FleetMetrics {
     /// unsigned, or not signed with this fleet's secret.
     pub rejected: u64,
     /// Messages missed: flagged by their sender as following one it dropped,
-    /// or dropped here on arrival (faster than applied). Each ran the
-    /// reconnect action.
+    /// or dropped here on arrival (faster than applied). Each has the
+    /// reconnect action run after it (gaps close together share one).
     pub gaps: u64,
+    /// Reconnect actions run: for gaps and resubscriptions, at most one a
+    /// second (a gap within a second of the last action has it run at the
+    /// second's end).
+    pub actions: u64,
+    /// Messages dropped on arrival: more were waiting to be applied than
+    /// the link holds (4,096, or 16 MiB of them). Each run of drops is one
+    /// gap.
+    pub dropped_on_arrival: u64,
+    /// Messages over [`FleetBuilder::max_message_bytes`]: received and
+    /// skipped unread, or not sent (then a smaller message without the value
+    /// is sent instead, or the change is dropped and counted in
+    /// `publish_dropped` too).
+    pub oversized: u64,
     /// Subscriptions started again after a time without one.
     pub reconnects: u64,
     /// Whether the link is subscribed now.

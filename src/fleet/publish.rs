@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::message::Op;
+use super::seal::TAG;
 use super::shared::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
 use crate::changes::Change;
 use crate::inner::Inner;
@@ -105,13 +106,16 @@ where
     /// The message for a change of `key` of kind `op`; `None` once the
     /// cache is gone. User code runs here (Serialize, the version function,
     /// and `V::clone` where it lies, as in `get`). A value
-    /// that cannot be encoded is told as a removal.
+    /// that cannot be encoded is told as a removal; one whose message would
+    /// be over `limit` bytes (signed) is not sent: the change is told
+    /// without it.
     fn message(
         &self,
         shared: &Shared,
         op: Op,
         lost: bool,
         key: &K,
+        limit: usize,
     ) -> Option<Result<String, String>> {
         let inner = self.cache.upgrade()?;
         let encoded = catch_unwind(AssertUnwindSafe(|| {
@@ -134,9 +138,18 @@ where
                 .transpose();
             match value {
                 Ok(value) => {
-                    shared
-                        .envelope
-                        .encode(op, lost, Some(key), version.as_deref(), value.as_ref())
+                    let envelope = &shared.envelope;
+                    let full =
+                        envelope.encode(op, lost, Some(key), version.as_deref(), value.as_ref())?;
+                    if value.is_none() || signed_len(shared, &full) <= limit {
+                        return Ok(full);
+                    }
+                    shared.counters.incr(&shared.counters.oversized);
+                    shared.warn(
+                        "a value is over the message size limit; told without it",
+                        &format_args!("{} bytes", signed_len(shared, &full)),
+                    );
+                    envelope.encode(op, lost, Some(key), version.as_deref(), None)
                 }
                 Err(error) => {
                     shared.warn("a value could not be encoded; told as a removal", &error);
@@ -170,12 +183,13 @@ pub(super) async fn run<K, V, S>(
     mut queued: mpsc::Receiver<Item<K>>,
     reader: Reader<K, V, S>,
     shared: Arc<Shared>,
+    max_message: usize,
 ) where
     K: Hash + Eq + Clone + Send + Sync + Serialize + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    let mut publisher = Publisher::new(client, Arc::clone(&shared));
+    let mut publisher = Publisher::new(client, Arc::clone(&shared), max_message);
     let mut lost = false;
     let mut unqueued_seen = 0u64;
     let mut clears_open = 0usize;
@@ -185,6 +199,9 @@ pub(super) async fn run<K, V, S>(
     let counters = &shared.counters;
     let mut after: Vec<K> = Vec::new();
     while queued.recv_many(&mut items, BATCH).await > 0 {
+        // Connected first, so the server's limit on a message is known.
+        publisher.connect().await;
+        let limit = publisher.limit;
         for item in items.drain(..) {
             let unqueued = counters.unqueued.load(Ordering::Relaxed);
             if unqueued != unqueued_seen {
@@ -209,7 +226,7 @@ pub(super) async fn run<K, V, S>(
                         .map_err(|e| e.to_string())
                 }
                 Item::Key(op, key) => {
-                    let message = match reader.message(&shared, op, lost, &key) {
+                    let message = match reader.message(&shared, op, lost, &key, limit) {
                         None => return,
                         Some(message) => message,
                     };
@@ -219,11 +236,11 @@ pub(super) async fn run<K, V, S>(
                     message
                 }
             };
-            lost = collect(&shared, message, &mut payloads);
+            lost = collect(&shared, message, limit, &mut payloads);
             for key in after.drain(..) {
-                match reader.message(&shared, Op::Written, lost, &key) {
+                match reader.message(&shared, Op::Written, lost, &key, limit) {
                     None => return,
-                    Some(message) => lost = collect(&shared, message, &mut payloads),
+                    Some(message) => lost = collect(&shared, message, limit, &mut payloads),
                 }
             }
         }
@@ -243,9 +260,30 @@ pub(super) async fn run<K, V, S>(
     }
 }
 
+/// A payload's length once signed.
+fn signed_len(shared: &Shared, payload: &str) -> usize {
+    payload.len() + if shared.seal.is_some() { TAG } else { 0 }
+}
+
 /// Adds an encoded message to the batch (signed, with a secret), or counts
-/// it dropped; returns whether the next message must say something was lost.
-fn collect(shared: &Shared, message: Result<String, String>, payloads: &mut Vec<Vec<u8>>) -> bool {
+/// it dropped (as it is if over `limit` bytes); returns whether the next
+/// message must say something was lost.
+fn collect(
+    shared: &Shared,
+    message: Result<String, String>,
+    limit: usize,
+    payloads: &mut Vec<Vec<u8>>,
+) -> bool {
+    let message = message.and_then(|payload| {
+        let len = signed_len(shared, &payload);
+        if len <= limit {
+            return Ok(payload);
+        }
+        shared.counters.incr(&shared.counters.oversized);
+        Err(format!(
+            "{len} bytes, over the {limit}-byte message size limit"
+        ))
+    });
     match message {
         Ok(payload) => {
             let mut payload = payload.into_bytes();
@@ -272,6 +310,11 @@ struct Publisher {
     /// No connection attempt before this, unless the subscriber got in
     /// again since the last attempt (Redis is back: no need to wait).
     retry_at: Instant,
+    /// The user's largest message.
+    max_message: usize,
+    /// The largest message sent: `max_message`, or less if the server's
+    /// pub/sub output buffer limit says so.
+    limit: usize,
     backoff: std::time::Duration,
     /// The subscriber's reconnects at the last attempt.
     resubscribed: u64,
@@ -279,7 +322,7 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn new(client: redis::Client, shared: Arc<Shared>) -> Self {
+    fn new(client: redis::Client, shared: Arc<Shared>, max_message: usize) -> Self {
         Self {
             client,
             config: redis::AsyncConnectionConfig::new()
@@ -289,6 +332,8 @@ impl Publisher {
             retry_at: Instant::now(),
             backoff: BACKOFF,
             resubscribed: 0,
+            max_message,
+            limit: max_message,
             shared,
         }
     }
@@ -351,7 +396,11 @@ impl Publisher {
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
         {
-            Ok(connected) => {
+            Ok(mut connected) => {
+                self.limit = match pubsub_hard_limit(&mut connected).await {
+                    Some(hard) => self.max_message.min(hard / 2),
+                    None => self.max_message,
+                };
                 self.connection = Some(connected);
                 self.retry_at = Instant::now();
             }
@@ -370,3 +419,39 @@ impl Publisher {
 
 /// A publish that did not happen.
 struct Lost;
+
+/// The hard `client-output-buffer-limit` of the pub/sub class, in bytes, if
+/// the server lets us read it (managed services often refuse `CONFIG`) and
+/// sets one: a subscriber whose output buffer reaches it is disconnected.
+async fn pubsub_hard_limit(connection: &mut redis::aio::MultiplexedConnection) -> Option<usize> {
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("client-output-buffer-limit")
+        .query_async(connection)
+        .await;
+    let setting = reply.ok()?.into_iter().nth(1)?;
+    hard_limit_of("pubsub", &setting)
+}
+
+/// The hard limit of `class` in a `client-output-buffer-limit` setting
+/// (`normal 0 0 0 replica 268435456 67108864 60 pubsub 33554432 8388608 60`,
+/// in bytes as `CONFIG GET` gives it); `None` if absent or 0 (no limit).
+fn hard_limit_of(class: &str, setting: &str) -> Option<usize> {
+    let words: Vec<&str> = setting.split_whitespace().collect();
+    let at = words.chunks_exact(4).find(|chunk| chunk[0] == class)?;
+    at[1].parse::<usize>().ok().filter(|&hard| hard > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pubsub_hard_limit_is_read_from_the_setting() {
+        let default = "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60";
+        assert_eq!(hard_limit_of("pubsub", default), Some(33_554_432));
+        assert_eq!(hard_limit_of("pubsub", "normal 0 0 0 pubsub 0 0 0"), None);
+        assert_eq!(hard_limit_of("pubsub", "normal 0 0 0"), None);
+        assert_eq!(hard_limit_of("pubsub", "pubsub lots 0 0"), None);
+    }
+}

@@ -61,6 +61,9 @@ pub(super) struct Counters {
     pub(super) malformed: AtomicU64,
     pub(super) rejected: AtomicU64,
     pub(super) gaps: AtomicU64,
+    pub(super) actions: AtomicU64,
+    pub(super) arrival_dropped: AtomicU64,
+    pub(super) oversized: AtomicU64,
     pub(super) reconnects: AtomicU64,
 }
 
@@ -95,6 +98,9 @@ impl Shared {
             malformed: get(&c.malformed),
             rejected: get(&c.rejected),
             gaps: get(&c.gaps),
+            actions: get(&c.actions),
+            dropped_on_arrival: get(&c.arrival_dropped),
+            oversized: get(&c.oversized),
             reconnects: get(&c.reconnects),
             subscribed: *self.subscribed.borrow(),
         }
