@@ -1188,3 +1188,54 @@ fn a_storm_of_flagged_messages_runs_the_reconnect_action_at_most_once_a_second()
         assert_eq!(two_link.metrics().actions, actions + 1);
     });
 }
+
+/// A clear's end dropped from a full queue left the publisher believing a
+/// clear was open for good: every later key was kept to be told again
+/// (without bound), and the next clear told them all again in one pipeline.
+#[test]
+fn a_clear_dropped_from_a_full_queue_does_not_make_later_clears_retell_every_key() {
+    watchdog::within("dropped clear", || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let server = RedisServer::start();
+                let one = cache();
+                let link = linked(
+                    FleetBuilder::new(server.url(), "clears")
+                        .send_values()
+                        .queue(2),
+                    &one,
+                )
+                .await;
+                // No await between: the queue fills, and the clear's end
+                // finds no room.
+                one.insert(key("k"), "v".into());
+                one.clear();
+                eventually("the first changes handled", || {
+                    let m = link.metrics();
+                    m.published + m.publish_dropped >= 2
+                })
+                .await;
+                for i in 0..100 {
+                    one.insert(format!("k{i}"), "v".into());
+                    let published = link.metrics().published;
+                    eventually("published", || link.metrics().published > published).await;
+                }
+                let before = link.metrics().published;
+                one.clear();
+                one.insert(key("sentinel"), "v".into());
+                eventually("the clear and the sentinel told", || {
+                    link.metrics().published >= before + 2
+                })
+                .await;
+                let m = link.metrics();
+                assert_eq!(
+                    m.published,
+                    before + 2,
+                    "the second clear told only itself: {m:?}"
+                );
+            });
+    });
+}

@@ -28,14 +28,18 @@ use crate::inner::Inner;
 
 /// The most messages published in one pipeline (one round trip).
 const BATCH: usize = 64;
+/// The most keys taken during a clear that are told again after it; past
+/// it, the others may lack a key this replica holds (a miss there, which
+/// fetches it), never hold one it lacks.
+const DURING_CLEAR: usize = 4096;
 
 /// A change waiting to be told: of a key (what kind of change it was,
 /// which the message keeps unless the key's state says otherwise), or the
-/// start or end of a clear.
+/// end of a clear (only to wake the task: clears are counted in
+/// [`Clears`]).
 pub(super) enum Item<K> {
     Key(Op, K),
-    Clearing,
-    Cleared,
+    ClearEnded,
 }
 
 /// The hook: queues the keys of changes. Never waits: a full queue drops
@@ -70,8 +74,17 @@ impl<K: Clone, V> Teller<K, V> {
                 }
             }
             Change::Removed(key) => Item::Key(Op::Removed, key.clone()),
-            Change::Clearing => Item::Clearing,
-            Change::Cleared => Item::Cleared,
+            Change::Clearing => {
+                self.shared.clears.begin();
+                return;
+            }
+            Change::Cleared => {
+                self.shared.clears.end();
+                // A wake-up only: with the queue full, the task sees the
+                // clear's end at the next item it takes.
+                let _ = self.outbox.try_send(Item::ClearEnded);
+                return;
+            }
         };
         self.queue(item);
     }
@@ -175,8 +188,9 @@ where
 /// A clear is told as `c` when it is done. A write racing it may have been
 /// read (and told) after the clear emptied the store but before the `c`,
 /// which would then remove it at the receivers: when values are sent, the
-/// keys taken between a clear's start and its end are told again after
-/// the `c`.
+/// keys taken between a clear's start and its end (up to
+/// [`DURING_CLEAR`]) are told again after the `c`. Clears are counted in
+/// [`Clears`], not queued, so a full queue cannot lose one's end.
 pub(super) async fn run<K, V, S>(
     client: redis::Client,
     channel: String,
@@ -192,12 +206,11 @@ pub(super) async fn run<K, V, S>(
     let mut publisher = Publisher::new(client, Arc::clone(&shared), max_message);
     let mut lost = false;
     let mut unqueued_seen = 0u64;
-    let mut clears_open = 0usize;
+    let mut clears_told = 0u64;
     let mut during_clear: HashSet<K> = HashSet::new();
     let mut items = Vec::with_capacity(BATCH);
     let mut payloads = Vec::with_capacity(BATCH);
     let counters = &shared.counters;
-    let mut after: Vec<K> = Vec::new();
     while queued.recv_many(&mut items, BATCH).await > 0 {
         // Connected first, so the server's limit on a message is known.
         publisher.connect().await;
@@ -208,56 +221,71 @@ pub(super) async fn run<K, V, S>(
                 unqueued_seen = unqueued;
                 lost = true;
             }
-            let message = match item {
-                Item::Clearing => {
-                    clears_open += 1;
-                    continue;
-                }
-                Item::Cleared => {
-                    clears_open = clears_open.saturating_sub(1);
-                    if clears_open == 0 {
-                        after.extend(during_clear.drain());
-                    } else {
-                        after.extend(during_clear.iter().cloned());
-                    }
-                    shared
-                        .envelope
-                        .encode::<K>(Op::Cleared, lost, None, None, None)
-                        .map_err(|e| e.to_string())
-                }
-                Item::Key(op, key) => {
-                    let message = match reader.message(&shared, op, lost, &key, limit) {
-                        None => return,
-                        Some(message) => message,
+            // Read after the item was taken: a write told after a clear
+            // began finds it begun here.
+            let (began, ended) = shared.clears.load();
+            if ended != clears_told {
+                // One `c` for the clears that ended since the last look.
+                clears_told = ended;
+                let message = shared
+                    .envelope
+                    .encode::<K>(Op::Cleared, lost, None, None, None)
+                    .map_err(|e| e.to_string());
+                lost = collect(&shared, message, limit, &mut payloads);
+                let again: Vec<K> = if began == ended {
+                    during_clear.drain().collect()
+                } else {
+                    during_clear.iter().cloned().collect()
+                };
+                for key in again {
+                    let Some(message) = reader.message(&shared, Op::Written, lost, &key, limit)
+                    else {
+                        return;
                     };
-                    if clears_open > 0 && reader.values.is_some() {
-                        during_clear.insert(key);
+                    lost = collect(&shared, message, limit, &mut payloads);
+                    if payloads.len() >= BATCH {
+                        lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
                     }
-                    message
                 }
+            }
+            // A clear's end only wakes the task.
+            let Item::Key(op, key) = item else {
+                continue;
             };
+            let Some(message) = reader.message(&shared, op, lost, &key, limit) else {
+                return;
+            };
+            if began != ended && reader.values.is_some() && during_clear.len() < DURING_CLEAR {
+                during_clear.insert(key);
+            }
             lost = collect(&shared, message, limit, &mut payloads);
-            for key in after.drain(..) {
-                match reader.message(&shared, Op::Written, lost, &key, limit) {
-                    None => return,
-                    Some(message) => lost = collect(&shared, message, limit, &mut payloads),
-                }
+            if payloads.len() >= BATCH {
+                lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
             }
         }
-        if payloads.is_empty() {
-            continue;
+        if !payloads.is_empty() {
+            lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
         }
-        let sent = publisher.publish(&channel, &payloads).await;
-        let counter = match sent {
-            Ok(()) => &counters.published,
-            Err(()) => {
-                lost = true;
-                &counters.dropped
-            }
-        };
-        counter.fetch_add(payloads.len() as u64, Ordering::Relaxed);
-        payloads.clear();
     }
+}
+
+/// Publishes `payloads` in one pipeline and empties it, counting them
+/// published or dropped; returns whether they were dropped.
+async fn flush(
+    publisher: &mut Publisher,
+    channel: &str,
+    payloads: &mut Vec<Vec<u8>>,
+    shared: &Shared,
+) -> bool {
+    let sent = publisher.publish(channel, payloads).await;
+    let counters = &shared.counters;
+    let counter = match sent {
+        Ok(()) => &counters.published,
+        Err(()) => &counters.dropped,
+    };
+    counter.fetch_add(payloads.len() as u64, Ordering::Relaxed);
+    payloads.clear();
+    sent.is_err()
 }
 
 /// A payload's length once signed.

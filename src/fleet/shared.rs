@@ -44,7 +44,34 @@ pub(super) struct Shared {
     pub(super) subscribed: watch::Sender<bool>,
     /// The fleet's key, if it signs its messages.
     pub(super) seal: Option<Seal>,
+    pub(super) clears: Clears,
     logs: Throttle,
+}
+
+/// The cache's clears, begun and ended: counted, not queued, so that a
+/// full queue cannot lose the end of one (the publisher then believed a
+/// clear open for good).
+#[derive(Default)]
+pub(super) struct Clears {
+    began: AtomicU64,
+    ended: AtomicU64,
+}
+
+impl Clears {
+    pub(super) fn begin(&self) {
+        self.began.fetch_add(1, Ordering::Release);
+    }
+
+    pub(super) fn end(&self) {
+        self.ended.fetch_add(1, Ordering::Release);
+    }
+
+    /// Clears begun and ended so far (ended read first, so never more
+    /// than begun).
+    pub(super) fn load(&self) -> (u64, u64) {
+        let ended = self.ended.load(Ordering::Acquire);
+        (self.began.load(Ordering::Acquire), ended)
+    }
 }
 
 #[derive(Default)]
@@ -81,6 +108,7 @@ impl Shared {
             counters: Counters::default(),
             subscribed: watch::Sender::new(false),
             seal,
+            clears: Clears::default(),
             logs: Throttle::new(),
         }
     }
