@@ -1239,3 +1239,65 @@ fn a_clear_dropped_from_a_full_queue_does_not_make_later_clears_retell_every_key
             });
     });
 }
+
+/// `queue(usize::MAX)` panicked in attach (tokio's channel refuses such a
+/// bound); out-of-range settings are typed errors.
+#[test]
+fn settings_out_of_range_are_typed_errors_not_panics() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _inside = runtime.enter();
+    let cache = cache();
+    let attach = |builder: FleetBuilder<String>| builder.attach(&cache).map(drop);
+    let url = "redis://127.0.0.1:1/";
+    for (what, builder) in [
+        ("queue", FleetBuilder::new(url, "x").queue(usize::MAX)),
+        (
+            "connect timeout",
+            FleetBuilder::new(url, "x").connect_timeout(Duration::ZERO),
+        ),
+        (
+            "response timeout",
+            FleetBuilder::new(url, "x").response_timeout(Duration::ZERO),
+        ),
+        (
+            "max message",
+            FleetBuilder::new(url, "x").max_message_bytes(10),
+        ),
+    ] {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| attach(builder)));
+        assert!(
+            matches!(result, Ok(Err(FleetError::Setting(_)))),
+            "{what}: {result:?}"
+        );
+    }
+    assert!(attach(FleetBuilder::new(url, "x").queue(1 << 20)).is_ok());
+}
+
+/// The deadlines are the builder's: a server that accepts and never
+/// answers (frozen) is given up on after the connect timeout, not 1 s.
+#[test]
+fn the_connect_timeout_is_the_builders() {
+    run("connect timeout", || async {
+        let server = RedisServer::start();
+        server.pause();
+        let cache = cache();
+        let started = Instant::now();
+        let link = FleetBuilder::new(server.url(), "slow")
+            .connect_timeout(Duration::from_millis(3000))
+            .attach(&cache)
+            .unwrap();
+        eventually("the first subscription attempt gave up", || {
+            link.metrics().connect_failures >= 1
+        })
+        .await;
+        let waited = started.elapsed();
+        server.resume();
+        assert!(
+            waited >= Duration::from_millis(3000),
+            "gave up after {waited:?}"
+        );
+        tokio::time::timeout(CONVERGE, link.subscribed())
+            .await
+            .unwrap();
+    });
+}

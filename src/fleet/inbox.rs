@@ -233,7 +233,7 @@ mod tests {
     }
 
     fn shared() -> Arc<Shared> {
-        Arc::new(Shared::new(1, None))
+        Arc::new(Shared::new(1, None, Default::default()))
     }
 
     /// What the inbox yields now; `None` if it would wait.

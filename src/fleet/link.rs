@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::pacer::Pacer;
 use super::publish::{self, Item, Teller};
 use super::seal::Seal;
-use super::shared::{Shared, ValueCodec, VersionFn, epoch_nanos};
+use super::shared::{Shared, Timeouts, ValueCodec, VersionFn, epoch_nanos};
 use super::subscribe::{self, Applier};
 use super::{FleetError, FleetMetrics, OnReconnect, RemoteChanges};
 use crate::cache::Cache;
@@ -28,6 +29,8 @@ const QUEUE: usize = 1024;
 const MAX_MESSAGE: usize = 256 << 10;
 /// The least [`FleetBuilder::max_message_bytes`]: room for a key.
 const MIN_MESSAGE: usize = 1 << 10;
+/// The most [`FleetBuilder::queue`] takes.
+const MAX_QUEUE: usize = 1 << 24;
 
 /// Settings of a link, then [`attach`](Self::attach) to a cache. See the
 /// [module docs](super) for what a link does.
@@ -41,6 +44,7 @@ pub struct FleetBuilder<V> {
     queue: usize,
     secret: Option<Vec<u8>>,
     max_message: usize,
+    timeouts: Timeouts,
 }
 
 impl<V> FleetBuilder<V>
@@ -60,6 +64,7 @@ where
             queue: QUEUE,
             secret: None,
             max_message: MAX_MESSAGE,
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -105,9 +110,38 @@ where
     /// The most changes waiting to be published (default 1024); past it,
     /// and while Redis is unreachable, they are dropped and counted (and
     /// the receivers, seeing the next message flagged `lost`, run the reconnect
-    /// action). At least 1.
+    /// action). At least 1; more than 2^24 is refused by
+    /// [`attach`](Self::attach).
     pub fn queue(mut self, messages: usize) -> Self {
         self.queue = messages.max(1);
+        self
+    }
+
+    /// How long connecting to Redis may take, handshakes (TLS, `HELLO`,
+    /// `AUTH`) and `SUBSCRIBE` included (default 1 s). A replica across a
+    /// slow link, or a server that answers slowly after a restart, may need
+    /// more; a zero is refused by [`attach`](Self::attach).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use swr_cache::fleet::FleetBuilder;
+    ///
+    /// let builder = FleetBuilder::<String>::new("redis://127.0.0.1:6379/", "prompts")
+    ///     .connect_timeout(Duration::from_secs(3))
+    ///     .response_timeout(Duration::from_secs(2));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.connect = timeout;
+        self
+    }
+
+    /// How long a reply may take (default 1 s): a pipeline of `PUBLISH`es
+    /// (past it the pipeline is dropped and counted, and the connection
+    /// made again), and the `PING` of an idle subscription (past it the
+    /// subscription is taken for dead and made again). A zero is refused by
+    /// [`attach`](Self::attach).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.response = timeout;
         self
     }
 
@@ -201,6 +235,15 @@ where
             .set_protocol(redis::ProtocolVersion::RESP3);
         let listener = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| FleetError::Url(e.to_string()))?;
+        if self.queue > MAX_QUEUE {
+            return Err(FleetError::Setting(format!(
+                "queue is {}, over {MAX_QUEUE}",
+                self.queue
+            )));
+        }
+        if self.timeouts.connect.is_zero() || self.timeouts.response.is_zero() {
+            return Err(FleetError::Setting("a timeout is zero".into()));
+        }
         if self.max_message < MIN_MESSAGE {
             return Err(FleetError::Setting(format!(
                 "max_message_bytes is {}, under {MIN_MESSAGE}",
@@ -215,7 +258,7 @@ where
             None => None,
         };
         let id = replica_id();
-        let shared = Arc::new(Shared::new(id, seal));
+        let shared = Arc::new(Shared::new(id, seal, self.timeouts));
         let (outbox, queued) = mpsc::channel(self.queue);
         let teller = Arc::new(Teller {
             outbox,

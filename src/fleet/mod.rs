@@ -64,7 +64,8 @@
 //!   or value does not deserialize, is counted ([`FleetMetrics::malformed`])
 //!   and skipped; a panic in the user's code (Serialize, Deserialize, the
 //!   version function, a value's Drop) costs that message only. Both tasks
-//!   reconnect with a backoff up to 2 s, and a server refusing publishes or
+//!   reconnect with a backoff up to 2 s (jittered, so a fleet does not come
+//!   back in lockstep), and a server refusing publishes or
 //!   dropping subscribers at once is not hammered.
 //!
 //! # Trust
@@ -135,6 +136,7 @@
 //! the key and `try_send`s it on the writing thread; figures are in
 //! `BENCHMARKS.md` (`cargo bench --features redis --bench fleet`).
 
+mod backoff;
 mod inbox;
 mod link;
 mod message;
@@ -220,6 +222,10 @@ pub struct FleetMetrics {
     pub oversized: u64,
     /// Subscriptions started again after a time without one.
     pub reconnects: u64,
+    /// Connection attempts that failed, of either task: refused, timed
+    /// out, or turned away by TLS or `AUTH` (a wrong password). Each is
+    /// logged and tried again after a backoff: the link never gives up.
+    pub connect_failures: u64,
     /// Whether the link is subscribed now.
     pub subscribed: bool,
 }

@@ -20,9 +20,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::backoff::Backoff;
 use super::message::Op;
 use super::seal::TAG;
-use super::shared::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
+use super::shared::{Shared, ValueCodec, VersionFn};
 use crate::changes::Change;
 use crate::inner::Inner;
 
@@ -343,7 +344,7 @@ struct Publisher {
     /// The largest message sent: `max_message`, or less if the server's
     /// pub/sub output buffer limit says so.
     limit: usize,
-    backoff: std::time::Duration,
+    backoff: Backoff,
     /// The subscriber's reconnects at the last attempt.
     resubscribed: u64,
     shared: Arc<Shared>,
@@ -353,12 +354,10 @@ impl Publisher {
     fn new(client: redis::Client, shared: Arc<Shared>, max_message: usize) -> Self {
         Self {
             client,
-            config: redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(NETWORK_TIMEOUT))
-                .set_response_timeout(Some(NETWORK_TIMEOUT)),
+            config: shared.timeouts.config(),
             connection: None,
             retry_at: Instant::now(),
-            backoff: BACKOFF,
+            backoff: Backoff::new(),
             resubscribed: 0,
             max_message,
             limit: max_message,
@@ -392,7 +391,7 @@ impl Publisher {
         let sent: redis::RedisResult<()> = pipeline.query_async(open).await;
         match sent {
             Ok(()) => {
-                self.backoff = BACKOFF;
+                self.backoff.reset();
                 Ok(())
             }
             Err(error) => {
@@ -433,6 +432,8 @@ impl Publisher {
                 self.retry_at = Instant::now();
             }
             Err(error) => {
+                let counters = &self.shared.counters;
+                counters.incr(&counters.connect_failures);
                 self.shared.warn("cannot connect to publish", &error);
                 self.back_off();
             }
@@ -440,8 +441,7 @@ impl Publisher {
     }
 
     fn back_off(&mut self) {
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Instant::now() + self.backoff.next_wait();
     }
 }
 

@@ -14,11 +14,38 @@ use super::message::Envelope;
 use super::seal::Seal;
 use crate::throttle::Throttle;
 
-/// How long a connection attempt or a command may take.
-pub(super) const NETWORK_TIMEOUT: Duration = Duration::from_secs(1);
-/// The first wait before connecting again, doubled up to [`MAX_BACKOFF`].
-pub(super) const BACKOFF: Duration = Duration::from_millis(50);
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the link waits on the network ([`FleetBuilder::connect_timeout`],
+/// [`FleetBuilder::response_timeout`]).
+///
+/// [`FleetBuilder::connect_timeout`]: super::FleetBuilder::connect_timeout
+/// [`FleetBuilder::response_timeout`]: super::FleetBuilder::response_timeout
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Timeouts {
+    /// Connecting, with its handshake (TLS, `HELLO`, `AUTH`) and `SUBSCRIBE`.
+    pub(super) connect: Duration,
+    /// A command's reply: `PUBLISH` pipelines, `PING`, `CONFIG GET`.
+    pub(super) response: Duration,
+}
+
+impl Default for Timeouts {
+    /// A second each.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Timeouts {
+    /// A connection's settings with these deadlines.
+    pub(super) fn config(&self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect))
+            .set_response_timeout(Some(self.response))
+    }
+}
+
 pub(super) type VersionFn<V> = Arc<dyn Fn(&V) -> String + Send + Sync>;
 
 /// How values travel, when the user opted in ([`FleetBuilder::send_values`]).
@@ -45,6 +72,7 @@ pub(super) struct Shared {
     /// The fleet's key, if it signs its messages.
     pub(super) seal: Option<Seal>,
     pub(super) clears: Clears,
+    pub(super) timeouts: Timeouts,
     logs: Throttle,
 }
 
@@ -92,6 +120,7 @@ pub(super) struct Counters {
     pub(super) arrival_dropped: AtomicU64,
     pub(super) oversized: AtomicU64,
     pub(super) reconnects: AtomicU64,
+    pub(super) connect_failures: AtomicU64,
 }
 
 impl Counters {
@@ -101,7 +130,7 @@ impl Counters {
 }
 
 impl Shared {
-    pub(super) fn new(id: u64, seal: Option<Seal>) -> Self {
+    pub(super) fn new(id: u64, seal: Option<Seal>, timeouts: Timeouts) -> Self {
         Self {
             id,
             envelope: Envelope::new(id),
@@ -109,6 +138,7 @@ impl Shared {
             subscribed: watch::Sender::new(false),
             seal,
             clears: Clears::default(),
+            timeouts,
             logs: Throttle::new(),
         }
     }
@@ -130,6 +160,7 @@ impl Shared {
             dropped_on_arrival: get(&c.arrival_dropped),
             oversized: get(&c.oversized),
             reconnects: get(&c.reconnects),
+            connect_failures: get(&c.connect_failures),
             subscribed: *self.subscribed.borrow(),
         }
     }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, sleep, timeout};
 
+use super::backoff::Backoff;
 use super::inbox::{Arrival, RECEIVED, inbox};
 use super::message::{Op, decode};
 use super::pacer::Pacer;
-use super::shared::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
+use super::shared::{Shared, ValueCodec, VersionFn};
 use super::{OnReconnect, RemoteChanges};
 use crate::changes::Share;
 use crate::inner::Inner;
@@ -48,14 +49,12 @@ pub(super) async fn run<K, V, S>(
 {
     let shared = Arc::clone(&applier.shared);
     let mut first = true;
-    let mut backoff = BACKOFF;
+    let timeouts = shared.timeouts;
+    let mut backoff = Backoff::new();
     loop {
         let (mailbox, mut inbox) = inbox(Arc::clone(&shared), max_message);
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(NETWORK_TIMEOUT))
-            .set_response_timeout(Some(NETWORK_TIMEOUT))
-            .set_push_sender(mailbox);
-        let attempt = timeout(NETWORK_TIMEOUT, async {
+        let config = timeouts.config().set_push_sender(mailbox);
+        let attempt = timeout(timeouts.connect, async {
             let mut connection = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
@@ -70,10 +69,10 @@ pub(super) async fn run<K, V, S>(
                     Ok(Err(error)) => error.to_string(),
                     _ => "timed out".to_owned(),
                 };
+                shared.counters.incr(&shared.counters.connect_failures);
                 shared.warn("cannot subscribe", &why);
                 first = false;
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                sleep(backoff.next_wait()).await;
                 continue;
             }
         };
@@ -118,7 +117,7 @@ pub(super) async fn run<K, V, S>(
                     }
                     let ping = redis::cmd("PING");
                     let pong = ping.query_async::<redis::Value>(&mut connection);
-                    if !matches!(timeout(NETWORK_TIMEOUT, pong).await, Ok(Ok(_))) {
+                    if !matches!(timeout(timeouts.response, pong).await, Ok(Ok(_))) {
                         shared.warn("the subscription stopped answering", &"no PONG");
                         break;
                     }
@@ -127,10 +126,9 @@ pub(super) async fn run<K, V, S>(
         }
         shared.subscribed.send_replace(false);
         if started.elapsed() >= HEALTHY {
-            backoff = BACKOFF;
+            backoff.reset();
         }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        sleep(backoff.next_wait()).await;
     }
 }
 
