@@ -1301,3 +1301,177 @@ fn the_connect_timeout_is_the_builders() {
             .unwrap();
     });
 }
+
+/// A password in the URL: AUTH on every connection. A wrong one is not
+/// fatal: each attempt fails, is counted and logged, and is tried again
+/// after a backoff (a password rotated on the server may be right soon).
+#[test]
+fn a_password_in_the_url_authenticates_and_a_wrong_one_is_counted_and_retried() {
+    run("auth", || async {
+        let server = RedisServer::start_with(&["--requirepass", "right pass"]);
+        let with_password = |password: &str| {
+            server.url().replace(
+                "redis://",
+                &format!("redis://:{}@", password.replace(' ', "%20")),
+            )
+        };
+        let (one, two, three) = (cache(), cache(), cache());
+        two.insert(key("a"), "v0".into());
+        let _one_link = linked(FleetBuilder::new(with_password("right pass"), "auth"), &one).await;
+        let two_link = linked(FleetBuilder::new(with_password("right pass"), "auth"), &two).await;
+        one.insert(key("a"), "v1".into());
+        eventually("converged over an authenticated link", || {
+            !two.contains_key("a")
+        })
+        .await;
+        assert_eq!(two_link.metrics().connect_failures, 0);
+
+        let wrong = FleetBuilder::new(with_password("wrong pass"), "auth")
+            .attach(&three)
+            .unwrap();
+        eventually("the wrong password counted, twice", || {
+            wrong.metrics().connect_failures >= 2
+        })
+        .await;
+        assert!(!wrong.metrics().subscribed);
+        // The server's password changes to the one the link was given.
+        let client = redis::Client::open(with_password("right pass")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("wrong pass")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        tokio::time::timeout(CONVERGE, wrong.subscribed())
+            .await
+            .expect("subscribed once the password is right");
+    });
+}
+
+#[cfg(feature = "redis-tls")]
+mod tls {
+    use super::*;
+
+    /// A CA made for the test, and a server certificate it signed for
+    /// 127.0.0.1, written where redis-server can read them.
+    struct Certificates {
+        dir: std::path::PathBuf,
+        ca_pem: String,
+    }
+
+    impl Certificates {
+        fn make() -> Self {
+            use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+            let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca_key = KeyPair::generate().unwrap();
+            let ca = ca_params.self_signed(&ca_key).unwrap();
+            let server_key = KeyPair::generate().unwrap();
+            let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&server_key, &ca, &ca_key)
+                .unwrap();
+            static MADE: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "swr-fleet-tls-{}-{}",
+                std::process::id(),
+                MADE.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+            std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+            std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+            Certificates {
+                dir,
+                ca_pem: ca.pem(),
+            }
+        }
+
+        /// A redis-server speaking TLS only, with the server certificate.
+        fn server(&self, extra: &[&str]) -> RedisServer {
+            let path = |name: &str| self.dir.join(name).to_str().unwrap().to_owned();
+            let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+            let mut args = vec![
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ];
+            args.extend_from_slice(extra);
+            RedisServer::start_tls(&args)
+        }
+    }
+
+    impl Drop for Certificates {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// `rediss://` URLs failed: managed Redis with in-transit encryption
+    /// could not be used. Over TLS, with the test's CA trusted (no
+    /// skipping of verification), and a password that does not travel in
+    /// clear.
+    #[test]
+    fn replicas_converge_over_tls_trusting_the_given_root_certificate() {
+        run("tls", || async {
+            let certificates = Certificates::make();
+            let server = certificates.server(&["--requirepass", "tls-pass"]);
+            let url = server.url().replace("rediss://", "rediss://:tls-pass@");
+            assert!(url.starts_with("rediss://"));
+            let trusted = || {
+                FleetBuilder::new(url.clone(), "tls")
+                    .tls_root_certificates(certificates.ca_pem.clone())
+                    .send_values()
+            };
+            let (one, two) = (cache(), cache());
+            let _one_link = linked(trusted(), &one).await;
+            let two_link = linked(trusted(), &two).await;
+            one.insert(key("p"), "over tls".into());
+            eventually("the value arrives over TLS", || {
+                two.peek("p").as_deref() == Some("over tls")
+            })
+            .await;
+            assert_eq!(two_link.metrics().connect_failures, 0);
+        });
+    }
+
+    /// Without the CA trusted (the system's roots do not hold it), the
+    /// handshake fails: counted, never subscribed, nothing sent in clear.
+    #[test]
+    fn a_tls_server_with_an_untrusted_certificate_is_refused() {
+        run("tls untrusted", || async {
+            let certificates = Certificates::make();
+            let server = certificates.server(&[]);
+            let cache = cache();
+            let link = FleetBuilder::new(server.url(), "tls")
+                .attach(&cache)
+                .unwrap();
+            cache.insert(key("p"), "v".into());
+            eventually("the handshakes fail", || {
+                let m = link.metrics();
+                m.connect_failures >= 2 && m.publish_dropped == 1
+            })
+            .await;
+            let m = link.metrics();
+            assert_eq!((m.subscribed, m.published), (false, 0), "{m:?}");
+        });
+    }
+
+    #[test]
+    fn tls_roots_with_a_plain_url_are_a_typed_error() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _inside = runtime.enter();
+        let error = FleetBuilder::<String>::new("redis://127.0.0.1:1/", "x")
+            .tls_root_certificates(Certificates::make().ca_pem.clone())
+            .attach(&cache())
+            .unwrap_err();
+        assert!(matches!(error, FleetError::Setting(_)), "{error:?}");
+    }
+}

@@ -45,6 +45,9 @@ pub struct FleetBuilder<V> {
     secret: Option<Vec<u8>>,
     max_message: usize,
     timeouts: Timeouts,
+    /// PEM root certificates to trust for `rediss://` (feature `redis-tls`).
+    #[cfg(feature = "redis-tls")]
+    tls_roots: Option<Vec<u8>>,
 }
 
 impl<V> FleetBuilder<V>
@@ -65,6 +68,8 @@ where
             secret: None,
             max_message: MAX_MESSAGE,
             timeouts: Timeouts::default(),
+            #[cfg(feature = "redis-tls")]
+            tls_roots: None,
         }
     }
 
@@ -203,6 +208,57 @@ where
         self
     }
 
+    /// Trusts the root certificates in `pem` (one or more, PEM) for a
+    /// `rediss://` URL, instead of the system's (feature `redis-tls`): for a
+    /// server whose certificate a private CA signed. The server's name in
+    /// the URL must match its certificate. Without TLS, a password in the
+    /// URL (`redis://user:password@host/`) travels in clear.
+    ///
+    /// TLS is redis-rs's rustls transport; if the process has not chosen a
+    /// rustls crypto provider, attaching installs ring's as its default.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cache: swr_cache::Cache<String, String> = swr_cache::Cache::builder().build()?;
+    /// use swr_cache::fleet::FleetBuilder;
+    ///
+    /// let ca = std::fs::read("/etc/redis/ca.pem")?;
+    /// let link = FleetBuilder::new("rediss://fleet:password@redis.internal:6380/", "prompts")
+    ///     .tls_root_certificates(ca)
+    ///     .attach(&cache)?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_roots = Some(pem.into());
+        self
+    }
+
+    /// The Redis client for the URL (and the TLS roots, if given).
+    fn client(&self) -> Result<redis::Client, FleetError> {
+        #[cfg(feature = "redis-tls")]
+        {
+            use rustls::crypto::{CryptoProvider, ring};
+            if CryptoProvider::get_default().is_none() {
+                // Deprecated for its lack of post-quantum key exchange, as
+                // rustls's own fallback to it is; lost only to another
+                // thread installing a provider meanwhile.
+                #[allow(deprecated)]
+                let _ = ring::default_provider().install_default();
+            }
+            if let Some(roots) = &self.tls_roots {
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(roots.clone()),
+                };
+                return redis::Client::build_with_tls(self.url.as_str(), certificates)
+                    .map_err(|e| FleetError::Setting(format!("TLS: {e}")));
+            }
+        }
+        redis::Client::open(self.url.as_str()).map_err(|e| FleetError::Url(e.to_string()))
+    }
+
     /// Attaches the link to `cache`, its tasks on the current tokio runtime.
     /// Returns at once: the link connects in the background, and keeps
     /// trying while Redis is unreachable (see [`FleetLink::subscribed`]).
@@ -225,8 +281,7 @@ where
         K: Hash + Eq + Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
         S: BuildHasher + Clone + Send + Sync + 'static,
     {
-        let client =
-            redis::Client::open(self.url.as_str()).map_err(|e| FleetError::Url(e.to_string()))?;
+        let client = self.client()?;
         // The subscription speaks RESP3, whose pushes can be bounded.
         let info = client.get_connection_info().clone();
         let resp3 = info

@@ -68,6 +68,21 @@
 //!   back in lockstep), and a server refusing publishes or
 //!   dropping subscribers at once is not hammered.
 //!
+//! # Connecting
+//!
+//! The URL is redis-rs's: `redis://[user:password@]host:port[/db]`, or
+//! `rediss://` for TLS, which needs the feature `redis-tls` (without it,
+//! [`attach`](FleetBuilder::attach) returns [`FleetError::Url`]) and trusts
+//! the system's root certificates or those given to
+//! `FleetBuilder::tls_root_certificates`. A password in the URL is sent
+//! with `AUTH` (in `HELLO`) on each connection. `attach` does not wait for
+//! Redis, so a refused connection (a wrong password, an untrusted
+//! certificate, nobody listening) is not an error there: each attempt is
+//! counted ([`FleetMetrics::connect_failures`]) and logged, and tried again
+//! after a backoff, so a password rotated on the server, or a server that
+//! comes back, needs no restart. Watch that counter, or bound
+//! [`FleetLink::subscribed`] with a timeout at startup.
+//!
 //! # Trust
 //!
 //! **Without a [secret](FleetBuilder::secret), anyone who can `PUBLISH` on
