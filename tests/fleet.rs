@@ -1475,3 +1475,72 @@ mod tls {
         assert!(matches!(error, FleetError::Setting(_)), "{error:?}");
     }
 }
+
+/// Collects the fields of every event logged on this thread.
+#[derive(Clone, Default)]
+struct LogLines(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for LogLines {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields<'a>(&'a mut String);
+        impl tracing::field::Visit for Fields<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+        let mut line = String::new();
+        event.record(&mut Fields(&mut line));
+        self.0.lock().unwrap().push(line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A warn line quoted a skipped message's key whole (serde's error names
+/// the string it refused): a 100 KB key made a 100 KB log line.
+#[test]
+fn fleet_log_lines_quote_at_most_a_few_hundred_bytes_of_user_data() {
+    let lines = LogLines::default();
+    let logged = lines.clone();
+    watchdog::within("bounded logs", move || {
+        tracing::subscriber::with_default(logged, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let server = RedisServer::start();
+                    let numbers: Cache<u64, String> =
+                        Cache::builder().max_size(10).build().unwrap();
+                    let link = FleetBuilder::new(server.url(), "logs")
+                        .attach(&numbers)
+                        .unwrap();
+                    tokio::time::timeout(CONVERGE, link.subscribed())
+                        .await
+                        .unwrap();
+                    let huge = "k".repeat(100_000);
+                    let payload =
+                        format!(r#"{{"swr":1,"from":"0000000000000001","op":"d","key":"{huge}"}}"#);
+                    publish_raw(&server, "logs", &[payload.as_bytes()]).await;
+                    eventually("skipped", || link.metrics().malformed == 1).await;
+                });
+        });
+    });
+    let lines = lines.0.lock().unwrap();
+    let skipped = lines
+        .iter()
+        .find(|line| line.contains("a message was skipped"))
+        .expect("the skip is logged");
+    assert!(skipped.contains("kkkk"), "the key is quoted: {skipped}");
+    for line in lines.iter() {
+        assert!(line.len() < 1024, "a {}-byte log line", line.len());
+    }
+}

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::FleetMetrics;
 use super::message::Envelope;
 use super::seal::Seal;
+use crate::excerpt::Excerpt;
 use crate::throttle::Throttle;
 
 /// How long the link waits on the network ([`FleetBuilder::connect_timeout`],
@@ -165,9 +166,12 @@ impl Shared {
         }
     }
 
-    /// Logs a line, at most a few a second.
+    /// Logs a line, at most a few a second. `detail` may quote user data
+    /// (a key or value in a serde error, a server's reply): at most
+    /// [`Excerpt`]'s few hundred bytes of it are written.
     pub(super) fn warn(&self, what: &str, detail: &dyn std::fmt::Display) {
         if let Some(held_back) = self.logs.admit(epoch_nanos()) {
+            let detail = Excerpt(detail);
             tracing::warn!(%detail, held_back, "fleet link: {what}");
         }
     }
