@@ -154,16 +154,37 @@ impl Inbox {
     /// The next arrival; `None` once the connection is gone and all is
     /// taken.
     pub(super) async fn recv(&mut self) -> Option<Arrival> {
+        if let Some(ready) = self.ready() {
+            return Some(ready);
+        }
+        let received = self.receiver.recv().await;
+        self.arrived(received)
+    }
+
+    /// The next arrival if there is one now (for the fuzz target, which
+    /// runs no runtime).
+    pub(super) fn try_recv(&mut self) -> Option<Arrival> {
+        if let Some(ready) = self.ready() {
+            return Some(ready);
+        }
+        let received = self.receiver.try_recv().ok();
+        self.arrived(received)
+    }
+
+    /// What is due before anything more is taken: a push held back behind
+    /// a gap, or a gap whose backlog is all taken.
+    fn ready(&mut self) -> Option<Arrival> {
         if let Some(held) = self.held.take() {
             return Some(held);
         }
-        if self.gap_reached() {
-            return Some(Arrival::Gap);
-        }
-        let received = self.receiver.recv().await;
+        self.gap_reached().then_some(Arrival::Gap)
+    }
+
+    /// What to yield for a push just received (`None`: the connection is
+    /// gone): the push, or first the gap of a drop noted meanwhile.
+    fn arrived(&mut self, received: Option<(Arrival, usize)>) -> Option<Arrival> {
         let arrival = self.take(received)?;
-        let gap = self.pending_gap();
-        match gap {
+        match self.pending_gap() {
             None => Some(arrival),
             // Received before the drop: the gap's action covers it.
             Some(gap) if self.taken <= gap => {
@@ -218,8 +239,6 @@ impl Inbox {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
-
     use super::*;
 
     fn message(payload: &[u8]) -> redis::PushInfo {
@@ -236,36 +255,26 @@ mod tests {
         Arc::new(Shared::new(1, None, Default::default()))
     }
 
-    /// What the inbox yields now; `None` if it would wait.
-    fn next(inbox: &mut Inbox) -> Option<Arrival> {
-        let recv = std::pin::pin!(inbox.recv());
-        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-        match recv.poll(&mut context) {
-            std::task::Poll::Ready(arrival) => arrival,
-            std::task::Poll::Pending => None,
-        }
-    }
-
     #[test]
     fn nothing_received_before_an_overflow_comes_after_its_gap() {
         let (mailbox, mut inbox) = inbox(shared(), 1024);
         for _ in 0..RECEIVED {
             mailbox.deliver(message(b"old"));
         }
-        assert_eq!(next(&mut inbox), Some(Arrival::Message(b"old".to_vec())));
+        assert_eq!(inbox.try_recv(), Some(Arrival::Message(b"old".to_vec())));
         mailbox.deliver(message(b"old, the last to fit"));
         mailbox.deliver(message(b"dropped"));
         mailbox.deliver(message(b"dropped"));
         assert_eq!(mailbox.shared.metrics().dropped_on_arrival, 2);
         assert_eq!(
-            next(&mut inbox),
+            inbox.try_recv(),
             Some(Arrival::Gap),
             "the older backlog discarded"
         );
         mailbox.deliver(message(b"new"));
-        assert_eq!(next(&mut inbox), Some(Arrival::Message(b"new".to_vec())));
+        assert_eq!(inbox.try_recv(), Some(Arrival::Message(b"new".to_vec())));
         assert_eq!(
-            next(&mut inbox),
+            inbox.try_recv(),
             None,
             "one gap, and nothing older after it"
         );
@@ -278,8 +287,8 @@ mod tests {
             mailbox.deliver(message(b"m"));
         }
         mailbox.deliver(message(b"dropped"));
-        assert_eq!(next(&mut inbox), Some(Arrival::Gap));
-        assert_eq!(next(&mut inbox), None);
+        assert_eq!(inbox.try_recv(), Some(Arrival::Gap));
+        assert_eq!(inbox.try_recv(), None);
     }
 
     #[test]
@@ -296,9 +305,9 @@ mod tests {
             1,
             "20 MiB held at most"
         );
-        assert_eq!(next(&mut inbox), Some(Arrival::Gap));
+        assert_eq!(inbox.try_recv(), Some(Arrival::Gap));
         mailbox.deliver(message(&big));
-        assert!(matches!(next(&mut inbox), Some(Arrival::Message(m)) if m.len() == max_message));
+        assert!(matches!(inbox.try_recv(), Some(Arrival::Message(m)) if m.len() == max_message));
     }
 
     #[test]
@@ -308,7 +317,7 @@ mod tests {
         mailbox.deliver(message(&[b'x'; 1024]));
         let m = mailbox.shared.metrics();
         assert_eq!((m.oversized, m.dropped_on_arrival), (1, 0));
-        assert!(matches!(next(&mut inbox), Some(Arrival::Message(m)) if m.len() == 1024));
-        assert_eq!(next(&mut inbox), None);
+        assert!(matches!(inbox.try_recv(), Some(Arrival::Message(m)) if m.len() == 1024));
+        assert_eq!(inbox.try_recv(), None);
     }
 }

@@ -152,6 +152,8 @@
 //! `BENCHMARKS.md` (`cargo bench --features redis --bench fleet`).
 
 mod backoff;
+#[doc(hidden)]
+pub mod fuzzing;
 mod inbox;
 mod link;
 mod message;

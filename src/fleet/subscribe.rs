@@ -194,7 +194,7 @@ where
     /// Messages were dropped on arrival (this replica applied slower than
     /// the fleet published): counted as a gap, and the reconnect action
     /// runs. False if the cache is gone.
-    fn overflowed(&mut self) -> bool {
+    pub(super) fn overflowed(&mut self) -> bool {
         let Some(inner) = self.cache.upgrade() else {
             return false;
         };
@@ -225,7 +225,7 @@ where
     }
 
     /// Applies one payload; false if the cache is gone.
-    fn apply(&mut self, payload: &[u8]) -> bool {
+    pub(super) fn apply(&mut self, payload: &[u8]) -> bool {
         let Some(inner) = self.cache.upgrade() else {
             return false;
         };
