@@ -247,6 +247,21 @@ fn report(name: &str, seen: &[Seen]) {
     );
 }
 
+/// `url` without its password (`redis://user:***@host/`), for printing.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((user_info, _host)) => {
+            let user = user_info.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &rest[user_info.len() + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 fn main() -> Result<(), String> {
     let args = command().get_matches();
     let secs = |name: &str| *args.get_one::<Duration>(name).expect("defaulted");
@@ -271,8 +286,12 @@ fn main() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     println!(
-        "{REPLICAS} replicas, {} prompts, TTL {:?}, the hub ({LATENCY:?} a call) publishing a commit every {:?} to replica 0, {:?} a run; Redis at {url}",
-        settings.prompts, settings.ttl, settings.every, settings.duration
+        "{REPLICAS} replicas, {} prompts, TTL {:?}, the hub ({LATENCY:?} a call) publishing a commit every {:?} to replica 0, {:?} a run; Redis at {}",
+        settings.prompts,
+        settings.ttl,
+        settings.every,
+        settings.duration,
+        redacted(&url)
     );
     let without = run(&settings, None, &runtime);
     report("without the link: the others wait for their TTL", &without);
@@ -282,4 +301,23 @@ fn main() -> Result<(), String> {
         &with,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    /// The URL the example printed carried the password.
+    #[test]
+    fn the_printed_url_hides_the_password() {
+        assert_eq!(
+            redacted("redis://fleet:s3cret@redis.internal:6379/0"),
+            "redis://fleet:***@redis.internal:6379/0"
+        );
+        assert_eq!(redacted("rediss://:s3cret@host/"), "rediss://:***@host/");
+        assert_eq!(
+            redacted("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+    }
 }

@@ -901,3 +901,646 @@ fn an_insert_racing_a_clear_ends_the_same_on_every_replica() {
         assert_eq!(diverged, 0, "{diverged} of {trials} trials diverged");
     });
 }
+
+// The review of issue #18, each failing before its fix.
+
+/// Publishes `payloads` on `channel` by hand, as anyone with access to the
+/// server could.
+async fn publish_raw(server: &RedisServer, channel: &str, payloads: &[&[u8]]) {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for payload in payloads {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(*payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Without a secret, one message published by anyone cleared every
+/// replica, or planted a value; with one, unsigned and badly signed
+/// messages change nothing and are counted.
+#[test]
+fn an_unsigned_message_is_dropped_when_a_secret_is_set() {
+    run("secret", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        two.insert(key("a"), "v0".into());
+        let signed = || {
+            FleetBuilder::new(server.url(), "signed")
+                .secret("fleet secret")
+                .send_values()
+        };
+        let _one_link = linked(signed(), &one).await;
+        let two_link = linked(signed(), &two).await;
+
+        let mut wrong_key = br#"{"swr":1,"from":"0000000000000001","op":"c"}"#.to_vec();
+        wrong_key.push(b'\n');
+        wrong_key.extend_from_slice(&[b'0'; 64]);
+        publish_raw(
+            &server,
+            "signed",
+            &[
+                br#"{"swr":1,"from":"0000000000000001","op":"c"}"#,
+                br#"{"swr":1,"from":"0000000000000001","op":"w","lost":true,"key":"a","val":"planted"}"#,
+                &wrong_key,
+            ],
+        )
+        .await;
+        eventually("all three refused", || two_link.metrics().rejected == 3).await;
+        let m = two_link.metrics();
+        assert_eq!((m.applied, m.malformed, m.gaps), (0, 0, 0), "{m:?}");
+        assert_eq!(two.get("a").as_deref(), Some("v0"), "nothing applied");
+
+        one.insert(key("a"), "signed".into());
+        eventually("a signed change is applied", || {
+            two.peek("a").as_deref() == Some("signed")
+        })
+        .await;
+        assert_eq!(two_link.metrics().rejected, 3);
+    });
+}
+
+#[test]
+fn an_empty_secret_is_refused() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _inside = runtime.enter();
+    let error = FleetBuilder::<String>::new("redis://127.0.0.1:1/", "x")
+        .secret("")
+        .attach(&cache())
+        .unwrap_err();
+    assert!(matches!(error, FleetError::Setting(_)), "{error:?}");
+}
+
+/// A message over the receiver's size limit was parsed whole (into a JSON
+/// tree) and applied: it is now counted and skipped unread.
+#[test]
+fn a_message_over_the_size_limit_is_skipped_unread() {
+    run("oversized in", || async {
+        let server = RedisServer::start();
+        let two = cache();
+        two.insert(key("a"), "v0".into());
+        let two_link = linked(
+            FleetBuilder::new(server.url(), "big").max_message_bytes(1024),
+            &two,
+        )
+        .await;
+        let padding = "x".repeat(2000);
+        let big = format!(r#"{{"swr":1,"from":"0000000000000001","op":"c","pad":"{padding}"}}"#);
+        publish_raw(
+            &server,
+            "big",
+            &[
+                big.as_bytes(),
+                br#"{"swr":1,"from":"0000000000000001","op":"d","key":"b"}"#,
+            ],
+        )
+        .await;
+        eventually("the small one after it is applied", || {
+            two_link.metrics().applied == 1
+        })
+        .await;
+        let m = two_link.metrics();
+        assert_eq!((m.oversized, m.received, m.malformed), (1, 1, 0), "{m:?}");
+        assert_eq!(
+            two.get("a").as_deref(),
+            Some("v0"),
+            "the clear was not applied"
+        );
+    });
+}
+
+/// A value whose message would be over the sender's limit: the change is
+/// told without it (the others drop theirs), and counted.
+#[test]
+fn a_value_over_the_size_limit_is_sent_without_it() {
+    run("oversized out", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        two.insert(key("p"), "old".into());
+        let small = || {
+            FleetBuilder::new(server.url(), "bigout")
+                .send_values()
+                .max_message_bytes(1024)
+        };
+        let one_link = linked(small(), &one).await;
+        let two_link = linked(small(), &two).await;
+        one.insert(key("p"), "v".repeat(4000));
+        eventually("the others drop theirs", || !two.contains_key("p")).await;
+        let (m1, m2) = (one_link.metrics(), two_link.metrics());
+        assert_eq!(
+            (m1.oversized, m1.published, m1.publish_dropped),
+            (1, 1, 0),
+            "{m1:?}"
+        );
+        assert_eq!((m2.oversized, m2.applied), (0, 1), "{m2:?}");
+    });
+}
+
+/// A message larger than the server's pub/sub output-buffer hard limit makes
+/// Redis disconnect every subscriber: the publisher reads the limit and
+/// keeps its messages under half of it.
+#[test]
+fn the_publisher_keeps_under_the_servers_pubsub_output_buffer_limit() {
+    run("output buffer", || async {
+        let server =
+            RedisServer::start_with(&["--client-output-buffer-limit", "pubsub 64kb 32kb 60"]);
+        let (one, two) = (cache(), cache());
+        two.insert(key("p"), "old".into());
+        let one_link = linked(FleetBuilder::new(server.url(), "obl").send_values(), &one).await;
+        let two_link = linked(FleetBuilder::new(server.url(), "obl").send_values(), &two).await;
+        one.insert(key("p"), "v".repeat(100 << 10));
+        eventually("the others drop theirs", || !two.contains_key("p")).await;
+        let m = two_link.metrics();
+        assert_eq!((m.reconnects, m.applied), (0, 1), "not disconnected: {m:?}");
+        assert_eq!(one_link.metrics().oversized, 1);
+    });
+}
+
+/// Decoding a key named "gate" waits until [`open_gate`]: the receiving
+/// task is held while messages pile up.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(from = "String")]
+struct GatedKey(String);
+
+static GATE: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+impl From<String> for GatedKey {
+    fn from(s: String) -> Self {
+        if s == "gate" {
+            let (open, opened) = &GATE;
+            let _open = opened
+                .wait_while(open.lock().unwrap(), |open| !*open)
+                .unwrap();
+        }
+        GatedKey(s)
+    }
+}
+
+fn open_gate() {
+    *GATE.0.lock().unwrap() = true;
+    GATE.1.notify_all();
+}
+
+/// After an overflow the reconnect action ran at the next message, and the
+/// older backlog was applied after it: an older write landed as fresh.
+#[test]
+fn the_backlog_older_than_an_overflow_never_lands_after_the_reconnect_action() {
+    run("overflow order", || async {
+        let server = RedisServer::start();
+        let new = || -> Cache<GatedKey, String> { Cache::builder().max_size(100).build().unwrap() };
+        let (one, two) = (new(), new());
+        let one_link = FleetBuilder::new(server.url(), "order")
+            .send_values()
+            .queue(10_000)
+            .attach(&one)
+            .unwrap();
+        let two_link = FleetBuilder::new(server.url(), "order")
+            .send_values()
+            .on_reconnect(OnReconnect::Clear)
+            .attach(&two)
+            .unwrap();
+        for link in [&one_link, &two_link] {
+            tokio::time::timeout(CONVERGE, link.subscribed())
+                .await
+                .unwrap();
+        }
+        // Two takes "gate" and waits in its decoding; "p" and 6,000 more
+        // arrive, of which 4,096 fit.
+        one.insert(GatedKey("gate".into()), "g".into());
+        one.insert(GatedKey("p".into()), "old".into());
+        for i in 0..6000 {
+            one_link.invalidate(GatedKey(format!("f{i}")));
+        }
+        eventually("the rest dropped on arrival", || {
+            two_link.metrics().dropped_on_arrival == 6002 - 1 - 4096
+        })
+        .await;
+        open_gate();
+        eventually("the gap noticed", || two_link.metrics().gaps == 1).await;
+        one.insert(GatedKey("sentinel".into()), "s".into());
+        eventually("the sentinel arrives", || {
+            two.contains_key(&GatedKey("sentinel".into()))
+        })
+        .await;
+        assert!(
+            !two.contains_key(&GatedKey("p".into())),
+            "the write of p, older than the gap, landed after the action"
+        );
+        assert_eq!(two_link.metrics().actions, 1);
+    });
+}
+
+/// In a sustained overflow at a sender, nearly every message carries
+/// `lost`; each ran the reconnect action (a full mark_all_stale). Now at
+/// most one a second runs, and one due is not forgotten.
+#[test]
+fn a_storm_of_flagged_messages_runs_the_reconnect_action_at_most_once_a_second() {
+    run("gap storm", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        let one_link = linked(FleetBuilder::new(server.url(), "storm").queue(1), &one).await;
+        let two_link = linked(
+            FleetBuilder::new(server.url(), "storm").on_reconnect(OnReconnect::Clear),
+            &two,
+        )
+        .await;
+        let started = Instant::now();
+        // Three changes at once into a queue of one: most rounds drop one,
+        // and flag the next message.
+        for round in 0..100 {
+            for k in ["a", "b", "c"] {
+                one.insert(format!("{k}{round}"), "v".into());
+            }
+            eventually("the round published or dropped", || {
+                let m = one_link.metrics();
+                m.published + m.publish_dropped == 3 * (round + 1)
+            })
+            .await;
+        }
+        let published = one_link.metrics().published;
+        eventually("two heard all", || two_link.metrics().received == published).await;
+        let m = two_link.metrics();
+        let seconds = started.elapsed().as_secs();
+        assert!(m.gaps >= 20, "a storm of flagged messages: {m:?}");
+        assert!(
+            m.actions <= seconds + 2,
+            "{} actions for {} gaps in {seconds} s",
+            m.actions,
+            m.gaps
+        );
+
+        // A gap just after an action is acted on at the interval's end,
+        // with nothing arriving after it.
+        eventually("no action due", || two_link.metrics().actions >= 1).await;
+        let actions = two_link.metrics().actions;
+        two.insert(key("marker"), "v".into());
+        publish_raw(
+            &server,
+            "storm",
+            &[br#"{"swr":1,"from":"0000000000000001","op":"d","lost":true,"key":"x"}"#],
+        )
+        .await;
+        eventually("the action due runs", || !two.contains_key("marker")).await;
+        assert_eq!(two_link.metrics().actions, actions + 1);
+    });
+}
+
+/// A clear's end dropped from a full queue left the publisher believing a
+/// clear was open for good: every later key was kept to be told again
+/// (without bound), and the next clear told them all again in one pipeline.
+#[test]
+fn a_clear_dropped_from_a_full_queue_does_not_make_later_clears_retell_every_key() {
+    watchdog::within("dropped clear", || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let server = RedisServer::start();
+                let one = cache();
+                let link = linked(
+                    FleetBuilder::new(server.url(), "clears")
+                        .send_values()
+                        .queue(2),
+                    &one,
+                )
+                .await;
+                // No await between: the queue fills, and the clear's end
+                // finds no room.
+                one.insert(key("k"), "v".into());
+                one.clear();
+                eventually("the first changes handled", || {
+                    let m = link.metrics();
+                    m.published + m.publish_dropped >= 2
+                })
+                .await;
+                for i in 0..100 {
+                    one.insert(format!("k{i}"), "v".into());
+                    let published = link.metrics().published;
+                    eventually("published", || link.metrics().published > published).await;
+                }
+                let before = link.metrics().published;
+                one.clear();
+                one.insert(key("sentinel"), "v".into());
+                eventually("the clear and the sentinel told", || {
+                    link.metrics().published >= before + 2
+                })
+                .await;
+                let m = link.metrics();
+                assert_eq!(
+                    m.published,
+                    before + 2,
+                    "the second clear told only itself: {m:?}"
+                );
+            });
+    });
+}
+
+/// `queue(usize::MAX)` panicked in attach (tokio's channel refuses such a
+/// bound); out-of-range settings are typed errors.
+#[test]
+fn settings_out_of_range_are_typed_errors_not_panics() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _inside = runtime.enter();
+    let cache = cache();
+    let attach = |builder: FleetBuilder<String>| builder.attach(&cache).map(drop);
+    let url = "redis://127.0.0.1:1/";
+    for (what, builder) in [
+        ("queue", FleetBuilder::new(url, "x").queue(usize::MAX)),
+        (
+            "connect timeout",
+            FleetBuilder::new(url, "x").connect_timeout(Duration::ZERO),
+        ),
+        (
+            "response timeout",
+            FleetBuilder::new(url, "x").response_timeout(Duration::ZERO),
+        ),
+        (
+            "max message",
+            FleetBuilder::new(url, "x").max_message_bytes(10),
+        ),
+    ] {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| attach(builder)));
+        assert!(
+            matches!(result, Ok(Err(FleetError::Setting(_)))),
+            "{what}: {result:?}"
+        );
+    }
+    assert!(attach(FleetBuilder::new(url, "x").queue(1 << 20)).is_ok());
+}
+
+/// The deadlines are the builder's: a server that accepts and never
+/// answers (frozen) is given up on after the connect timeout, not 1 s.
+#[test]
+fn the_connect_timeout_is_the_builders() {
+    run("connect timeout", || async {
+        let server = RedisServer::start();
+        server.pause();
+        let cache = cache();
+        let started = Instant::now();
+        let link = FleetBuilder::new(server.url(), "slow")
+            .connect_timeout(Duration::from_millis(3000))
+            .attach(&cache)
+            .unwrap();
+        eventually("the first subscription attempt gave up", || {
+            link.metrics().connect_failures >= 1
+        })
+        .await;
+        let waited = started.elapsed();
+        server.resume();
+        assert!(
+            waited >= Duration::from_millis(3000),
+            "gave up after {waited:?}"
+        );
+        tokio::time::timeout(CONVERGE, link.subscribed())
+            .await
+            .unwrap();
+    });
+}
+
+/// A password in the URL: AUTH on every connection. A wrong one is not
+/// fatal: each attempt fails, is counted and logged, and is tried again
+/// after a backoff (a password rotated on the server may be right soon).
+#[test]
+fn a_password_in_the_url_authenticates_and_a_wrong_one_is_counted_and_retried() {
+    run("auth", || async {
+        let server = RedisServer::start_with(&["--requirepass", "right pass"]);
+        let with_password = |password: &str| {
+            server.url().replace(
+                "redis://",
+                &format!("redis://:{}@", password.replace(' ', "%20")),
+            )
+        };
+        let (one, two, three) = (cache(), cache(), cache());
+        two.insert(key("a"), "v0".into());
+        let _one_link = linked(FleetBuilder::new(with_password("right pass"), "auth"), &one).await;
+        let two_link = linked(FleetBuilder::new(with_password("right pass"), "auth"), &two).await;
+        one.insert(key("a"), "v1".into());
+        eventually("converged over an authenticated link", || {
+            !two.contains_key("a")
+        })
+        .await;
+        assert_eq!(two_link.metrics().connect_failures, 0);
+
+        let wrong = FleetBuilder::new(with_password("wrong pass"), "auth")
+            .attach(&three)
+            .unwrap();
+        eventually("the wrong password counted, twice", || {
+            wrong.metrics().connect_failures >= 2
+        })
+        .await;
+        assert!(!wrong.metrics().subscribed);
+        // The server's password changes to the one the link was given.
+        let client = redis::Client::open(with_password("right pass")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("wrong pass")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        tokio::time::timeout(CONVERGE, wrong.subscribed())
+            .await
+            .expect("subscribed once the password is right");
+    });
+}
+
+#[cfg(feature = "redis-tls")]
+mod tls {
+    use super::*;
+
+    /// A CA made for the test, and a server certificate it signed for
+    /// 127.0.0.1, written where redis-server can read them.
+    struct Certificates {
+        dir: std::path::PathBuf,
+        ca_pem: String,
+    }
+
+    impl Certificates {
+        fn make() -> Self {
+            use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+            let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca_key = KeyPair::generate().unwrap();
+            let ca = ca_params.self_signed(&ca_key).unwrap();
+            let server_key = KeyPair::generate().unwrap();
+            let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&server_key, &ca, &ca_key)
+                .unwrap();
+            static MADE: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "swr-fleet-tls-{}-{}",
+                std::process::id(),
+                MADE.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+            std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+            std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+            Certificates {
+                dir,
+                ca_pem: ca.pem(),
+            }
+        }
+
+        /// A redis-server speaking TLS only, with the server certificate.
+        fn server(&self, extra: &[&str]) -> RedisServer {
+            let path = |name: &str| self.dir.join(name).to_str().unwrap().to_owned();
+            let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+            let mut args = vec![
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ];
+            args.extend_from_slice(extra);
+            RedisServer::start_tls(&args)
+        }
+    }
+
+    impl Drop for Certificates {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// `rediss://` URLs failed: managed Redis with in-transit encryption
+    /// could not be used. Over TLS, with the test's CA trusted (no
+    /// skipping of verification), and a password that does not travel in
+    /// clear.
+    #[test]
+    fn replicas_converge_over_tls_trusting_the_given_root_certificate() {
+        run("tls", || async {
+            let certificates = Certificates::make();
+            let server = certificates.server(&["--requirepass", "tls-pass"]);
+            let url = server.url().replace("rediss://", "rediss://:tls-pass@");
+            assert!(url.starts_with("rediss://"));
+            let trusted = || {
+                FleetBuilder::new(url.clone(), "tls")
+                    .tls_root_certificates(certificates.ca_pem.clone())
+                    .send_values()
+            };
+            let (one, two) = (cache(), cache());
+            let _one_link = linked(trusted(), &one).await;
+            let two_link = linked(trusted(), &two).await;
+            one.insert(key("p"), "over tls".into());
+            eventually("the value arrives over TLS", || {
+                two.peek("p").as_deref() == Some("over tls")
+            })
+            .await;
+            assert_eq!(two_link.metrics().connect_failures, 0);
+        });
+    }
+
+    /// Without the CA trusted (the system's roots do not hold it), the
+    /// handshake fails: counted, never subscribed, nothing sent in clear.
+    #[test]
+    fn a_tls_server_with_an_untrusted_certificate_is_refused() {
+        run("tls untrusted", || async {
+            let certificates = Certificates::make();
+            let server = certificates.server(&[]);
+            let cache = cache();
+            let link = FleetBuilder::new(server.url(), "tls")
+                .attach(&cache)
+                .unwrap();
+            cache.insert(key("p"), "v".into());
+            eventually("the handshakes fail", || {
+                let m = link.metrics();
+                m.connect_failures >= 2 && m.publish_dropped == 1
+            })
+            .await;
+            let m = link.metrics();
+            assert_eq!((m.subscribed, m.published), (false, 0), "{m:?}");
+        });
+    }
+
+    #[test]
+    fn tls_roots_with_a_plain_url_are_a_typed_error() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _inside = runtime.enter();
+        let error = FleetBuilder::<String>::new("redis://127.0.0.1:1/", "x")
+            .tls_root_certificates(Certificates::make().ca_pem.clone())
+            .attach(&cache())
+            .unwrap_err();
+        assert!(matches!(error, FleetError::Setting(_)), "{error:?}");
+    }
+}
+
+/// Collects the fields of every event logged on this thread.
+#[derive(Clone, Default)]
+struct LogLines(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for LogLines {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields<'a>(&'a mut String);
+        impl tracing::field::Visit for Fields<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+        let mut line = String::new();
+        event.record(&mut Fields(&mut line));
+        self.0.lock().unwrap().push(line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A warn line quoted a skipped message's key whole (serde's error names
+/// the string it refused): a 100 KB key made a 100 KB log line.
+#[test]
+fn fleet_log_lines_quote_at_most_a_few_hundred_bytes_of_user_data() {
+    let lines = LogLines::default();
+    let logged = lines.clone();
+    watchdog::within("bounded logs", move || {
+        tracing::subscriber::with_default(logged, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let server = RedisServer::start();
+                    let numbers: Cache<u64, String> =
+                        Cache::builder().max_size(10).build().unwrap();
+                    let link = FleetBuilder::new(server.url(), "logs")
+                        .attach(&numbers)
+                        .unwrap();
+                    tokio::time::timeout(CONVERGE, link.subscribed())
+                        .await
+                        .unwrap();
+                    let huge = "k".repeat(100_000);
+                    let payload =
+                        format!(r#"{{"swr":1,"from":"0000000000000001","op":"d","key":"{huge}"}}"#);
+                    publish_raw(&server, "logs", &[payload.as_bytes()]).await;
+                    eventually("skipped", || link.metrics().malformed == 1).await;
+                });
+        });
+    });
+    let lines = lines.0.lock().unwrap();
+    let skipped = lines
+        .iter()
+        .find(|line| line.contains("a message was skipped"))
+        .expect("the skip is logged");
+    assert!(skipped.contains("kkkk"), "the key is quoted: {skipped}");
+    for line in lines.iter() {
+        assert!(line.len() < 1024, "a {}-byte log line", line.len());
+    }
+}

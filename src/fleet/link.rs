@@ -1,53 +1,36 @@
-//! The link's handle and builder, and what its parts share: attaching
-//! sets the cache's change hook ([`publish::Teller`]) and spawns the two
-//! tasks ([`publish::run`], [`subscribe::run`]).
+//! The link's handle and builder: attaching sets the cache's change hook
+//! ([`publish::Teller`]) and spawns the two tasks ([`publish::run`],
+//! [`subscribe::run`]), which share [`Shared`].
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::message::Envelope;
+use super::pacer::Pacer;
 use super::publish::{self, Item, Teller};
+use super::seal::Seal;
+use super::shared::{Shared, Timeouts, ValueCodec, VersionFn, epoch_nanos};
 use super::subscribe::{self, Applier};
 use super::{FleetError, FleetMetrics, OnReconnect, RemoteChanges};
 use crate::cache::Cache;
 use crate::changes::Share;
 use crate::inner::Inner;
-use crate::throttle::Throttle;
 
-/// How long a connection attempt or a command may take.
-pub(super) const NETWORK_TIMEOUT: Duration = Duration::from_secs(1);
-/// The first wait before connecting again, doubled up to [`MAX_BACKOFF`].
-pub(super) const BACKOFF: Duration = Duration::from_millis(50);
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Messages waiting to be published, by default.
 const QUEUE: usize = 1024;
-
-pub(super) type VersionFn<V> = Arc<dyn Fn(&V) -> String + Send + Sync>;
-
-/// How values travel, when the user opted in ([`FleetBuilder::send_values`]).
-pub(super) struct ValueCodec<V> {
-    pub(super) encode: fn(&V) -> Result<Value, serde_json::Error>,
-    pub(super) decode: fn(Value) -> Result<V, serde_json::Error>,
-}
-
-impl<V> Clone for ValueCodec<V> {
-    fn clone(&self) -> Self {
-        Self {
-            encode: self.encode,
-            decode: self.decode,
-        }
-    }
-}
+/// The largest message sent or received, by default.
+const MAX_MESSAGE: usize = 256 << 10;
+/// The least [`FleetBuilder::max_message_bytes`]: room for a key.
+const MIN_MESSAGE: usize = 1 << 10;
+/// The most [`FleetBuilder::queue`] takes.
+const MAX_QUEUE: usize = 1 << 24;
 
 /// Settings of a link, then [`attach`](Self::attach) to a cache. See the
 /// [module docs](super) for what a link does.
@@ -59,6 +42,12 @@ pub struct FleetBuilder<V> {
     version: Option<VersionFn<V>>,
     values: Option<ValueCodec<V>>,
     queue: usize,
+    secret: Option<Vec<u8>>,
+    max_message: usize,
+    timeouts: Timeouts,
+    /// PEM root certificates to trust for `rediss://` (feature `redis-tls`).
+    #[cfg(feature = "redis-tls")]
+    tls_roots: Option<Vec<u8>>,
 }
 
 impl<V> FleetBuilder<V>
@@ -76,6 +65,11 @@ where
             version: None,
             values: None,
             queue: QUEUE,
+            secret: None,
+            max_message: MAX_MESSAGE,
+            timeouts: Timeouts::default(),
+            #[cfg(feature = "redis-tls")]
+            tls_roots: None,
         }
     }
 
@@ -121,10 +115,148 @@ where
     /// The most changes waiting to be published (default 1024); past it,
     /// and while Redis is unreachable, they are dropped and counted (and
     /// the receivers, seeing the next message flagged `lost`, run the reconnect
-    /// action). At least 1.
+    /// action). At least 1; more than 2^24 is refused by
+    /// [`attach`](Self::attach).
     pub fn queue(mut self, messages: usize) -> Self {
         self.queue = messages.max(1);
         self
+    }
+
+    /// How long connecting to Redis may take, handshakes (TLS, `HELLO`,
+    /// `AUTH`) and `SUBSCRIBE` included (default 1 s). A replica across a
+    /// slow link, or a server that answers slowly after a restart, may need
+    /// more; a zero is refused by [`attach`](Self::attach).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use swr_cache::fleet::FleetBuilder;
+    ///
+    /// let builder = FleetBuilder::<String>::new("redis://127.0.0.1:6379/", "prompts")
+    ///     .connect_timeout(Duration::from_secs(3))
+    ///     .response_timeout(Duration::from_secs(2));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.connect = timeout;
+        self
+    }
+
+    /// How long a reply may take (default 1 s): a pipeline of `PUBLISH`es
+    /// (past it the pipeline is dropped and counted, and the connection
+    /// made again), and the `PING` of an idle subscription (past it the
+    /// subscription is taken for dead and made again). A zero is refused by
+    /// [`attach`](Self::attach).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.response = timeout;
+        self
+    }
+
+    /// Signs every message with `secret` (HMAC-SHA256), and refuses any
+    /// message not signed with it: unsigned or badly signed messages are
+    /// dropped unread and counted ([`FleetMetrics::rejected`]). Every
+    /// replica of the fleet must be given the same secret (a replica
+    /// without it counts the others' messages as
+    /// [malformed](FleetMetrics::malformed)). Use at least 32 random bytes;
+    /// an empty secret is refused by [`attach`](Self::attach).
+    ///
+    /// Without a secret, whoever can `PUBLISH` on the channel is trusted:
+    /// one message clears every replica, and with
+    /// [`send_values`](Self::send_values) installs any value. With one,
+    /// only holders of the secret can say anything, but a message they
+    /// signed can be replayed by whoever can publish (see the
+    /// [module docs](super#trust)).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cache: swr_cache::Cache<String, String> = swr_cache::Cache::builder().build()?;
+    /// use swr_cache::fleet::FleetBuilder;
+    ///
+    /// let secret = std::env::var("FLEET_SECRET")?;
+    /// let link = FleetBuilder::new("redis://127.0.0.1:6379/", "prompts")
+    ///     .secret(secret)
+    ///     .attach(&cache)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
+    /// The largest message, in bytes, sent or received (default 256 KiB; at
+    /// least 1 KiB, else [`attach`](Self::attach) refuses it). A received
+    /// message over it is skipped unread; a change whose message would be
+    /// over it is sent without its value, or, still too large, dropped
+    /// (receivers then run the reconnect action). Each is counted in
+    /// [`FleetMetrics::oversized`]. Give every replica the same.
+    ///
+    /// The publisher also keeps under the server's own bound: a message
+    /// larger than the pub/sub class's hard `client-output-buffer-limit`
+    /// would make Redis disconnect every subscriber. It reads the limit
+    /// with `CONFIG GET` on each connection and sends nothing larger than
+    /// half of it; where `CONFIG` is refused (managed services often do),
+    /// it keeps this setting alone, so keep it under that limit (Redis's
+    /// default is 32 MiB).
+    ///
+    /// ```
+    /// use swr_cache::fleet::FleetBuilder;
+    ///
+    /// let builder = FleetBuilder::<String>::new("redis://127.0.0.1:6379/", "prompts")
+    ///     .send_values()
+    ///     .max_message_bytes(64 << 10);
+    /// ```
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
+    /// Trusts the root certificates in `pem` (one or more, PEM) for a
+    /// `rediss://` URL, instead of the system's (feature `redis-tls`): for a
+    /// server whose certificate a private CA signed. The server's name in
+    /// the URL must match its certificate. Without TLS, a password in the
+    /// URL (`redis://user:password@host/`) travels in clear.
+    ///
+    /// TLS is redis-rs's rustls transport; if the process has not chosen a
+    /// rustls crypto provider, attaching installs ring's as its default.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cache: swr_cache::Cache<String, String> = swr_cache::Cache::builder().build()?;
+    /// use swr_cache::fleet::FleetBuilder;
+    ///
+    /// let ca = std::fs::read("/etc/redis/ca.pem")?;
+    /// let link = FleetBuilder::new("rediss://fleet:password@redis.internal:6380/", "prompts")
+    ///     .tls_root_certificates(ca)
+    ///     .attach(&cache)?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_roots = Some(pem.into());
+        self
+    }
+
+    /// The Redis client for the URL (and the TLS roots, if given).
+    fn client(&self) -> Result<redis::Client, FleetError> {
+        #[cfg(feature = "redis-tls")]
+        {
+            use rustls::crypto::{CryptoProvider, ring};
+            if CryptoProvider::get_default().is_none() {
+                // Deprecated for its lack of post-quantum key exchange, as
+                // rustls's own fallback to it is; lost only to another
+                // thread installing a provider meanwhile.
+                #[allow(deprecated)]
+                let _ = ring::default_provider().install_default();
+            }
+            if let Some(roots) = &self.tls_roots {
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(roots.clone()),
+                };
+                return redis::Client::build_with_tls(self.url.as_str(), certificates)
+                    .map_err(|e| FleetError::Setting(format!("TLS: {e}")));
+            }
+        }
+        redis::Client::open(self.url.as_str()).map_err(|e| FleetError::Url(e.to_string()))
     }
 
     /// Attaches the link to `cache`, its tasks on the current tokio runtime.
@@ -149,8 +281,7 @@ where
         K: Hash + Eq + Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
         S: BuildHasher + Clone + Send + Sync + 'static,
     {
-        let client =
-            redis::Client::open(self.url.as_str()).map_err(|e| FleetError::Url(e.to_string()))?;
+        let client = self.client()?;
         // The subscription speaks RESP3, whose pushes can be bounded.
         let info = client.get_connection_info().clone();
         let resp3 = info
@@ -159,14 +290,30 @@ where
             .set_protocol(redis::ProtocolVersion::RESP3);
         let listener = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| FleetError::Url(e.to_string()))?;
+        if self.queue > MAX_QUEUE {
+            return Err(FleetError::Setting(format!(
+                "queue is {}, over {MAX_QUEUE}",
+                self.queue
+            )));
+        }
+        if self.timeouts.connect.is_zero() || self.timeouts.response.is_zero() {
+            return Err(FleetError::Setting("a timeout is zero".into()));
+        }
+        if self.max_message < MIN_MESSAGE {
+            return Err(FleetError::Setting(format!(
+                "max_message_bytes is {}, under {MIN_MESSAGE}",
+                self.max_message
+            )));
+        }
+        let seal = match &self.secret {
+            Some(secret) if secret.is_empty() => {
+                return Err(FleetError::Setting("the secret is empty".into()));
+            }
+            Some(secret) => Some(Seal::new(secret)),
+            None => None,
+        };
         let id = replica_id();
-        let shared = Arc::new(Shared {
-            id,
-            envelope: Envelope::new(id),
-            counters: Counters::default(),
-            subscribed: watch::Sender::new(false),
-            logs: Throttle::new(),
-        });
+        let shared = Arc::new(Shared::new(id, seal, self.timeouts));
         let (outbox, queued) = mpsc::channel(self.queue);
         let teller = Arc::new(Teller {
             outbox,
@@ -193,6 +340,7 @@ where
                 values: self.values.clone(),
             },
             Arc::clone(&shared),
+            self.max_message,
         ));
         let applier = Applier {
             cache: Weak::clone(&cache_ref),
@@ -201,8 +349,14 @@ where
             reconnect: self.reconnect,
             version: self.version,
             values: self.values,
+            pacer: Pacer::default(),
         };
-        let subscriber = runtime.spawn(subscribe::run(listener, self.channel, applier));
+        let subscriber = runtime.spawn(subscribe::run(
+            listener,
+            self.channel,
+            self.max_message,
+            applier,
+        ));
         Ok(FleetLink {
             cache: cache_ref,
             shared,
@@ -282,70 +436,6 @@ impl<K, V, S> std::fmt::Debug for FleetLink<K, V, S> {
             .field("metrics", &self.shared.metrics())
             .finish_non_exhaustive()
     }
-}
-
-/// What the link's parts share.
-pub(super) struct Shared {
-    pub(super) id: u64,
-    pub(super) envelope: Envelope,
-    pub(super) counters: Counters,
-    pub(super) subscribed: watch::Sender<bool>,
-    logs: Throttle,
-}
-
-#[derive(Default)]
-pub(super) struct Counters {
-    pub(super) published: AtomicU64,
-    pub(super) dropped: AtomicU64,
-    /// Of `dropped`, those the hook could not queue: the publisher flags
-    /// its next message as following a loss.
-    pub(super) unqueued: AtomicU64,
-    pub(super) received: AtomicU64,
-    pub(super) applied: AtomicU64,
-    pub(super) current: AtomicU64,
-    pub(super) own: AtomicU64,
-    pub(super) malformed: AtomicU64,
-    pub(super) gaps: AtomicU64,
-    pub(super) reconnects: AtomicU64,
-}
-
-impl Counters {
-    pub(super) fn incr(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Shared {
-    fn metrics(&self) -> FleetMetrics {
-        let c = &self.counters;
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        FleetMetrics {
-            published: get(&c.published),
-            publish_dropped: get(&c.dropped),
-            received: get(&c.received),
-            applied: get(&c.applied),
-            already_current: get(&c.current),
-            own: get(&c.own),
-            malformed: get(&c.malformed),
-            gaps: get(&c.gaps),
-            reconnects: get(&c.reconnects),
-            subscribed: *self.subscribed.borrow(),
-        }
-    }
-
-    /// Logs a line, at most a few a second.
-    pub(super) fn warn(&self, what: &str, detail: &dyn std::fmt::Display) {
-        if let Some(held_back) = self.logs.admit(epoch_nanos()) {
-            tracing::warn!(%detail, held_back, "fleet link: {what}");
-        }
-    }
-}
-
-/// Nanoseconds since the Unix epoch, for the log throttle's seconds.
-fn epoch_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A replica id: random per link, from the standard library's per-process

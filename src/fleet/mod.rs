@@ -64,8 +64,44 @@
 //!   or value does not deserialize, is counted ([`FleetMetrics::malformed`])
 //!   and skipped; a panic in the user's code (Serialize, Deserialize, the
 //!   version function, a value's Drop) costs that message only. Both tasks
-//!   reconnect with a backoff up to 2 s, and a server refusing publishes or
+//!   reconnect with a backoff up to 2 s (jittered, so a fleet does not come
+//!   back in lockstep), and a server refusing publishes or
 //!   dropping subscribers at once is not hammered.
+//!
+//! # Connecting
+//!
+//! The URL is redis-rs's: `redis://[user:password@]host:port[/db]`, or
+//! `rediss://` for TLS, which needs the feature `redis-tls` (without it,
+//! [`attach`](FleetBuilder::attach) returns [`FleetError::Url`]) and trusts
+//! the system's root certificates or those given to
+//! `FleetBuilder::tls_root_certificates`. A password in the URL is sent
+//! with `AUTH` (in `HELLO`) on each connection. `attach` does not wait for
+//! Redis, so a refused connection (a wrong password, an untrusted
+//! certificate, nobody listening) is not an error there: each attempt is
+//! counted ([`FleetMetrics::connect_failures`]) and logged, and tried again
+//! after a backoff, so a password rotated on the server, or a server that
+//! comes back, needs no restart. Watch that counter, or bound
+//! [`FleetLink::subscribed`] with a timeout at startup.
+//!
+//! # Trust
+//!
+//! **Without a [secret](FleetBuilder::secret), anyone who can `PUBLISH` on
+//! the channel is trusted**: one message clears every replica (or, flagged
+//! `lost`, marks everything stale), and with `send_values` installs any
+//! value for any key. On a shared or managed Redis, set a secret (and an
+//! ACL that lets only the fleet's user use the channel). With one, each
+//! message carries an HMAC-SHA256 of its bytes; unsigned or badly signed
+//! messages are dropped before they are parsed, change nothing, and are
+//! counted ([`FleetMetrics::rejected`]).
+//!
+//! What the secret does not do: it does not hide anything (keys and sent
+//! values travel readable; use TLS, feature `redis-tls`, against
+//! eavesdroppers on the network, and trust the server itself), and it
+//! does not stop a **replay**: whoever can publish can send again, later,
+//! a message a replica signed (a clear clears again, an old value is
+//! installed again). It bounds what an outsider can say to what the fleet
+//! once said. Rotate the secret (all replicas at once) if it may have
+//! leaked.
 //!
 //! # Limitations
 //!
@@ -92,9 +128,22 @@
 //!   must serialize the same way on every replica; a map key that is not a
 //!   string does not, and is dropped and counted.
 //! - **Redis 6 or later**: the subscription speaks RESP3, so that what it
-//!   receives can be bounded (4,096 messages waiting to be applied; past
-//!   that they are dropped, counted as a gap, and the reconnect action
-//!   runs).
+//!   receives can be bounded: 4,096 messages waiting to be applied, and 16
+//!   MiB of them (or four of the largest allowed, if more); past that they
+//!   are dropped ([`FleetMetrics::dropped_on_arrival`]), counted as a gap,
+//!   and the reconnect action runs after everything received before the
+//!   drop (which it discards: the action covers it, and an older write
+//!   applied after the action would land as fresh) and before anything
+//!   received after it.
+//! - **Messages are bounded in size** ([`FleetBuilder::max_message_bytes`],
+//!   256 KiB by default), checked before a received message is parsed, and
+//!   kept under half the server's pub/sub output-buffer hard limit where
+//!   `CONFIG GET` may read it. A message is read whole by the Redis client
+//!   before the link sees it; Redis itself disconnects a subscriber rather
+//!   than buffer past that hard limit (32 MiB by default).
+//! - **Reconnect actions are coalesced**: at most one a second per replica,
+//!   however many gaps are noticed ([`FleetMetrics::actions`]); a gap within
+//!   the second after an action has one run at the second's end.
 //!
 //! # Performance
 //!
@@ -102,9 +151,16 @@
 //! the key and `try_send`s it on the writing thread; figures are in
 //! `BENCHMARKS.md` (`cargo bench --features redis --bench fleet`).
 
+mod backoff;
+#[doc(hidden)]
+pub mod fuzzing;
+mod inbox;
 mod link;
 mod message;
+mod pacer;
 mod publish;
+mod seal;
+mod shared;
 mod subscribe;
 
 pub use link::{FleetBuilder, FleetLink};
@@ -161,12 +217,32 @@ pub struct FleetMetrics {
     /// Messages skipped: not ours, not decodable, or their key or value did
     /// not deserialize.
     pub malformed: u64,
+    /// Messages refused unread, with a [secret](FleetBuilder::secret) set:
+    /// unsigned, or not signed with this fleet's secret.
+    pub rejected: u64,
     /// Messages missed: flagged by their sender as following one it dropped,
-    /// or dropped here on arrival (faster than applied). Each ran the
-    /// reconnect action.
+    /// or dropped here on arrival (faster than applied). Each has the
+    /// reconnect action run after it (gaps close together share one).
     pub gaps: u64,
+    /// Reconnect actions run: for gaps and resubscriptions, at most one a
+    /// second (a gap within a second of the last action has it run at the
+    /// second's end).
+    pub actions: u64,
+    /// Messages dropped on arrival: more were waiting to be applied than
+    /// the link holds (4,096, or 16 MiB of them). Each run of drops is one
+    /// gap.
+    pub dropped_on_arrival: u64,
+    /// Messages over [`FleetBuilder::max_message_bytes`]: received and
+    /// skipped unread, or not sent (then a smaller message without the value
+    /// is sent instead, or the change is dropped and counted in
+    /// `publish_dropped` too).
+    pub oversized: u64,
     /// Subscriptions started again after a time without one.
     pub reconnects: u64,
+    /// Connection attempts that failed, of either task: refused, timed
+    /// out, or turned away by TLS or `AUTH` (a wrong password). Each is
+    /// logged and tried again after a backoff: the link never gives up.
+    pub connect_failures: u64,
     /// Whether the link is subscribed now.
     pub subscribed: bool,
 }
@@ -181,6 +257,8 @@ pub enum FleetError {
     AlreadyLinked,
     /// [`FleetBuilder::attach`] was called outside a tokio runtime.
     NoRuntime,
+    /// A builder setting is out of its range; which, and why.
+    Setting(String),
 }
 
 impl std::fmt::Display for FleetError {
@@ -189,6 +267,7 @@ impl std::fmt::Display for FleetError {
             FleetError::Url(why) => write!(f, "invalid Redis URL: {why}"),
             FleetError::AlreadyLinked => f.write_str("the cache has a fleet link attached already"),
             FleetError::NoRuntime => f.write_str("attach needs a tokio runtime (or use attach_on)"),
+            FleetError::Setting(why) => write!(f, "invalid fleet link setting: {why}"),
         }
     }
 }

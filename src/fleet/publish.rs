@@ -20,21 +20,27 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::link::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
+use super::backoff::Backoff;
 use super::message::Op;
+use super::seal::TAG;
+use super::shared::{Shared, ValueCodec, VersionFn};
 use crate::changes::Change;
 use crate::inner::Inner;
 
 /// The most messages published in one pipeline (one round trip).
 const BATCH: usize = 64;
+/// The most keys taken during a clear that are told again after it; past
+/// it, the others may lack a key this replica holds (a miss there, which
+/// fetches it), never hold one it lacks.
+const DURING_CLEAR: usize = 4096;
 
 /// A change waiting to be told: of a key (what kind of change it was,
 /// which the message keeps unless the key's state says otherwise), or the
-/// start or end of a clear.
+/// end of a clear (only to wake the task: clears are counted in
+/// [`Clears`]).
 pub(super) enum Item<K> {
     Key(Op, K),
-    Clearing,
-    Cleared,
+    ClearEnded,
 }
 
 /// The hook: queues the keys of changes. Never waits: a full queue drops
@@ -69,8 +75,17 @@ impl<K: Clone, V> Teller<K, V> {
                 }
             }
             Change::Removed(key) => Item::Key(Op::Removed, key.clone()),
-            Change::Clearing => Item::Clearing,
-            Change::Cleared => Item::Cleared,
+            Change::Clearing => {
+                self.shared.clears.begin();
+                return;
+            }
+            Change::Cleared => {
+                self.shared.clears.end();
+                // A wake-up only: with the queue full, the task sees the
+                // clear's end at the next item it takes.
+                let _ = self.outbox.try_send(Item::ClearEnded);
+                return;
+            }
         };
         self.queue(item);
     }
@@ -105,13 +120,16 @@ where
     /// The message for a change of `key` of kind `op`; `None` once the
     /// cache is gone. User code runs here (Serialize, the version function,
     /// and `V::clone` where it lies, as in `get`). A value
-    /// that cannot be encoded is told as a removal.
+    /// that cannot be encoded is told as a removal; one whose message would
+    /// be over `limit` bytes (signed) is not sent: the change is told
+    /// without it.
     fn message(
         &self,
         shared: &Shared,
         op: Op,
         lost: bool,
         key: &K,
+        limit: usize,
     ) -> Option<Result<String, String>> {
         let inner = self.cache.upgrade()?;
         let encoded = catch_unwind(AssertUnwindSafe(|| {
@@ -134,9 +152,18 @@ where
                 .transpose();
             match value {
                 Ok(value) => {
-                    shared
-                        .envelope
-                        .encode(op, lost, Some(key), version.as_deref(), value.as_ref())
+                    let envelope = &shared.envelope;
+                    let full =
+                        envelope.encode(op, lost, Some(key), version.as_deref(), value.as_ref())?;
+                    if value.is_none() || signed_len(shared, &full) <= limit {
+                        return Ok(full);
+                    }
+                    shared.counters.incr(&shared.counters.oversized);
+                    shared.warn(
+                        "a value is over the message size limit; told without it",
+                        &format_args!("{} bytes", signed_len(shared, &full)),
+                    );
+                    envelope.encode(op, lost, Some(key), version.as_deref(), None)
                 }
                 Err(error) => {
                     shared.warn("a value could not be encoded; told as a removal", &error);
@@ -162,92 +189,136 @@ where
 /// A clear is told as `c` when it is done. A write racing it may have been
 /// read (and told) after the clear emptied the store but before the `c`,
 /// which would then remove it at the receivers: when values are sent, the
-/// keys taken between a clear's start and its end are told again after
-/// the `c`.
+/// keys taken between a clear's start and its end (up to
+/// [`DURING_CLEAR`]) are told again after the `c`. Clears are counted in
+/// [`Clears`], not queued, so a full queue cannot lose one's end.
 pub(super) async fn run<K, V, S>(
     client: redis::Client,
     channel: String,
     mut queued: mpsc::Receiver<Item<K>>,
     reader: Reader<K, V, S>,
     shared: Arc<Shared>,
+    max_message: usize,
 ) where
     K: Hash + Eq + Clone + Send + Sync + Serialize + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    let mut publisher = Publisher::new(client, Arc::clone(&shared));
+    let mut publisher = Publisher::new(client, Arc::clone(&shared), max_message);
     let mut lost = false;
     let mut unqueued_seen = 0u64;
-    let mut clears_open = 0usize;
+    let mut clears_told = 0u64;
     let mut during_clear: HashSet<K> = HashSet::new();
     let mut items = Vec::with_capacity(BATCH);
     let mut payloads = Vec::with_capacity(BATCH);
     let counters = &shared.counters;
-    let mut after: Vec<K> = Vec::new();
     while queued.recv_many(&mut items, BATCH).await > 0 {
+        // Connected first, so the server's limit on a message is known.
+        publisher.connect().await;
+        let limit = publisher.limit;
         for item in items.drain(..) {
             let unqueued = counters.unqueued.load(Ordering::Relaxed);
             if unqueued != unqueued_seen {
                 unqueued_seen = unqueued;
                 lost = true;
             }
-            let message = match item {
-                Item::Clearing => {
-                    clears_open += 1;
-                    continue;
-                }
-                Item::Cleared => {
-                    clears_open = clears_open.saturating_sub(1);
-                    if clears_open == 0 {
-                        after.extend(during_clear.drain());
-                    } else {
-                        after.extend(during_clear.iter().cloned());
-                    }
-                    shared
-                        .envelope
-                        .encode::<K>(Op::Cleared, lost, None, None, None)
-                        .map_err(|e| e.to_string())
-                }
-                Item::Key(op, key) => {
-                    let message = match reader.message(&shared, op, lost, &key) {
-                        None => return,
-                        Some(message) => message,
+            // Read after the item was taken: a write told after a clear
+            // began finds it begun here.
+            let (began, ended) = shared.clears.load();
+            if ended != clears_told {
+                // One `c` for the clears that ended since the last look.
+                clears_told = ended;
+                let message = shared
+                    .envelope
+                    .encode::<K>(Op::Cleared, lost, None, None, None)
+                    .map_err(|e| e.to_string());
+                lost = collect(&shared, message, limit, &mut payloads);
+                let again: Vec<K> = if began == ended {
+                    during_clear.drain().collect()
+                } else {
+                    during_clear.iter().cloned().collect()
+                };
+                for key in again {
+                    let Some(message) = reader.message(&shared, Op::Written, lost, &key, limit)
+                    else {
+                        return;
                     };
-                    if clears_open > 0 && reader.values.is_some() {
-                        during_clear.insert(key);
+                    lost = collect(&shared, message, limit, &mut payloads);
+                    if payloads.len() >= BATCH {
+                        lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
                     }
-                    message
                 }
+            }
+            // A clear's end only wakes the task.
+            let Item::Key(op, key) = item else {
+                continue;
             };
-            lost = collect(&shared, message, &mut payloads);
-            for key in after.drain(..) {
-                match reader.message(&shared, Op::Written, lost, &key) {
-                    None => return,
-                    Some(message) => lost = collect(&shared, message, &mut payloads),
-                }
+            let Some(message) = reader.message(&shared, op, lost, &key, limit) else {
+                return;
+            };
+            if began != ended && reader.values.is_some() && during_clear.len() < DURING_CLEAR {
+                during_clear.insert(key);
+            }
+            lost = collect(&shared, message, limit, &mut payloads);
+            if payloads.len() >= BATCH {
+                lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
             }
         }
-        if payloads.is_empty() {
-            continue;
+        if !payloads.is_empty() {
+            lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
         }
-        let sent = publisher.publish(&channel, &payloads).await;
-        let counter = match sent {
-            Ok(()) => &counters.published,
-            Err(()) => {
-                lost = true;
-                &counters.dropped
-            }
-        };
-        counter.fetch_add(payloads.len() as u64, Ordering::Relaxed);
-        payloads.clear();
     }
 }
 
-/// Adds an encoded message to the batch, or counts it dropped; returns
-/// whether the next message must say something was lost.
-fn collect(shared: &Shared, message: Result<String, String>, payloads: &mut Vec<String>) -> bool {
+/// Publishes `payloads` in one pipeline and empties it, counting them
+/// published or dropped; returns whether they were dropped.
+async fn flush(
+    publisher: &mut Publisher,
+    channel: &str,
+    payloads: &mut Vec<Vec<u8>>,
+    shared: &Shared,
+) -> bool {
+    let sent = publisher.publish(channel, payloads).await;
+    let counters = &shared.counters;
+    let counter = match sent {
+        Ok(()) => &counters.published,
+        Err(()) => &counters.dropped,
+    };
+    counter.fetch_add(payloads.len() as u64, Ordering::Relaxed);
+    payloads.clear();
+    sent.is_err()
+}
+
+/// A payload's length once signed.
+fn signed_len(shared: &Shared, payload: &str) -> usize {
+    payload.len() + if shared.seal.is_some() { TAG } else { 0 }
+}
+
+/// Adds an encoded message to the batch (signed, with a secret), or counts
+/// it dropped (as it is if over `limit` bytes); returns whether the next
+/// message must say something was lost.
+fn collect(
+    shared: &Shared,
+    message: Result<String, String>,
+    limit: usize,
+    payloads: &mut Vec<Vec<u8>>,
+) -> bool {
+    let message = message.and_then(|payload| {
+        let len = signed_len(shared, &payload);
+        if len <= limit {
+            return Ok(payload);
+        }
+        shared.counters.incr(&shared.counters.oversized);
+        Err(format!(
+            "{len} bytes, over the {limit}-byte message size limit"
+        ))
+    });
     match message {
         Ok(payload) => {
+            let mut payload = payload.into_bytes();
+            if let Some(seal) = &shared.seal {
+                seal.sign(&mut payload);
+            }
             payloads.push(payload);
             false
         }
@@ -268,23 +339,28 @@ struct Publisher {
     /// No connection attempt before this, unless the subscriber got in
     /// again since the last attempt (Redis is back: no need to wait).
     retry_at: Instant,
-    backoff: std::time::Duration,
+    /// The user's largest message.
+    max_message: usize,
+    /// The largest message sent: `max_message`, or less if the server's
+    /// pub/sub output buffer limit says so.
+    limit: usize,
+    backoff: Backoff,
     /// The subscriber's reconnects at the last attempt.
     resubscribed: u64,
     shared: Arc<Shared>,
 }
 
 impl Publisher {
-    fn new(client: redis::Client, shared: Arc<Shared>) -> Self {
+    fn new(client: redis::Client, shared: Arc<Shared>, max_message: usize) -> Self {
         Self {
             client,
-            config: redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(NETWORK_TIMEOUT))
-                .set_response_timeout(Some(NETWORK_TIMEOUT)),
+            config: shared.timeouts.config(),
             connection: None,
             retry_at: Instant::now(),
-            backoff: BACKOFF,
+            backoff: Backoff::new(),
             resubscribed: 0,
+            max_message,
+            limit: max_message,
             shared,
         }
     }
@@ -293,7 +369,7 @@ impl Publisher {
     /// restart) is made again and the pipeline tried once more; an error
     /// reply (an ACL, a read-only replica) keeps the connection and backs
     /// off instead, so a refusing server is not hammered.
-    async fn publish(&mut self, channel: &str, payloads: &[String]) -> Result<(), ()> {
+    async fn publish(&mut self, channel: &str, payloads: &[Vec<u8>]) -> Result<(), ()> {
         let had_connection = self.connection.is_some();
         match self.attempt(channel, payloads).await {
             Err(Lost) if had_connection => self.attempt(channel, payloads).await.map_err(drop),
@@ -301,7 +377,7 @@ impl Publisher {
         }
     }
 
-    async fn attempt(&mut self, channel: &str, payloads: &[String]) -> Result<(), Lost> {
+    async fn attempt(&mut self, channel: &str, payloads: &[Vec<u8>]) -> Result<(), Lost> {
         self.connect().await;
         let open = self.connection.as_mut().ok_or(Lost)?;
         if Instant::now() < self.retry_at {
@@ -315,7 +391,7 @@ impl Publisher {
         let sent: redis::RedisResult<()> = pipeline.query_async(open).await;
         match sent {
             Ok(()) => {
-                self.backoff = BACKOFF;
+                self.backoff.reset();
                 Ok(())
             }
             Err(error) => {
@@ -347,11 +423,17 @@ impl Publisher {
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
         {
-            Ok(connected) => {
+            Ok(mut connected) => {
+                self.limit = match pubsub_hard_limit(&mut connected).await {
+                    Some(hard) => self.max_message.min(hard / 2),
+                    None => self.max_message,
+                };
                 self.connection = Some(connected);
                 self.retry_at = Instant::now();
             }
             Err(error) => {
+                let counters = &self.shared.counters;
+                counters.incr(&counters.connect_failures);
                 self.shared.warn("cannot connect to publish", &error);
                 self.back_off();
             }
@@ -359,10 +441,45 @@ impl Publisher {
     }
 
     fn back_off(&mut self) {
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Instant::now() + self.backoff.next_wait();
     }
 }
 
 /// A publish that did not happen.
 struct Lost;
+
+/// The hard `client-output-buffer-limit` of the pub/sub class, in bytes, if
+/// the server lets us read it (managed services often refuse `CONFIG`) and
+/// sets one: a subscriber whose output buffer reaches it is disconnected.
+async fn pubsub_hard_limit(connection: &mut redis::aio::MultiplexedConnection) -> Option<usize> {
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("client-output-buffer-limit")
+        .query_async(connection)
+        .await;
+    let setting = reply.ok()?.into_iter().nth(1)?;
+    hard_limit_of("pubsub", &setting)
+}
+
+/// The hard limit of `class` in a `client-output-buffer-limit` setting
+/// (`normal 0 0 0 replica 268435456 67108864 60 pubsub 33554432 8388608 60`,
+/// in bytes as `CONFIG GET` gives it); `None` if absent or 0 (no limit).
+fn hard_limit_of(class: &str, setting: &str) -> Option<usize> {
+    let words: Vec<&str> = setting.split_whitespace().collect();
+    let at = words.chunks_exact(4).find(|chunk| chunk[0] == class)?;
+    at[1].parse::<usize>().ok().filter(|&hard| hard > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pubsub_hard_limit_is_read_from_the_setting() {
+        let default = "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60";
+        assert_eq!(hard_limit_of("pubsub", default), Some(33_554_432));
+        assert_eq!(hard_limit_of("pubsub", "normal 0 0 0 pubsub 0 0 0"), None);
+        assert_eq!(hard_limit_of("pubsub", "normal 0 0 0"), None);
+        assert_eq!(hard_limit_of("pubsub", "pubsub lots 0 0"), None);
+    }
+}

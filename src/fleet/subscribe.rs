@@ -3,16 +3,17 @@
 
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::link::{BACKOFF, MAX_BACKOFF, NETWORK_TIMEOUT, Shared, ValueCodec, VersionFn};
+use super::backoff::Backoff;
+use super::inbox::{Arrival, RECEIVED, inbox};
 use super::message::{Op, decode};
+use super::pacer::Pacer;
+use super::shared::{Shared, ValueCodec, VersionFn};
 use super::{OnReconnect, RemoteChanges};
 use crate::changes::Share;
 use crate::inner::Inner;
@@ -27,11 +28,6 @@ const PING_WHEN_IDLE: Duration = Duration::from_secs(5);
 /// hammered (each resubscription also runs the reconnect action).
 const HEALTHY: Duration = Duration::from_secs(1);
 
-/// Pushes the connection may hold for the task: past this, messages are
-/// dropped (and the reconnect action runs), so a replica that applies
-/// slower than its fleet publishes keeps its memory bounded.
-const RECEIVED: usize = 4096;
-
 /// Subscribes, applies what arrives, and subscribes again, backing off
 /// while Redis is unreachable or drops the subscription at once. A
 /// subscription that starts after a time without one (any but the very
@@ -39,31 +35,26 @@ const RECEIVED: usize = 4096;
 /// meanwhile was missed.
 ///
 /// The subscription is a RESP3 connection whose pushes go into a bounded
-/// channel, dropped with a note when it is full (redis-rs's own pub/sub
-/// stream buffers without a bound); `client` must speak RESP3.
-pub(super) async fn run<K, V, S>(client: redis::Client, channel: String, applier: Applier<K, V, S>)
-where
+/// [inbox](super::inbox) (redis-rs's own pub/sub stream buffers without a
+/// bound); `client` must speak RESP3.
+pub(super) async fn run<K, V, S>(
+    client: redis::Client,
+    channel: String,
+    max_message: usize,
+    mut applier: Applier<K, V, S>,
+) where
     K: Hash + Eq + Clone + Send + Sync + DeserializeOwned + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
     let shared = Arc::clone(&applier.shared);
     let mut first = true;
-    let mut backoff = BACKOFF;
+    let timeouts = shared.timeouts;
+    let mut backoff = Backoff::new();
     loop {
-        let (pushes, mut received) = mpsc::channel::<redis::PushInfo>(RECEIVED);
-        let overflowed = Arc::new(AtomicBool::new(false));
-        let overflow = Arc::clone(&overflowed);
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(NETWORK_TIMEOUT))
-            .set_response_timeout(Some(NETWORK_TIMEOUT))
-            .set_push_sender(move |push: redis::PushInfo| {
-                if pushes.try_send(push).is_err() {
-                    overflow.store(true, Ordering::Relaxed);
-                }
-                Ok::<(), std::convert::Infallible>(())
-            });
-        let attempt = timeout(NETWORK_TIMEOUT, async {
+        let (mailbox, mut inbox) = inbox(Arc::clone(&shared), max_message);
+        let config = timeouts.config().set_push_sender(mailbox);
+        let attempt = timeout(timeouts.connect, async {
             let mut connection = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
@@ -78,15 +69,15 @@ where
                     Ok(Err(error)) => error.to_string(),
                     _ => "timed out".to_owned(),
                 };
+                shared.counters.incr(&shared.counters.connect_failures);
                 shared.warn("cannot subscribe", &why);
                 first = false;
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                sleep(backoff.next_wait()).await;
                 continue;
             }
         };
-        // From here the connection holds the only push sender, so the
-        // channel closes when the connection is gone.
+        // From here the connection holds the only mailbox, so the inbox
+        // closes when the connection is gone.
         drop(config);
         if !first {
             shared.counters.incr(&shared.counters.reconnects);
@@ -98,35 +89,35 @@ where
         shared.subscribed.send_replace(true);
         let started = Instant::now();
         loop {
-            match timeout(PING_WHEN_IDLE, received.recv()).await {
-                Ok(Some(push)) => {
-                    if overflowed.swap(false, Ordering::Relaxed) && !applier.overflowed() {
+            if !applier.act_if_due() {
+                return;
+            }
+            // Wake for an action due, or to ping an idle subscription.
+            let wait = applier.pacer.deadline().map_or(PING_WHEN_IDLE, |due| {
+                due.saturating_duration_since(Instant::now())
+                    .min(PING_WHEN_IDLE)
+            });
+            match timeout(wait, inbox.recv()).await {
+                Ok(Some(Arrival::Message(payload))) => {
+                    if !applier.apply(&payload) {
                         return;
                     }
-                    match push.kind {
-                        redis::PushKind::Message => {
-                            let payload = match push.data.get(1) {
-                                Some(redis::Value::BulkString(payload)) => payload.as_slice(),
-                                _ => b"",
-                            };
-                            if !applier.apply(payload) {
-                                return;
-                            }
-                        }
-                        redis::PushKind::Disconnection => break,
-                        // Subscription confirmations and the like.
-                        _ => {}
+                }
+                Ok(Some(Arrival::Gap)) => {
+                    if !applier.overflowed() {
+                        return;
                     }
                 }
-                // The connection, which holds the sender, is gone.
-                Ok(None) => break,
+                // The connection is gone.
+                Ok(Some(Arrival::Disconnected) | None) => break,
+                Err(_) if applier.pacer.deadline().is_some() => {}
                 Err(_idle) => {
                     if applier.cache.strong_count() == 0 {
                         return;
                     }
                     let ping = redis::cmd("PING");
                     let pong = ping.query_async::<redis::Value>(&mut connection);
-                    if !matches!(timeout(NETWORK_TIMEOUT, pong).await, Ok(Ok(_))) {
+                    if !matches!(timeout(timeouts.response, pong).await, Ok(Ok(_))) {
                         shared.warn("the subscription stopped answering", &"no PONG");
                         break;
                     }
@@ -135,10 +126,9 @@ where
         }
         shared.subscribed.send_replace(false);
         if started.elapsed() >= HEALTHY {
-            backoff = BACKOFF;
+            backoff.reset();
         }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        sleep(backoff.next_wait()).await;
     }
 }
 
@@ -159,6 +149,8 @@ pub(super) struct Applier<K, V, S> {
     pub(super) reconnect: OnReconnect,
     pub(super) version: Option<VersionFn<V>>,
     pub(super) values: Option<ValueCodec<V>>,
+    /// Coalesces the reconnect actions of gaps noticed close together.
+    pub(super) pacer: Pacer,
 }
 
 impl<K, V, S> Applier<K, V, S>
@@ -169,27 +161,49 @@ where
 {
     /// The reconnect action after a time without a subscription; false if
     /// the cache is gone.
-    fn missed_messages(&self) -> bool {
+    fn missed_messages(&mut self) -> bool {
         let Some(inner) = self.cache.upgrade() else {
             return false;
         };
-        self.act_on_missed(&inner);
+        self.missed(&inner);
         true
+    }
+
+    /// Runs the reconnect action if one is due; false if the cache is gone.
+    fn act_if_due(&mut self) -> bool {
+        if self.pacer.deadline().is_none() {
+            return true;
+        }
+        let Some(inner) = self.cache.upgrade() else {
+            return false;
+        };
+        if self.pacer.poll(Instant::now()) {
+            self.act_on_missed(&inner);
+        }
+        true
+    }
+
+    /// Messages may have been missed: the reconnect action runs now, or at
+    /// the end of the interval after the last one.
+    fn missed(&mut self, inner: &Inner<K, V, S>) {
+        if self.pacer.gap(Instant::now()) {
+            self.act_on_missed(inner);
+        }
     }
 
     /// Messages were dropped on arrival (this replica applied slower than
     /// the fleet published): counted as a gap, and the reconnect action
     /// runs. False if the cache is gone.
-    fn overflowed(&self) -> bool {
+    pub(super) fn overflowed(&mut self) -> bool {
         let Some(inner) = self.cache.upgrade() else {
             return false;
         };
         self.shared.counters.incr(&self.shared.counters.gaps);
         self.shared.warn(
             "messages arrived faster than applied and were dropped",
-            &RECEIVED,
+            &format_args!("over {RECEIVED} waiting, or their bytes at the bound"),
         );
-        self.act_on_missed(&inner);
+        self.missed(&inner);
         true
     }
 
@@ -198,6 +212,7 @@ where
     /// cache is cleared instead. Values removed here are dropped here: a
     /// panicking `Drop` costs the action, not the link.
     fn act_on_missed(&self, inner: &Inner<K, V, S>) {
+        self.shared.counters.incr(&self.shared.counters.actions);
         let acted = catch_unwind(AssertUnwindSafe(|| match self.reconnect {
             OnReconnect::MarkAllStale if inner.is_refreshing() => inner.mark_all_stale(),
             OnReconnect::MarkAllStale | OnReconnect::Clear => inner.clear(Share::Local),
@@ -210,15 +225,28 @@ where
     }
 
     /// Applies one payload; false if the cache is gone.
-    fn apply(&self, payload: &[u8]) -> bool {
+    pub(super) fn apply(&mut self, payload: &[u8]) -> bool {
         let Some(inner) = self.cache.upgrade() else {
             return false;
         };
-        self.shared.counters.incr(&self.shared.counters.received);
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
+        counters.incr(&counters.received);
+        // With a secret, nothing unsigned is even parsed.
+        let payload = match &shared.seal {
+            None => payload,
+            Some(seal) => match seal.open(payload) {
+                Ok(message) => message,
+                Err(why) => {
+                    counters.incr(&counters.rejected);
+                    shared.warn("a message was refused", &format_args!("{why:?}"));
+                    return true;
+                }
+            },
+        };
         // User code runs here (Deserialize, the version function, Drop of
         // what is removed): a panic costs this message, not the link.
         let applied = catch_unwind(AssertUnwindSafe(|| self.apply_to(&inner, payload)));
-        let counters = &self.shared.counters;
         match applied {
             Ok(Ok(outcome)) => counters.incr(match outcome {
                 Outcome::Applied => &counters.applied,
@@ -227,19 +255,18 @@ where
             }),
             Ok(Err(why)) => {
                 counters.incr(&counters.malformed);
-                self.shared.warn("a message was skipped", &why);
+                shared.warn("a message was skipped", &why);
             }
             Err(_) => {
                 counters.incr(&counters.malformed);
-                self.shared
-                    .warn("a message was skipped", &"a panic while applying it");
+                shared.warn("a message was skipped", &"a panic while applying it");
             }
         }
         true
     }
 
     /// Applies a payload; what came of it, or why it is skipped.
-    fn apply_to(&self, inner: &Inner<K, V, S>, payload: &[u8]) -> Result<Outcome, String> {
+    fn apply_to(&mut self, inner: &Inner<K, V, S>, payload: &[u8]) -> Result<Outcome, String> {
         let message = decode(payload).map_err(|why| format!("{why:?}"))?;
         if message.from == self.shared.id {
             return Ok(Outcome::Own);
@@ -252,7 +279,7 @@ where
                 "a sender's message was lost",
                 &format_args!("{:016x}", message.from),
             );
-            self.act_on_missed(inner);
+            self.missed(inner);
         }
         if message.op == Op::Cleared {
             inner.clear(Share::Local);

@@ -11,6 +11,8 @@ pub struct RedisServer {
     port: u16,
     /// Settings beyond the defaults below.
     extra: Vec<String>,
+    /// Whether the port speaks TLS only (`rediss://`).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -28,6 +30,17 @@ impl RedisServer {
     /// [`RedisServer::start_with`], saying why it could not start rather
     /// than panicking.
     pub fn try_start_with(extra: &[&str]) -> Result<Self, String> {
+        Self::try_start(extra, false)
+    }
+
+    /// A server whose port speaks TLS only, with `extra` naming its
+    /// certificate and key (`--tls-cert-file`, `--tls-key-file`, ...).
+    #[cfg_attr(not(feature = "redis-tls"), allow(dead_code))]
+    pub fn start_tls(extra: &[&str]) -> Self {
+        Self::try_start(extra, true).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    fn try_start(extra: &[&str], tls: bool) -> Result<Self, String> {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free loopback port: {e}"))?
@@ -35,6 +48,7 @@ impl RedisServer {
         let mut server = Self {
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
             child: None,
         };
         server.launch()?;
@@ -42,7 +56,8 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Kills the server (as a crash would: no shutdown).
@@ -80,9 +95,15 @@ impl RedisServer {
     }
 
     fn launch(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls {
+            &["--port", "0", "--tls-port", &port]
+        } else {
+            &["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(ports)
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(&self.extra)
             .stdout(Stdio::null())

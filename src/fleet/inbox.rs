@@ -1,0 +1,323 @@
+//! What the subscription received and the subscriber has not applied yet:
+//! bounded by count and by bytes, and in order around the messages it had
+//! to drop.
+//!
+//! The connection hands each push to a [`Mailbox`] (redis-rs calls it
+//! without blocking, on the connection's task); the subscriber takes from
+//! the [`Inbox`]. A message larger than the link's limit is counted and
+//! skipped unread. One that does not fit (4,096 waiting, or their bytes at
+//! the bound) is dropped, and the drop's place in the stream is noted: the
+//! inbox then yields [`Arrival::Gap`] there, after every message received
+//! before the drop (which it discards unapplied: the reconnect action that
+//! the gap runs covers them, and applying them after it would let older
+//! writes land as fresh) and before every message received after it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+
+use super::shared::Shared;
+
+/// Messages waiting to be applied, at most.
+pub(super) const RECEIVED: usize = 4096;
+/// Their bytes, at most (or four of the largest messages allowed, if more).
+pub(super) const RECEIVED_BYTES: usize = 16 << 20;
+
+/// What the inbox yields, in the order received.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// A message's payload.
+    Message(Vec<u8>),
+    /// Messages were dropped here: the reconnect action runs now, after
+    /// everything received before them, before anything received after.
+    Gap,
+    /// The connection ended.
+    Disconnected,
+}
+
+/// The inbox's two ends: the connection's push sender, and the subscriber's.
+pub(super) fn inbox(shared: Arc<Shared>, max_message: usize) -> (Mailbox, Inbox) {
+    let (sender, receiver) = mpsc::channel(RECEIVED);
+    let state = Arc::new(State {
+        bytes: AtomicUsize::new(0),
+        max_bytes: RECEIVED_BYTES.max(max_message.saturating_mul(4)),
+        enqueued: AtomicU64::new(0),
+        gap_after: AtomicU64::new(0),
+        drops: AtomicU64::new(0),
+    });
+    let mailbox = Mailbox {
+        sender,
+        state: Arc::clone(&state),
+        max_message,
+        shared,
+    };
+    let inbox = Inbox {
+        receiver,
+        state,
+        taken: 0,
+        drops_acted: 0,
+        held: None,
+    };
+    (mailbox, inbox)
+}
+
+struct State {
+    /// Bytes of the payloads waiting.
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Pushes queued so far (written by the mailbox alone).
+    enqueued: AtomicU64,
+    /// The latest drop's place: the number of pushes queued before it.
+    gap_after: AtomicU64,
+    /// Drops so far; stored after `gap_after`.
+    drops: AtomicU64,
+}
+
+/// The connection's end: queues pushes without waiting.
+pub(super) struct Mailbox {
+    sender: mpsc::Sender<(Arrival, usize)>,
+    state: Arc<State>,
+    max_message: usize,
+    shared: Arc<Shared>,
+}
+
+impl Mailbox {
+    /// Queues `push`, skips it if it is too large, or drops it and notes
+    /// the gap if the inbox is full.
+    pub(super) fn deliver(&self, push: redis::PushInfo) {
+        let arrival = match push.kind {
+            redis::PushKind::Message => {
+                let payload = match push.data.into_iter().nth(1) {
+                    Some(redis::Value::BulkString(payload)) => payload,
+                    _ => Vec::new(),
+                };
+                if payload.len() > self.max_message {
+                    let counters = &self.shared.counters;
+                    counters.incr(&counters.oversized);
+                    self.shared.warn(
+                        "a message over the size limit was skipped unread",
+                        &format_args!("{} bytes", payload.len()),
+                    );
+                    return;
+                }
+                Arrival::Message(payload)
+            }
+            redis::PushKind::Disconnection => Arrival::Disconnected,
+            // Subscription confirmations and the like.
+            _ => return,
+        };
+        let size = match &arrival {
+            Arrival::Message(payload) => payload.len(),
+            _ => 0,
+        };
+        let state = &self.state;
+        let fits = state.bytes.load(Ordering::Acquire) + size <= state.max_bytes
+            || matches!(arrival, Arrival::Disconnected);
+        if fits {
+            state.bytes.fetch_add(size, Ordering::AcqRel);
+            if self.sender.try_send((arrival, size)).is_ok() {
+                state.enqueued.fetch_add(1, Ordering::Release);
+                return;
+            }
+            state.bytes.fetch_sub(size, Ordering::AcqRel);
+        }
+        let counters = &self.shared.counters;
+        counters.incr(&counters.arrival_dropped);
+        // Everything queued so far came before this drop.
+        let before = state.enqueued.load(Ordering::Relaxed);
+        state.gap_after.store(before, Ordering::Relaxed);
+        state.drops.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl redis::aio::AsyncPushSender for Mailbox {
+    fn send(&self, push: redis::PushInfo) -> Result<(), redis::aio::SendError> {
+        self.deliver(push);
+        Ok(())
+    }
+}
+
+/// The subscriber's end.
+pub(super) struct Inbox {
+    receiver: mpsc::Receiver<(Arrival, usize)>,
+    state: Arc<State>,
+    /// Pushes taken so far.
+    taken: u64,
+    /// Drops up to the last gap yielded.
+    drops_acted: u64,
+    /// A push received after a gap, yielded after it.
+    held: Option<Arrival>,
+}
+
+impl Inbox {
+    /// The next arrival; `None` once the connection is gone and all is
+    /// taken.
+    pub(super) async fn recv(&mut self) -> Option<Arrival> {
+        if let Some(ready) = self.ready() {
+            return Some(ready);
+        }
+        let received = self.receiver.recv().await;
+        self.arrived(received)
+    }
+
+    /// The next arrival if there is one now (for the fuzz target, which
+    /// runs no runtime).
+    pub(super) fn try_recv(&mut self) -> Option<Arrival> {
+        if let Some(ready) = self.ready() {
+            return Some(ready);
+        }
+        let received = self.receiver.try_recv().ok();
+        self.arrived(received)
+    }
+
+    /// What is due before anything more is taken: a push held back behind
+    /// a gap, or a gap whose backlog is all taken.
+    fn ready(&mut self) -> Option<Arrival> {
+        if let Some(held) = self.held.take() {
+            return Some(held);
+        }
+        self.gap_reached().then_some(Arrival::Gap)
+    }
+
+    /// What to yield for a push just received (`None`: the connection is
+    /// gone): the push, or first the gap of a drop noted meanwhile.
+    fn arrived(&mut self, received: Option<(Arrival, usize)>) -> Option<Arrival> {
+        let arrival = self.take(received)?;
+        match self.pending_gap() {
+            None => Some(arrival),
+            // Received before the drop: the gap's action covers it.
+            Some(gap) if self.taken <= gap => {
+                while self.taken < gap {
+                    // Queued before the drop was noted, so it is there.
+                    let older = self.receiver.try_recv().ok();
+                    if self.take(older).is_none() {
+                        break;
+                    }
+                }
+                Some(Arrival::Gap)
+            }
+            // Received after the drop: the gap comes first.
+            Some(_) => {
+                self.held = Some(arrival);
+                Some(Arrival::Gap)
+            }
+        }
+    }
+
+    /// Counts a taken push and frees its bytes.
+    fn take(&mut self, taken: Option<(Arrival, usize)>) -> Option<Arrival> {
+        let (arrival, size) = taken?;
+        self.taken += 1;
+        self.state.bytes.fetch_sub(size, Ordering::AcqRel);
+        Some(arrival)
+    }
+
+    /// The place of the latest drop, if any drop is not yet yielded as a
+    /// gap; the caller yields it (drops that come together make one gap).
+    fn pending_gap(&mut self) -> Option<u64> {
+        let drops = self.state.drops.load(Ordering::Acquire);
+        if drops == self.drops_acted {
+            return None;
+        }
+        self.drops_acted = drops;
+        Some(self.state.gap_after.load(Ordering::Relaxed))
+    }
+
+    /// Whether a drop is noted and everything before it was taken: with
+    /// nothing more arriving, the gap is yielded at once.
+    fn gap_reached(&mut self) -> bool {
+        let drops = self.state.drops.load(Ordering::Acquire);
+        let reached = self.state.gap_after.load(Ordering::Relaxed) <= self.taken;
+        if drops == self.drops_acted || !reached {
+            return false;
+        }
+        self.drops_acted = drops;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload: &[u8]) -> redis::PushInfo {
+        redis::PushInfo {
+            kind: redis::PushKind::Message,
+            data: vec![
+                redis::Value::BulkString(b"channel".to_vec()),
+                redis::Value::BulkString(payload.to_vec()),
+            ],
+        }
+    }
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(1, None, Default::default()))
+    }
+
+    #[test]
+    fn nothing_received_before_an_overflow_comes_after_its_gap() {
+        let (mailbox, mut inbox) = inbox(shared(), 1024);
+        for _ in 0..RECEIVED {
+            mailbox.deliver(message(b"old"));
+        }
+        assert_eq!(inbox.try_recv(), Some(Arrival::Message(b"old".to_vec())));
+        mailbox.deliver(message(b"old, the last to fit"));
+        mailbox.deliver(message(b"dropped"));
+        mailbox.deliver(message(b"dropped"));
+        assert_eq!(mailbox.shared.metrics().dropped_on_arrival, 2);
+        assert_eq!(
+            inbox.try_recv(),
+            Some(Arrival::Gap),
+            "the older backlog discarded"
+        );
+        mailbox.deliver(message(b"new"));
+        assert_eq!(inbox.try_recv(), Some(Arrival::Message(b"new".to_vec())));
+        assert_eq!(
+            inbox.try_recv(),
+            None,
+            "one gap, and nothing older after it"
+        );
+    }
+
+    #[test]
+    fn a_gap_with_nothing_after_it_comes_once_the_backlog_is_taken() {
+        let (mailbox, mut inbox) = inbox(shared(), 1024);
+        for _ in 0..RECEIVED {
+            mailbox.deliver(message(b"m"));
+        }
+        mailbox.deliver(message(b"dropped"));
+        assert_eq!(inbox.try_recv(), Some(Arrival::Gap));
+        assert_eq!(inbox.try_recv(), None);
+    }
+
+    #[test]
+    fn the_bytes_waiting_are_bounded_not_only_their_number() {
+        let max_message = 5 << 20;
+        let (mailbox, mut inbox) = inbox(shared(), max_message);
+        let big = vec![b'x'; max_message];
+        for _ in 0..4 {
+            mailbox.deliver(message(&big));
+        }
+        mailbox.deliver(message(&big));
+        assert_eq!(
+            mailbox.shared.metrics().dropped_on_arrival,
+            1,
+            "20 MiB held at most"
+        );
+        assert_eq!(inbox.try_recv(), Some(Arrival::Gap));
+        mailbox.deliver(message(&big));
+        assert!(matches!(inbox.try_recv(), Some(Arrival::Message(m)) if m.len() == max_message));
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_counted_and_skipped() {
+        let (mailbox, mut inbox) = inbox(shared(), 1024);
+        mailbox.deliver(message(&[b'x'; 1025]));
+        mailbox.deliver(message(&[b'x'; 1024]));
+        let m = mailbox.shared.metrics();
+        assert_eq!((m.oversized, m.dropped_on_arrival), (1, 0));
+        assert!(matches!(inbox.try_recv(), Some(Arrival::Message(m)) if m.len() == 1024));
+        assert_eq!(inbox.try_recv(), None);
+    }
+}
