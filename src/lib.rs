@@ -138,6 +138,9 @@
 //!   service share their inserts, invalidations, clears and refreshes over
 //!   Redis pub/sub. Off by default: without it the crate has no network
 //!   dependency.
+//! - `redis-tls`: the fleet link over TLS (`rediss://` URLs, as managed
+//!   Redis services with in-transit encryption need), through redis-rs's
+//!   rustls transport.
 //!
 //! # Semantics
 //!
