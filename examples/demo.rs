@@ -18,9 +18,12 @@
 //! latency percentiles, hit rate, the share of reads served stale, refreshes
 //! and errors, and how stale the commits readers got were: the time since
 //! the hub had published a newer commit of that prompt, beside the bound the
-//! settings promise.
+//! settings promise. With `--report FILE.svg` it also draws those measures
+//! second by second: reads/s, the share served stale, refreshes and errors,
+//! and the staleness of what readers got.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,8 +35,11 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::Zipf;
 use swr_cache::Cache;
 
+#[path = "support/chart.rs"]
+mod chart;
 #[path = "support/cli.rs"]
 mod cli;
+use chart::{Panel, Series};
 use cli::seconds;
 
 fn command() -> Command {
@@ -93,6 +99,13 @@ fn command() -> Command {
                 "New commits the hub publishes a second",
             )
             .value_parser(value_parser!(u64).range(0..=1_000_000)),
+        )
+        .arg(
+            Arg::new("report")
+                .long("report")
+                .value_name("FILE.svg")
+                .value_parser(value_parser!(PathBuf))
+                .help("Also draw the run, second by second, as an SVG chart in FILE.svg"),
         )
 }
 
@@ -263,9 +276,55 @@ struct ReaderReport {
 /// at once.
 const FILLS: usize = 256;
 
+/// Reads that got a superseded commit since the progress loop last took
+/// them: how many, and how long they had been superseded, summed and at
+/// most. Readers add to it once per batch of reads.
+#[derive(Default)]
+struct Superseded {
+    reads: AtomicU64,
+    sum_ms: AtomicU64,
+    max_ms: AtomicU64,
+}
+
+impl Superseded {
+    fn add(&self, reads: u64, sum_ms: u64, max_ms: u64) {
+        self.reads.fetch_add(reads, Ordering::Relaxed);
+        self.sum_ms.fetch_add(sum_ms, Ordering::Relaxed);
+        self.max_ms.fetch_max(max_ms, Ordering::Relaxed);
+    }
+
+    /// What was added since the last take: reads, sum and max (ms).
+    fn take(&self) -> (u64, u64, u64) {
+        (
+            self.reads.swap(0, Ordering::Relaxed),
+            self.sum_ms.swap(0, Ordering::Relaxed),
+            self.max_ms.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+/// One second of the run, as the report draws it.
+struct Second {
+    /// Seconds since the readers started.
+    at: f64,
+    reads_per_sec: f64,
+    /// Of this second's hits, the share served stale (%).
+    served_stale: f64,
+    /// Of this second's reads, the share that got a superseded commit (%).
+    superseded: f64,
+    refreshes_per_sec: f64,
+    errors_per_sec: f64,
+    /// How long the superseded commits read this second had been
+    /// superseded: mean and max (ms); 0 without any.
+    staleness_mean_ms: f64,
+    staleness_max_ms: f64,
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let options = Options::from(&command().get_matches());
+    let matches = command().get_matches();
+    let options = Options::from(&matches);
+    let report = matches.get_one::<PathBuf>("report").cloned();
     options.describe();
 
     let hub = Arc::new(Hub::new(
@@ -341,14 +400,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let reads = Arc::new(AtomicU64::new(0));
+    let superseded = Arc::new(Superseded::default());
     let fills = Arc::new(tokio::sync::Semaphore::new(FILLS));
     let mut readers = Vec::new();
     for reader in 0..options.readers {
-        let (cache, hub, running, reads, fills) = (
+        let (cache, hub, running, reads, superseded, fills) = (
             cache.clone(),
             Arc::clone(&hub),
             Arc::clone(&running),
             Arc::clone(&reads),
+            Arc::clone(&superseded),
             Arc::clone(&fills),
         );
         readers.push(tokio::spawn(async move {
@@ -361,6 +422,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 fills_skipped: 0,
             };
             while running.load(Ordering::Relaxed) {
+                // This batch's superseded reads: count, sum and max (ms).
+                let mut batch = (0, 0, 0);
                 for _ in 0..256 {
                     let prompt = rng.sample(zipf) as usize - 1;
                     let started = Instant::now();
@@ -385,7 +448,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     if let Some(ms) = hub.superseded_for(prompt, commit.version) {
                         report.stale_reads += 1;
                         report.staleness_ms.saturating_record(ms);
+                        batch = (batch.0 + 1, batch.1 + ms, batch.2.max(ms));
                     }
+                }
+                if batch.0 > 0 {
+                    superseded.add(batch.0, batch.1, batch.2);
                 }
                 report.reads += 256;
                 reads.fetch_add(256, Ordering::Relaxed);
@@ -397,13 +464,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let terminal = std::io::stdout().is_terminal();
     let started = Instant::now();
-    let mut last_reads = 0;
+    let (mut last_reads, mut last_at, mut last) = (0, 0.0, cache.metrics());
+    superseded.take();
+    let mut seconds = Vec::new();
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     progress.tick().await;
     while started.elapsed() < options.duration {
         progress.tick().await;
         let total = reads.load(Ordering::Relaxed);
         let m = cache.metrics();
+        let at = started.elapsed().as_secs_f64();
+        let (stale_reads, stale_sum_ms, stale_max_ms) = superseded.take();
+        let span = (at - last_at).max(1e-3);
+        let hits = m.hits - last.hits;
+        seconds.push(Second {
+            at,
+            reads_per_sec: (total - last_reads) as f64 / span,
+            served_stale: (m.stale_hits - last.stale_hits) as f64 / hits.max(1) as f64 * 100.0,
+            superseded: stale_reads as f64 / (total - last_reads).max(1) as f64 * 100.0,
+            refreshes_per_sec: (m.refreshes - last.refreshes) as f64 / span,
+            errors_per_sec: (m.refresh_errors + m.load_errors
+                - last.refresh_errors
+                - last.load_errors) as f64
+                / span,
+            staleness_mean_ms: stale_sum_ms as f64 / stale_reads.max(1) as f64,
+            staleness_max_ms: stale_max_ms as f64,
+        });
+        (last_at, last) = (at, m);
         let line = format!(
             "{:>4.0} s: {:>10} reads/s, hit {:>6.2} %, served stale {:>5.2} %, {:>7} refreshes, {:>5} errors, {:>6} loads, {:>6} cached",
             started.elapsed().as_secs_f64(),
@@ -500,5 +587,71 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| staleness the settings promise, if the hub answers | {} ms (ttl + refresh interval + one hub call) |",
         options.staleness_bound().as_millis()
     );
+    if let Some(path) = report {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, draw(&options, &seconds))?;
+        println!("\nThe run, second by second: {}", path.display());
+    }
     Ok(())
+}
+
+/// The report's chart: four panels over the seconds of the run.
+fn draw(options: &Options, seconds: &[Second]) -> String {
+    let series = |label, color, value: fn(&Second) -> f64| Series {
+        label,
+        color,
+        points: seconds.iter().map(|s| (s.at, value(s))).collect(),
+    };
+    let panels = [
+        Panel {
+            title: "Reads",
+            unit: "per second",
+            series: vec![series("reads", "#1f77b4", |s| s.reads_per_sec)],
+            bound: None,
+        },
+        Panel {
+            title: "Stale reads",
+            unit: "%",
+            series: vec![
+                series("served stale, of hits", "#ff7f0e", |s| s.served_stale),
+                series("superseded, of reads", "#9467bd", |s| s.superseded),
+            ],
+            bound: None,
+        },
+        Panel {
+            title: "Refreshes and errors",
+            unit: "per second",
+            series: vec![
+                series("refreshes", "#2ca02c", |s| s.refreshes_per_sec),
+                series("errors", "#d62728", |s| s.errors_per_sec),
+            ],
+            bound: None,
+        },
+        Panel {
+            title: "How long what readers got had been superseded",
+            unit: "ms",
+            series: vec![
+                series("mean", "#8c564b", |s| s.staleness_mean_ms),
+                series("max", "#e377c2", |s| s.staleness_max_ms),
+            ],
+            bound: Some((
+                format!(
+                    "bound the settings promise: {} ms",
+                    options.staleness_bound().as_millis()
+                ),
+                options.staleness_bound().as_secs_f64() * 1000.0,
+            )),
+        },
+    ];
+    let title = format!(
+        "swr-cache demo: {} readers, {} prompts, {} cached, hub {:?} latency, {:.0} % errors",
+        options.readers,
+        options.prompts,
+        options.cache_size,
+        options.latency,
+        options.error_rate * 100.0
+    );
+    chart::svg(&title, "seconds since the readers started", &panels)
 }
