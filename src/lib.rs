@@ -133,7 +133,8 @@
 //!   refresher's state) and histograms (fetch latency, how stale the
 //!   stale values served were) to the [`metrics`](https://docs.rs/metrics)
 //!   facade, for Prometheus, StatsD or OpenTelemetry exporters; see
-//!   [`Cache::report_metrics`] for the series. Nothing is added to a hit.
+//!   `Cache::report_metrics` (with the feature) for the series. Nothing is
+//!   added to a hit.
 //! - `redis`: a fleet link (the `fleet` module) through which the replicas of a
 //!   service share their inserts, invalidations, clears and refreshes over
 //!   Redis pub/sub. Off by default: without it the crate has no network
