@@ -963,6 +963,33 @@ fn an_unsigned_message_is_dropped_when_a_secret_is_set() {
     });
 }
 
+/// Unsigned junk was checked only when applied, after it took room in the
+/// inbox: a burst of it under a secret dropped the fleet's messages and ran
+/// the reconnect action (a cache without a refresher was cleared).
+#[test]
+fn a_burst_of_unsigned_junk_under_a_secret_changes_nothing() {
+    let cache = cache();
+    for k in 0..4 {
+        cache.insert(format!("k{k}"), "v".into());
+    }
+    let mut receiver =
+        swr_cache::fleet::fuzzing::Receiver::new(&cache, Some(b"secret"), false, false, 1024);
+    receiver.receive(&vec![b"junk".to_vec(); 5000]);
+    let m = receiver.metrics();
+    assert_eq!(
+        (
+            m.rejected,
+            m.received,
+            m.dropped_on_arrival,
+            m.gaps,
+            m.actions
+        ),
+        (5000, 0, 0, 0, 0),
+        "{m:?}"
+    );
+    assert_eq!(cache.len(), 4, "nothing cleared");
+}
+
 #[test]
 fn an_empty_secret_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

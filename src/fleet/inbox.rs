@@ -5,8 +5,11 @@
 //! The connection hands each push to a [`Mailbox`] (redis-rs calls it
 //! without blocking, on the connection's task); the subscriber takes from
 //! the [`Inbox`]. A message larger than the link's limit is counted and
-//! skipped unread. One that does not fit (4,096 waiting, or their bytes at
-//! the bound) is dropped, and the drop's place in the stream is noted: the
+//! skipped unread; with a secret, so is one not signed with it (counted
+//! rejected: junk must not take the fleet's room), and a signed one is
+//! queued without its tag. One that does not fit (4,096 waiting, or their
+//! bytes at the bound) is dropped, and the drop's place in the stream is
+//! noted: the
 //! inbox then yields [`Arrival::Gap`] there, after every message received
 //! before the drop (which it discards unapplied: the reconnect action that
 //! the gap runs covers them, and applying them after it would let older
@@ -101,7 +104,10 @@ impl Mailbox {
                     );
                     return;
                 }
-                Arrival::Message(payload)
+                match self.opened(payload) {
+                    Some(message) => Arrival::Message(message),
+                    None => return,
+                }
             }
             redis::PushKind::Disconnection => Arrival::Disconnected,
             // Subscription confirmations and the like.
@@ -128,6 +134,32 @@ impl Mailbox {
         let before = state.enqueued.load(Ordering::Relaxed);
         state.gap_after.store(before, Ordering::Relaxed);
         state.drops.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Mailbox {
+    /// The message of `payload`, its tag cut off, if the fleet signs and
+    /// the tag is its key's (or `payload` as it is, if it does not sign).
+    /// Checked before the message takes room in the inbox: unsigned junk
+    /// must not crowd out the fleet's messages and cause a gap.
+    fn opened(&self, mut payload: Vec<u8>) -> Option<Vec<u8>> {
+        let Some(seal) = &self.shared.seal else {
+            return Some(payload);
+        };
+        match seal.open(&payload) {
+            Ok(message) => {
+                let len = message.len();
+                payload.truncate(len);
+                Some(payload)
+            }
+            Err(why) => {
+                let counters = &self.shared.counters;
+                counters.incr(&counters.rejected);
+                self.shared
+                    .warn("a message was refused", &format_args!("{why:?}"));
+                None
+            }
+        }
     }
 }
 
@@ -308,6 +340,34 @@ mod tests {
         assert_eq!(inbox.try_recv(), Some(Arrival::Gap));
         mailbox.deliver(message(&big));
         assert!(matches!(inbox.try_recv(), Some(Arrival::Message(m)) if m.len() == max_message));
+    }
+
+    /// Unsigned junk was queued and checked only when applied: a burst of
+    /// it filled the inbox, dropped the fleet's messages and ran the
+    /// reconnect action.
+    #[test]
+    fn unsigned_junk_under_a_secret_takes_no_room_in_the_inbox() {
+        let seal = super::super::seal::Seal::new(b"fleet key");
+        let shared = Arc::new(Shared::new(1, Some(seal.clone()), Default::default()));
+        let (mailbox, mut inbox) = inbox(shared, 1024);
+        for _ in 0..RECEIVED + 100 {
+            mailbox.deliver(message(b"junk"));
+        }
+        let mut signed = b"{}".to_vec();
+        seal.sign(&mut signed);
+        mailbox.deliver(message(&signed));
+        let m = mailbox.shared.metrics();
+        assert_eq!(
+            (m.rejected, m.dropped_on_arrival),
+            (RECEIVED as u64 + 100, 0),
+            "{m:?}"
+        );
+        assert_eq!(
+            inbox.try_recv(),
+            Some(Arrival::Message(b"{}".to_vec())),
+            "the signed one, without its tag"
+        );
+        assert_eq!(inbox.try_recv(), None);
     }
 
     #[test]

@@ -91,11 +91,17 @@
 //! value for any key. On a shared or managed Redis, set a secret (and an
 //! ACL that lets only the fleet's user use the channel). With one, each
 //! message carries an HMAC-SHA256 of its bytes; unsigned or badly signed
-//! messages are dropped before they are parsed, change nothing, and are
-//! counted ([`FleetMetrics::rejected`]).
+//! messages are dropped as they arrive, before they take room among the
+//! messages waiting to be applied or are parsed: they change nothing, and
+//! are counted ([`FleetMetrics::rejected`]).
 //!
-//! What the secret does not do: it does not hide anything (keys and sent
-//! values travel readable; use TLS, feature `redis-tls`, against
+//! What the secret does not do: it protects what messages say, not the
+//! link's **availability**. Whoever can publish on the server can still
+//! make Redis disconnect the subscribers (one message over the server's
+//! pub/sub output-buffer hard limit does), and so make every replica run
+//! its reconnect action about once a second for as long as they keep at
+//! it; only the server's ACLs stop that. It does not hide anything (keys
+//! and sent values travel readable; use TLS, feature `redis-tls`, against
 //! eavesdroppers on the network, and trust the server itself), and it
 //! does not stop a **replay**: whoever can publish can send again, later,
 //! a message a replica signed (a clear clears again, an old value is
@@ -206,7 +212,9 @@ pub struct FleetMetrics {
     /// Changes not published: the queue was full, Redis unreachable, the
     /// publish failed, or the change could not be encoded.
     pub publish_dropped: u64,
-    /// Messages received on the channel, this replica's own included.
+    /// Messages received on the channel and taken to be applied, this
+    /// replica's own included (not those skipped as they arrived:
+    /// `oversized`, `rejected`, `dropped_on_arrival`).
     pub received: u64,
     /// Other replicas' messages applied here.
     pub applied: u64,
@@ -217,8 +225,9 @@ pub struct FleetMetrics {
     /// Messages skipped: not ours, not decodable, or their key or value did
     /// not deserialize.
     pub malformed: u64,
-    /// Messages refused unread, with a [secret](FleetBuilder::secret) set:
-    /// unsigned, or not signed with this fleet's secret.
+    /// Messages refused unread as they arrived, with a
+    /// [secret](FleetBuilder::secret) set: unsigned, or not signed with
+    /// this fleet's secret. They take no room among the messages waiting.
     pub rejected: u64,
     /// Messages missed: flagged by their sender as following one it dropped,
     /// or dropped here on arrival (faster than applied). Each has the
