@@ -973,7 +973,7 @@ fn a_burst_of_unsigned_junk_under_a_secret_changes_nothing() {
         cache.insert(format!("k{k}"), "v".into());
     }
     let mut receiver =
-        swr_cache::fleet::fuzzing::Receiver::new(&cache, Some(b"secret"), false, false, 1024);
+        swr_cache::fleet::fuzzing::Receiver::new(&cache, Some(b"secret"), false, false, 1024, 4096);
     receiver.receive(&vec![b"junk".to_vec(); 5000]);
     let m = receiver.metrics();
     assert_eq!(

@@ -33,17 +33,20 @@ where
 {
     /// A receiver for `cache`, with the fleet's `secret` if any, installing
     /// sent values if `values`, marking stale (else removing) if
-    /// `mark_stale`, and refusing payloads over `max_message` bytes.
+    /// `mark_stale`, refusing payloads over `max_message` bytes, and
+    /// holding `waiting` messages at most (a link holds 4,096; a few let a
+    /// fuzzer reach the overflows).
     pub fn new(
         cache: &Cache<K, V, S>,
         secret: Option<&[u8]>,
         values: bool,
         mark_stale: bool,
         max_message: usize,
+        waiting: usize,
     ) -> Self {
         let id = 0x5eed;
         let shared = Arc::new(Shared::new(id, secret.map(Seal::new), Default::default()));
-        let (mailbox, inbox) = inbox(Arc::clone(&shared), max_message);
+        let (mailbox, inbox) = inbox(Arc::clone(&shared), max_message, waiting);
         let applier = Applier {
             cache: Arc::downgrade(&cache.inner),
             shared,

@@ -40,8 +40,10 @@ pub(super) enum Arrival {
 }
 
 /// The inbox's two ends: the connection's push sender, and the subscriber's.
-pub(super) fn inbox(shared: Arc<Shared>, max_message: usize) -> (Mailbox, Inbox) {
-    let (sender, receiver) = mpsc::channel(RECEIVED);
+/// `waiting` is how many messages it holds: [`RECEIVED`] but in the fuzz
+/// target, which takes fewer to reach its overflows.
+pub(super) fn inbox(shared: Arc<Shared>, max_message: usize, waiting: usize) -> (Mailbox, Inbox) {
+    let (sender, receiver) = mpsc::channel(waiting);
     let state = Arc::new(State {
         bytes: AtomicUsize::new(0),
         max_bytes: RECEIVED_BYTES.max(max_message.saturating_mul(4)),
@@ -53,11 +55,12 @@ pub(super) fn inbox(shared: Arc<Shared>, max_message: usize) -> (Mailbox, Inbox)
         sender,
         state: Arc::clone(&state),
         max_message,
-        shared,
+        shared: Arc::clone(&shared),
     };
     let inbox = Inbox {
         receiver,
         state,
+        shared,
         taken: 0,
         drops_acted: 0,
         held: None,
@@ -174,6 +177,7 @@ impl redis::aio::AsyncPushSender for Mailbox {
 pub(super) struct Inbox {
     receiver: mpsc::Receiver<(Arrival, usize)>,
     state: Arc<State>,
+    shared: Arc<Shared>,
     /// Pushes taken so far.
     taken: u64,
     /// Drops up to the last gap yielded.
@@ -220,12 +224,19 @@ impl Inbox {
             None => Some(arrival),
             // Received before the drop: the gap's action covers it.
             Some(gap) if self.taken <= gap => {
-                while self.taken < gap {
-                    // Queued before the drop was noted, so it is there.
-                    let older = self.receiver.try_recv().ok();
-                    if self.take(older).is_none() {
-                        break;
+                let mut discarded = Some(arrival);
+                while let Some(older) = discarded {
+                    if matches!(older, Arrival::Message(_)) {
+                        let counters = &self.shared.counters;
+                        counters.incr(&counters.discarded);
                     }
+                    // Queued before the drop was noted, so it is there.
+                    discarded = if self.taken < gap {
+                        let older = self.receiver.try_recv().ok();
+                        self.take(older)
+                    } else {
+                        None
+                    };
                 }
                 Some(Arrival::Gap)
             }
@@ -289,7 +300,7 @@ mod tests {
 
     #[test]
     fn nothing_received_before_an_overflow_comes_after_its_gap() {
-        let (mailbox, mut inbox) = inbox(shared(), 1024);
+        let (mailbox, mut inbox) = inbox(shared(), 1024, RECEIVED);
         for _ in 0..RECEIVED {
             mailbox.deliver(message(b"old"));
         }
@@ -312,9 +323,24 @@ mod tests {
         );
     }
 
+    /// The backlog thrown away behind a gap was counted nowhere, so what
+    /// arrived did not add up.
+    #[test]
+    fn messages_discarded_behind_a_gap_are_counted() {
+        let (mailbox, mut inbox) = inbox(shared(), 1024, 8);
+        for _ in 0..10 {
+            mailbox.deliver(message(b"m"));
+        }
+        assert_eq!(inbox.try_recv(), Some(Arrival::Gap));
+        mailbox.deliver(message(b"new"));
+        assert_eq!(inbox.try_recv(), Some(Arrival::Message(b"new".to_vec())));
+        let m = mailbox.shared.metrics();
+        assert_eq!((m.discarded, m.dropped_on_arrival), (8, 2), "{m:?}");
+    }
+
     #[test]
     fn a_gap_with_nothing_after_it_comes_once_the_backlog_is_taken() {
-        let (mailbox, mut inbox) = inbox(shared(), 1024);
+        let (mailbox, mut inbox) = inbox(shared(), 1024, RECEIVED);
         for _ in 0..RECEIVED {
             mailbox.deliver(message(b"m"));
         }
@@ -326,7 +352,7 @@ mod tests {
     #[test]
     fn the_bytes_waiting_are_bounded_not_only_their_number() {
         let max_message = 5 << 20;
-        let (mailbox, mut inbox) = inbox(shared(), max_message);
+        let (mailbox, mut inbox) = inbox(shared(), max_message, RECEIVED);
         let big = vec![b'x'; max_message];
         for _ in 0..4 {
             mailbox.deliver(message(&big));
@@ -349,7 +375,7 @@ mod tests {
     fn unsigned_junk_under_a_secret_takes_no_room_in_the_inbox() {
         let seal = super::super::seal::Seal::new(b"fleet key");
         let shared = Arc::new(Shared::new(1, Some(seal.clone()), Default::default()));
-        let (mailbox, mut inbox) = inbox(shared, 1024);
+        let (mailbox, mut inbox) = inbox(shared, 1024, RECEIVED);
         for _ in 0..RECEIVED + 100 {
             mailbox.deliver(message(b"junk"));
         }
@@ -372,7 +398,7 @@ mod tests {
 
     #[test]
     fn a_message_over_the_limit_is_counted_and_skipped() {
-        let (mailbox, mut inbox) = inbox(shared(), 1024);
+        let (mailbox, mut inbox) = inbox(shared(), 1024, RECEIVED);
         mailbox.deliver(message(&[b'x'; 1025]));
         mailbox.deliver(message(&[b'x'; 1024]));
         let m = mailbox.shared.metrics();

@@ -241,6 +241,12 @@ pub struct FleetMetrics {
     /// the link holds (4,096, or 16 MiB of them). Each run of drops is one
     /// gap.
     pub dropped_on_arrival: u64,
+    /// Messages that were waiting when later ones were dropped on arrival,
+    /// discarded unapplied: the reconnect action of that gap covers them
+    /// (applied after it, an older write would land as fresh). Every
+    /// message that arrives is counted once: in `received`, `oversized`,
+    /// `rejected`, `dropped_on_arrival` or here.
+    pub discarded: u64,
     /// Messages over [`FleetBuilder::max_message_bytes`]: received and
     /// skipped unread, or not sent (then a smaller message without the value
     /// is sent instead, or the change is dropped and counted in

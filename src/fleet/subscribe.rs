@@ -52,7 +52,7 @@ pub(super) async fn run<K, V, S>(
     let timeouts = shared.timeouts;
     let mut backoff = Backoff::new();
     loop {
-        let (mailbox, mut inbox) = inbox(Arc::clone(&shared), max_message);
+        let (mailbox, mut inbox) = inbox(Arc::clone(&shared), max_message, RECEIVED);
         let config = timeouts.config().set_push_sender(mailbox);
         let attempt = timeout(timeouts.connect, async {
             let mut connection = client
