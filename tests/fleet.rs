@@ -990,6 +990,46 @@ fn a_burst_of_unsigned_junk_under_a_secret_changes_nothing() {
     assert_eq!(cache.len(), 4, "nothing cleared");
 }
 
+/// Only the message was signed: one a replica published on one channel,
+/// published again by anyone on another channel of the same secret, was
+/// applied there.
+#[test]
+fn a_message_signed_for_another_channel_is_rejected() {
+    run("channel-bound signature", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        two.insert(key("a"), "v0".into());
+        let signed = |channel: &str| FleetBuilder::new(server.url(), channel).secret("shared");
+        let _one_link = linked(signed("first"), &one).await;
+        let two_link = linked(signed("second"), &two).await;
+
+        // Overhear what the first channel's replica publishes.
+        let url = server.url();
+        let (subscribed, overheard) = std::sync::mpsc::channel();
+        let listener = std::thread::spawn(move || {
+            let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+            connection.set_read_timeout(Some(CONVERGE)).unwrap();
+            let mut pubsub = connection.as_pubsub();
+            pubsub.subscribe("first").unwrap();
+            subscribed.send(()).unwrap();
+            pubsub.get_message().unwrap().get_payload_bytes().to_vec()
+        });
+        tokio::task::spawn_blocking(move || overheard.recv().unwrap())
+            .await
+            .unwrap();
+        one.clear();
+        let payload = tokio::task::spawn_blocking(|| listener.join().unwrap())
+            .await
+            .unwrap();
+
+        publish_raw(&server, "second", &[&payload]).await;
+        eventually("refused", || two_link.metrics().rejected == 1).await;
+        let m = two_link.metrics();
+        assert_eq!((m.received, m.applied), (0, 0), "{m:?}");
+        assert_eq!(two.get("a").as_deref(), Some("v0"), "not cleared");
+    });
+}
+
 #[test]
 fn an_empty_secret_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

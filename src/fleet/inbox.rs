@@ -373,7 +373,7 @@ mod tests {
     /// reconnect action.
     #[test]
     fn unsigned_junk_under_a_secret_takes_no_room_in_the_inbox() {
-        let seal = super::super::seal::Seal::new(b"fleet key");
+        let seal = super::super::seal::Seal::new(b"fleet key", "channel");
         let shared = Arc::new(Shared::new(1, Some(seal.clone()), Default::default()));
         let (mailbox, mut inbox) = inbox(shared, 1024, RECEIVED);
         for _ in 0..RECEIVED + 100 {

@@ -309,7 +309,7 @@ where
             Some(secret) if secret.is_empty() => {
                 return Err(FleetError::Setting("the secret is empty".into()));
             }
-            Some(secret) => Some(Seal::new(secret)),
+            Some(secret) => Some(Seal::new(secret, &self.channel)),
             None => None,
         };
         let id = replica_id();

@@ -90,10 +90,11 @@
 //! `lost`, marks everything stale), and with `send_values` installs any
 //! value for any key. On a shared or managed Redis, set a secret (and an
 //! ACL that lets only the fleet's user use the channel). With one, each
-//! message carries an HMAC-SHA256 of its bytes; unsigned or badly signed
-//! messages are dropped as they arrive, before they take room among the
-//! messages waiting to be applied or are parsed: they change nothing, and
-//! are counted ([`FleetMetrics::rejected`]).
+//! message carries an HMAC-SHA256 of its bytes and of the channel's name
+//! (so that it is not accepted on another channel the secret is used on);
+//! unsigned or badly signed messages are dropped as they arrive, before
+//! they take room among the messages waiting to be applied or are parsed:
+//! they change nothing, and are counted ([`FleetMetrics::rejected`]).
 //!
 //! What the secret does not do: it protects what messages say, not the
 //! link's **availability**. Whoever can publish on the server can still
