@@ -13,7 +13,9 @@
 //! inbox then yields [`Arrival::Gap`] there, after every message received
 //! before the drop (which it discards unapplied: the reconnect action that
 //! the gap runs covers them, and applying them after it would let older
-//! writes land as fresh) and before every message received after it.
+//! writes land as fresh) and before every message received after it (the
+//! action itself may be paced to run later, after newer messages: safe, as
+//! it only marks stale or clears).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,8 +34,10 @@ pub(super) const RECEIVED_BYTES: usize = 16 << 20;
 pub(super) enum Arrival {
     /// A message's payload.
     Message(Vec<u8>),
-    /// Messages were dropped here: the reconnect action runs now, after
-    /// everything received before them, before anything received after.
+    /// Messages were dropped here: yielded after the backlog received
+    /// before them was discarded, before anything received after them. The
+    /// reconnect action is due (the [pacer](super::pacer) may hold it past
+    /// newer messages, which is safe).
     Gap,
     /// The connection ended.
     Disconnected,

@@ -138,10 +138,12 @@
 //!   receives can be bounded: 4,096 messages waiting to be applied, and 16
 //!   MiB of them (or four of the largest allowed, if more); past that they
 //!   are dropped ([`FleetMetrics::dropped_on_arrival`]), counted as a gap,
-//!   and the reconnect action runs after everything received before the
-//!   drop (which it discards: the action covers it, and an older write
-//!   applied after the action would land as fresh) and before anything
-//!   received after it.
+//!   and the backlog received before the drop is discarded unapplied
+//!   ([`FleetMetrics::discarded`]: the reconnect action covers it, and an
+//!   older write applied after the action would land as fresh). The action
+//!   runs then, or, within a second of the last one, at that second's end:
+//!   messages received after the drop may be applied before it, which is
+//!   safe (it only marks stale, or clears, what they wrote).
 //! - **Messages are bounded in size** ([`FleetBuilder::max_message_bytes`],
 //!   256 KiB by default), checked before a received message is parsed, and
 //!   kept under half the server's pub/sub output-buffer hard limit where
