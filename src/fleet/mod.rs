@@ -146,8 +146,8 @@
 //!   safe (it only marks stale, or clears, what they wrote).
 //! - **Messages are bounded in size** ([`FleetBuilder::max_message_bytes`],
 //!   256 KiB by default), checked before a received message is parsed, and
-//!   kept under half the server's pub/sub output-buffer hard limit where
-//!   `CONFIG GET` may read it. A message is read whole by the Redis client
+//!   kept (as is each pipeline of them) under half the server's pub/sub
+//!   output-buffer hard limit where `CONFIG GET` may read it. A message is read whole by the Redis client
 //!   before the link sees it; Redis itself disconnects a subscriber rather
 //!   than buffer past that hard limit (32 MiB by default).
 //! - **Reconnect actions are coalesced**: at most one a second per replica,
