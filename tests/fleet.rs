@@ -1111,12 +1111,26 @@ fn a_value_over_the_size_limit_is_sent_without_it() {
 /// keeps its messages under half of it.
 #[test]
 fn the_publisher_keeps_under_the_servers_pubsub_output_buffer_limit() {
-    run("output buffer", || async {
+    keeps_under_the_output_buffer_limit("");
+}
+
+/// `CONFIG GET`'s reply was read as a list, which a RESP3 connection (a URL
+/// with `?protocol=resp3`) gives as a map: the limit went unread.
+#[test]
+fn the_publisher_reads_the_output_buffer_limit_over_resp3() {
+    keeps_under_the_output_buffer_limit("?protocol=resp3");
+}
+
+/// A value over half the server's pub/sub hard limit is sent without it,
+/// the publisher's URL ending with `query`.
+fn keeps_under_the_output_buffer_limit(query: &'static str) {
+    run("output buffer", move || async move {
         let server =
             RedisServer::start_with(&["--client-output-buffer-limit", "pubsub 64kb 32kb 60"]);
         let (one, two) = (cache(), cache());
         two.insert(key("p"), "old".into());
-        let one_link = linked(FleetBuilder::new(server.url(), "obl").send_values(), &one).await;
+        let url = format!("{}{query}", server.url());
+        let one_link = linked(FleetBuilder::new(url, "obl").send_values(), &one).await;
         let two_link = linked(FleetBuilder::new(server.url(), "obl").send_values(), &two).await;
         one.insert(key("p"), "v".repeat(100 << 10));
         eventually("the others drop theirs", || !two.contains_key("p")).await;

@@ -10,7 +10,7 @@
 //! order than the store's, and a replica installing sent values kept the
 //! older one.) Serializing happens on the task too, not on the writer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -477,12 +477,13 @@ struct Lost;
 /// the server lets us read it (managed services often refuse `CONFIG`) and
 /// sets one: a subscriber whose output buffer reaches it is disconnected.
 async fn pubsub_hard_limit(connection: &mut redis::aio::MultiplexedConnection) -> Option<usize> {
-    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+    // A map: RESP2 gives a flat array of name and value, RESP3 a map.
+    let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("client-output-buffer-limit")
         .query_async(connection)
         .await;
-    let setting = reply.ok()?.into_iter().nth(1)?;
+    let setting = reply.ok()?.remove("client-output-buffer-limit")?;
     hard_limit_of("pubsub", &setting)
 }
 
