@@ -67,6 +67,7 @@ pub(super) fn inbox(shared: Arc<Shared>, max_message: usize, waiting: usize) -> 
         shared,
         taken: 0,
         drops_acted: 0,
+        gap_acted: None,
         held: None,
     };
     (mailbox, inbox)
@@ -186,6 +187,9 @@ pub(super) struct Inbox {
     taken: u64,
     /// Drops up to the last gap yielded.
     drops_acted: u64,
+    /// The place of the last gap yielded: a drop seen there again is the
+    /// same gap (its place may be read before its count).
+    gap_acted: Option<u64>,
     /// A push received after a gap, yielded after it.
     held: Option<Arrival>,
 }
@@ -268,19 +272,31 @@ impl Inbox {
             return None;
         }
         self.drops_acted = drops;
-        Some(self.state.gap_after.load(Ordering::Relaxed))
+        let gap = self.state.gap_after.load(Ordering::Relaxed);
+        self.new_gap(gap).then_some(gap)
+    }
+
+    /// Whether a gap at `gap` is not the one last yielded: the place read
+    /// with one count may be the next drop's, already noted, and that drop
+    /// must not make a second gap when its count is read.
+    fn new_gap(&mut self, gap: u64) -> bool {
+        if self.gap_acted == Some(gap) {
+            return false;
+        }
+        self.gap_acted = Some(gap);
+        true
     }
 
     /// Whether a drop is noted and everything before it was taken: with
     /// nothing more arriving, the gap is yielded at once.
     fn gap_reached(&mut self) -> bool {
         let drops = self.state.drops.load(Ordering::Acquire);
-        let reached = self.state.gap_after.load(Ordering::Relaxed) <= self.taken;
-        if drops == self.drops_acted || !reached {
+        let gap = self.state.gap_after.load(Ordering::Relaxed);
+        if drops == self.drops_acted || gap > self.taken {
             return false;
         }
         self.drops_acted = drops;
-        true
+        self.new_gap(gap)
     }
 }
 
@@ -340,6 +356,32 @@ mod tests {
         assert_eq!(inbox.try_recv(), Some(Arrival::Message(b"new".to_vec())));
         let m = mailbox.shared.metrics();
         assert_eq!((m.discarded, m.dropped_on_arrival), (8, 2), "{m:?}");
+    }
+
+    /// The inbox read a drop's count, then its place, which could already
+    /// be the next drop's: that drop made a second gap once its count was
+    /// read.
+    #[test]
+    fn a_drop_whose_place_was_read_early_makes_one_gap() {
+        let (mailbox, mut inbox) = inbox(shared(), 1024, 2);
+        let state = Arc::clone(&mailbox.state);
+        mailbox.deliver(message(b"a"));
+        mailbox.deliver(message(b"b"));
+        mailbox.deliver(message(b"dropped"));
+        // Taken before the inbox looked at the drops: room for one more.
+        let first = inbox.receiver.try_recv().ok();
+        assert!(inbox.take(first).is_some());
+        mailbox.deliver(message(b"x"));
+        // The next drop, halfway: its place noted, its count not yet.
+        state.gap_after.store(3, Ordering::Relaxed);
+        assert_eq!(inbox.try_recv(), Some(Arrival::Gap));
+        state.drops.fetch_add(1, Ordering::Release);
+        mailbox.deliver(message(b"new"));
+        assert_eq!(
+            inbox.try_recv(),
+            Some(Arrival::Message(b"new".to_vec())),
+            "one gap"
+        );
     }
 
     #[test]
