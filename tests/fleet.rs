@@ -1106,6 +1106,27 @@ fn a_value_over_the_size_limit_is_sent_without_it() {
     });
 }
 
+/// A change whose message was over the limit with its value and without
+/// it was counted oversized twice.
+#[test]
+fn a_change_over_the_size_limit_with_and_without_its_value_counts_once() {
+    run("oversized once", || async {
+        let server = RedisServer::start();
+        let one = cache();
+        let link = linked(
+            FleetBuilder::new(server.url(), "bigkey")
+                .send_values()
+                .max_message_bytes(1024),
+            &one,
+        )
+        .await;
+        one.insert("k".repeat(2000), "v".repeat(2000));
+        eventually("dropped", || link.metrics().publish_dropped == 1).await;
+        let m = link.metrics();
+        assert_eq!((m.oversized, m.published), (1, 0), "{m:?}");
+    });
+}
+
 /// A message larger than the server's pub/sub output-buffer hard limit makes
 /// Redis disconnect every subscriber: the publisher reads the limit and
 /// keeps its messages under half of it.

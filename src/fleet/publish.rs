@@ -163,7 +163,16 @@ where
                         "a value is over the message size limit; told without it",
                         &format_args!("{} bytes", signed_len(shared, &full)),
                     );
-                    envelope.encode(op, lost, Some(key), version.as_deref(), None)
+                    let bare = envelope.encode(op, lost, Some(key), version.as_deref(), None)?;
+                    if signed_len(shared, &bare) > limit {
+                        // Counted oversized once, above: dropped, not
+                        // counted again.
+                        return Err(serde::ser::Error::custom(format_args!(
+                            "{} bytes without the value, over the {limit}-byte limit",
+                            signed_len(shared, &bare)
+                        )));
+                    }
+                    Ok(bare)
                 }
                 Err(error) => {
                     shared.warn("a value could not be encoded; told as a removal", &error);
