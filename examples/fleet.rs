@@ -247,19 +247,38 @@ fn report(name: &str, seen: &[Seen]) {
     );
 }
 
-/// `url` without its password (`redis://user:***@host/`), for printing.
+/// `url` without its password (`redis://user:***@host/`, or
+/// `?pass=***` / `?password=***` in the query, as `redis+unix://` URLs
+/// carry it), for printing.
 fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
     };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match authority.rsplit_once('@') {
-        Some((user_info, _host)) => {
-            let user = user_info.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &rest[user_info.len() + 1..])
+    let mut printed = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split('/').next().unwrap_or(rest);
+            match authority.rsplit_once('@') {
+                Some((user_info, _host)) => {
+                    let user = user_info.split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:***@{}", &rest[user_info.len() + 1..])
+                }
+                None => url.to_owned(),
+            }
         }
         None => url.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name @ ("pass" | "password"), _)) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        printed = format!("{printed}?{}", pairs.join("&"));
     }
+    printed
 }
 
 fn main() -> Result<(), String> {
@@ -318,6 +337,24 @@ mod tests {
         assert_eq!(
             redacted("redis://127.0.0.1:6379/"),
             "redis://127.0.0.1:6379/"
+        );
+    }
+
+    /// A password in the query (`redis+unix://` URLs carry it there) was
+    /// printed as it was.
+    #[test]
+    fn the_printed_url_hides_a_password_in_the_query() {
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?password=s3cret&user=fleet"),
+            "redis+unix:///run/redis.sock?password=***&user=fleet"
+        );
+        assert_eq!(
+            redacted("redis://fleet:s3cret@host/?protocol=resp3"),
+            "redis://fleet:***@host/?protocol=resp3"
         );
     }
 }

@@ -963,6 +963,73 @@ fn an_unsigned_message_is_dropped_when_a_secret_is_set() {
     });
 }
 
+/// Unsigned junk was checked only when applied, after it took room in the
+/// inbox: a burst of it under a secret dropped the fleet's messages and ran
+/// the reconnect action (a cache without a refresher was cleared).
+#[test]
+fn a_burst_of_unsigned_junk_under_a_secret_changes_nothing() {
+    let cache = cache();
+    for k in 0..4 {
+        cache.insert(format!("k{k}"), "v".into());
+    }
+    let mut receiver =
+        swr_cache::fleet::fuzzing::Receiver::new(&cache, Some(b"secret"), false, false, 1024, 4096);
+    receiver.receive(&vec![b"junk".to_vec(); 5000]);
+    let m = receiver.metrics();
+    assert_eq!(
+        (
+            m.rejected,
+            m.received,
+            m.dropped_on_arrival,
+            m.gaps,
+            m.actions
+        ),
+        (5000, 0, 0, 0, 0),
+        "{m:?}"
+    );
+    assert_eq!(cache.len(), 4, "nothing cleared");
+}
+
+/// Only the message was signed: one a replica published on one channel,
+/// published again by anyone on another channel of the same secret, was
+/// applied there.
+#[test]
+fn a_message_signed_for_another_channel_is_rejected() {
+    run("channel-bound signature", || async {
+        let server = RedisServer::start();
+        let (one, two) = (cache(), cache());
+        two.insert(key("a"), "v0".into());
+        let signed = |channel: &str| FleetBuilder::new(server.url(), channel).secret("shared");
+        let _one_link = linked(signed("first"), &one).await;
+        let two_link = linked(signed("second"), &two).await;
+
+        // Overhear what the first channel's replica publishes.
+        let url = server.url();
+        let (subscribed, overheard) = std::sync::mpsc::channel();
+        let listener = std::thread::spawn(move || {
+            let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+            connection.set_read_timeout(Some(CONVERGE)).unwrap();
+            let mut pubsub = connection.as_pubsub();
+            pubsub.subscribe("first").unwrap();
+            subscribed.send(()).unwrap();
+            pubsub.get_message().unwrap().get_payload_bytes().to_vec()
+        });
+        tokio::task::spawn_blocking(move || overheard.recv().unwrap())
+            .await
+            .unwrap();
+        one.clear();
+        let payload = tokio::task::spawn_blocking(|| listener.join().unwrap())
+            .await
+            .unwrap();
+
+        publish_raw(&server, "second", &[&payload]).await;
+        eventually("refused", || two_link.metrics().rejected == 1).await;
+        let m = two_link.metrics();
+        assert_eq!((m.received, m.applied), (0, 0), "{m:?}");
+        assert_eq!(two.get("a").as_deref(), Some("v0"), "not cleared");
+    });
+}
+
 #[test]
 fn an_empty_secret_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -1039,17 +1106,52 @@ fn a_value_over_the_size_limit_is_sent_without_it() {
     });
 }
 
+/// A change whose message was over the limit with its value and without
+/// it was counted oversized twice.
+#[test]
+fn a_change_over_the_size_limit_with_and_without_its_value_counts_once() {
+    run("oversized once", || async {
+        let server = RedisServer::start();
+        let one = cache();
+        let link = linked(
+            FleetBuilder::new(server.url(), "bigkey")
+                .send_values()
+                .max_message_bytes(1024),
+            &one,
+        )
+        .await;
+        one.insert("k".repeat(2000), "v".repeat(2000));
+        eventually("dropped", || link.metrics().publish_dropped == 1).await;
+        let m = link.metrics();
+        assert_eq!((m.oversized, m.published), (1, 0), "{m:?}");
+    });
+}
+
 /// A message larger than the server's pub/sub output-buffer hard limit makes
 /// Redis disconnect every subscriber: the publisher reads the limit and
 /// keeps its messages under half of it.
 #[test]
 fn the_publisher_keeps_under_the_servers_pubsub_output_buffer_limit() {
-    run("output buffer", || async {
+    keeps_under_the_output_buffer_limit("");
+}
+
+/// `CONFIG GET`'s reply was read as a list, which a RESP3 connection (a URL
+/// with `?protocol=resp3`) gives as a map: the limit went unread.
+#[test]
+fn the_publisher_reads_the_output_buffer_limit_over_resp3() {
+    keeps_under_the_output_buffer_limit("?protocol=resp3");
+}
+
+/// A value over half the server's pub/sub hard limit is sent without it,
+/// the publisher's URL ending with `query`.
+fn keeps_under_the_output_buffer_limit(query: &'static str) {
+    run("output buffer", move || async move {
         let server =
             RedisServer::start_with(&["--client-output-buffer-limit", "pubsub 64kb 32kb 60"]);
         let (one, two) = (cache(), cache());
         two.insert(key("p"), "old".into());
-        let one_link = linked(FleetBuilder::new(server.url(), "obl").send_values(), &one).await;
+        let url = format!("{}{query}", server.url());
+        let one_link = linked(FleetBuilder::new(url, "obl").send_values(), &one).await;
         let two_link = linked(FleetBuilder::new(server.url(), "obl").send_values(), &two).await;
         one.insert(key("p"), "v".repeat(100 << 10));
         eventually("the others drop theirs", || !two.contains_key("p")).await;
@@ -1205,12 +1307,13 @@ fn a_clear_dropped_from_a_full_queue_does_not_make_later_clears_retell_every_key
                 let link = linked(
                     FleetBuilder::new(server.url(), "clears")
                         .send_values()
-                        .queue(2),
+                        .queue(1),
                     &one,
                 )
                 .await;
-                // No await between: the queue fills, and the clear's end
-                // finds no room.
+                // No await between: the insert fills the queue of one, and
+                // the clear's end (its wake-up) finds no room; the task
+                // sees the end at the next item it takes.
                 one.insert(key("k"), "v".into());
                 one.clear();
                 eventually("the first changes handled", || {
@@ -1225,8 +1328,11 @@ fn a_clear_dropped_from_a_full_queue_does_not_make_later_clears_retell_every_key
                 }
                 let before = link.metrics().published;
                 one.clear();
+                eventually("the clear told", || link.metrics().published > before).await;
+                // Then a key after it: 100 keys told again with the clear
+                // would have been published with it, before this.
                 one.insert(key("sentinel"), "v".into());
-                eventually("the clear and the sentinel told", || {
+                eventually("the sentinel told", || {
                     link.metrics().published >= before + 2
                 })
                 .await;

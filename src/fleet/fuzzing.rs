@@ -17,6 +17,9 @@ use super::subscribe::Applier;
 use super::{FleetMetrics, OnReconnect, RemoteChanges};
 use crate::cache::Cache;
 
+/// The channel a [`Receiver`] receives on, and [`sign`] signs for.
+const CHANNEL: &str = "fuzz";
+
 /// Applies payloads to a cache as a linked replica's subscriber does.
 #[doc(hidden)]
 pub struct Receiver<K, V, S> {
@@ -33,17 +36,24 @@ where
 {
     /// A receiver for `cache`, with the fleet's `secret` if any, installing
     /// sent values if `values`, marking stale (else removing) if
-    /// `mark_stale`, and refusing payloads over `max_message` bytes.
+    /// `mark_stale`, refusing payloads over `max_message` bytes, and
+    /// holding `waiting` messages at most (a link holds 4,096; a few let a
+    /// fuzzer reach the overflows).
     pub fn new(
         cache: &Cache<K, V, S>,
         secret: Option<&[u8]>,
         values: bool,
         mark_stale: bool,
         max_message: usize,
+        waiting: usize,
     ) -> Self {
         let id = 0x5eed;
-        let shared = Arc::new(Shared::new(id, secret.map(Seal::new), Default::default()));
-        let (mailbox, inbox) = inbox(Arc::clone(&shared), max_message);
+        let shared = Arc::new(Shared::new(
+            id,
+            secret.map(|secret| Seal::new(secret, CHANNEL)),
+            Default::default(),
+        ));
+        let (mailbox, inbox) = inbox(Arc::clone(&shared), max_message, waiting);
         let applier = Applier {
             cache: Arc::downgrade(&cache.inner),
             shared,
@@ -81,7 +91,7 @@ where
             self.mailbox.deliver(redis::PushInfo {
                 kind: redis::PushKind::Message,
                 data: vec![
-                    redis::Value::BulkString(b"fuzz".to_vec()),
+                    redis::Value::BulkString(CHANNEL.into()),
                     redis::Value::BulkString(payload.clone()),
                 ],
             });
@@ -101,10 +111,11 @@ where
     }
 }
 
-/// `message` signed with `secret`, as a linked replica sends it.
+/// `message` signed with `secret`, as a linked replica on the
+/// [`Receiver`]'s channel sends it.
 #[doc(hidden)]
 pub fn sign(secret: &[u8], message: &[u8]) -> Vec<u8> {
     let mut payload = message.to_vec();
-    Seal::new(secret).sign(&mut payload);
+    Seal::new(secret, CHANNEL).sign(&mut payload);
     payload
 }

@@ -281,15 +281,6 @@ where
         K: Hash + Eq + Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
         S: BuildHasher + Clone + Send + Sync + 'static,
     {
-        let client = self.client()?;
-        // The subscription speaks RESP3, whose pushes can be bounded.
-        let info = client.get_connection_info().clone();
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let listener = redis::Client::open(info.set_redis_settings(resp3))
-            .map_err(|e| FleetError::Url(e.to_string()))?;
         if self.queue > MAX_QUEUE {
             return Err(FleetError::Setting(format!(
                 "queue is {}, over {MAX_QUEUE}",
@@ -309,9 +300,20 @@ where
             Some(secret) if secret.is_empty() => {
                 return Err(FleetError::Setting("the secret is empty".into()));
             }
-            Some(secret) => Some(Seal::new(secret)),
+            Some(secret) => Some(Seal::new(secret, &self.channel)),
             None => None,
         };
+        // Only once the settings are known good: making the client installs
+        // the process's TLS provider (feature `redis-tls`).
+        let client = self.client()?;
+        // The subscription speaks RESP3, whose pushes can be bounded.
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let listener = redis::Client::open(info.set_redis_settings(resp3))
+            .map_err(|e| FleetError::Url(e.to_string()))?;
         let id = replica_id();
         let shared = Arc::new(Shared::new(id, seal, self.timeouts));
         let (outbox, queued) = mpsc::channel(self.queue);

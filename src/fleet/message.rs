@@ -140,7 +140,9 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Message, Malformed> {
     let from = object
         .get("from")
         .and_then(Value::as_str)
-        .filter(|s| s.len() == 16)
+        // As sent: 16 lowercase hex digits (from_str_radix alone would
+        // also take a sign and uppercase, two spellings of one id).
+        .filter(|s| s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         .and_then(|s| u64::from_str_radix(s, 16).ok())
         .ok_or(Malformed::Field("from"))?;
     let op = object
@@ -217,7 +219,7 @@ mod tests {
 
     #[test]
     fn what_is_not_a_message_is_refused_with_its_reason() {
-        let cases: [(&str, Malformed); 10] = [
+        let cases: [(&str, Malformed); 12] = [
             ("not json", Malformed::NotJson),
             ("[1,2]", Malformed::NotOurs),
             (r#"{"op":"d","key":1}"#, Malformed::NotOurs),
@@ -228,6 +230,15 @@ mod tests {
             (r#"{"swr":1,"from":"1","op":"c"}"#, Malformed::Field("from")),
             (
                 r#"{"swr":1,"from":"000000000000000g","op":"c"}"#,
+                Malformed::Field("from"),
+            ),
+            // Not as sent: a sign, uppercase.
+            (
+                r#"{"swr":1,"from":"+00000000000001f","op":"c"}"#,
+                Malformed::Field("from"),
+            ),
+            (
+                r#"{"swr":1,"from":"000000000000001F","op":"c"}"#,
                 Malformed::Field("from"),
             ),
             (

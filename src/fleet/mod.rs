@@ -90,12 +90,19 @@
 //! `lost`, marks everything stale), and with `send_values` installs any
 //! value for any key. On a shared or managed Redis, set a secret (and an
 //! ACL that lets only the fleet's user use the channel). With one, each
-//! message carries an HMAC-SHA256 of its bytes; unsigned or badly signed
-//! messages are dropped before they are parsed, change nothing, and are
-//! counted ([`FleetMetrics::rejected`]).
+//! message carries an HMAC-SHA256 of its bytes and of the channel's name
+//! (so that it is not accepted on another channel the secret is used on);
+//! unsigned or badly signed messages are dropped as they arrive, before
+//! they take room among the messages waiting to be applied or are parsed:
+//! they change nothing, and are counted ([`FleetMetrics::rejected`]).
 //!
-//! What the secret does not do: it does not hide anything (keys and sent
-//! values travel readable; use TLS, feature `redis-tls`, against
+//! What the secret does not do: it protects what messages say, not the
+//! link's **availability**. Whoever can publish on the server can still
+//! make Redis disconnect the subscribers (one message over the server's
+//! pub/sub output-buffer hard limit does), and so make every replica run
+//! its reconnect action about once a second for as long as they keep at
+//! it; only the server's ACLs stop that. It does not hide anything (keys
+//! and sent values travel readable; use TLS, feature `redis-tls`, against
 //! eavesdroppers on the network, and trust the server itself), and it
 //! does not stop a **replay**: whoever can publish can send again, later,
 //! a message a replica signed (a clear clears again, an old value is
@@ -131,14 +138,16 @@
 //!   receives can be bounded: 4,096 messages waiting to be applied, and 16
 //!   MiB of them (or four of the largest allowed, if more); past that they
 //!   are dropped ([`FleetMetrics::dropped_on_arrival`]), counted as a gap,
-//!   and the reconnect action runs after everything received before the
-//!   drop (which it discards: the action covers it, and an older write
-//!   applied after the action would land as fresh) and before anything
-//!   received after it.
+//!   and the backlog received before the drop is discarded unapplied
+//!   ([`FleetMetrics::discarded`]: the reconnect action covers it, and an
+//!   older write applied after the action would land as fresh). The action
+//!   runs then, or, within a second of the last one, at that second's end:
+//!   messages received after the drop may be applied before it, which is
+//!   safe (it only marks stale, or clears, what they wrote).
 //! - **Messages are bounded in size** ([`FleetBuilder::max_message_bytes`],
 //!   256 KiB by default), checked before a received message is parsed, and
-//!   kept under half the server's pub/sub output-buffer hard limit where
-//!   `CONFIG GET` may read it. A message is read whole by the Redis client
+//!   kept (as is each pipeline of them) under half the server's pub/sub
+//!   output-buffer hard limit where `CONFIG GET` may read it. A message is read whole by the Redis client
 //!   before the link sees it; Redis itself disconnects a subscriber rather
 //!   than buffer past that hard limit (32 MiB by default).
 //! - **Reconnect actions are coalesced**: at most one a second per replica,
@@ -206,7 +215,9 @@ pub struct FleetMetrics {
     /// Changes not published: the queue was full, Redis unreachable, the
     /// publish failed, or the change could not be encoded.
     pub publish_dropped: u64,
-    /// Messages received on the channel, this replica's own included.
+    /// Messages received on the channel and taken to be applied, this
+    /// replica's own included (not those skipped as they arrived:
+    /// `oversized`, `rejected`, `dropped_on_arrival`).
     pub received: u64,
     /// Other replicas' messages applied here.
     pub applied: u64,
@@ -217,8 +228,9 @@ pub struct FleetMetrics {
     /// Messages skipped: not ours, not decodable, or their key or value did
     /// not deserialize.
     pub malformed: u64,
-    /// Messages refused unread, with a [secret](FleetBuilder::secret) set:
-    /// unsigned, or not signed with this fleet's secret.
+    /// Messages refused unread as they arrived, with a
+    /// [secret](FleetBuilder::secret) set: unsigned, or not signed with
+    /// this fleet's secret. They take no room among the messages waiting.
     pub rejected: u64,
     /// Messages missed: flagged by their sender as following one it dropped,
     /// or dropped here on arrival (faster than applied). Each has the
@@ -232,6 +244,12 @@ pub struct FleetMetrics {
     /// the link holds (4,096, or 16 MiB of them). Each run of drops is one
     /// gap.
     pub dropped_on_arrival: u64,
+    /// Messages that were waiting when later ones were dropped on arrival,
+    /// discarded unapplied: the reconnect action of that gap covers them
+    /// (applied after it, an older write would land as fresh). Every
+    /// message that arrives is counted once: in `received`, `oversized`,
+    /// `rejected`, `dropped_on_arrival` or here.
+    pub discarded: u64,
     /// Messages over [`FleetBuilder::max_message_bytes`]: received and
     /// skipped unread, or not sent (then a smaller message without the value
     /// is sent instead, or the change is dropped and counted in

@@ -10,7 +10,7 @@
 //! order than the store's, and a replica installing sent values kept the
 //! older one.) Serializing happens on the task too, not on the writer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -163,7 +163,16 @@ where
                         "a value is over the message size limit; told without it",
                         &format_args!("{} bytes", signed_len(shared, &full)),
                     );
-                    envelope.encode(op, lost, Some(key), version.as_deref(), None)
+                    let bare = envelope.encode(op, lost, Some(key), version.as_deref(), None)?;
+                    if signed_len(shared, &bare) > limit {
+                        // Counted oversized once, above: dropped, not
+                        // counted again.
+                        return Err(serde::ser::Error::custom(format_args!(
+                            "{} bytes without the value, over the {limit}-byte limit",
+                            signed_len(shared, &bare)
+                        )));
+                    }
+                    Ok(bare)
                 }
                 Err(error) => {
                     shared.warn("a value could not be encoded; told as a removal", &error);
@@ -181,7 +190,8 @@ where
 }
 
 /// Publishes what the hook queued over one connection, up to [`BATCH`]
-/// `PUBLISH`es a round trip. After anything is dropped (a change the hook
+/// `PUBLISH`es a round trip, and no more bytes than the largest message
+/// (a pipeline reaches a subscriber's output buffer at once). After anything is dropped (a change the hook
 /// could not queue, one that could not be encoded, a pipeline that could
 /// not be sent), the next message is flagged `lost`, so receivers know
 /// they missed something.
@@ -210,7 +220,7 @@ pub(super) async fn run<K, V, S>(
     let mut clears_told = 0u64;
     let mut during_clear: HashSet<K> = HashSet::new();
     let mut items = Vec::with_capacity(BATCH);
-    let mut payloads = Vec::with_capacity(BATCH);
+    let mut batch = Batch::default();
     let counters = &shared.counters;
     while queued.recv_many(&mut items, BATCH).await > 0 {
         // Connected first, so the server's limit on a message is known.
@@ -232,7 +242,7 @@ pub(super) async fn run<K, V, S>(
                     .envelope
                     .encode::<K>(Op::Cleared, lost, None, None, None)
                     .map_err(|e| e.to_string());
-                lost = collect(&shared, message, limit, &mut payloads);
+                lost = add(&mut publisher, &channel, &mut batch, message, limit).await;
                 let again: Vec<K> = if began == ended {
                     during_clear.drain().collect()
                 } else {
@@ -243,10 +253,7 @@ pub(super) async fn run<K, V, S>(
                     else {
                         return;
                     };
-                    lost = collect(&shared, message, limit, &mut payloads);
-                    if payloads.len() >= BATCH {
-                        lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
-                    }
+                    lost = add(&mut publisher, &channel, &mut batch, message, limit).await;
                 }
             }
             // A clear's end only wakes the task.
@@ -259,33 +266,67 @@ pub(super) async fn run<K, V, S>(
             if began != ended && reader.values.is_some() && during_clear.len() < DURING_CLEAR {
                 during_clear.insert(key);
             }
-            lost = collect(&shared, message, limit, &mut payloads);
-            if payloads.len() >= BATCH {
-                lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
-            }
+            lost = add(&mut publisher, &channel, &mut batch, message, limit).await;
         }
-        if !payloads.is_empty() {
-            lost |= flush(&mut publisher, &channel, &mut payloads, &shared).await;
+        if !batch.payloads.is_empty() {
+            lost |= flush(&mut publisher, &channel, &mut batch).await;
         }
     }
 }
 
-/// Publishes `payloads` in one pipeline and empties it, counting them
-/// published or dropped; returns whether they were dropped.
-async fn flush(
+/// The payloads of the next pipeline.
+#[derive(Default)]
+struct Batch {
+    payloads: Vec<Vec<u8>>,
+    /// Their bytes.
+    bytes: usize,
+}
+
+impl Batch {
+    /// Whether a payload of `len` bytes must wait for the next pipeline:
+    /// this one holds [`BATCH`] messages, or would pass `limit` bytes. A
+    /// pipeline lands in each subscriber's output buffer at once, so it is
+    /// kept under the server's limit as each message is.
+    fn is_full_for(&self, len: usize, limit: usize) -> bool {
+        !self.payloads.is_empty() && (self.payloads.len() >= BATCH || self.bytes + len > limit)
+    }
+
+    fn push(&mut self, payload: Vec<u8>) {
+        self.bytes += payload.len();
+        self.payloads.push(payload);
+    }
+}
+
+/// Adds an encoded message to the batch, the batch published first if it
+/// has no room for it; returns whether the next message must say
+/// something was lost.
+async fn add(
     publisher: &mut Publisher,
     channel: &str,
-    payloads: &mut Vec<Vec<u8>>,
-    shared: &Shared,
+    batch: &mut Batch,
+    message: Result<String, String>,
+    limit: usize,
 ) -> bool {
-    let sent = publisher.publish(channel, payloads).await;
-    let counters = &shared.counters;
+    let Some(payload) = collect(&publisher.shared, message, limit) else {
+        return true;
+    };
+    let lost = batch.is_full_for(payload.len(), limit) && flush(publisher, channel, batch).await;
+    batch.push(payload);
+    lost
+}
+
+/// Publishes the batch in one pipeline and empties it, counting its
+/// messages published or dropped; returns whether they were dropped.
+async fn flush(publisher: &mut Publisher, channel: &str, batch: &mut Batch) -> bool {
+    let sent = publisher.publish(channel, &batch.payloads).await;
+    let counters = &publisher.shared.counters;
     let counter = match sent {
         Ok(()) => &counters.published,
         Err(()) => &counters.dropped,
     };
-    counter.fetch_add(payloads.len() as u64, Ordering::Relaxed);
-    payloads.clear();
+    counter.fetch_add(batch.payloads.len() as u64, Ordering::Relaxed);
+    batch.payloads.clear();
+    batch.bytes = 0;
     sent.is_err()
 }
 
@@ -294,15 +335,9 @@ fn signed_len(shared: &Shared, payload: &str) -> usize {
     payload.len() + if shared.seal.is_some() { TAG } else { 0 }
 }
 
-/// Adds an encoded message to the batch (signed, with a secret), or counts
-/// it dropped (as it is if over `limit` bytes); returns whether the next
-/// message must say something was lost.
-fn collect(
-    shared: &Shared,
-    message: Result<String, String>,
-    limit: usize,
-    payloads: &mut Vec<Vec<u8>>,
-) -> bool {
+/// An encoded message's payload (signed, with a secret), or `None` if it
+/// is dropped and counted (as it is if over `limit` bytes).
+fn collect(shared: &Shared, message: Result<String, String>, limit: usize) -> Option<Vec<u8>> {
     let message = message.and_then(|payload| {
         let len = signed_len(shared, &payload);
         if len <= limit {
@@ -319,13 +354,12 @@ fn collect(
             if let Some(seal) = &shared.seal {
                 seal.sign(&mut payload);
             }
-            payloads.push(payload);
-            false
+            Some(payload)
         }
         Err(why) => {
             shared.counters.incr(&shared.counters.dropped);
             shared.warn("a change could not be encoded", &why);
-            true
+            None
         }
     }
 }
@@ -452,12 +486,13 @@ struct Lost;
 /// the server lets us read it (managed services often refuse `CONFIG`) and
 /// sets one: a subscriber whose output buffer reaches it is disconnected.
 async fn pubsub_hard_limit(connection: &mut redis::aio::MultiplexedConnection) -> Option<usize> {
-    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+    // A map: RESP2 gives a flat array of name and value, RESP3 a map.
+    let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("client-output-buffer-limit")
         .query_async(connection)
         .await;
-    let setting = reply.ok()?.into_iter().nth(1)?;
+    let setting = reply.ok()?.remove("client-output-buffer-limit")?;
     hard_limit_of("pubsub", &setting)
 }
 
@@ -473,6 +508,22 @@ fn hard_limit_of(class: &str, setting: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only each message was kept under the limit: 64 messages each just
+    /// under it went in one pipeline, and reached every subscriber's
+    /// output buffer at once.
+    #[test]
+    fn a_batch_is_published_before_its_bytes_pass_the_limit() {
+        let mut batch = Batch::default();
+        assert!(!batch.is_full_for(1000, 1000), "one message always fits");
+        batch.push(vec![0; 600]);
+        assert!(!batch.is_full_for(400, 1000));
+        assert!(batch.is_full_for(401, 1000), "1,001 bytes");
+        for _ in 1..BATCH {
+            batch.push(Vec::new());
+        }
+        assert!(batch.is_full_for(0, 1000), "64 messages");
+    }
 
     #[test]
     fn the_pubsub_hard_limit_is_read_from_the_setting() {

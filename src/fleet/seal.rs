@@ -1,11 +1,17 @@
 //! Message signatures, when the fleet shares a secret
 //! ([`FleetBuilder::secret`](super::FleetBuilder::secret)): each payload
-//! ends with a newline and the HMAC-SHA256 of the bytes before it, in 64
-//! lowercase hex digits.
+//! ends with a newline and a tag, in 64 lowercase hex digits: the
+//! HMAC-SHA256 of the channel's length (8 bytes, big-endian), the channel,
+//! and the bytes before the newline.
 //!
 //! ```text
 //! {"swr":1,"from":"6f1c0e2a9b3d4c5e","op":"c"}\n<64 hex digits>
 //! ```
+//!
+//! The channel is signed too, so a fleet that uses one secret on several
+//! channels cannot have a message of one replayed on another; its length
+//! comes first so that no two channel and message pairs sign the same
+//! bytes.
 //!
 //! The receiver checks the tag (in constant time) before it parses
 //! anything. A replica without the secret reads a signed payload as one
@@ -18,10 +24,12 @@ use sha2::Sha256;
 /// The tag's length: a newline and 32 bytes in hex.
 pub(crate) const TAG: usize = 1 + 64;
 
-/// The fleet's key: signs what this replica sends, checks what it receives.
+/// The fleet's key on one channel: signs what this replica sends there,
+/// checks what it receives.
 #[derive(Clone)]
 pub(crate) struct Seal {
-    /// Keyed once; cloned per message (a copy of the hash state).
+    /// Keyed, and fed the channel, once; cloned per message (a copy of the
+    /// hash state).
     mac: Hmac<Sha256>,
 }
 
@@ -35,11 +43,12 @@ pub(crate) enum Unsealed {
 }
 
 impl Seal {
-    pub(crate) fn new(secret: &[u8]) -> Self {
-        Self {
-            // HMAC takes a key of any length.
-            mac: Hmac::new_from_slice(secret).expect("HMAC takes any key length"),
-        }
+    pub(crate) fn new(secret: &[u8], channel: &str) -> Self {
+        // HMAC takes a key of any length.
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(&(channel.len() as u64).to_be_bytes());
+        mac.update(channel.as_bytes());
+        Self { mac }
     }
 
     /// Appends the tag of `message` to it.
@@ -97,7 +106,7 @@ mod tests {
 
     fn signed(secret: &[u8]) -> Vec<u8> {
         let mut payload = MESSAGE.to_vec();
-        Seal::new(secret).sign(&mut payload);
+        Seal::new(secret, "prompts").sign(&mut payload);
         payload
     }
 
@@ -105,24 +114,46 @@ mod tests {
     fn a_signed_message_opens_with_the_same_key() {
         let payload = signed(b"fleet key");
         assert_eq!(payload.len(), MESSAGE.len() + TAG);
-        assert_eq!(Seal::new(b"fleet key").open(&payload), Ok(MESSAGE));
+        assert_eq!(
+            Seal::new(b"fleet key", "prompts").open(&payload),
+            Ok(MESSAGE)
+        );
     }
 
     #[test]
-    fn the_tag_is_hmac_sha256_in_hex() {
-        // RFC 4231, test case 2.
-        let mut payload = b"what do ya want for nothing?".to_vec();
-        Seal::new(b"Jefe").sign(&mut payload);
+    fn the_tag_is_hmac_sha256_of_the_channel_and_message_in_hex() {
+        // The framing as documented: the channel's length, the channel
+        // ("what"), the message (" do ya want for nothing?").
+        let data = b"what do ya want for nothing?";
+        let mut keyed = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        keyed.update(&4u64.to_be_bytes());
+        keyed.update(data);
+        let expected: String = keyed
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut payload = data[4..].to_vec();
+        Seal::new(b"Jefe", "what").sign(&mut payload);
         let tag = std::str::from_utf8(&payload[payload.len() - 64..]).unwrap();
+        assert_eq!(tag, expected);
+    }
+
+    /// Only the message was signed: one a replica signed on one channel
+    /// was accepted on any other the fleet's secret is used on.
+    #[test]
+    fn a_message_signed_for_another_channel_is_refused() {
+        let seal = Seal::new(b"fleet key", "other");
         assert_eq!(
-            tag,
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            seal.open(&signed(b"fleet key")),
+            Err(Unsealed::BadSignature)
         );
     }
 
     #[test]
     fn another_key_an_unsigned_or_a_changed_message_is_refused() {
-        let seal = Seal::new(b"fleet key");
+        let seal = Seal::new(b"fleet key", "prompts");
         assert_eq!(
             seal.open(&signed(b"other key")),
             Err(Unsealed::BadSignature)

@@ -91,15 +91,21 @@ impl Clears {
         self.began.fetch_add(1, Ordering::Release);
     }
 
+    /// A clear ended. One racing `attach` may end without having begun
+    /// here (its `Clearing` found no hook, its `Cleared` found this one):
+    /// `began` is raised to match, or it stayed behind for good and no
+    /// later clear ever looked closed.
     pub(super) fn end(&self) {
-        self.ended.fetch_add(1, Ordering::Release);
+        let ended = self.ended.fetch_add(1, Ordering::AcqRel) + 1;
+        self.began.fetch_max(ended, Ordering::AcqRel);
     }
 
-    /// Clears begun and ended so far (ended read first, so never more
-    /// than begun).
+    /// Clears begun and ended so far. Begun is never less than ended: a
+    /// reader between an unbegun clear's two steps in [`end`](Self::end)
+    /// sees it begun too.
     pub(super) fn load(&self) -> (u64, u64) {
         let ended = self.ended.load(Ordering::Acquire);
-        (self.began.load(Ordering::Acquire), ended)
+        (self.began.load(Ordering::Acquire).max(ended), ended)
     }
 }
 
@@ -119,6 +125,7 @@ pub(super) struct Counters {
     pub(super) gaps: AtomicU64,
     pub(super) actions: AtomicU64,
     pub(super) arrival_dropped: AtomicU64,
+    pub(super) discarded: AtomicU64,
     pub(super) oversized: AtomicU64,
     pub(super) reconnects: AtomicU64,
     pub(super) connect_failures: AtomicU64,
@@ -159,6 +166,7 @@ impl Shared {
             gaps: get(&c.gaps),
             actions: get(&c.actions),
             dropped_on_arrival: get(&c.arrival_dropped),
+            discarded: get(&c.discarded),
             oversized: get(&c.oversized),
             reconnects: get(&c.reconnects),
             connect_failures: get(&c.connect_failures),
@@ -182,4 +190,23 @@ pub(super) fn epoch_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clear that ended without having begun (racing `attach`) left
+    /// `began` behind `ended` for good: later clears never looked open, and
+    /// the keys taken during one were never told again.
+    #[test]
+    fn a_clear_that_ends_unbegun_leaves_later_clears_counted_right() {
+        let clears = Clears::default();
+        clears.end();
+        assert_eq!(clears.load(), (1, 1), "none open");
+        clears.begin();
+        assert_eq!(clears.load(), (2, 1), "the next one open");
+        clears.end();
+        assert_eq!(clears.load(), (2, 2), "and closed");
+    }
 }

@@ -52,7 +52,7 @@ pub(super) async fn run<K, V, S>(
     let timeouts = shared.timeouts;
     let mut backoff = Backoff::new();
     loop {
-        let (mailbox, mut inbox) = inbox(Arc::clone(&shared), max_message);
+        let (mailbox, mut inbox) = inbox(Arc::clone(&shared), max_message, RECEIVED);
         let config = timeouts.config().set_push_sender(mailbox);
         let attempt = timeout(timeouts.connect, async {
             let mut connection = client
@@ -224,7 +224,8 @@ where
         }
     }
 
-    /// Applies one payload; false if the cache is gone.
+    /// Applies one payload (its signature, if the fleet signs, checked and
+    /// cut off in the [inbox](super::inbox)); false if the cache is gone.
     pub(super) fn apply(&mut self, payload: &[u8]) -> bool {
         let Some(inner) = self.cache.upgrade() else {
             return false;
@@ -232,18 +233,6 @@ where
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
         counters.incr(&counters.received);
-        // With a secret, nothing unsigned is even parsed.
-        let payload = match &shared.seal {
-            None => payload,
-            Some(seal) => match seal.open(payload) {
-                Ok(message) => message,
-                Err(why) => {
-                    counters.incr(&counters.rejected);
-                    shared.warn("a message was refused", &format_args!("{why:?}"));
-                    return true;
-                }
-            },
-        };
         // User code runs here (Deserialize, the version function, Drop of
         // what is removed): a panic costs this message, not the link.
         let applied = catch_unwind(AssertUnwindSafe(|| self.apply_to(&inner, payload)));
