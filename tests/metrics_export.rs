@@ -1,76 +1,117 @@
-//! Feature `metrics`: what the cache reports to the `metrics` facade, read
-//! back from `metrics-util`'s debugging recorder.
+//! Feature `metrics`: what the cache reports to the `metrics` facade,
+//! read back from a recorder of the test's own (a few lines, so that no
+//! example or test build pays for a metrics toolkit).
 #![cfg(feature = "metrics")]
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
 use swr_cache::Cache;
 
-/// One reading of every series: name, labels, value. (Reading resets the
-/// debugging recorder's counters, so each check group reads once.)
-struct Reading(Vec<Series>);
+/// What one series holds: a counter's count, a gauge's value (as bits), a
+/// histogram's samples.
+#[derive(Default)]
+struct Series {
+    count: AtomicU64,
+    gauge: AtomicU64,
+    samples: Mutex<Vec<f64>>,
+}
 
-/// A series' name, labels and value.
-type Series = (String, Vec<(String, String)>, DebugValue);
+impl CounterFn for Series {
+    fn increment(&self, by: u64) {
+        self.count.fetch_add(by, Ordering::Relaxed);
+    }
+    fn absolute(&self, value: u64) {
+        self.count.fetch_max(value, Ordering::Relaxed);
+    }
+}
 
-impl Reading {
-    fn take(snapshotter: &Snapshotter) -> Self {
-        let series = snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .map(|(key, _, _, value)| {
-                let key = key.key();
-                let labels = key
-                    .labels()
-                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                    .collect();
-                (key.name().to_owned(), labels, value)
-            });
-        Self(series.collect())
+impl GaugeFn for Series {
+    fn increment(&self, by: f64) {
+        GaugeFn::set(self, f64::from_bits(self.gauge.load(Ordering::Relaxed)) + by);
+    }
+    fn decrement(&self, by: f64) {
+        GaugeFn::increment(self, -by);
+    }
+    fn set(&self, value: f64) {
+        self.gauge.store(value.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl HistogramFn for Series {
+    fn record(&self, value: f64) {
+        self.samples.lock().unwrap().push(value);
+    }
+}
+
+/// Every series registered, by name and sorted labels.
+#[derive(Default)]
+struct Recorded(Mutex<HashMap<(String, Vec<(String, String)>), Arc<Series>>>);
+
+impl Recorded {
+    fn series(&self, key: &Key) -> Arc<Series> {
+        let mut labels: Vec<_> = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        labels.sort();
+        let mut all = self.0.lock().unwrap();
+        Arc::clone(all.entry((key.name().to_owned(), labels)).or_default())
     }
 
-    /// The value of the series `name` whose labels include all of `labels`.
-    fn series(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.0
-            .iter()
-            .find(|(n, have, _)| {
+    /// The series `name` whose labels include all of `labels`.
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<Arc<Series>> {
+        let all = self.0.lock().unwrap();
+        all.iter()
+            .find(|((n, have), _)| {
                 n == name
                     && labels
                         .iter()
                         .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
             })
-            .map(|(_, _, value)| value)
+            .map(|(_, series)| Arc::clone(series))
     }
 
     fn counter(&self, name: &str) -> Option<u64> {
-        match self.series(name, &[("cache", "prompts")])? {
-            DebugValue::Counter(n) => Some(*n),
-            other => panic!("{name} is {other:?}"),
-        }
+        let series = self.find(name, &[("cache", "prompts")])?;
+        Some(series.count.load(Ordering::Relaxed))
     }
 
     fn gauge(&self, name: &str) -> Option<f64> {
-        match self.series(name, &[("cache", "prompts")])? {
-            DebugValue::Gauge(value) => Some(value.into_inner()),
-            other => panic!("{name} is {other:?}"),
-        }
+        let series = self.find(name, &[("cache", "prompts")])?;
+        Some(f64::from_bits(series.gauge.load(Ordering::Relaxed)))
     }
 
     fn samples(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-        match self.series(name, labels) {
-            Some(DebugValue::Histogram(values)) => values.iter().map(|v| v.into_inner()).collect(),
-            None => Vec::new(),
-            other => panic!("{name} is {other:?}"),
-        }
+        self.find(name, labels)
+            .map_or_else(Vec::new, |series| series.samples.lock().unwrap().clone())
+    }
+}
+
+impl Recorder for Recorded {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.series(key))
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(self.series(key))
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(self.series(key))
     }
 }
 
 #[test]
 fn the_cache_reports_its_counters_gauges_and_histograms() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    let recorder = Recorded::default();
     metrics::with_local_recorder(&recorder, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -95,7 +136,7 @@ fn the_cache_reports_its_counters_gauges_and_histograms() {
             assert!(cache.get("a").is_some());
             cache.insert("b".into(), "b".into());
             cache.report_metrics();
-            let read = Reading::take(&snapshotter);
+            let read = &recorder;
             assert_eq!(read.counter("swr_cache_hits_total"), Some(1));
             assert_eq!(read.counter("swr_cache_misses_total"), Some(2));
             assert_eq!(read.counter("swr_cache_loads_total"), Some(1));
@@ -118,7 +159,7 @@ fn the_cache_reports_its_counters_gauges_and_histograms() {
             tokio::time::sleep(Duration::from_secs(15)).await;
             assert!(cache.get("b").is_some());
             cache.report_metrics();
-            let read = Reading::take(&snapshotter);
+            let read = &recorder;
             let stale = read.samples("swr_cache_stale_served_seconds", &[("cache", "prompts")]);
             assert_eq!(stale.len(), 1, "{stale:?}");
             assert!((stale[0] - 5.0).abs() < 0.01, "{stale:?}");
