@@ -1469,16 +1469,6 @@ mod tls {
 
     impl Certificates {
         fn make() -> Self {
-            use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-            let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let ca_key = KeyPair::generate().unwrap();
-            let ca = ca_params.self_signed(&ca_key).unwrap();
-            let server_key = KeyPair::generate().unwrap();
-            let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-                .unwrap()
-                .signed_by(&server_key, &ca, &ca_key)
-                .unwrap();
             static MADE: AtomicUsize = AtomicUsize::new(0);
             let dir = std::env::temp_dir().join(format!(
                 "swr-fleet-tls-{}-{}",
@@ -1486,13 +1476,70 @@ mod tls {
                 MADE.fetch_add(1, Ordering::Relaxed)
             ));
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
-            std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
-            std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-            Certificates {
-                dir,
-                ca_pem: ca.pem(),
-            }
+            // The openssl command line (which .ci/run installs where it is
+            // missing) rather than a certificate crate, so that the demo and
+            // every other example do not build one as a dev-dependency.
+            let openssl = |args: &[&str]| {
+                let out = std::process::Command::new("openssl")
+                    .args(args)
+                    .current_dir(&dir)
+                    .output()
+                    .expect("the openssl command (apt-get install openssl)");
+                assert!(out.status.success(), "openssl {args:?}: {out:?}");
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=swr-cache test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ]);
+            std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.pem",
+            ]);
+            let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+            Certificates { dir, ca_pem }
         }
 
         /// A redis-server speaking TLS only, with the server certificate.
