@@ -50,9 +50,12 @@ impl HistogramFn for Series {
     }
 }
 
-/// Every series registered, by name and sorted labels.
+/// A series' name and its labels, sorted.
+type SeriesKey = (String, Vec<(String, String)>);
+
+/// Every series registered.
 #[derive(Default)]
-struct Recorded(Mutex<HashMap<(String, Vec<(String, String)>), Arc<Series>>>);
+struct Recorded(Mutex<HashMap<SeriesKey, Arc<Series>>>);
 
 impl Recorded {
     fn series(&self, key: &Key) -> Arc<Series> {
