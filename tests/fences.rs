@@ -1077,21 +1077,27 @@ fn invalidate_if_removes_an_entry_marked_stale_meanwhile() {
     cache.validate();
 }
 
+/// A cache on `upstream` whose refresher looks for due values only once an
+/// hour, so that any sooner refresh is one it was asked for.
+fn hourly_cache(upstream: &Gated) -> Cache<String, String> {
+    let upstream = upstream.clone();
+    Cache::builder()
+        .ttl(TTL)
+        .refresh_interval(Duration::from_secs(3600))
+        .fetcher(move |key: String| {
+            let upstream = upstream.clone();
+            async move { upstream.fetch(key).await }
+        })
+        .build()
+        .unwrap()
+}
+
 /// A marked value may have no reader: the refresher looks at once, not at
 /// its next interval.
 #[tokio::test(start_paused = true)]
 async fn a_marked_value_is_refreshed_without_waiting_for_the_interval() {
     let upstream = Gated::new();
-    let fetcher = upstream.clone();
-    let cache: Cache<String, String> = Cache::builder()
-        .ttl(TTL)
-        .refresh_interval(Duration::from_secs(3600))
-        .fetcher(move |key: String| {
-            let upstream = fetcher.clone();
-            async move { upstream.fetch(key).await }
-        })
-        .build()
-        .unwrap();
+    let cache = hourly_cache(&upstream);
     cache.insert("k".into(), "old".into());
     cache.start().unwrap();
     settle().await;
@@ -1111,16 +1117,7 @@ async fn a_marked_value_is_refreshed_without_waiting_for_the_interval() {
 #[tokio::test(start_paused = true)]
 async fn a_mark_during_the_refreshers_own_fetch_is_refreshed_when_that_fetch_ends() {
     let upstream = Gated::new();
-    let fetcher = upstream.clone();
-    let cache: Cache<String, String> = Cache::builder()
-        .ttl(TTL)
-        .refresh_interval(Duration::from_secs(3600))
-        .fetcher(move |key: String| {
-            let upstream = fetcher.clone();
-            async move { upstream.fetch(key).await }
-        })
-        .build()
-        .unwrap();
+    let cache = hourly_cache(&upstream);
     cache.insert("k".into(), "old".into());
     cache.start().unwrap();
     // Two ticks of the coarse clock past the TTL.
