@@ -34,7 +34,10 @@ impl CounterFn for Series {
 
 impl GaugeFn for Series {
     fn increment(&self, by: f64) {
-        GaugeFn::set(self, f64::from_bits(self.gauge.load(Ordering::Relaxed)) + by);
+        GaugeFn::set(
+            self,
+            f64::from_bits(self.gauge.load(Ordering::Relaxed)) + by,
+        );
     }
     fn decrement(&self, by: f64) {
         GaugeFn::increment(self, -by);
