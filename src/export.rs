@@ -60,8 +60,8 @@ impl Export {
         }
     }
 
-    /// A fetch ended after `seconds`: a refresh (of a cached value) or a
-    /// load.
+    /// A fetch ended after `seconds`: a refresh (of a cached value, or any
+    /// fetch the refresher started, as the counters have it) or a load.
     pub(crate) fn fetched<V>(
         &self,
         refresh: bool,

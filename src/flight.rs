@@ -283,7 +283,8 @@ where
                 traced.record("elapsed_ms", seconds * 1e3);
                 #[cfg(feature = "metrics")]
                 if let Some(cache) = landing.cache.upgrade() {
-                    cache.export.fetched(from.is_some(), &outcome, seconds);
+                    let refresh = from.is_some() || purpose == Purpose::Refresh;
+                    cache.export.fetched(refresh, &outcome, seconds);
                 }
             }
             let result = match landing.cache.upgrade() {
