@@ -3,45 +3,47 @@
 //! fleet whose Redis restarted (or stalled on a fork) does not come back
 //! in lockstep.
 
-use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
+
+use crate::clock::duration_to_nanos;
+use crate::refresh::backoff::{Jitter, retry_delay};
 
 /// The first wait, doubled per failure up to [`MAX_BACKOFF`].
 pub(super) const BACKOFF: Duration = Duration::from_millis(50);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// The waits of one task's connection attempts.
-#[derive(Debug)]
+/// The waits of one task's connection attempts: the refresher's retry
+/// delays, on the link's own base and cap.
 pub(super) struct Backoff {
-    /// The next wait, before its jitter.
-    next: Duration,
-    /// Waits so far, so each draws a new factor.
-    drawn: u64,
+    /// Attempts failed since the last success.
+    failures: u32,
+    jitter: Jitter,
 }
 
 impl Backoff {
     pub(super) fn new() -> Self {
         Self {
-            next: BACKOFF,
-            drawn: 0,
+            failures: 0,
+            jitter: Jitter::new(),
         }
     }
 
     /// The wait before the next attempt; the one after is twice as long
     /// (before jitter), up to [`MAX_BACKOFF`].
     pub(super) fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
-        self.drawn += 1;
-        // std's RandomState is seeded at random per process and per call.
-        let random = RandomState::new().hash_one(self.drawn);
-        let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
-        wait.mul_f64(0.5 + 0.5 * unit)
+        self.failures = self.failures.saturating_add(1);
+        let (base, cap) = (duration_to_nanos(BACKOFF), duration_to_nanos(MAX_BACKOFF));
+        Duration::from_nanos(retry_delay(
+            base,
+            cap,
+            self.failures,
+            self.jitter.next_unit(),
+        ))
     }
 
     /// After a success: the next wait is the first again.
     pub(super) fn reset(&mut self) {
-        self.next = BACKOFF;
+        self.failures = 0;
     }
 }
 

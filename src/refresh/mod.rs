@@ -4,7 +4,7 @@
 //! (`limit`), when it stops for an outage (`breaker`), how long a failing
 //! key waits (`backoff`), and what operators see of it (`state`).
 
-mod backoff;
+pub(crate) mod backoff;
 mod breaker;
 mod held;
 mod limit;
