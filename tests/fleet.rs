@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use swr_cache::Cache;
@@ -1169,10 +1169,13 @@ struct GatedKey(String);
 
 static GATE: (std::sync::Mutex<bool>, std::sync::Condvar) =
     (std::sync::Mutex::new(false), std::sync::Condvar::new());
+/// Set once the receiving task has taken the "gate" message and waits.
+static GATE_HELD: AtomicBool = AtomicBool::new(false);
 
 impl From<String> for GatedKey {
     fn from(s: String) -> Self {
         if s == "gate" {
+            GATE_HELD.store(true, Ordering::SeqCst);
             let (open, opened) = &GATE;
             let _open = opened
                 .wait_while(open.lock().unwrap(), |open| !*open)
@@ -1210,9 +1213,11 @@ fn the_backlog_older_than_an_overflow_never_lands_after_the_reconnect_action() {
                 .await
                 .unwrap();
         }
-        // Two takes "gate" and waits in its decoding; "p" and 6,000 more
-        // arrive, of which 4,096 fit.
+        // Two takes "gate" and waits in its decoding; then "p" and 6,000
+        // more arrive, of which 4,096 fit. (Sent before two took "gate",
+        // under load, they left it in the inbox and one fewer was dropped.)
         one.insert(GatedKey("gate".into()), "g".into());
+        eventually("two holds the gate", || GATE_HELD.load(Ordering::SeqCst)).await;
         one.insert(GatedKey("p".into()), "old".into());
         for i in 0..6000 {
             one_link.invalidate(GatedKey(format!("f{i}")));
