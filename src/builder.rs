@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use crate::Cache;
 use crate::fetcher::{ErasedFetcher, Fetcher};
+use crate::freshness::{Freshness, FreshnessFn};
 use crate::hasher::DefaultBuildHasher;
-use crate::inner::Inner;
+use crate::inner::{Hooks, Inner};
 use crate::removal::{Listener, RemovalCause, Weigher};
-use crate::settings::{ConfigError, MAX_SIZE_LIMIT, Settings};
+use crate::settings::{ConfigError, MAX_SIZE_LIMIT, Settings, jitter_of};
 
 /// Builds a [`Cache`]; from [`Cache::builder`].
 ///
@@ -36,6 +37,7 @@ pub struct CacheBuilder<K, V, S = DefaultBuildHasher> {
     pub(crate) hasher: S,
     pub(crate) fetcher: Option<ErasedFetcher<K, V>>,
     pub(crate) weigher: Option<Weigher<K, V>>,
+    freshness: Option<FreshnessFn<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
     key_debug: Option<fn(&K) -> String>,
     name: Option<Arc<str>>,
@@ -56,6 +58,8 @@ impl<K, V, S> std::fmt::Debug for CacheBuilder<K, V, S> {
             .field("refresh_timeout", &s.refresh_timeout)
             .field("refresh_on_read", &s.refresh_on_read)
             .field("max_retry_backoff", &s.max_retry_backoff)
+            .field("refresh_jitter", &s.refresh_jitter)
+            .field("freshness", &self.freshness.is_some())
             .field("fetcher", &self.fetcher.is_some())
             .field("weigher", &self.weigher.is_some())
             .field("eviction_listener", &self.listener.is_some())
@@ -81,6 +85,7 @@ impl<K, V> Default for CacheBuilder<K, V> {
             hasher: DefaultBuildHasher::default(),
             fetcher: None,
             weigher: None,
+            freshness: None,
             listener: None,
             key_debug: None,
             name: None,
@@ -234,6 +239,74 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// Decides how long each value is fresh, and how long it may be served
+    /// stale past that, from the key and the value: called for every value
+    /// written (an insert, a load, a refresh, a snapshot load, a fleet
+    /// message), before any lock is taken. So a value that carries its own
+    /// `max-age` keeps it, as an HTTP cache keeps a response's. Return
+    /// [`Freshness::cache_default`] for a value with none of its own: it
+    /// then follows the cache's `ttl` and `max_stale`, as they are
+    /// configured now and later. A fetcher's
+    /// [`Fetched::Unchanged`](crate::Fetched::Unchanged) renews the value
+    /// for the freshness this gives it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use swr_cache::{Cache, Freshness};
+    ///
+    /// #[derive(Clone)]
+    /// struct Response {
+    ///     body: String,
+    ///     max_age: Option<Duration>,
+    /// }
+    ///
+    /// let cache: Cache<String, Response> = Cache::builder()
+    ///     .ttl(Duration::from_secs(300))
+    ///     .freshness(|_url: &String, response: &Response| match response.max_age {
+    ///         Some(max_age) => Freshness::ttl(max_age),
+    ///         None => Freshness::cache_default(),
+    ///     })
+    ///     .build()?;
+    /// let short = Response { body: "news".into(), max_age: Some(Duration::from_secs(10)) };
+    /// cache.insert("/news".into(), short);
+    /// tokio::time::advance(Duration::from_secs(11)).await;
+    /// assert_eq!(cache.is_stale("/news"), Some(true), "its own max-age");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn freshness(
+        mut self,
+        freshness: impl Fn(&K, &V) -> Freshness + Send + Sync + 'static,
+    ) -> Self {
+        self.freshness = Some(std::sync::Arc::new(freshness));
+        self
+    }
+
+    /// Makes each value go stale at a random point in the last `fraction`
+    /// of its TTL (from 0, the default: exactly at its TTL, to 1), drawn
+    /// anew at each write. So values loaded together, and the replicas of
+    /// a fleet, do not all come due for a refresh in the same instant.
+    /// `max_stale` counts from the point drawn. A fraction outside `0..=1`
+    /// fails the build ([`ConfigError::RefreshJitter`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use swr_cache::Cache;
+    ///
+    /// // Stale somewhere between 54 s and 60 s after each write.
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .refresh_jitter(0.1)
+    ///     .build()?;
+    /// # Ok::<(), swr_cache::ConfigError>(())
+    /// ```
+    pub fn refresh_jitter(mut self, fraction: f64) -> Self {
+        self.settings.refresh_jitter = jitter_of(fraction);
+        self
+    }
+
     /// How often the refresher looks for stale entries.
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.settings.refresh_interval = interval;
@@ -247,6 +320,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             hasher,
             fetcher: self.fetcher,
             weigher: self.weigher,
+            freshness: self.freshness,
             listener: self.listener,
             key_debug: self.key_debug,
             name: self.name,
@@ -425,9 +499,12 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             self.settings,
             self.hasher,
             self.fetcher,
-            self.weigher,
-            self.listener,
-            self.key_debug,
+            Hooks {
+                weigher: self.weigher,
+                freshness: self.freshness,
+                listener: self.listener,
+                key_debug: self.key_debug,
+            },
             self.name,
         );
         let inner = Arc::new(inner);

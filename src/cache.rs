@@ -6,6 +6,7 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -13,6 +14,7 @@ use tokio::runtime::Handle;
 use crate::changes::{Change, Share};
 use crate::fetcher::{ErasedFetcher, FetchError, Fetcher};
 use crate::flight::{Flight, Purpose};
+use crate::freshness::Freshness;
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 use crate::metrics::Metrics;
@@ -187,8 +189,10 @@ where
     {
         let inner = &*self.inner;
         let now = inner.read.clock.now();
-        let ttl = inner.ttl_nanos();
-        inner.store.read(key, |node| node.meta.is_stale(now, ttl))
+        let cache = inner.terms();
+        inner
+            .store
+            .read(key, |node| node.meta.is_stale(now, node.terms(cache).ttl))
     }
 
     /// Stores `value` for `key`, with a fresh age. A new key in a full cache
@@ -197,16 +201,84 @@ where
     /// one replaces, are given to the listener after the lock is released,
     /// and dropped once no reader can still see them.
     pub fn insert(&self, key: K, value: V) {
+        self.insert_as(key, value, None);
+    }
+
+    /// An insert with the freshness `given`, or the one the cache decides.
+    fn insert_as(&self, key: K, value: V, given: Option<Freshness>) {
         if self.inner.is_disabled() {
             return;
         }
         if self.inner.changes.is_on() {
             let told = key.clone();
-            self.inner.write(key, value, Write::Upsert);
+            self.inner.write_with(key, value, Write::Upsert, given);
             self.inner.changes.tell(|| Change::Written(&told));
         } else {
-            self.inner.write(key, value, Write::Upsert);
+            self.inner.write_with(key, value, Write::Upsert, given);
         }
+    }
+
+    /// [`insert`](Self::insert)s `value` with a freshness of its own: fresh
+    /// for `ttl`, then stale (served, and refreshed by the fetcher) until a
+    /// refresh or a write renews it. `max_stale` and the refresh jitter are
+    /// the cache's. A refresh of it keeps this TTL (unless a
+    /// [freshness function](crate::CacheBuilder::freshness) decides
+    /// otherwise); an `insert` puts the key back on the cache's. For the
+    /// other terms a value may carry, see [`insert_fresh`](Self::insert_fresh).
+    ///
+    /// The cache's refresher runs for such values even without a cache-wide
+    /// TTL, once started.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use swr_cache::Cache;
+    ///
+    /// let cache: Cache<&str, &str> = Cache::builder().ttl(Duration::from_secs(300)).build()?;
+    /// cache.insert_with_ttl("token", "abc", Duration::from_secs(30));
+    /// cache.insert("config", "x");
+    /// tokio::time::advance(Duration::from_secs(31)).await;
+    /// assert_eq!(cache.is_stale("token"), Some(true));
+    /// assert_eq!(cache.is_stale("config"), Some(false));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        self.insert_fresh(key, value, Freshness::ttl(ttl));
+    }
+
+    /// [`insert`](Self::insert)s `value` with the freshness given: its own
+    /// TTL (or none), and how long it may be served stale past it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use swr_cache::{Cache, Freshness};
+    ///
+    /// let cache: Cache<&str, &str> = Cache::builder().build()?;
+    /// let terms = Freshness::ttl(Duration::from_secs(30)).max_stale(Duration::from_secs(60));
+    /// cache.insert_fresh("quote", "1.07", terms);
+    /// tokio::time::advance(Duration::from_secs(45)).await;
+    /// assert_eq!(cache.get("quote"), Some("1.07"), "stale, within its bound");
+    /// tokio::time::advance(Duration::from_secs(60)).await;
+    /// assert_eq!(cache.get("quote"), None, "past 30 s + 60 s");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn insert_fresh(&self, key: K, value: V, freshness: Freshness) {
+        if !self.inner.is_disabled()
+            && !freshness.is_cache_default()
+            && !self.inner.read.own_ttls.load(Ordering::SeqCst)
+        {
+            // Values may now go stale without a cache-wide TTL: the
+            // refresher and the clock's keeper may have to start.
+            self.inner.read.own_ttls.store(true, Ordering::SeqCst);
+            self.inner.reconcile_refresher();
+            crate::upkeep::keep_clock(&self.inner);
+        }
+        self.insert_as(key, value, Some(freshness));
     }
 
     /// Removes `key`; returns whether it was cached. The listener hears of

@@ -22,6 +22,11 @@ use tokio::time::Instant;
 /// Nanoseconds since a [`Clock`]'s base.
 pub(crate) type Nanos = u64;
 
+/// Where a clock's time starts: 2^56 ns (2.3 years) after its base, so
+/// that a write may be backdated by its refresh jitter (up to its TTL) in
+/// the cache's first hours too. The whole range still lasts 580 years.
+const EPOCH: Nanos = 1 << 56;
+
 pub(crate) struct Clock {
     base: Instant,
     /// The last time [`Clock::tick`] stored; read by `get` while `ticking`.
@@ -51,7 +56,7 @@ impl Clock {
     pub(crate) fn new() -> Self {
         Self {
             base: Instant::now(),
-            recent: AtomicU64::new(0),
+            recent: AtomicU64::new(EPOCH),
             period: AtomicU64::new(0),
             ticker: AtomicU64::new(0),
             tickers: AtomicU64::new(0),
@@ -62,7 +67,7 @@ impl Clock {
     /// The precise time.
     #[inline]
     pub(crate) fn now(&self) -> Nanos {
-        duration_to_nanos(Instant::now().saturating_duration_since(self.base))
+        duration_to_nanos(Instant::now().saturating_duration_since(self.base)).saturating_add(EPOCH)
     }
 
     #[inline]
@@ -161,14 +166,19 @@ impl Clock {
 
     /// The instant a [`Nanos`] reading stands for, for tokio timers.
     pub(crate) fn instant_at(&self, at: Nanos) -> Instant {
-        self.base + Duration::from_nanos(at)
+        self.base + Duration::from_nanos(at.saturating_sub(EPOCH))
     }
 }
 
 /// How often the coarse clock ticks for a TTL: a sixty-fourth of it,
-/// between 1 ms and 100 ms, so staleness is judged at most that late.
+/// between 1 ms and 100 ms, so staleness is judged at most that late; 100
+/// ms with no cache-wide TTL (`0`: values with TTLs of their own only).
 pub(crate) fn tick_period(ttl: Nanos) -> Nanos {
-    (ttl / 64).clamp(1_000_000, 100_000_000)
+    const MOST: Nanos = 100_000_000;
+    if ttl == 0 {
+        return MOST;
+    }
+    (ttl / 64).clamp(1_000_000, MOST)
 }
 
 pub(crate) fn duration_to_nanos(d: Duration) -> Nanos {
@@ -183,21 +193,21 @@ mod tests {
     async fn recent_is_precise_until_a_ticker_runs() {
         let clock = Clock::new();
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(clock.recent(), 1_000_000_000);
+        assert_eq!(clock.recent(), EPOCH + 1_000_000_000);
 
         let ticker = clock.start_ticking();
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
             clock.recent(),
-            1_000_000_000,
+            EPOCH + 1_000_000_000,
             "coarse time waits for a tick"
         );
         clock.tick();
-        assert_eq!(clock.recent(), 2_000_000_000);
+        assert_eq!(clock.recent(), EPOCH + 2_000_000_000);
 
         clock.stop_ticking_if(ticker);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(clock.recent(), 3_000_000_000);
+        assert_eq!(clock.recent(), EPOCH + 3_000_000_000);
     }
 
     /// (Review.) A keeper that stops late (the TTL removed and given back
@@ -223,8 +233,8 @@ mod tests {
         let new = clock.start_ticking();
         clock.stop_ticking_if(old);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(clock.recent(), 0, "still coarse: the new ticker runs");
+        assert_eq!(clock.recent(), EPOCH, "still coarse: the new ticker runs");
         clock.stop_ticking_if(new);
-        assert_eq!(clock.recent(), 1_000_000_000);
+        assert_eq!(clock.recent(), EPOCH + 1_000_000_000);
     }
 }

@@ -420,12 +420,20 @@ where
         let (update, fresh) = match fetched {
             Fetched::Value(value) => {
                 let weight = self.weigh(key, &value);
+                let own = self.refreshed_own(key, &value);
                 (
-                    Install::Value(key.clone(), value.clone(), weight),
+                    Install::Value(key.clone(), value.clone(), weight, own),
                     Some(value),
                 )
             }
-            Fetched::Unchanged => (Install::Renew, None),
+            Fetched::Unchanged => {
+                let own = self.freshness_applies().then(|| {
+                    self.store
+                        .read(key, |n| self.refreshed_own(key, &n.value))
+                        .flatten()
+                });
+                (Install::Renew(own.flatten()), None)
+            }
             Fetched::Gone => {
                 self.counters.incr(Counter::Gone);
                 // Only the entry fetched from: a newer write stands.
@@ -439,9 +447,13 @@ where
             }
         };
         let mut removed = Removed::new();
-        let installed = self
-            .store
-            .install(key, from, update, self.write_stamp(), &mut removed);
+        let installed = self.store.install(
+            key,
+            from,
+            update,
+            (self.read.clock.stamp(), self.aging()),
+            &mut removed,
+        );
         let result = match installed {
             Installed::Done {
                 replaced,

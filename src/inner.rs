@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::changes::{Change, Changes, Share};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::fetcher::{ErasedFetcher, FetchError};
+use crate::freshness::{Aging, Freshness, FreshnessFn, NEVER, Own, Terms};
 use crate::latch::Latch;
 use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
@@ -72,7 +73,29 @@ pub(crate) struct ReadPath {
     pub(crate) ttl: AtomicU64,
     /// The settings' `max_stale` in nanoseconds, `u64::MAX` for none.
     pub(crate) max_stale: AtomicU64,
+    /// Set for good once a value may have a TTL of its own (the cache has
+    /// a freshness function, or `insert_with_ttl` was called): values may
+    /// go stale with no cache-wide TTL.
+    pub(crate) own_ttls: AtomicBool,
     pub(crate) clock: Clock,
+}
+
+/// The user's code a cache calls on its values, besides the fetcher: each
+/// given to the builder, or not.
+pub(crate) struct Hooks<K, V> {
+    pub(crate) weigher: Option<Weigher<K, V>>,
+    pub(crate) freshness: Option<FreshnessFn<K, V>>,
+    pub(crate) listener: Option<Listener<K, V>>,
+    /// How logs name a key: its `Debug` form, if the user asked for it.
+    pub(crate) key_debug: Option<fn(&K) -> String>,
+}
+
+impl ReadPath {
+    /// Whether any value may go stale: the cache has a TTL, or values may
+    /// have their own. `SeqCst` for the keeper's restart (`crate::upkeep`).
+    pub(crate) fn ages(&self) -> bool {
+        self.ttl.load(Ordering::SeqCst) != 0 || self.own_ttls.load(Ordering::SeqCst)
+    }
 }
 
 pub(crate) struct Inner<K, V, S> {
@@ -85,6 +108,8 @@ pub(crate) struct Inner<K, V, S> {
     pub(crate) counters: Counters,
     pub(crate) fetcher: ArcSwapOption<ErasedFetcher<K, V>>,
     weigher: Option<Weigher<K, V>>,
+    /// Decides each written value's freshness, if the user gave one.
+    freshness: Option<FreshnessFn<K, V>>,
     listener: Option<Listener<K, V>>,
     /// How logs name a key: its `Debug` form, if the user asked for it.
     key_debug: Option<fn(&K) -> String>,
@@ -113,11 +138,15 @@ where
         settings: Settings,
         hasher: S,
         fetcher: Option<ErasedFetcher<K, V>>,
-        weigher: Option<Weigher<K, V>>,
-        listener: Option<Listener<K, V>>,
-        key_debug: Option<fn(&K) -> String>,
+        hooks: Hooks<K, V>,
         name: Option<Arc<str>>,
     ) -> Self {
+        let Hooks {
+            weigher,
+            freshness,
+            listener,
+            key_debug,
+        } = hooks;
         let shards = shard_count(settings.max_size as u64);
         let store = Store::new(
             settings.capacity(),
@@ -128,6 +157,7 @@ where
         let read = ReadPath {
             ttl: AtomicU64::new(ttl_nanos(&settings)),
             max_stale: AtomicU64::new(max_stale_nanos(&settings)),
+            own_ttls: AtomicBool::new(freshness.is_some()),
             clock: Clock::new(),
         };
         Self {
@@ -138,6 +168,7 @@ where
             counters: Counters::new(),
             fetcher: ArcSwapOption::new(fetcher.map(Arc::new)),
             weigher,
+            freshness,
             listener,
             key_debug,
             #[cfg(feature = "metrics")]
@@ -161,6 +192,50 @@ where
         self.read.ttl.load(Ordering::Relaxed)
     }
 
+    /// [`ReadPath::ages`].
+    pub(crate) fn ages(&self) -> bool {
+        self.read.ages()
+    }
+
+    /// The cache's terms now: what a value with none of its own follows.
+    #[inline]
+    pub(crate) fn terms(&self) -> Terms {
+        Terms {
+            ttl: match self.ttl_nanos() {
+                0 => NEVER,
+                ttl => ttl,
+            },
+            max_stale: self.read.max_stale.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How values age now: the cache's terms and its refresh jitter.
+    pub(crate) fn aging(&self) -> Aging {
+        Aging {
+            terms: self.terms(),
+            jitter: self.settings.load().refresh_jitter,
+        }
+    }
+
+    /// The freshness a refresh's `value` is installed with: the freshness
+    /// function's, or `None` to keep the entry's own (or the cache's).
+    pub(crate) fn refreshed_own(&self, key: &K, value: &V) -> Option<Own> {
+        self.freshness.as_ref().map(|f| f(key, value).own())
+    }
+
+    /// Whether a freshness function decides each value's freshness.
+    pub(crate) fn freshness_applies(&self) -> bool {
+        self.freshness.is_some()
+    }
+
+    /// The freshness `value` is written with: `given` (by
+    /// `insert_with_ttl`), else the freshness function's, else the cache's.
+    pub(crate) fn own_of(&self, key: &K, value: &V, given: Option<Freshness>) -> Own {
+        given
+            .or_else(|| self.freshness.as_ref().map(|f| f(key, value)))
+            .map_or(Own::CACHE, Freshness::own)
+    }
+
     /// The value of `key`, counting a hit (and a stale hit) or a miss.
     #[inline]
     pub(crate) fn get<Q>(self: &Arc<Self>, key: &Q) -> Option<V>
@@ -179,27 +254,28 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let ttl = self.ttl_nanos();
+        let cache = self.terms();
         let found = self.store.read_in_shard(key, |node, shard| {
             node.meta.touch();
-            if ttl == 0 {
+            let terms = node.terms(cache);
+            if terms.ttl == NEVER && !node.meta.is_marked_stale() {
                 return (Some(read(&node.value)), None);
             }
             let now = self.read.clock.recent();
-            if !node.meta.is_stale(now, ttl) {
+            if !node.meta.is_stale(now, terms.ttl) {
                 return (Some(read(&node.value)), None);
             }
             // Only the first reader of a stale value asks for its refresh;
             // the request is sent once the value is let go.
             let nudge = (self.refresher.nudging.load(Ordering::Relaxed)
-                && node.meta.try_nudge(now, ttl))
+                && node.meta.try_nudge(now, terms.ttl))
             .then(|| Nudge::of(node, shard));
-            let max_stale = self.read.max_stale.load(Ordering::Relaxed);
-            let value = (!node.meta.is_expired(now, ttl, max_stale)).then(|| read(&node.value));
+            let value =
+                (!node.meta.is_expired(now, terms.ttl, terms.max_stale)).then(|| read(&node.value));
             let stale = StaleRead {
                 nudge,
                 #[cfg(feature = "metrics")]
-                past_ttl: node.meta.age(now).saturating_sub(ttl),
+                past_ttl: node.meta.age(now).saturating_sub(terms.ttl),
             };
             (value, Some(stale))
         });
@@ -252,17 +328,13 @@ where
         self.export.stale_served(_stale.past_ttl as f64 / 1e9);
     }
 
-    /// Whether `node`'s value may be served: not past `ttl + max_stale`.
+    /// Whether `node`'s value may be served: not past `ttl + max_stale`,
+    /// its own or the cache's.
     pub(crate) fn is_servable(&self, node: &Node<K, V>) -> bool {
-        let ttl = self.ttl_nanos();
-        if ttl == 0 {
-            return true;
-        }
+        let terms = node.terms(self.terms());
         let now = self.read.clock.recent();
-        !node.meta.is_stale(now, ttl)
-            || !node
-                .meta
-                .is_expired(now, ttl, self.read.max_stale.load(Ordering::Relaxed))
+        !node.meta.is_stale(now, terms.ttl)
+            || !node.meta.is_expired(now, terms.ttl, terms.max_stale)
     }
 
     /// How logs name `key`: its `Debug` form with `log_keys`, else its hash.
@@ -280,33 +352,41 @@ where
             .map_or(1, |weigh| weigh(key, value).max(1))
     }
 
-    /// The time a write is stamped with: so that it is never judged stale
-    /// before its TTL ([`Clock::stamp`]); with no TTL, the last tick (no
-    /// clock read), so an entry written then counts, should a TTL be set
-    /// later, as written at the last tick before it.
+    /// The time a write of a value with freshness `own` is stamped with:
+    /// so that it is never judged stale before its TTL ([`Clock::stamp`]);
+    /// with no TTL, the last tick (no clock read), so an entry written then
+    /// counts, should a TTL be set later, as written at the last tick
+    /// before it.
     #[inline]
-    pub(crate) fn write_stamp(&self) -> Nanos {
-        if self.ttl_nanos() == 0 {
+    pub(crate) fn write_stamp(&self, own: Own) -> Nanos {
+        if own.ttl(self.terms().ttl) == NEVER {
             self.read.clock.last_tick()
         } else {
             self.read.clock.stamp()
         }
     }
 
-    /// Writes `value` for `key` as `how` says, stamped by
-    /// [`Inner::write_stamp`], then counts and reports.
-    /// Returns what the store did, with a refused key and value already
-    /// dropped or reported.
-    pub(crate) fn write(&self, key: K, value: V, how: Write) -> Written<(), ()> {
-        self.write_as(key, value, how, false)
-    }
-
-    /// [`Inner::write`], marking the entry stale whatever its age if `stale`.
+    /// [`Inner::write_with`], marking the entry stale whatever its age if
+    /// `stale` (and the cache ages at all).
     pub(crate) fn write_as(&self, key: K, value: V, how: Write, stale: bool) -> Written<(), ()> {
-        self.write_entry(key, value, how, stale, None)
+        self.write_entry(key, value, how, (stale, None), None)
     }
 
-    /// [`Inner::write`] of a fetch's value, refused if `fence` is set when
+    /// Writes `value` for `key` as `how` says, with the freshness `given`
+    /// (else the freshness function's, or the cache's), stamped by
+    /// [`Inner::write_stamp`], then counts and reports. Returns what the
+    /// store did, with a refused key and value already dropped or reported.
+    pub(crate) fn write_with(
+        &self,
+        key: K,
+        value: V,
+        how: Write,
+        given: Option<Freshness>,
+    ) -> Written<(), ()> {
+        self.write_entry(key, value, how, (false, given), None)
+    }
+
+    /// [`Inner::write_with`] of a fetch's value, refused if `fence` is set when
     /// the key's shard lock is taken.
     pub(crate) fn write_fenced(
         &self,
@@ -315,7 +395,7 @@ where
         how: Write,
         fence: &AtomicBool,
     ) -> Written<(), ()> {
-        self.write_entry(key, value, how, false, Some(fence))
+        self.write_entry(key, value, how, (false, None), Some(fence))
     }
 
     fn write_entry(
@@ -323,11 +403,12 @@ where
         key: K,
         value: V,
         how: Write,
-        stale: bool,
+        (stale, given): (bool, Option<Freshness>),
         fence: Option<&AtomicBool>,
     ) -> Written<(), ()> {
         let weight = self.weigh(&key, &value);
-        let now = self.write_stamp();
+        let own = self.own_of(&key, &value, given);
+        let now = self.write_stamp(own);
         let mut removed = Removed::new();
         let written = self.store.write(
             Entry {
@@ -335,7 +416,10 @@ where
                 value,
                 weight,
                 now,
-                stale,
+                // A cache that never ages keeps no marks.
+                stale: stale && self.ages(),
+                own,
+                aging: self.aging(),
             },
             how,
             fence,
@@ -458,7 +542,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if self.ttl_nanos() == 0 {
+        if !self.ages() {
             return self.invalidate(key, Share::Local);
         }
         self.fence(key);
@@ -472,7 +556,7 @@ where
 
     /// [`Inner::mark_stale`] for every entry.
     pub(crate) fn mark_all_stale(&self) {
-        if self.ttl_nanos() == 0 {
+        if !self.ages() {
             return self.clear(Share::Local);
         }
         self.fence_all();
@@ -574,7 +658,12 @@ where
             self.read
                 .max_stale
                 .store(max_stale_nanos(&next), Ordering::Relaxed);
+            let refile = current.ttl != next.ttl;
             self.settings.store(Arc::new(next));
+            if refile {
+                // The values on the cache's TTL go stale at new times.
+                self.store.refile(self.terms());
+            }
             if capacity > current.capacity() {
                 self.store.set_capacity(capacity, &mut removed);
             }

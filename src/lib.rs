@@ -98,9 +98,9 @@
 //! # Memory
 //!
 //! Per entry, with `K` and `V` the sizes of key and value: a node of
-//! `K + V + 24` bytes, rounded up to a multiple of 8, in an allocation of
+//! `K + V + 32` bytes, rounded up to a multiple of 8, in an allocation of
 //! its own; 8 bytes of slab pointer and 16 of list links (the policy's
-//! queue, and the write order the refresher reads); a table slot of 9
+//! queue, and the refresher's timer wheel); a table slot of 9
 //! bytes (tables are between 44 % and 88 % full, a full shard's 70 %);
 //! and, once a shard has evicted, 3.6 bytes of ghost and 8 to 16 of
 //! frequency sketch. Data the key or value points to (a `String`'s bytes)
@@ -149,6 +149,12 @@
 //!   value fresh or stale, counting a hit (and a stale hit when stale).
 //! - `insert` of a new key into a full cache evicts by the policy; overwriting
 //!   a key resets its age.
+//! - A value is fresh for the cache's `ttl` and served stale for its
+//!   `max_stale` past that, or for its own ([`Freshness`]: from
+//!   [`Cache::insert_with_ttl`], [`Cache::insert_fresh`] or the builder's
+//!   [`freshness`](CacheBuilder::freshness) function), which a refresh
+//!   keeps unless the function decides anew; `refresh_jitter` draws each
+//!   value's stale point in the last part of its TTL.
 //! - `max_size = 0` disables the cache: `get` is `None` without counting,
 //!   `insert` stores nothing.
 //! - Invalid settings are rejected by [`CacheBuilder::build`] and
@@ -166,6 +172,13 @@
 //!   multi-thread runtime); with neither, a hit reads the precise clock. An
 //!   entry goes stale at its TTL, never before, and at most two ticks
 //!   after.
+//! - **Finding stale entries.** Each shard files its entries by when they
+//!   go stale in a timer wheel of five levels of 64 buckets (about 1 ms,
+//!   67 ms, 4.3 s, 4.6 min and 4.9 h each), so a look costs the buckets
+//!   passed since the last one and the entries in them, not the entries
+//!   cached; a value of its own TTL is found within a millisecond of it.
+//!   A value that goes stale with no cache-wide TTL is judged by a clock
+//!   ticked every 100 ms.
 //! - **Taking stale entries.** At most 32 entries per hold of a shard's
 //!   lock, so a look's lock hold does not grow with the entries.
 //! - **Order.** Keys a reader asked for go first, but for one key taken as
@@ -208,7 +221,13 @@
 //! - **A flight's driver is a task of the runtime that started it.** A
 //!   caller that joins it waits at most twice its timeout before starting
 //!   its own; a fetch abandoned on an idle runtime may then run twice.
-//! - **One TTL for the whole cache**; entries go stale in write order.
+//! - **A value's own times are kept to the millisecond** (to the second
+//!   past 24.8 days), rounded up, and cost every entry 8 bytes whether it
+//!   has any or not. A change of the cache's `ttl` reaches the values that
+//!   follow it (and refiles them, one shard at a time: O(entries)), not
+//!   those with their own.
+//! - **`mark_all_stale` and a fleet's reconnect mark every value**,
+//!   [`Freshness::forever`] ones too, which are then refreshed once.
 //!
 //! `docs/design.md` (*Limitations*, *Departures*) has the reasons.
 // Unsafe code lives in one module (`store::published`, the lock-free reads),
@@ -231,6 +250,7 @@ mod fetcher;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
 mod flight;
+mod freshness;
 mod hasher;
 mod inner;
 mod latch;
@@ -249,6 +269,7 @@ mod upkeep;
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Iter};
 pub use fetcher::{FetchError, Fetched, Fetcher};
+pub use freshness::Freshness;
 pub use hasher::DefaultBuildHasher;
 pub use metrics::Metrics;
 pub use refresh::{BreakerState, RefresherState, StartError};

@@ -48,6 +48,21 @@ pub(crate) struct Settings {
     pub(crate) refresh_timeout: Duration,
     pub(crate) refresh_on_read: bool,
     pub(crate) max_retry_backoff: Duration,
+    /// The last fraction of each TTL a value goes stale at a random point
+    /// in, in 1/65,536ths; [`BAD_JITTER`] for a fraction outside `0..=1`.
+    pub(crate) refresh_jitter: u32,
+}
+
+/// A `refresh_jitter` that was not a fraction from 0 to 1.
+pub(crate) const BAD_JITTER: u32 = u32::MAX;
+
+/// `fraction` (from 0 to 1) in 1/65,536ths, or [`BAD_JITTER`].
+pub(crate) fn jitter_of(fraction: f64) -> u32 {
+    if (0.0..=1.0).contains(&fraction) {
+        (fraction * 65_536.0).round() as u32
+    } else {
+        BAD_JITTER
+    }
 }
 
 impl Default for Settings {
@@ -63,6 +78,7 @@ impl Default for Settings {
             refresh_timeout: DEFAULT_REFRESH_TIMEOUT,
             refresh_on_read: true,
             max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
+            refresh_jitter: 0,
         }
     }
 }
@@ -110,6 +126,9 @@ impl Settings {
         }
         if self.max_retry_backoff.is_zero() {
             return Err(ConfigError::ZeroMaxRetryBackoff);
+        }
+        if self.refresh_jitter == BAD_JITTER {
+            return Err(ConfigError::RefreshJitter);
         }
         Ok(())
     }
@@ -275,6 +294,8 @@ pub enum ConfigError {
     ZeroMaxConcurrentRefreshes,
     /// `max_retry_backoff` was zero.
     ZeroMaxRetryBackoff,
+    /// `refresh_jitter` was not a fraction from 0 to 1.
+    RefreshJitter,
     /// `adaptive_refreshes` had a floor of zero, or above its cap.
     AdaptiveRefreshesFloor {
         /// The floor asked for.
@@ -307,6 +328,7 @@ impl ConfigError {
             Self::ZeroRefreshTimeout => "refresh_timeout",
             Self::ZeroMaxConcurrentRefreshes => "max_concurrent_refreshes",
             Self::ZeroMaxRetryBackoff => "max_retry_backoff",
+            Self::RefreshJitter => "refresh_jitter",
             Self::AdaptiveRefreshesFloor { .. } => "adaptive_refreshes",
             Self::MaxSizeTooLarge { .. } => "max_size",
             Self::MaxWeightTooLarge { .. }
@@ -326,6 +348,7 @@ impl fmt::Display for ConfigError {
                 f.write_str("max_concurrent_refreshes must be more than zero")
             }
             Self::ZeroMaxRetryBackoff => f.write_str("max_retry_backoff must be more than zero"),
+            Self::RefreshJitter => f.write_str("refresh_jitter must be a fraction from 0 to 1"),
             Self::AdaptiveRefreshesFloor { floor, cap } => write!(
                 f,
                 "adaptive_refreshes needs a floor from 1 to its cap, not {floor} with a cap of {cap}"

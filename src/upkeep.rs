@@ -35,7 +35,7 @@ where
 {
     let in_multi_thread =
         Handle::try_current().is_ok_and(|r| r.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if !in_multi_thread || inner.ttl_nanos() == 0 {
+    if !in_multi_thread || !inner.ages() {
         return;
     }
     let Some(keeper) = inner.read.clock.start_keeping() else {
@@ -72,19 +72,20 @@ impl<K, V, S> Kept<K, V, S> {
         // SeqCst with `configure`'s store of the TTL and the keeper's
         // number: of a keeper seeing no TTL and a `configure` giving one
         // back, at least one sees the other.
-        let ttl = || inner.read.ttl.load(Ordering::SeqCst);
-        if ttl() == 0 {
+        if !inner.read.ages() {
             // Stop keeping first, then look again: a `configure` giving a
             // TTL back in between found this keeper still keeping and
             // started none, so this one carries on under a new number.
             clock.stop_keeping(self.keeper);
-            if ttl() == 0 {
+            if !inner.read.ages() {
                 return None;
             }
             self.keeper = clock.start_keeping()?;
         }
         clock.tick();
-        Some(Duration::from_nanos(tick_period(ttl())))
+        Some(Duration::from_nanos(tick_period(
+            inner.read.ttl.load(Ordering::Relaxed),
+        )))
     }
 }
 

@@ -13,6 +13,8 @@ use model::{Op, Setup, run};
 fn op(keys: u8) -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..keys, any::<u16>()).prop_map(|(k, v)| Op::Insert(k, v)),
+        2 => (0..keys, any::<u16>(), any::<u8>()).prop_map(|(k, v, t)| Op::InsertWithTtl(k, v, t)),
+        2 => any::<u8>().prop_map(Op::Advance),
         6 => (0..keys).prop_map(Op::Get),
         2 => (0..keys).prop_map(Op::Invalidate),
         1 => (0..keys).prop_map(Op::MarkStale),
@@ -64,10 +66,10 @@ proptest! {
         let mut written: HashMap<u8, u16> = HashMap::new();
         for op in &ops {
             match *op {
-                Op::Insert(k, v) => { written.insert(k, v); }
+                Op::Insert(k, v) | Op::InsertWithTtl(k, v, _) => { written.insert(k, v); }
                 Op::Invalidate(k) => { written.remove(&k); }
                 Op::Clear => written.clear(),
-                Op::Get(_) | Op::MarkStale(_) | Op::Resize(_) => {}
+                Op::Get(_) | Op::MarkStale(_) | Op::Resize(_) | Op::Advance(_) => {}
             }
         }
         let setup = Setup { initial_size: 8, weighted: false, sharded: false };

@@ -13,6 +13,8 @@ mod model;
 #[derive(arbitrary::Arbitrary, Debug)]
 enum FuzzOp {
     Insert(u8, u16),
+    InsertWithTtl(u8, u16, u8),
+    Advance(u8),
     Get(u8),
     Invalidate(u8),
     MarkStale(u8),
@@ -28,6 +30,8 @@ fuzz_target!(|input: (u8, bool, bool, Vec<FuzzOp>)| {
         .into_iter()
         .map(|op| match op {
             FuzzOp::Insert(k, v) => model::Op::Insert(k % KEYS, v),
+            FuzzOp::InsertWithTtl(k, v, ttl) => model::Op::InsertWithTtl(k % KEYS, v, ttl),
+            FuzzOp::Advance(secs) => model::Op::Advance(secs),
             FuzzOp::Get(k) => model::Op::Get(k % KEYS),
             FuzzOp::Invalidate(k) => model::Op::Invalidate(k % KEYS),
             FuzzOp::MarkStale(k) => model::Op::MarkStale(k % KEYS),

@@ -265,11 +265,8 @@ where
     /// `want` keys are queued; returns whether it stopped for want of room
     /// rather than of due values (so more may be due).
     pub(crate) fn take_due(&mut self, inner: &Inner<K, V, S>, now: Nanos, want: usize) -> bool {
-        let ttl = inner.ttl_nanos();
+        let terms = inner.terms();
         let shards = inner.store.shard_count();
-        if ttl == 0 {
-            return false;
-        }
         loop {
             let need = want.saturating_sub(self.queued());
             if need == 0 {
@@ -280,13 +277,13 @@ where
             let mut took = false;
             for k in 0..shards {
                 let at = (self.next_shard + k) % shards;
-                if !inner.store.has_due(at, now, ttl) {
+                if !inner.store.has_due(at, now, terms) {
                     continue;
                 }
                 let mut taken = std::mem::take(&mut self.taken);
                 inner
                     .store
-                    .take_due(self.task, at, now, ttl, share, &mut taken);
+                    .take_due(self.task, at, now, terms, share, &mut taken);
                 took |= !taken.is_empty();
                 for key in taken.drain(..) {
                     self.hold(key, false);

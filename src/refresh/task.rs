@@ -65,7 +65,7 @@ where
     }
 
     pub(crate) fn reconcile(self: &Arc<Self>, control: &mut Control) {
-        let can_run = self.ttl_nanos() != 0 && !self.is_disabled();
+        let can_run = self.ages() && !self.is_disabled();
         let running = control.run.as_ref().is_some_and(|r| !r.task.is_finished());
         match (&control.runtime, can_run, running) {
             (Some(runtime), true, false) => {

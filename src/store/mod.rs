@@ -50,6 +50,7 @@ pub(crate) use removed::{Removed, Taken};
 pub(crate) use shard::{Entry, Install, Installed, Refusal, Write, Written};
 
 use crate::clock::Nanos;
+use crate::freshness::{Aging, Terms};
 use crate::sync::{AtomicU64, AtomicUsize};
 use published::{Index, Padded, Shards};
 use shard::Shard;
@@ -124,7 +125,7 @@ fn share(total: u64, n: usize, i: usize) -> u64 {
 /// Mixes the user's hash so that a weak one (an identity hash of integers)
 /// still spreads keys over shards and table positions.
 #[inline]
-fn mix(hash: u64) -> u64 {
+pub(super) fn mix(hash: u64) -> u64 {
     let x = (hash ^ (hash >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     x ^ (x >> 32)
 }
@@ -208,8 +209,16 @@ where
     }
 
     /// Whether shard `at` has a value stale at `now`; under its lock.
-    pub(crate) fn has_due(&self, at: usize, now: Nanos, ttl: Nanos) -> bool {
-        self.shards.lock(at).state().has_due(now, ttl)
+    pub(crate) fn has_due(&self, at: usize, now: Nanos, terms: Terms) -> bool {
+        self.shards.lock(at).split().0.has_due(now, terms)
+    }
+
+    /// Files every entry again by the cache's new `terms`, one shard at a
+    /// time ([`Shard::refile`]).
+    pub(crate) fn refile(&self, terms: Terms) {
+        for at in 0..self.shards.len() {
+            self.shards.lock(at).split().0.refile(terms);
+        }
     }
 
     /// Hands the refresher up to `limit` keys of shard `at` stale at `now`
@@ -220,7 +229,7 @@ where
         refresher: u64,
         at: usize,
         now: Nanos,
-        ttl: Nanos,
+        terms: Terms,
         limit: usize,
         out: &mut Vec<K>,
     ) where
@@ -230,7 +239,7 @@ where
             .lock(at)
             .split()
             .0
-            .take_due(refresher, now, ttl, limit, out);
+            .take_due(refresher, now, terms, limit, out);
     }
 
     /// Hands the refresher the key a reader asked it for
@@ -349,12 +358,12 @@ where
         key: &K,
         from: Version,
         update: Install<K, V>,
-        now: Nanos,
+        when: (Nanos, Aging),
         out: &mut Removed<'s, K, V>,
     ) -> Installed<'s, K, V> {
         let at = self.locate(key);
         self.change(at.shard, |shard, ix| {
-            shard.install(ix, at.fingerprint, |k| k == key, from, update, now, out)
+            shard.install(ix, at.fingerprint, |k| k == key, from, update, when, out)
         })
     }
 

@@ -10,14 +10,15 @@
 //! the shard's writers under its lock; readers, who take no lock, write
 //! only the frequency and refresh bits of `meta`, and only with `fetch_or`.
 //!
-//! For a `u64 → u64` cache a node is 40 bytes: key, value, `meta`, version,
-//! fingerprint and slab index.
+//! For a `u64 → u64` cache a node is 48 bytes: key, value, `meta`, its own
+//! freshness, version, fingerprint and slab index.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::sync::AtomicU64;
 
 use crate::clock::Nanos;
+use crate::freshness::{NEVER, Own, Terms};
 
 /// The version of an entry's value: which change it came from. The top 40
 /// bits number the user's writes in the shard; the low 24 count the
@@ -59,6 +60,9 @@ pub(crate) struct Node<K, V> {
     pub(crate) key: K,
     pub(crate) value: V,
     pub(crate) meta: Meta,
+    /// The value's own freshness ([`Own`]), or the cache's; written with
+    /// the write time, under the shard's lock.
+    own: AtomicU64,
     /// Written under the shard's lock; read by readers for their refresh
     /// requests.
     version: AtomicU64,
@@ -82,6 +86,8 @@ pub(crate) struct Born {
     pub(crate) in_main: bool,
     /// Written stale whatever its age.
     pub(crate) stale: bool,
+    /// Its own freshness, or the cache's.
+    pub(crate) own: Own,
 }
 
 impl<K, V> Node<K, V> {
@@ -98,10 +104,39 @@ impl<K, V> Node<K, V> {
             key,
             value,
             meta: Meta(AtomicU64::new(meta)),
+            own: AtomicU64::new(born.own.0),
             version: AtomicU64::new(born.version),
             fingerprint: born.fingerprint,
             slot: AtomicU32::new(born.slot),
         }
+    }
+
+    /// The terms the value is judged by: its own, else the cache's.
+    #[inline]
+    pub(crate) fn terms(&self, cache: Terms) -> Terms {
+        Own(self.own.load(Ordering::Relaxed)).terms(cache)
+    }
+
+    /// The value's own freshness, or [`Own::CACHE`].
+    #[inline]
+    pub(crate) fn own(&self) -> Own {
+        Own(self.own.load(Ordering::Relaxed))
+    }
+
+    /// When the value goes stale by age (not counting a stale mark):
+    /// [`NEVER`] if it does not.
+    #[inline]
+    pub(crate) fn stale_at(&self, cache: Terms) -> Nanos {
+        let ttl = Own(self.own.load(Ordering::Relaxed)).ttl(cache.ttl);
+        self.meta.written_at().saturating_add(ttl)
+    }
+
+    /// Starts the value's age over at `now`, with freshness `own`: the
+    /// value confirmed ([`Meta::renew`]). Under the shard's lock.
+    #[inline]
+    pub(crate) fn renew(&self, now: Nanos, own: Own) {
+        self.own.store(own.0, Ordering::Relaxed);
+        self.meta.renew(now);
     }
 
     #[inline]
@@ -198,7 +233,8 @@ impl Meta {
     }
 
     /// Whether the value is older than `ttl` at `now`, or marked stale;
-    /// `ttl == 0` is no TTL, and nothing is stale then.
+    /// `ttl == NEVER` is no TTL, and only a mark makes it stale then (a
+    /// cache with no TTL at all marks nothing: it removes instead).
     #[inline]
     pub(crate) fn is_stale(&self, now: Nanos, ttl: Nanos) -> bool {
         stale(self.load(), now, ttl)
@@ -209,6 +245,12 @@ impl Meta {
     #[inline]
     pub(crate) fn age(&self, now: Nanos) -> Nanos {
         now.saturating_sub(written(self.load()))
+    }
+
+    /// When the value was written (or last confirmed unchanged).
+    #[inline]
+    pub(crate) fn written_at(&self) -> Nanos {
+        written(self.load())
     }
 
     /// Whether a stale value (see [`Meta::is_stale`]) is also past
@@ -325,7 +367,7 @@ impl Meta {
 /// [`Meta::is_stale`] of a word.
 #[inline]
 fn stale(meta: u64, now: Nanos, ttl: Nanos) -> bool {
-    ttl != 0 && (meta & MARKED_STALE != 0 || now.saturating_sub(written(meta)) > ttl)
+    meta & MARKED_STALE != 0 || (ttl != NEVER && now.saturating_sub(written(meta)) > ttl)
 }
 
 #[inline]
@@ -355,8 +397,8 @@ mod tests {
     }
 
     #[test]
-    fn a_node_of_words_is_five_words() {
-        assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 40);
+    fn a_node_of_words_is_six_words() {
+        assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 48);
     }
 
     #[test]
@@ -371,7 +413,10 @@ mod tests {
         assert_eq!(meta.freq(), MAX_FREQ, "saturates");
         assert_eq!(written_at(&meta), 1234 * US);
         assert!(!meta.in_main());
-        assert!(!meta.try_nudge(1234 * US, 0), "never stale without a TTL");
+        assert!(
+            !meta.try_nudge(1234 * US, NEVER),
+            "never stale without a TTL"
+        );
         assert!(meta.try_nudge(5000 * US, 10 * US), "stale: asked for");
         assert!(meta.cool());
         assert_eq!(meta.freq(), 2);
@@ -390,11 +435,11 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_mark_holds_until_renewed_and_only_with_a_ttl() {
+    fn a_stale_mark_holds_until_renewed_whatever_the_ttl() {
         let meta = meta_at(100 * US);
         meta.mark_stale();
         assert!(meta.is_stale(100 * US, 50 * US), "marked: stale at any age");
-        assert!(!meta.is_stale(100 * US, 0), "no TTL: never stale");
+        assert!(meta.is_stale(100 * US, NEVER), "marked: stale with no TTL");
         assert_eq!(written_at(&meta), 100 * US);
         meta.renew(200 * US);
         assert!(
@@ -411,7 +456,7 @@ mod tests {
             "at ttl + bound: served"
         );
         assert!(meta.is_expired(180 * US + 1, 50 * US, 30 * US));
-        assert!(!meta.is_expired(u64::MAX, 50, u64::MAX), "no bound");
+        assert!(!meta.is_expired(u64::MAX, 50, NEVER), "no bound");
     }
 
     #[test]
@@ -419,7 +464,7 @@ mod tests {
         let meta = meta_at(100 * US);
         assert!(!meta.is_stale(150 * US, 50 * US));
         assert!(meta.is_stale(150 * US + 1, 50 * US));
-        assert!(!meta.is_stale(u64::MAX, 0), "ttl 0 means never stale");
+        assert!(!meta.is_stale(u64::MAX, NEVER), "NEVER means never stale");
         assert!(
             !meta.is_stale(0, 50 * US),
             "a clock behind the write is not stale"

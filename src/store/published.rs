@@ -720,6 +720,7 @@ mod tests {
             freq: 0,
             in_main: false,
             stale: false,
+            own: crate::freshness::Own::CACHE,
         };
         Node::new(key, value, born)
     }

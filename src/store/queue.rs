@@ -76,15 +76,6 @@ impl Queue {
         self.weight += weight;
     }
 
-    /// Links entry `i` at the head.
-    #[inline]
-    pub(crate) fn push_front(&mut self, links: &mut [Link], i: u32, weight: u64) {
-        // In a circular list the slot before the head is the tail's place;
-        // making the new entry the head turns it into the front.
-        self.push_back(links, i, weight);
-        self.head = i;
-    }
-
     /// Unlinks entry `i`, which this queue holds.
     #[inline]
     pub(crate) fn unlink(&mut self, links: &mut [Link], i: u32, weight: u64) {

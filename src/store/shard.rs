@@ -59,6 +59,7 @@ use super::queue::{Link, Queue};
 use super::removed::Removed;
 use super::sketch::Sketch;
 use crate::clock::Nanos;
+use crate::freshness::{Aging, Own, Terms};
 use crate::removal::RemovalCause;
 
 /// The small queue's share of the shard's weight, in percent.
@@ -68,9 +69,15 @@ const PROMOTE_AT: u8 = 2;
 /// How many evicted keys the ghost remembers, in percent of the entries the
 /// shard held when it first evicted.
 const GHOST_PERCENT: usize = 90;
-/// The most entries a shard numbers (indices are 32 bits, one kept for
-/// "none").
-const MAX_ENTRIES: usize = u32::MAX as usize - 1;
+/// The most entries a shard numbers (indices are 31 bits: `due`'s lists
+/// name their sentinels with the top bit).
+const MAX_ENTRIES: usize = super::due::SENTINEL as usize - 1;
+
+/// The draw of a value's refresh jitter: its fingerprint and version mixed.
+#[inline]
+fn seed(fingerprint: u32, version: Version) -> u64 {
+    super::mix((u64::from(fingerprint) << 32) ^ version)
+}
 
 /// An entry to write, weighed (at least 1) and stamped before the lock.
 pub(crate) struct Entry<K, V> {
@@ -80,6 +87,10 @@ pub(crate) struct Entry<K, V> {
     pub(crate) now: Nanos,
     /// Written stale whatever its age (a snapshot loaded as stale).
     pub(crate) stale: bool,
+    /// Its own freshness, or the cache's.
+    pub(crate) own: Own,
+    /// How the cache's values age now.
+    pub(crate) aging: Aging,
 }
 
 /// How a write treats the key's present entry and a full shard.
@@ -123,10 +134,11 @@ pub(crate) enum Written<K, V> {
 /// A refresh's result, for [`Shard::install`].
 pub(crate) enum Install<K, V> {
     /// A new value, weighing this much, with the key it is for (the new
-    /// node's own copy).
-    Value(K, V, u64),
-    /// The value is still right: only its age starts over.
-    Renew,
+    /// node's own copy), and its freshness (`None`: the entry's, kept).
+    Value(K, V, u64, Option<Own>),
+    /// The value is still right: only its age starts over, with this
+    /// freshness (`None`: the entry's, kept).
+    Renew(Option<Own>),
 }
 
 /// What an install did.
@@ -278,18 +290,22 @@ impl<K, V> Shard<K, V> {
             let old_weight = self.weight_of(i);
             // A write by the user is a use of the key.
             let freq = self.node(i).meta.freq().saturating_add(1).min(MAX_FREQ);
+            let version = self.version();
             let born = Born {
                 fingerprint,
-                version: self.version(),
-                now: entry.now,
+                version,
+                now: entry
+                    .aging
+                    .stamp(entry.now, entry.own, seed(fingerprint, version)),
                 slot: i,
                 freq,
                 in_main: self.node(i).meta.in_main(),
                 stale: entry.stale,
+                own: entry.own,
             };
             let owner = self.nodes[i as usize].as_mut().expect("present");
             let old = ix.replace(owner, Node::new(entry.key, entry.value, born));
-            self.due.written(i, entry.stale);
+            self.file(i, entry.aging.terms);
             if self.weighted {
                 self.weights[i as usize] = entry.weight;
                 self.queue_of(i).reweigh(old_weight, entry.weight);
@@ -330,50 +346,54 @@ impl<K, V> Shard<K, V> {
         is_key: impl FnMut(&K) -> bool,
         from: Version,
         update: Install<K, V>,
-        now: Nanos,
+        (now, aging): (Nanos, Aging),
         out: &mut Removed<'s, K, V>,
     ) -> Installed<'s, K, V> {
         let current =
             Self::index_of(ix, fingerprint, is_key).filter(|&i| self.node(i).version() == from);
         let Some(i) = current else {
             return Installed::Superseded(match update {
-                Install::Value(key, value, _) => Some((key, value)),
-                Install::Renew => None,
+                Install::Value(key, value, ..) => Some((key, value)),
+                Install::Renew(_) => None,
             });
         };
         let version = changed_from(from);
+        let seed = seed(fingerprint, version);
         match update {
-            Install::Renew => {
+            Install::Renew(own) => {
                 let node = self.node(i);
+                let own = own.unwrap_or_else(|| node.own());
                 let was_marked = node.meta.is_marked_stale();
-                node.meta.renew(now);
+                node.renew(aging.stamp(now, own, seed), own);
                 node.set_version(version);
-                self.due.written(i, false);
+                self.file(i, aging.terms);
                 Installed::Done {
                     replaced: None,
                     was_marked,
                 }
             }
-            Install::Value(key, value, weight) if weight > self.capacity => {
+            Install::Value(key, value, weight, _) if weight > self.capacity => {
                 out.push(self.detach(ix, i), RemovalCause::Replaced);
                 Installed::Overweight(key, value)
             }
-            Install::Value(key, value, weight) => {
+            Install::Value(key, value, weight, own) => {
                 let old_weight = self.weight_of(i);
                 let node = self.node(i);
+                let own = own.unwrap_or_else(|| node.own());
                 let was_marked = node.meta.is_marked_stale();
                 let born = Born {
                     fingerprint,
                     version,
-                    now,
+                    now: aging.stamp(now, own, seed),
                     slot: i,
                     freq: node.meta.freq(),
                     in_main: node.meta.in_main(),
                     stale: false,
+                    own,
                 };
                 let owner = self.nodes[i as usize].as_mut().expect("present");
                 let old = ix.replace(owner, Node::new(key, value, born));
-                self.due.written(i, false);
+                self.file(i, aging.terms);
                 if self.weighted {
                     self.weights[i as usize] = weight;
                     self.queue_of(i).reweigh(old_weight, weight);
@@ -418,7 +438,35 @@ impl<K, V> Shard<K, V> {
         node.set_version(changed_from(node.version()));
         node.meta.mark_stale();
         node.meta.clear_nudged();
-        self.due.written(i, true);
+        self.due.written(i, 0, true);
+    }
+
+    /// Files node `i`, just written, by when it goes stale under `terms`
+    /// (at once if written stale).
+    fn file(&mut self, i: u32, terms: Terms) {
+        let node = self.node(i);
+        let marked = node.meta.is_marked_stale();
+        let deadline = node.stale_at(terms);
+        self.due.written(i, deadline, marked);
+    }
+
+    /// When node `i` of `nodes` is due under `terms`: at once if marked
+    /// stale, else when it goes stale by age.
+    fn deadline(nodes: &[Option<Owned<K, V>>], terms: Terms, i: u32) -> Nanos {
+        let node = nodes[i as usize]
+            .as_deref()
+            .expect("a slab slot holds a node between writes");
+        if node.meta.is_marked_stale() {
+            0
+        } else {
+            node.stale_at(terms)
+        }
+    }
+
+    /// Files every entry not held again by `terms`: the cache's changed.
+    pub(crate) fn refile(&mut self, terms: Terms) {
+        let nodes = &self.nodes;
+        self.due.refile_all(|i| Self::deadline(nodes, terms, i));
     }
 
     /// Removes the entry of `key`, if it passes `remove_if`.
@@ -583,6 +631,8 @@ impl<K, V> Shard<K, V> {
             weight,
             now,
             stale,
+            own,
+            aging,
         } = entry;
         let i = match hole {
             Some(h) => {
@@ -611,14 +661,16 @@ impl<K, V> Shard<K, V> {
                 (self.nodes.len() - 1) as u32
             }
         };
+        let version = self.version();
         let born = Born {
             fingerprint,
-            version: self.version(),
-            now,
+            version,
+            now: aging.stamp(now, own, seed(fingerprint, version)),
             slot: i,
             freq: 0,
             in_main: to_main,
             stale,
+            own,
         };
         // Without a weigher the table need never hold more than the
         // capacity's entries.
@@ -630,26 +682,27 @@ impl<K, V> Shard<K, V> {
             &mut self.small
         };
         queue.push_back(&mut self.links, i, weight);
-        self.due.written(i, stale);
+        self.file(i, aging.terms);
     }
 
-    /// Whether `due`'s oldest value is stale at `now` (for the refresher's
-    /// look, under the shard's lock, before it takes anything).
-    pub(crate) fn has_due(&self, now: Nanos, ttl: Nanos) -> bool {
-        self.due
-            .head()
-            .is_some_and(|i| self.node(i).meta.is_stale(now, ttl))
+    /// Whether a value is due at `now` under `terms`, once the wheel is
+    /// advanced to it (for the refresher's look, under the shard's lock,
+    /// before it takes anything).
+    pub(crate) fn has_due(&mut self, now: Nanos, terms: Terms) -> bool {
+        let nodes = &self.nodes;
+        self.due.advance(now, |i| Self::deadline(nodes, terms, i));
+        self.due.head().is_some()
     }
 
-    /// Hands the refresher the keys of up to `limit` values stale at `now`,
-    /// oldest first: each node leaves `due` (it is held now) and is marked
-    /// as asked for, so readers do not ask again. The keys are cloned here,
-    /// under the lock.
+    /// Hands the refresher the keys of up to `limit` values stale at `now`
+    /// under `terms`, in the order they came due: each node leaves `due`
+    /// (it is held now) and is marked as asked for, so readers do not ask
+    /// again. The keys are cloned here, under the lock.
     pub(crate) fn take_due(
         &mut self,
         refresher: u64,
         now: Nanos,
-        ttl: Nanos,
+        terms: Terms,
         limit: usize,
         out: &mut Vec<K>,
     ) where
@@ -658,11 +711,19 @@ impl<K, V> Shard<K, V> {
         if refresher != self.refresher {
             return;
         }
+        let nodes = &self.nodes;
+        self.due.advance(now, |i| Self::deadline(nodes, terms, i));
         let mut taken = 0;
-        while taken < limit {
+        // Bounds the lock hold should the ready list be of values fresh
+        // again (the cache's TTL grew since they came due).
+        let mut looked = 0;
+        while taken < limit && looked < 2 * limit {
             let Some(i) = self.due.head() else { break };
-            if !self.node(i).meta.is_stale(now, ttl) {
-                break;
+            looked += 1;
+            let node = self.node(i);
+            if !node.meta.is_stale(now, node.terms(terms).ttl) {
+                self.file(i, terms);
+                continue;
             }
             // The key's `Clone` first, before the shard changes.
             out.push(self.node(i).key.clone());
@@ -965,6 +1026,14 @@ mod tests {
             weight: 1,
             now: 0,
             stale: false,
+            own: Own::CACHE,
+            aging: Aging {
+                terms: Terms {
+                    ttl: crate::freshness::NEVER,
+                    max_stale: crate::freshness::NEVER,
+                },
+                jitter: 0,
+            },
         }
     }
 
@@ -986,8 +1055,9 @@ mod tests {
             .next_version
             .wrapping_add(writes.wrapping_mul(CHANGES + 1));
         shard.write(&mut ix, 7, entry(7, 2), Write::Upsert, &mut out);
-        let update = Install::Value(7, 3, 1);
-        let installed = shard.install(&mut ix, 7, |&k| k == 7, from, update, 0, &mut out);
+        let update = Install::Value(7, 3, 1, None);
+        let aging = entry(0, 0).aging;
+        let installed = shard.install(&mut ix, 7, |&k| k == 7, from, update, (0, aging), &mut out);
         assert!(matches!(installed, Installed::Superseded(Some((7, 3)))));
         assert_eq!(ix.find(7, |n| n.key == 7).unwrap().value, 2);
     }

@@ -6,13 +6,16 @@
 //! tells it: an eviction listener reports every removal with its cause, and
 //! the model applies them. So after every operation the model must be the
 //! cache exactly: the same keys with the same values, and the same ones
-//! marked stale (the TTL is an hour, so nothing else is). Also checked after
+//! stale: marked, or past their TTL (the cache's hour, or one of their own
+//! from `insert_with_ttl`) on tokio's paused clock, which only `Advance`
+//! moves. Also checked after
 //! every step: the store's own invariants (`validate`), the bound, that an
 //! eviction happens only when a write needs the room, and that the metrics
 //! add up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use swr_cache::{Cache, ConfigChange, RemovalCause};
 
@@ -20,6 +23,10 @@ use swr_cache::{Cache, ConfigChange, RemovalCause};
 #[derive(Clone, Debug)]
 pub enum Op {
     Insert(u8, u16),
+    /// An insert with a TTL of its own, in seconds.
+    InsertWithTtl(u8, u16, u8),
+    /// The clock moves on, in seconds.
+    Advance(u8),
     Get(u8),
     Invalidate(u8),
     MarkStale(u8),
@@ -28,6 +35,9 @@ pub enum Op {
 }
 
 type Events = Arc<Mutex<Vec<(u8, u16, RemovalCause)>>>;
+
+/// The cache-wide TTL, in seconds.
+const CACHE_TTL: u64 = 3600;
 
 /// The weight of a value in a weighted run: 1 to 4.
 pub fn weight_of(value: u16) -> u64 {
@@ -54,11 +64,18 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
         weighted,
         sharded,
     } = setup;
+    // The clock the cache reads, paused: only `Advance` moves it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _inside = runtime.enter();
     let events: Events = Arc::default();
     let sink = Arc::clone(&events);
     let builder = Cache::builder()
         .max_size(if sharded { 4096 } else { initial_size })
-        .ttl(std::time::Duration::from_secs(3600))
+        .ttl(Duration::from_secs(CACHE_TTL))
         .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
     let cache: Cache<u8, u16> = if weighted {
         builder
@@ -84,15 +101,28 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
     let mut model: HashMap<u8, u16> = HashMap::new();
     // The keys marked stale since they were last written.
     let mut stale: std::collections::HashSet<u8> = Default::default();
+    // When each key goes stale, in seconds of the model's clock.
+    let mut due: HashMap<u8, u64> = HashMap::new();
+    let mut now = 0u64;
     let mut gets = 0u64;
     for op in ops {
         let weight_before = cache.weight();
         let bound_before = bound(&cache);
         match *op {
-            Op::Insert(k, v) => {
+            Op::Insert(k, v) | Op::InsertWithTtl(k, v, _) => {
                 let present = model.contains_key(&k);
-                cache.insert(k, v);
+                let ttl = match *op {
+                    Op::InsertWithTtl(_, _, ttl) => {
+                        cache.insert_with_ttl(k, v, Duration::from_secs(u64::from(ttl)));
+                        u64::from(ttl)
+                    }
+                    _ => {
+                        cache.insert(k, v);
+                        CACHE_TTL
+                    }
+                };
                 stale.remove(&k);
+                due.insert(k, now + ttl);
                 if bound_before > 0 {
                     model.insert(k, v);
                 }
@@ -132,6 +162,10 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
                 }
             }
             Op::Clear => cache.clear(),
+            Op::Advance(secs) => {
+                runtime.block_on(tokio::time::advance(Duration::from_secs(u64::from(secs))));
+                now += u64::from(secs);
+            }
             Op::Resize(size) => {
                 let change = if weighted {
                     ConfigChange::new().max_weight(size as u64)
@@ -163,8 +197,14 @@ pub fn run(setup: Setup, keys: u8, ops: &[Op]) -> (Cache<u8, u16>, HashMap<u8, u
                 model.get(&k).copied(),
                 "key {k} after {op:?}"
             );
-            let marked = model.contains_key(&k).then(|| stale.contains(&k));
-            assert_eq!(cache.is_stale(&k), marked, "staleness of {k} after {op:?}");
+            let is_stale = model
+                .contains_key(&k)
+                .then(|| stale.contains(&k) || now > due[&k]);
+            assert_eq!(
+                cache.is_stale(&k),
+                is_stale,
+                "staleness of {k} after {op:?}"
+            );
         }
         assert_eq!(cache.len(), model.len(), "len after {op:?}");
         assert!(
