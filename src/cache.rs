@@ -11,8 +11,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::changes::{Change, Share};
-use crate::fetcher::{ErasedFetcher, FetchError, Fetcher};
-use crate::flight::{Flight, Purpose};
+use crate::fetch::{ErasedFetcher, FetchError, Fetcher, Flight, Purpose};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
 use crate::metrics::Metrics;

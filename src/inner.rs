@@ -18,8 +18,7 @@ use tokio::sync::watch;
 
 use crate::changes::{Change, Changes, Share};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
-use crate::fetcher::{ErasedFetcher, FetchError};
-use crate::latch::Latch;
+use crate::fetch::{ErasedFetcher, FetchError, Latch};
 use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Weigher};

@@ -44,8 +44,8 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::fetcher::{FetchError, Fetched, panic_message, run_fetch};
 use crate::changes::Change;
-use crate::fetcher::{FetchError, Fetched, panic_message, run_fetch};
 use crate::inner::{FlightReceiver, FlightSlot, Inner};
 use crate::metrics::Counter;
 use crate::removal::RemovalCause;

@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::mapref::entry::Entry;
 
-use crate::fetcher::Fetched;
-use crate::flight::Purpose;
+use super::fetcher::Fetched;
+use super::flight::Purpose;
+use super::latch::Latch;
 use crate::inner::{BlockingSlot, Inner};
-use crate::latch::Latch;
 use crate::metrics::Counter;
 
 /// What a thread that missed does.
