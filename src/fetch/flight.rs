@@ -40,13 +40,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use dashmap::mapref::entry::Entry;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::fetcher::{FetchError, Fetched, panic_message, run_fetch};
+use super::in_flight::{FlightClaim, FlightReceiver};
 use crate::changes::Change;
-use crate::inner::{FlightReceiver, FlightSlot, Inner};
+use crate::inner::Inner;
 use crate::metrics::Counter;
 use crate::removal::RemovalCause;
 use crate::store::Removed;
@@ -141,14 +140,7 @@ where
             return Ok(result);
         }
         if let Some(cache) = self.cache.upgrade() {
-            // Flagged under the map's lock before it leaves (as `fence`).
-            cache.flights.remove_if(&self.key, |_, flight| {
-                let stalled = flight.result.same_channel(&self.result);
-                if stalled {
-                    flight.fence.store(true, Ordering::SeqCst);
-                }
-                stalled
-            });
+            cache.in_flight.give_up(&self.key, &self.result);
         }
         Err(self.key)
     }
@@ -185,17 +177,16 @@ where
         if purpose == Purpose::Refresh && self.store.read_held(&key, |_| ()).is_none() {
             return Ok(Flight::Gone);
         }
-        let fence = Arc::new(AtomicBool::new(false));
         // Cloned before the map's lock, and the landing made right after the
         // slot, so that no user code runs between the two: a panic there
         // would leave a slot whose sender is gone, and every later caller
         // of the key would get `Cancelled`.
         let landing_key = key.clone();
-        let (publish, landing) = match self.flights.entry(key.clone()) {
-            // A slot `clear` fenced is as good as gone: it is replaced.
-            Entry::Occupied(flight) if !flight.get().fence.load(Ordering::SeqCst) => {
-                let (result, ends_by) = (flight.get().result.clone(), flight.get().ends_by);
-                drop(flight);
+        let claim = self.in_flight.join_or_claim(key.clone(), || {
+            ends_by(self.settings.load().refresh_timeout)
+        });
+        let (publish, landing, fence) = match claim {
+            FlightClaim::Joined(result, ends_by) => {
                 return Ok(Flight::Joined(Joined {
                     result,
                     cache: Arc::downgrade(self),
@@ -203,23 +194,17 @@ where
                     ends_by,
                 }));
             }
-            entry => {
-                let (publish, receiver) = watch::channel(None);
-                let slot = FlightSlot {
-                    result: receiver.clone(),
-                    fence: Arc::clone(&fence),
-                    ends_by: ends_by(self.settings.load().refresh_timeout),
-                };
-                match entry {
-                    Entry::Occupied(mut fenced) => drop(fenced.insert(slot)),
-                    Entry::Vacant(vacant) => drop(vacant.insert(slot)),
-                }
+            FlightClaim::Claimed {
+                publish,
+                receiver,
+                fence,
+            } => {
                 let landing = FlightLanding {
                     cache: Arc::downgrade(self),
                     key: landing_key,
                     receiver,
                 };
-                (publish, landing)
+                (publish, landing, fence)
             }
         };
         // What the fetch starts from, read once the flight is in the map:
@@ -251,10 +236,10 @@ where
             // Removed or written since the look: leave the map, unless
             // someone joined meanwhile; then fetch for them, fenced, so
             // that nothing is stored.
-            let left = self.flights.remove_if(&key, |_, slot| {
-                slot.result.same_channel(&landing.receiver) && publish.receiver_count() == 2
-            });
-            if left.is_some() {
+            if self
+                .in_flight
+                .leave_unjoined(&key, &landing.receiver, &publish)
+            {
                 return Ok(Flight::Gone);
             }
             fence.store(true, Ordering::SeqCst);
@@ -310,41 +295,6 @@ where
             result
         };
         Ok(Flight::Started(drive.instrument(span)))
-    }
-
-    /// Fences the flights of `key` (async and blocking), if any are under
-    /// way: they will install nothing, and leave the maps so that no one
-    /// joins them any more. Called before and after the key is removed
-    /// from the store.
-    pub(crate) fn fence<Q>(&self, key: &Q)
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        // Flagged before it leaves the map, under the map's lock: a slot
-        // out of the map and not yet flagged is one that a second removal
-        // finds nowhere, and returns before the flag is set.
-        self.flights.remove_if(key, |_, slot| {
-            slot.fence.store(true, Ordering::SeqCst);
-            true
-        });
-        self.blocking.remove_if(key, |_, slot| {
-            slot.fence.store(true, Ordering::SeqCst);
-            true
-        });
-    }
-
-    /// Fences every flight under way; for `clear`. Flags only: taking the
-    /// slots out here would drop their keys under the maps' locks. A fenced
-    /// slot is replaced by the next caller of its key, and removed by its
-    /// own flight when that ends.
-    pub(crate) fn fence_all(&self) {
-        self.flights
-            .iter()
-            .for_each(|slot| slot.fence.store(true, Ordering::SeqCst));
-        self.blocking
-            .iter()
-            .for_each(|slot| slot.fence.store(true, Ordering::SeqCst));
     }
 
     /// Installs a fetch's outcome and counts it; returns the value the cache
@@ -507,9 +457,7 @@ where
 {
     fn drop(&mut self) {
         if let Some(cache) = self.cache.upgrade() {
-            cache.flights.remove_if(&self.key, |_, flight| {
-                flight.result.same_channel(&self.receiver)
-            });
+            cache.in_flight.leave(&self.key, &self.receiver);
         }
     }
 }

@@ -2,15 +2,17 @@
 //! a key runs once however many ask for it, async ([`Flight`]) or blocking
 //! (`Cache::get_or_insert_with`).
 //!
-//! `fetcher` and `latch` know nothing of the cache; `flight` and
-//! `blocking` build on [`Inner`](crate::inner::Inner).
+//! `fetcher`, `latch` and `in_flight` (the maps of fetches under way and
+//! their fences, which [`Inner`](crate::inner::Inner) holds) know nothing
+//! of the cache; `flight` and `blocking` build on `Inner`.
 
 mod blocking;
 mod fetcher;
 mod flight;
+mod in_flight;
 mod latch;
 
 pub(crate) use fetcher::{ErasedFetcher, panic_as_error};
 pub use fetcher::{FetchError, Fetched, Fetcher};
 pub(crate) use flight::{Flight, Purpose};
-pub(crate) use latch::Latch;
+pub(crate) use in_flight::InFlight;
