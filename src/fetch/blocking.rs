@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::fetcher::Fetched;
-use super::flight::Purpose;
 use super::in_flight::{InFlight, LoadRole};
 use super::latch::Latch;
 use crate::inner::Inner;
@@ -91,14 +90,9 @@ where
         }
         let from = start.map(|(_, version)| version);
         match load(key) {
+            // Never the refresher's; and a value, so never a failure.
             Ok(value) => Ok(self
-                .install(
-                    key,
-                    from,
-                    Ok(Fetched::Value(value.clone())),
-                    fence,
-                    Purpose::Load,
-                )
+                .install(key, from, Ok(Fetched::Value(value.clone())), fence, false)
                 .unwrap_or(value)),
             Err(error) => {
                 self.counters.incr(Counter::LoadErrors);

@@ -1,29 +1,21 @@
 //! Single flight: at most one fetch per key at a time, shared by everyone who
 //! asks for that key meanwhile (the refresher, [`Cache::refresh`] and
-//! [`Cache::get_or_fetch`]), and the install of its result.
+//! [`Cache::get_or_fetch`]). The flight's driver fetches, installs the
+//! result (`install.rs` says what a fetch may install) and publishes it to
+//! whoever joined.
 //!
-//! # What a fetch may install
+//! # Who joins a flight, and what it starts from
 //!
-//! - A fetch of a cached key (a refresh) installs its value only if the entry
-//!   still has the version it started from: a newer write wins and its value
-//!   stands, and a key removed meanwhile stays removed (and if added again,
-//!   it has a new version).
-//! - A fetch of an uncached key (a load, by `get_or_fetch` or a forced
-//!   `refresh`) inserts its value only if the key is still absent, and only
-//!   if no removal of the key (`invalidate`, `remove`, `invalidate_if`,
-//!   `retain`, `clear`) came since the fetch began: those *fence* the
-//!   flight. The fence is a flag of the flight, set before the removal takes
-//!   its shard lock and read under the shard lock the insert takes, so
-//!   either the insert comes first and the removal takes it out, or the
-//!   insert sees the fence and stores nothing. A `get_or_fetch` whose key
-//!   was written between its miss and its flight's start fetches nothing:
-//!   that value is its answer.
-//! - A fenced flight also leaves the map of flights at once (`clear` only
-//!   flags it, and the next caller replaces it), so a caller who asks after
-//!   the removal starts a new fetch instead of joining the old one and
-//!   getting its value. A removal fences before and after it removes the
-//!   entry, and a flight reads what it starts from only once it is in the
-//!   map, so no flight that read the removed entry can be joined after.
+//! - A flight reads what it starts from (the cached value and its version,
+//!   or none for a load) only once it is in the map of flights. A
+//!   `get_or_fetch` whose key was written between its miss and its
+//!   flight's start fetches nothing: that value is its answer.
+//! - A removal of the key *fences* the flight: it installs nothing, and
+//!   leaves the map of flights at once (`clear` only flags it, and the next
+//!   caller replaces it), so a caller who asks after the removal starts a
+//!   new fetch instead of joining the old one and getting its value. A
+//!   removal fences before and after it removes the entry, so no flight
+//!   that read the removed entry can be joined after.
 //! - The background refresher never loads: it fetches only entries it holds
 //!   (see `refresh/held.rs`), and a key no longer held when its flight would
 //!   start is left alone.
@@ -34,7 +26,7 @@
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -44,12 +36,7 @@ use tracing::Instrument;
 
 use super::fetcher::{FetchError, Fetched, panic_message, run_fetch};
 use super::in_flight::{FlightClaim, FlightReceiver};
-use crate::changes::Change;
 use crate::inner::Inner;
-use crate::metrics::Counter;
-use crate::removal::RemovalCause;
-use crate::store::Removed;
-use crate::store::{Install, Installed, Refusal, Version, Write, Written};
 
 /// Why a flight is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +246,7 @@ where
         let drive = async move {
             let current = start.as_ref().map(|(value, _)| value.clone());
             let from = start.map(|(_, version)| version);
+            let by_refresher = purpose == Purpose::Refresh;
             let timed = cfg!(feature = "metrics") || !traced.is_disabled();
             let began = timed.then(std::time::Instant::now);
             let outcome = run_fetch(fetcher.fetch(key, current), timeout).await;
@@ -268,7 +256,7 @@ where
                 traced.record("elapsed_ms", seconds * 1e3);
                 #[cfg(feature = "metrics")]
                 if let Some(cache) = landing.cache.upgrade() {
-                    let refresh = from.is_some() || purpose == Purpose::Refresh;
+                    let refresh = from.is_some() || by_refresher;
                     cache.export.fetched(refresh, &outcome, seconds);
                 }
             }
@@ -279,11 +267,11 @@ where
                 // after), and the panic is the fetch's failure, counted and
                 // backed off like the fetcher's own.
                 Some(cache) => catch_unwind(AssertUnwindSafe(|| {
-                    cache.install(&landing.key, from, outcome, &fence, purpose)
+                    cache.install(&landing.key, from, outcome, &fence, by_refresher)
                 }))
                 .unwrap_or_else(|panic| {
                     let panicked = FetchError::Panicked(panic_message(&*panic));
-                    cache.install(&landing.key, from, Err(panicked), &fence, purpose)
+                    cache.install(&landing.key, from, Err(panicked), &fence, by_refresher)
                 }),
                 None => Err(FetchError::Cancelled),
             };
@@ -295,146 +283,6 @@ where
             result
         };
         Ok(Flight::Started(drive.instrument(span)))
-    }
-
-    /// Installs a fetch's outcome and counts it; returns the value the cache
-    /// now holds for the key (a newer write's, if one won), or the error.
-    /// `from` is the version the fetch started from, `None` for a load.
-    /// A failure counts as a refresh's if the fetch was the refresher's
-    /// (even when its key was removed as it started and it stores
-    /// nothing) or started from a cached value, else as a load's.
-    pub(crate) fn install(
-        &self,
-        key: &K,
-        from: Option<Version>,
-        outcome: Result<Fetched<V>, FetchError>,
-        fence: &AtomicBool,
-        purpose: Purpose,
-    ) -> Result<V, FetchError> {
-        let fetched = match outcome {
-            Ok(fetched) => fetched,
-            Err(error) => {
-                self.counters.incr(match (from, purpose) {
-                    (None, Purpose::Load | Purpose::Forced) => Counter::LoadErrors,
-                    _ => Counter::RefreshErrors,
-                });
-                if let Some(held_back) = self.failure_logs.admit(self.read.clock.now()) {
-                    let key = self.describe(key);
-                    tracing::warn!(
-                        %key,
-                        %error,
-                        held_back,
-                        "fetch failed; the cached value, if any, is kept"
-                    );
-                }
-                return Err(error);
-            }
-        };
-        let Some(from) = from else {
-            return match fetched {
-                Fetched::Value(value) => {
-                    if self.is_disabled() {
-                        return Ok(value);
-                    }
-                    // Only if still absent and not fenced: a write or an
-                    // invalidation meanwhile wins.
-                    match self.write_fenced(key.clone(), value.clone(), Write::IfAbsent, fence) {
-                        // Stored and at once evicted for its weight, as an
-                        // insert is (counted as one, and an eviction): a
-                        // load all the same, not a discard.
-                        Written::Refused(_, _, Refusal::Overweight) => {
-                            self.counters.incr(Counter::Loads);
-                            Ok(value)
-                        }
-                        Written::Refused(..) => {
-                            self.counters.incr(Counter::Discarded);
-                            Ok(self.store.read(key, |n| n.value.clone()).unwrap_or(value))
-                        }
-                        Written::Added | Written::Replaced => {
-                            self.counters.incr(Counter::Loads);
-                            Ok(value)
-                        }
-                    }
-                }
-                Fetched::Unchanged => {
-                    self.counters.incr(Counter::LoadErrors);
-                    tracing::warn!("fetcher answered Unchanged for a key the cache does not hold");
-                    Err(FetchError::NothingToKeep)
-                }
-                Fetched::Gone => {
-                    self.counters.incr(Counter::Gone);
-                    Err(FetchError::Gone)
-                }
-            };
-        };
-        let (update, fresh) = match fetched {
-            Fetched::Value(value) => {
-                let weight = self.weigh(key, &value);
-                (
-                    Install::Value(key.clone(), value.clone(), weight),
-                    Some(value),
-                )
-            }
-            Fetched::Unchanged => (Install::Renew, None),
-            Fetched::Gone => {
-                self.counters.incr(Counter::Gone);
-                // Only the entry fetched from: a newer write stands.
-                if let Some(node) = self.store.remove(key, |n| n.version() == from) {
-                    let mut removed = Removed::new();
-                    removed.push(node, RemovalCause::Gone);
-                    self.count_removed(&removed);
-                    self.report(removed);
-                }
-                return Err(FetchError::Gone);
-            }
-        };
-        let mut removed = Removed::new();
-        let installed = self
-            .store
-            .install(key, from, update, self.write_stamp(), &mut removed);
-        let result = match installed {
-            Installed::Done {
-                replaced,
-                was_marked,
-            } => {
-                self.counters.incr(Counter::Refreshes);
-                if let Some(old) = replaced {
-                    // A refresh of a marked value answers a change someone
-                    // announced already (a fleet message, `mark_stale`, a
-                    // stale snapshot): telling it again would have every
-                    // replica mark the others' values stale in turn.
-                    if let (Some(new), false) = (&fresh, was_marked) {
-                        self.changes
-                            .tell(|| Change::Refreshed(key, &old.value, new));
-                    }
-                    removed.push(old, RemovalCause::Replaced);
-                }
-                match fresh {
-                    Some(value) => Ok(value),
-                    None => self
-                        .store
-                        .read(key, |n| n.value.clone())
-                        .ok_or(FetchError::NothingToKeep),
-                }
-            }
-            Installed::Superseded(stale) => {
-                self.counters.incr(Counter::Discarded);
-                drop(stale);
-                // Removed meanwhile (it stays removed), or a newer write won.
-                match self.store.read(key, |n| n.value.clone()) {
-                    Some(newer) => Ok(newer),
-                    None => fresh.ok_or(FetchError::NothingToKeep),
-                }
-            }
-            Installed::Overweight(key, value) => {
-                self.counters.incr(Counter::Refreshes);
-                removed.push_pair(key, value, RemovalCause::Evicted);
-                fresh.ok_or(FetchError::NothingToKeep)
-            }
-        };
-        self.count_removed(&removed);
-        self.report(removed);
-        result
     }
 }
 
@@ -459,31 +307,5 @@ where
         if let Some(cache) = self.cache.upgrade() {
             cache.in_flight.leave(&self.key, &self.receiver);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Cache;
-
-    /// (Review #18.7.) A refresher's flight whose key was removed as it
-    /// started goes on as a fenced load (from no version) for whoever
-    /// joined it; its failure counted as a load error. Every fetch the
-    /// refresher starts counts as a refresh. (The race that makes one is
-    /// narrow; this checks the rule it is counted by.)
-    #[test]
-    fn a_failed_refreshers_fetch_from_no_version_is_a_refresh_error() {
-        let cache: Cache<u32, u32> = Cache::builder().build().unwrap();
-        let fence = AtomicBool::new(true);
-        let timed_out = || Err(FetchError::TimedOut(Duration::from_secs(1)));
-        let _ = cache
-            .inner
-            .install(&1, None, timed_out(), &fence, Purpose::Refresh);
-        let _ = cache
-            .inner
-            .install(&1, None, timed_out(), &fence, Purpose::Load);
-        let m = cache.metrics();
-        assert_eq!((m.refresh_errors, m.load_errors), (1, 1), "{m}");
     }
 }

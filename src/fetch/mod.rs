@@ -4,12 +4,14 @@
 //!
 //! `fetcher`, `latch` and `in_flight` (the maps of fetches under way and
 //! their fences, which [`Inner`](crate::inner::Inner) holds) know nothing
-//! of the cache; `flight` and `blocking` build on `Inner`.
+//! of the cache; `install` builds on `Inner`, and `flight` and
+//! `blocking` on `install`.
 
 mod blocking;
 mod fetcher;
 mod flight;
 mod in_flight;
+mod install;
 mod latch;
 
 pub(crate) use fetcher::{ErasedFetcher, panic_as_error};
