@@ -1,8 +1,9 @@
 //! Refresh figures no peer has: how fast a storm of stale entries is
-//! refreshed, and what a storm does to read latency.
+//! refreshed, what a storm does to read latency, and what a hit through
+//! `get_or_fetch` costs beside a `get`.
 //!
 //! ```text
-//! cargo bench --bench refresh
+//! cargo bench --bench refresh [-- SECTION...]
 //! ```
 //!
 //! 1. *Refresh throughput*: 100,000 entries go stale at once; the fetcher takes
@@ -31,9 +32,19 @@
 //!    upstream failing every call for 10 s. Prints the calls a second during
 //!    the outage and the time from recovery until every key is fresh,
 //!    against 1 s + 1,000 / 256 × 10 ms.
+//! 6. *A hit through `get_or_fetch`*: 512 hot keys read by `get` and by
+//!    `get_or_fetch`, each read a future polled once with a no-op waker;
+//!    prints the nanoseconds per hit of each and their ratio, against the
+//!    goal of `get_or_fetch` at 0.9× `get`'s speed or better.
+//!
+//! Sections are named `throughput`, `storm`, `million`, `knee`, `outage`
+//! and `get_or_fetch`; `cargo bench --bench refresh -- get_or_fetch` runs
+//! only the last (any name given runs the sections whose names contain it).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -486,10 +497,96 @@ fn outage() {
     runtime.block_on(sim.cache.stop());
 }
 
+/// Polls `future` once, with a waker that does nothing: how both reads of
+/// [`get_or_fetch_hits`] are run, so that neither pays for a runtime.
+fn poll_ready<T>(future: impl Future<Output = T>) -> T {
+    let future = std::pin::pin!(future);
+    match future.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(value) => value,
+        Poll::Pending => panic!("a hit is ready at its first poll"),
+    }
+}
+
+fn get_or_fetch_hits() {
+    const KEYS: u64 = 512;
+    const OPS: u64 = 4_000_000;
+    const ROUNDS: usize = 7;
+    let runtime = runtime::one_worker();
+    // Built in a multi-thread runtime, so that the clock's keeper ticks the
+    // coarse clock and a hit reads no clock, as in a service.
+    let cache: Cache<u64, u64> = {
+        let _inside = runtime.enter();
+        Cache::builder()
+            .max_size(2 * KEYS as usize)
+            .ttl(Some(Duration::from_secs(3600)))
+            .fetcher(|key: u64| async move { Ok::<_, std::convert::Infallible>(key) })
+            .build()
+            .expect("valid settings")
+    };
+    for key in 0..KEYS {
+        cache.insert(key, key);
+    }
+    let ns_per_hit = |hit: &dyn Fn(u64) -> bool| {
+        let started = Instant::now();
+        let mut found = 0;
+        for op in 0..OPS {
+            found += u64::from(hit(std::hint::black_box(op % KEYS)));
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(found, OPS, "every read a hit");
+        elapsed.as_nanos() as f64 / OPS as f64
+    };
+    let get = |key: u64| poll_ready(async { cache.get(&key) }).is_some();
+    let get_or_fetch = |key: u64| poll_ready(cache.get_or_fetch(&key)).is_ok();
+    println!("## A hit through get_or_fetch\n");
+    println!(
+        "{KEYS} hot keys, fresh (a TTL of an hour, the coarse clock kept by the runtime's keeper); one thread reads each key in turn, {OPS} reads per figure, each read a future polled once with a no-op waker: `async {{ get }}` and `get_or_fetch`. {ROUNDS} rounds, the two in turn (which goes first alternates); the figure is the median round's ratio. The goal: at least 0.9.\n"
+    );
+    println!("| round | ns per get hit | ns per get_or_fetch hit | get_or_fetch ÷ get speed |");
+    println!("|---|---|---|---|");
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    for round in 1..=ROUNDS {
+        let (get_ns, fetch_ns) = if round % 2 == 1 {
+            let get_ns = ns_per_hit(&get);
+            (get_ns, ns_per_hit(&get_or_fetch))
+        } else {
+            let fetch_ns = ns_per_hit(&get_or_fetch);
+            (ns_per_hit(&get), fetch_ns)
+        };
+        let ratio = get_ns / fetch_ns;
+        ratios.push(ratio);
+        println!("| {round} | {get_ns:.1} | {fetch_ns:.1} | {ratio:.2} |");
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "\nget_or_fetch hit ÷ get hit speed, median of {ROUNDS} rounds: {:.2} (goal >= 0.9)\n",
+        ratios[ROUNDS / 2]
+    );
+    assert_eq!(
+        cache.metrics().misses,
+        0,
+        "get_or_fetch never missed, so never fetched"
+    );
+}
+
 fn main() {
-    refresh_throughput();
-    read_latency_under_storm();
-    tick_cost();
-    knee();
-    outage();
+    // `cargo bench --bench refresh -- NAME...` runs only the sections whose
+    // names contain one of the NAMEs (cargo passes `--bench` as well).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let sections: [(&str, fn()); 6] = [
+        ("throughput", refresh_throughput),
+        ("storm", read_latency_under_storm),
+        ("million", tick_cost),
+        ("knee", knee),
+        ("outage", outage),
+        ("get_or_fetch", get_or_fetch_hits),
+    ];
+    for (name, section) in sections {
+        if only.is_empty() || only.iter().any(|want| name.contains(want.as_str())) {
+            section();
+        }
+    }
 }

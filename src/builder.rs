@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Cache;
-use crate::fetcher::{ErasedFetcher, Fetcher};
+use crate::fetch::{ErasedFetcher, Fetcher};
 use crate::freshness::{Freshness, FreshnessFn};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::{Hooks, Inner};

@@ -12,8 +12,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::changes::{Change, Share};
-use crate::fetcher::{ErasedFetcher, FetchError, Fetcher};
-use crate::flight::{Flight, Purpose};
+use crate::fetch::{ErasedFetcher, FetchError, Fetcher, Flight, Purpose};
 use crate::freshness::Freshness;
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
@@ -854,7 +853,10 @@ where
         if let Some(value) = self.get(key) {
             return Ok(value);
         }
-        self.fetch_now(K::from(key.to_owned()), Purpose::Load).await
+        // Boxed, so that this future holds a pointer to the miss path's
+        // (hundreds of bytes) rather than room for it, which every hit
+        // would build, move and drop: a hit costs what a `get` costs.
+        Box::pin(self.fetch_now(K::from(key.to_owned()), Purpose::Load)).await
     }
 
     /// The cached value for `key`; on a miss, calls `load` on this thread,

@@ -27,7 +27,7 @@
 
 use metrics::{Histogram, SharedString, counter, gauge, histogram};
 
-use crate::fetcher::{FetchError, Fetched};
+use crate::fetch::{FetchError, Fetched};
 use crate::metrics::Metrics;
 use crate::refresh::{BreakerState, RefresherState};
 

@@ -13,14 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use dashmap::DashMap;
-use tokio::sync::watch;
 
 use crate::changes::{Change, Changes, Share};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
-use crate::fetcher::{ErasedFetcher, FetchError};
+use crate::fetch::{ErasedFetcher, InFlight};
 use crate::freshness::{Aging, Freshness, FreshnessFn, NEVER, Own, Terms};
-use crate::latch::Latch;
 use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Weigher};
@@ -29,32 +26,6 @@ use crate::store::{
     Entry, Node, Nudge, Refusal, Removed, Store, Taken, Write, Written, shard_count, user_write,
 };
 use crate::throttle::Throttle;
-
-/// The outcome of one fetch, once it has one.
-pub(crate) type Outcome<V> = Option<Result<V, FetchError>>;
-
-/// Where a fetch's result will appear.
-pub(crate) type FlightReceiver<V> = watch::Receiver<Outcome<V>>;
-
-/// A fetch under way, as the map of flights holds it.
-pub(crate) struct FlightSlot<V> {
-    pub(crate) result: FlightReceiver<V>,
-    /// Set by an invalidation of the key: the fetch's value is not stored.
-    pub(crate) fence: Arc<AtomicBool>,
-    /// When the flight should have ended; whoever joins it waits no longer.
-    pub(crate) ends_by: tokio::time::Instant,
-}
-
-/// A blocking read-through under way (`get_or_insert_with`).
-pub(crate) struct BlockingSlot {
-    /// Opens when the loading thread is done, whatever the outcome.
-    pub(crate) done: Arc<Latch>,
-    /// The thread loading the key: if it asks for the key again (from its
-    /// own loader), it loads again rather than wait for itself.
-    pub(crate) loader: std::thread::ThreadId,
-    /// Set by an invalidation of the key: the loaded value is not stored.
-    pub(crate) fence: Arc<AtomicBool>,
-}
 
 /// What a read of a stale value leaves to do once it let the value go.
 struct StaleRead {
@@ -119,10 +90,8 @@ pub(crate) struct Inner<K, V, S> {
     #[cfg(feature = "metrics")]
     pub(crate) export: crate::export::Export,
     pub(crate) failure_logs: Throttle,
-    /// The fetch under way for each key being fetched.
-    pub(crate) flights: DashMap<K, FlightSlot<V>, S>,
-    /// The blocking read-through under way for each key being loaded.
-    pub(crate) blocking: DashMap<K, BlockingSlot, S>,
+    /// The fetches under way, async and blocking, and their fences.
+    pub(crate) in_flight: InFlight<K, V, S>,
     pub(crate) refresher: Refresher,
     /// Tells an attached fleet link of the user's changes.
     pub(crate) changes: Changes<K, V>,
@@ -175,8 +144,7 @@ where
             export: crate::export::Export::new(name.as_deref()),
             name,
             failure_logs: Throttle::new(),
-            flights: DashMap::with_hasher(hasher.clone()),
-            blocking: DashMap::with_hasher(hasher),
+            in_flight: InFlight::new(hasher),
             refresher: Refresher::new(),
             changes: Changes::new(),
         }
@@ -506,9 +474,9 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.fence(key);
+        self.in_flight.fence(key);
         let removed = self.store.remove(key, |_| true);
-        self.fence(key);
+        self.in_flight.fence(key);
         removed.map(Taken::Node)
     }
 
@@ -545,9 +513,9 @@ where
         if !self.ages() {
             return self.invalidate(key, Share::Local);
         }
-        self.fence(key);
+        self.in_flight.fence(key);
         let marked = self.store.mark_stale(key);
-        self.fence(key);
+        self.in_flight.fence(key);
         if marked {
             self.refresher.nudges.ask_for_look();
         }
@@ -559,9 +527,9 @@ where
         if !self.ages() {
             return self.clear(Share::Local);
         }
-        self.fence_all();
+        self.in_flight.fence_all();
         self.store.mark_all_stale();
-        self.fence_all();
+        self.in_flight.fence_all();
         self.refresher.nudges.ask_for_look();
     }
 
@@ -592,14 +560,14 @@ where
                 if !remove(&key, &value) {
                     continue;
                 }
-                self.fence(&key);
+                self.in_flight.fence(&key);
                 // Over a refresh installed since the copy (its fetch may
                 // have begun before): only a user's write saves the entry.
                 let written = user_write(version);
                 let removed = self
                     .store
                     .remove(&key, |n| user_write(n.version()) == written);
-                self.fence(&key);
+                self.in_flight.fence(&key);
                 let Some(node) = removed else {
                     continue;
                 };
@@ -619,12 +587,12 @@ where
         if share == Share::Fleet {
             self.changes.tell(|| Change::Clearing);
         }
-        self.fence_all();
+        self.in_flight.fence_all();
         let mut removed = Removed::new();
         self.store.clear(&mut removed);
         // Again: a flight that joined while the shards were emptied may
         // have read an entry about to go as what it starts from.
-        self.fence_all();
+        self.in_flight.fence_all();
         if share == Share::Fleet {
             self.changes.tell(|| Change::Cleared);
         }

@@ -237,7 +237,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod blocking;
 mod builder;
 mod cache;
 mod changes;
@@ -245,15 +244,13 @@ mod clock;
 mod excerpt;
 #[cfg(feature = "metrics")]
 mod export;
-mod fetcher;
+mod fetch;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
-mod flight;
 mod freshness;
 mod hasher;
 mod inner;
-mod latch;
 mod metrics;
 mod refresh;
 mod removal;
@@ -268,7 +265,7 @@ mod upkeep;
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Iter};
-pub use fetcher::{FetchError, Fetched, Fetcher};
+pub use fetch::{FetchError, Fetched, Fetcher};
 pub use freshness::Freshness;
 pub use hasher::DefaultBuildHasher;
 pub use metrics::Metrics;

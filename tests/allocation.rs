@@ -15,7 +15,7 @@ use swr_cache::{Cache, MAX_SIZE_LIMIT};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 fn main() {
-    let checks: [(&str, fn()); 2] = [
+    let checks: [(&str, fn()); 3] = [
         (
             "the_largest_cache_costs_nothing_per_entry_until_used",
             the_largest_cache_costs_nothing_per_entry_until_used,
@@ -23,6 +23,10 @@ fn main() {
         (
             "stale_reads_allocate_nothing_asking_for_a_refresh_or_while_it_backs_off",
             stale_reads_allocate_nothing_asking_for_a_refresh_or_while_it_backs_off,
+        ),
+        (
+            "a_get_or_fetch_hit_allocates_nothing",
+            a_get_or_fetch_hit_allocates_nothing,
         ),
     ];
     for (name, check) in checks {
@@ -101,4 +105,25 @@ async fn stale_reads() {
         "stale reads allocated while the refresh backs off"
     );
     assert_eq!(cache.metrics().refresh_errors, 1, "and asked for no retry");
+}
+
+/// Only a miss boxes the miss path's future (issue #19.6): a hit through
+/// `get_or_fetch`, like a `get`, allocates nothing.
+fn a_get_or_fetch_hit_allocates_nothing() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let cache: Cache<String, u64> = Cache::builder()
+        .fetcher(|_key: String| async { Ok::<u64, std::io::Error>(0) })
+        .build()
+        .unwrap();
+    cache.insert("k".into(), 1);
+    assert_eq!(cache.get("k"), Some(1), "a first read, before counting");
+    let region = Region::new(GLOBAL);
+    for _ in 0..10_000 {
+        let hit = std::pin::pin!(cache.get_or_fetch("k"));
+        let polled = hit.poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(polled, Poll::Ready(Ok(1))), "{polled:?}");
+    }
+    assert_eq!(region.change().allocations, 0, "a hit allocated");
 }

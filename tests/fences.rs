@@ -731,7 +731,7 @@ async fn a_caller_after_an_invalidate_gets_a_value_not_nothing_to_keep() {
 }
 
 /// (Review F3.) A panic in user code between the slot insert and the landing guard
-/// (here K::clone for FlightLanding.key, flight.rs:127) leaves the slot in
+/// (here K::clone for FlightLanding.key, in src/fetch/flight.rs) leaves the slot in
 /// the map with a dead sender: every later caller gets Cancelled.
 #[tokio::test(start_paused = true)]
 async fn a_key_clone_panicking_at_flight_start_does_not_wedge_the_key() {

@@ -30,7 +30,7 @@
 //! limit's ([`limit`](super::limit)); whether any may start, the breaker's
 //! ([`breaker`](super::breaker)).
 //!
-//! [`Flight::Gone`]: crate::flight::Flight::Gone
+//! [`Flight::Gone`]: crate::fetch::Flight::Gone
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -44,8 +44,7 @@ use super::breaker::{Breaker, Permit, Turned};
 use super::limit::{Limit, Outcome};
 use super::state::Pass;
 use crate::clock::{Nanos, duration_to_nanos};
-use crate::fetcher::{FetchError, panic_as_error};
-use crate::flight::{Flight, Purpose};
+use crate::fetch::{FetchError, Flight, Purpose, panic_as_error};
 use crate::inner::Inner;
 use crate::settings::Settings;
 use crate::store::Nudge;

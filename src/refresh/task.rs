@@ -46,7 +46,7 @@ use super::held::Holdings;
 use super::requests::{Control, Nudges, Run, Signals};
 use crate::clock::{Nanos, Ticker, duration_to_nanos};
 use crate::excerpt::Excerpt;
-use crate::fetcher::{FetchError, panic_as_error};
+use crate::fetch::{FetchError, panic_as_error};
 use crate::inner::Inner;
 use crate::metrics::Counter;
 

@@ -19,27 +19,13 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use dashmap::mapref::entry::Entry;
-
-use crate::fetcher::Fetched;
-use crate::flight::Purpose;
-use crate::inner::{BlockingSlot, Inner};
-use crate::latch::Latch;
+use super::fetcher::Fetched;
+use super::in_flight::{InFlight, LoadRole};
+use super::latch::Latch;
+use crate::inner::Inner;
 use crate::metrics::Counter;
-
-/// What a thread that missed does.
-enum Role {
-    /// Another thread loads the key: wait for it, then read again.
-    Wait(Arc<Latch>),
-    /// Load it, registered as the key's loader.
-    Load((Arc<Latch>, Arc<AtomicBool>)),
-    /// This thread is the key's loader already (its loader asked again):
-    /// load again, under the registered load's fence, since a removal
-    /// while either runs must keep both out.
-    Reenter(Arc<AtomicBool>),
-}
 
 impl<K, V, S> Inner<K, V, S>
 where
@@ -62,19 +48,8 @@ where
         let key = K::from(key.to_owned());
         let me = std::thread::current().id();
         loop {
-            let role = match self.blocking.entry(key.clone()) {
-                // A load `clear` fenced is as good as gone: it is replaced.
-                Entry::Occupied(slot) if slot.get().fence.load(Ordering::SeqCst) => {
-                    Role::Load(Self::register(|s| drop(slot.replace_entry(s)), me))
-                }
-                Entry::Occupied(slot) if slot.get().loader == me => {
-                    Role::Reenter(Arc::clone(&slot.get().fence))
-                }
-                Entry::Occupied(slot) => Role::Wait(Arc::clone(&slot.get().done)),
-                Entry::Vacant(slot) => Role::Load(Self::register(|s| drop(slot.insert(s)), me)),
-            };
-            match role {
-                Role::Wait(done) => {
+            match self.in_flight.join_or_claim_blocking(key.clone(), me) {
+                LoadRole::Wait(done) => {
                     done.wait();
                     // (Named: the caller's `K: Borrow<Q>` would claim `&key`.)
                     let found = self
@@ -84,35 +59,19 @@ where
                         return Ok(value);
                     }
                 }
-                Role::Load((done, fence)) => {
+                LoadRole::Load(done, fence) => {
                     let _leaving = Leaving {
-                        inner: self,
+                        in_flight: &self.in_flight,
                         key: &key,
                         done,
                     };
                     return self.load_blocking(&key, load, &fence);
                 }
-                Role::Reenter(fence) => {
+                LoadRole::Reenter(fence) => {
                     return self.load_blocking(&key, load, &fence);
                 }
             }
         }
-    }
-
-    /// A new loader's entry for the map, handed to `insert`; returns its
-    /// latch and fence.
-    fn register(
-        insert: impl FnOnce(BlockingSlot),
-        loader: std::thread::ThreadId,
-    ) -> (Arc<Latch>, Arc<AtomicBool>) {
-        let done = Arc::new(Latch::default());
-        let fence = Arc::new(AtomicBool::new(false));
-        insert(BlockingSlot {
-            done: Arc::clone(&done),
-            loader,
-            fence: Arc::clone(&fence),
-        });
-        (done, fence)
     }
 
     /// Calls `load` and stores its value, unless the key was written since
@@ -131,14 +90,9 @@ where
         }
         let from = start.map(|(_, version)| version);
         match load(key) {
+            // Never the refresher's; and a value, so never a failure.
             Ok(value) => Ok(self
-                .install(
-                    key,
-                    from,
-                    Ok(Fetched::Value(value.clone())),
-                    fence,
-                    Purpose::Load,
-                )
+                .install(key, from, Ok(Fetched::Value(value.clone())), fence, false)
                 .unwrap_or(value)),
             Err(error) => {
                 self.counters.incr(Counter::LoadErrors);
@@ -156,7 +110,7 @@ where
     K: Hash + Eq,
     S: BuildHasher + Clone,
 {
-    inner: &'a Inner<K, V, S>,
+    in_flight: &'a InFlight<K, V, S>,
     key: &'a K,
     done: Arc<Latch>,
 }
@@ -167,9 +121,7 @@ where
     S: BuildHasher + Clone,
 {
     fn drop(&mut self) {
-        self.inner
-            .blocking
-            .remove_if(self.key, |_, slot| Arc::ptr_eq(&slot.done, &self.done));
+        self.in_flight.leave_blocking(self.key, &self.done);
         self.done.open();
     }
 }
