@@ -497,6 +497,46 @@ fn outage() {
     runtime.block_on(sim.cache.stop());
 }
 
+/// The look's cost with a TTL per entry: the timer wheel must keep it flat
+/// as the entries grow.
+fn own_ttl_looks() {
+    println!("## Looks with a TTL per entry\n");
+    println!(
+        "Each entry inserted with its own TTL (`insert_with_ttl`), spread evenly over the range; the refresher looks every 10 ms on one tokio worker for 5 s, refreshing what comes due (a refresh keeps the entry's TTL).\n"
+    );
+    println!("| entries | TTLs | refreshes in 5 s | refresher busy | per wake-up |");
+    println!("|---|---|---|---|---|");
+    let rows: [(u64, u64, u64); 4] = [
+        (10_000, 600, 3_600),
+        (100_000, 600, 3_600),
+        (MILLION, 600, 3_600),
+        (MILLION, 1, 3_600),
+    ];
+    for (entries, from, to) in rows {
+        let runtime = runtime::one_worker();
+        let _guard = runtime.enter();
+        let cache = million_cache(Duration::from_secs(3600));
+        for key in 0..entries {
+            let secs = from as f64 + (to - from) as f64 * key as f64 / entries as f64;
+            cache.insert_with_ttl(key, key, Duration::from_secs_f64(secs));
+        }
+        cache.start().expect("inside a runtime");
+        let phase = Duration::from_secs(5);
+        let before = (busy(&runtime), cache.metrics().refreshes);
+        std::thread::sleep(phase);
+        let spent = busy(&runtime) - before.0;
+        let refreshes = cache.metrics().refreshes - before.1;
+        let wakeups = (phase.as_millis() / 10) as u32;
+        println!(
+            "| {entries} | {from} s to {to} s | {refreshes} | {:.2} ms | {:.1} µs |",
+            spent.as_secs_f64() * 1e3,
+            spent.as_secs_f64() * 1e6 / f64::from(wakeups),
+        );
+        runtime.block_on(cache.stop());
+    }
+    println!();
+}
+
 /// Polls `future` once, with a waker that does nothing: how both reads of
 /// [`get_or_fetch_hits`] are run, so that neither pays for a runtime.
 fn poll_ready<T>(future: impl Future<Output = T>) -> T {
@@ -576,10 +616,11 @@ fn main() {
         .skip(1)
         .filter(|arg| !arg.starts_with('-'))
         .collect();
-    let sections: [(&str, fn()); 6] = [
+    let sections: [(&str, fn()); 7] = [
         ("throughput", refresh_throughput),
         ("storm", read_latency_under_storm),
         ("million", tick_cost),
+        ("own_ttl", own_ttl_looks),
         ("knee", knee),
         ("outage", outage),
         ("get_or_fetch", get_or_fetch_hits),
