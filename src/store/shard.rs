@@ -654,7 +654,7 @@ impl<K, V> Shard<K, V> {
                 }
                 self.nodes.push(None);
                 self.links.push(Link::UNLINKED);
-                self.due.push_slot();
+                self.due.push_slot(now);
                 if self.weighted {
                     self.weights.push(weight);
                 }
