@@ -210,10 +210,12 @@ where
         }
         if self.inner.changes.is_on() {
             let told = key.clone();
-            self.inner.write_with(key, value, Write::Upsert, given);
+            self.inner
+                .write_as(key, value, Write::Upsert, (false, given));
             self.inner.changes.tell(|| Change::Written(&told));
         } else {
-            self.inner.write_with(key, value, Write::Upsert, given);
+            self.inner
+                .write_as(key, value, Write::Upsert, (false, given));
         }
     }
 

@@ -334,27 +334,22 @@ where
         }
     }
 
-    /// [`Inner::write_with`], marking the entry stale whatever its age if
-    /// `stale` (and the cache ages at all).
-    pub(crate) fn write_as(&self, key: K, value: V, how: Write, stale: bool) -> Written<(), ()> {
-        self.write_entry(key, value, how, (stale, None), None)
-    }
-
-    /// Writes `value` for `key` as `how` says, with the freshness `given`
-    /// (else the freshness function's, or the cache's), stamped by
+    /// Writes `value` for `key` as `how` says, marked stale whatever its
+    /// age if `stale` (and the cache ages at all), with the freshness
+    /// `given` (else the freshness function's, or the cache's), stamped by
     /// [`Inner::write_stamp`], then counts and reports. Returns what the
     /// store did, with a refused key and value already dropped or reported.
-    pub(crate) fn write_with(
+    pub(crate) fn write_as(
         &self,
         key: K,
         value: V,
         how: Write,
-        given: Option<Freshness>,
+        marks: (bool, Option<Freshness>),
     ) -> Written<(), ()> {
-        self.write_entry(key, value, how, (false, given), None)
+        self.write_entry(key, value, how, marks, None)
     }
 
-    /// [`Inner::write_with`] of a fetch's value, refused if `fence` is set when
+    /// [`Inner::write_as`] of a fetch's value, refused if `fence` is set when
     /// the key's shard lock is taken.
     pub(crate) fn write_fenced(
         &self,

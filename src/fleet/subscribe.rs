@@ -280,7 +280,7 @@ where
             if let (Some(value), Some(codec)) = (message.value, &self.values) {
                 let value = (codec.decode)(value).map_err(|e| format!("the value: {e}"))?;
                 if !inner.is_disabled() {
-                    inner.write_with(key, value, Write::Upsert, None);
+                    inner.write_as(key, value, Write::Upsert, (false, None));
                 }
                 return Ok(Outcome::Applied);
             }

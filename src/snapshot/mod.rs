@@ -573,7 +573,10 @@ where
                 report.left_out_full += 1;
                 continue;
             }
-            match self.inner.write_as(key, value, Store::IfRoom, stale) {
+            match self
+                .inner
+                .write_as(key, value, Store::IfRoom, (stale, None))
+            {
                 Written::Refused(..) => report.left_out_full += 1,
                 Written::Added | Written::Replaced => report.loaded += 1,
             }
