@@ -582,8 +582,8 @@ where
     /// while it runs does nothing.
     ///
     /// The refresher is one tokio task. Every `refresh_interval` it looks
-    /// for stale entries at the head of each shard's write order (one hold
-    /// of each shard's lock, whatever the number of entries; it takes the
+    /// for stale entries in each shard's timer wheel (one hold of each
+    /// shard's lock, whatever the number of entries; it takes the
     /// stale ones under the shard's lock, a bounded batch per hold), and fetches them,
     /// as many at a time as the adaptive limit allows
     /// ([`adaptive_refreshes`](crate::CacheBuilder::adaptive_refreshes), or a fixed

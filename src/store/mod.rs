@@ -15,8 +15,8 @@
 //! there is no cycle of waits.
 //!
 //! The store fetches nothing and counts nothing: it keeps entries, their
-//! versions and their ages, the write order the refresher takes stale
-//! entries from (each shard's `due` list, with the refresher's hold on an
+//! versions and their ages, the timer wheel the refresher takes stale
+//! entries from (each shard's `due`, with the refresher's hold on an
 //! entry), and hands back whatever it took out ([`Removed`]) for the caller
 //! to report or drop once the lock is released.
 //!

@@ -166,8 +166,8 @@ pub(crate) struct Shard<K, V> {
     nodes: Vec<Option<Owned<K, V>>>,
     /// Each node's place in its queue, by index.
     links: Vec<Link>,
-    /// The write order of the nodes the refresher does not hold, oldest
-    /// value first ([`Due`]).
+    /// The nodes the refresher does not hold, filed by when they go stale
+    /// ([`Due`]).
     due: Due,
     /// Each node's weight, by index, when the cache has a weigher; empty
     /// otherwise, and every entry weighs 1.
