@@ -81,6 +81,9 @@ pub(crate) struct Inner<K, V, S> {
     weigher: Option<Weigher<K, V>>,
     /// Decides each written value's freshness, if the user gave one.
     freshness: Option<FreshnessFn<K, V>>,
+    /// The refresh jitter, in 1/65,536ths of a TTL: set at build and never
+    /// changed, so a write need not load the settings for it.
+    jitter: u32,
     listener: Option<Listener<K, V>>,
     /// How logs name a key: its `Debug` form, if the user asked for it.
     key_debug: Option<fn(&K) -> String>,
@@ -116,6 +119,7 @@ where
             listener,
             key_debug,
         } = hooks;
+        let jitter = settings.refresh_jitter;
         let shards = shard_count(settings.max_size as u64);
         let store = Store::new(
             settings.capacity(),
@@ -138,6 +142,7 @@ where
             fetcher: ArcSwapOption::new(fetcher.map(Arc::new)),
             weigher,
             freshness,
+            jitter,
             listener,
             key_debug,
             #[cfg(feature = "metrics")]
@@ -181,7 +186,7 @@ where
     pub(crate) fn aging(&self) -> Aging {
         Aging {
             terms: self.terms(),
-            jitter: self.settings.load().refresh_jitter,
+            jitter: self.jitter,
         }
     }
 
@@ -191,9 +196,13 @@ where
         self.freshness.as_ref().map(|f| f(key, value).own())
     }
 
-    /// Whether a freshness function decides each value's freshness.
-    pub(crate) fn freshness_applies(&self) -> bool {
-        self.freshness.is_some()
+    /// The freshness an `Unchanged` answer renews `key`'s cached value
+    /// with: the freshness function's for it, or `None` to keep the
+    /// entry's own (or the cache's). The cache is read only when there is
+    /// a function to run on the value.
+    pub(crate) fn renewed_own(&self, key: &K) -> Option<Own> {
+        let decide = self.freshness.as_ref()?;
+        self.store.read(key, |n| decide(key, &n.value).own())
     }
 
     /// The freshness `value` is written with: `given` (by
@@ -326,8 +335,8 @@ where
     /// counts, should a TTL be set later, as written at the last tick
     /// before it.
     #[inline]
-    pub(crate) fn write_stamp(&self, own: Own) -> Nanos {
-        if own.ttl(self.terms().ttl) == NEVER {
+    fn write_stamp(&self, own: Own, cache: Terms) -> Nanos {
+        if own.ttl(cache.ttl) == NEVER {
             self.read.clock.last_tick()
         } else {
             self.read.clock.stamp()
@@ -371,7 +380,8 @@ where
     ) -> Written<(), ()> {
         let weight = self.weigh(&key, &value);
         let own = self.own_of(&key, &value, given);
-        let now = self.write_stamp(own);
+        let aging = self.aging();
+        let now = self.write_stamp(own, aging.terms);
         let mut removed = Removed::new();
         let written = self.store.write(
             Entry {
@@ -382,7 +392,7 @@ where
                 // A cache that never ages keeps no marks.
                 stale: stale && self.ages(),
                 own,
-                aging: self.aging(),
+                aging,
             },
             how,
             fence,

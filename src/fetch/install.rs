@@ -144,15 +144,7 @@ where
                     Some(value),
                 )
             }
-            Fetched::Unchanged => {
-                // The freshness the function gives the value kept.
-                let own = self.freshness_applies().then(|| {
-                    self.store
-                        .read(key, |n| self.refreshed_own(key, &n.value))
-                        .flatten()
-                });
-                (Install::Renew(own.flatten()), None)
-            }
+            Fetched::Unchanged => (Install::Renew(self.renewed_own(key)), None),
             Fetched::Gone => {
                 self.counters.incr(Counter::Gone);
                 // Only the entry fetched from: a newer write stands.

@@ -444,9 +444,8 @@ impl<K, V> Shard<K, V> {
     /// Files node `i`, just written, by when it goes stale under `terms`
     /// (at once if written stale).
     fn file(&mut self, i: u32, terms: Terms) {
-        let node = self.node(i);
-        let marked = node.meta.is_marked_stale();
-        let deadline = node.stale_at(terms);
+        let marked = self.node(i).meta.is_marked_stale();
+        let deadline = Self::deadline(&self.nodes, terms, i);
         self.due.written(i, deadline, marked);
     }
 
