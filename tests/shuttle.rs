@@ -229,6 +229,58 @@ fn marks_race_writes_and_evictions() {
     settle(&cache, &removed, &suspects, &written);
 }
 
+/// Values with TTLs of their own (filed in the shard's timer wheel by
+/// their own deadlines) race a `configure` of the cache's TTL (which
+/// refiles every entry, shard by shard), marks, and writes on the cache's
+/// TTL, in a full cache: the wheel's lists stay whole (`validate` walks
+/// every one), and no insert is lost.
+fn own_ttls_race_refiles_marks_and_writes() {
+    let (cache, removed) = tiny_with_ttl(3, Some(Duration::from_secs(3600)));
+    cache.insert(0, 100);
+    cache.insert_with_ttl(1, 101, Duration::from_millis(5));
+    let a = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            cache.insert_with_ttl(2, 1, Duration::from_secs(1));
+            cache.validate();
+            cache.insert_fresh(3, 2, swr_cache::Freshness::forever());
+            cache.validate();
+            (cache.get(&3) != Some(2)).then_some(2)
+        }
+    });
+    let b = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            cache
+                .configure(ConfigChange::new().ttl(Duration::from_secs(60)))
+                .unwrap();
+            cache.validate();
+            cache.configure(ConfigChange::new().ttl(None)).unwrap();
+            cache
+                .configure(ConfigChange::new().ttl(Duration::from_secs(10)))
+                .unwrap();
+            insert_then_get(&cache, 4, 3)
+        }
+    });
+    let c = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            cache.mark_stale(&1);
+            cache.mark_stale(&2);
+            cache.validate();
+            let lost = insert_then_get(&cache, 1, 4);
+            cache.mark_all_stale();
+            lost
+        }
+    });
+    let suspects: Vec<u32> = [a, b, c]
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+    let written = HashSet::from([100, 101, 1, 2, 3, 4]);
+    settle(&cache, &removed, &suspects, &written);
+}
+
 /// A value that knows its key, says whether it has been dropped, and
 /// counts its drops.
 struct Tagged {
@@ -355,4 +407,14 @@ fn marks_race_writes_and_evictions_random() {
 #[test]
 fn marks_race_writes_and_evictions_pct() {
     shuttle::check_pct(marks_race_writes_and_evictions, SCHEDULES, 3);
+}
+
+#[test]
+fn own_ttls_race_refiles_marks_and_writes_random() {
+    shuttle::check_random(own_ttls_race_refiles_marks_and_writes, SCHEDULES);
+}
+
+#[test]
+fn own_ttls_race_refiles_marks_and_writes_pct() {
+    shuttle::check_pct(own_ttls_race_refiles_marks_and_writes, SCHEDULES, 3);
 }
