@@ -22,11 +22,6 @@ use tokio::time::Instant;
 /// Nanoseconds since a [`Clock`]'s base.
 pub(crate) type Nanos = u64;
 
-/// Where a clock's time starts: 2^56 ns (2.3 years) after its base, so
-/// that a write may be backdated by its refresh jitter (up to its TTL) in
-/// the cache's first hours too. The whole range still lasts 580 years.
-const EPOCH: Nanos = 1 << 56;
-
 pub(crate) struct Clock {
     base: Instant,
     /// The last time [`Clock::tick`] stored; read by `get` while `ticking`.
@@ -56,7 +51,7 @@ impl Clock {
     pub(crate) fn new() -> Self {
         Self {
             base: Instant::now(),
-            recent: AtomicU64::new(EPOCH),
+            recent: AtomicU64::new(0),
             period: AtomicU64::new(0),
             ticker: AtomicU64::new(0),
             tickers: AtomicU64::new(0),
@@ -67,7 +62,7 @@ impl Clock {
     /// The precise time.
     #[inline]
     pub(crate) fn now(&self) -> Nanos {
-        duration_to_nanos(Instant::now().saturating_duration_since(self.base)).saturating_add(EPOCH)
+        duration_to_nanos(Instant::now().saturating_duration_since(self.base))
     }
 
     #[inline]
@@ -166,7 +161,7 @@ impl Clock {
 
     /// The instant a [`Nanos`] reading stands for, for tokio timers.
     pub(crate) fn instant_at(&self, at: Nanos) -> Instant {
-        self.base + Duration::from_nanos(at.saturating_sub(EPOCH))
+        self.base + Duration::from_nanos(at)
     }
 }
 
@@ -193,21 +188,21 @@ mod tests {
     async fn recent_is_precise_until_a_ticker_runs() {
         let clock = Clock::new();
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(clock.recent(), EPOCH + 1_000_000_000);
+        assert_eq!(clock.recent(), 1_000_000_000);
 
         let ticker = clock.start_ticking();
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
             clock.recent(),
-            EPOCH + 1_000_000_000,
+            1_000_000_000,
             "coarse time waits for a tick"
         );
         clock.tick();
-        assert_eq!(clock.recent(), EPOCH + 2_000_000_000);
+        assert_eq!(clock.recent(), 2_000_000_000);
 
         clock.stop_ticking_if(ticker);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(clock.recent(), EPOCH + 3_000_000_000);
+        assert_eq!(clock.recent(), 3_000_000_000);
     }
 
     /// (Review.) A keeper that stops late (the TTL removed and given back
@@ -233,8 +228,8 @@ mod tests {
         let new = clock.start_ticking();
         clock.stop_ticking_if(old);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(clock.recent(), EPOCH, "still coarse: the new ticker runs");
+        assert_eq!(clock.recent(), 0, "still coarse: the new ticker runs");
         clock.stop_ticking_if(new);
-        assert_eq!(clock.recent(), EPOCH + 1_000_000_000);
+        assert_eq!(clock.recent(), 1_000_000_000);
     }
 }

@@ -119,37 +119,37 @@ impl Default for Freshness {
 /// ([`CacheBuilder::freshness`](crate::CacheBuilder::freshness)).
 pub(crate) type FreshnessFn<K, V> = Arc<dyn Fn(&K, &V) -> Freshness + Send + Sync>;
 
-/// The cache-wide terms, in nanoseconds: what a value with no freshness of
-/// its own follows. [`NEVER`] for no end.
+/// The terms a value is judged by, in nanoseconds ([`NEVER`] for no
+/// end): the cache's, for a value with no freshness of its own, or the
+/// value's own; with the cache's refresh jitter either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Terms {
-    /// Fresh for this long after its write.
+    /// Fresh for this long after its write, before the jitter's draw.
     pub(crate) ttl: Nanos,
     /// Served stale for at most this long past its TTL.
     pub(crate) max_stale: Nanos,
+    /// The refresh jitter: the last part of the TTL the value goes stale
+    /// at a drawn point in, in 1/65,536ths; 0 for none.
+    pub(crate) jitter: u32,
+}
+
+impl Terms {
+    /// These terms with the TTL cut by the jitter's draw for one value
+    /// (`seed`: 64 well-mixed bits of it): it goes stale at a point in the
+    /// last `jitter` of its TTL, and `max_stale` counts from there. Drawn
+    /// when the value is judged, from the TTL in force then, so a
+    /// `configure` of the TTL moves the point with it.
+    #[inline]
+    pub(crate) fn drawn(self, seed: u64) -> Self {
+        Self {
+            ttl: self.ttl - jitter(self.ttl, self.jitter, seed),
+            ..self
+        }
+    }
 }
 
 /// No end: never stale, or served stale for ever.
 pub(crate) const NEVER: Nanos = Nanos::MAX;
-
-/// How a cache's values age: its terms, and the refresh jitter (a
-/// fraction of a TTL, in 1/65,536ths; 0 for none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Aging {
-    pub(crate) terms: Terms,
-    pub(crate) jitter: u32,
-}
-
-impl Aging {
-    /// The write time of a value written at `now` with freshness `own`:
-    /// backdated by its jitter, drawn by `seed` (64 well-mixed bits), so
-    /// that it goes stale in the last `jitter` of its TTL, and is bounded
-    /// by `max_stale` from there.
-    #[inline]
-    pub(crate) fn stamp(&self, now: Nanos, own: Own, seed: u64) -> Nanos {
-        now.saturating_sub(jitter(own.ttl(self.terms.ttl), self.jitter, seed))
-    }
-}
 
 /// A value's own freshness as its node keeps it: the TTL's code in the
 /// high half, `max_stale`'s in the low; 0 is the cache's terms for both.
@@ -171,6 +171,7 @@ impl Own {
         Terms {
             ttl: decode((self.0 >> 32) as u32, cache.ttl),
             max_stale: decode(self.0 as u32, cache.max_stale),
+            jitter: cache.jitter,
         }
     }
 
@@ -220,10 +221,10 @@ fn decode(code: u32, cache: Nanos) -> Nanos {
     }
 }
 
-/// The most a value written at `written` is backdated by `refresh_jitter`
-/// (a fraction in 1/65,536ths) so that it goes stale at a point drawn in
-/// the last `fraction` of its `ttl`: `seed` (any 64 bits, well mixed)
-/// picks the point.
+/// How much of `ttl` a value's draw of `refresh_jitter` (a fraction in
+/// 1/65,536ths) takes off, so that it goes stale at a point in the last
+/// `fraction` of its `ttl`: `seed` (any 64 bits, well mixed) picks the
+/// point. Less than `ttl`.
 #[inline]
 pub(crate) fn jitter(ttl: Nanos, fraction: u32, seed: u64) -> Nanos {
     if fraction == 0 || ttl == NEVER {
@@ -240,6 +241,7 @@ mod tests {
     const CACHE: Terms = Terms {
         ttl: 300 * S,
         max_stale: NEVER,
+        jitter: 0,
     };
 
     #[test]
@@ -249,6 +251,7 @@ mod tests {
         let later = Terms {
             ttl: S,
             max_stale: 2 * S,
+            jitter: 1 << 15,
         };
         assert_eq!(Own::CACHE.terms(later), later, "configure reaches it");
     }
@@ -260,7 +263,8 @@ mod tests {
             f.own().terms(CACHE),
             Terms {
                 ttl: 2 * MS,
-                max_stale: 0
+                max_stale: 0,
+                jitter: 0
             }
         );
         let zero = Freshness::ttl(Duration::ZERO).own().terms(CACHE);
@@ -273,7 +277,8 @@ mod tests {
             only_bound.terms(CACHE),
             Terms {
                 ttl: 300 * S,
-                max_stale: 5 * S
+                max_stale: 5 * S,
+                jitter: 0
             }
         );
     }
@@ -310,5 +315,12 @@ mod tests {
         let most = jitter(ttl, half, u64::MAX);
         assert!(most < 50 * S && most > 49 * S, "{most}");
         assert!(jitter(ttl, 1 << 16, u64::MAX) < ttl, "never the whole TTL");
+        let terms = Terms {
+            ttl,
+            max_stale: S,
+            jitter: half,
+        };
+        assert_eq!(terms.drawn(u64::MAX).ttl, ttl - most);
+        assert_eq!(terms.drawn(u64::MAX).max_stale, S, "the bound is kept");
     }
 }

@@ -17,7 +17,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::changes::{Change, Changes, Share};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::fetch::{ErasedFetcher, InFlight};
-use crate::freshness::{Aging, Freshness, FreshnessFn, NEVER, Own, Terms};
+use crate::freshness::{Freshness, FreshnessFn, NEVER, Own, Terms};
 use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Weigher};
@@ -48,6 +48,9 @@ pub(crate) struct ReadPath {
     /// a freshness function, or `insert_with_ttl` was called): values may
     /// go stale with no cache-wide TTL.
     pub(crate) own_ttls: AtomicBool,
+    /// The refresh jitter, in 1/65,536ths of a TTL ([`Terms::jitter`]):
+    /// set at build and never changed.
+    pub(crate) jitter: u32,
     pub(crate) clock: Clock,
 }
 
@@ -62,6 +65,19 @@ pub(crate) struct Hooks<K, V> {
 }
 
 impl ReadPath {
+    /// The cache's terms now: what a value with none of its own follows.
+    #[inline]
+    pub(crate) fn terms(&self) -> Terms {
+        Terms {
+            ttl: match self.ttl.load(Ordering::Relaxed) {
+                0 => NEVER,
+                ttl => ttl,
+            },
+            max_stale: self.max_stale.load(Ordering::Relaxed),
+            jitter: self.jitter,
+        }
+    }
+
     /// Whether any value may go stale: the cache has a TTL, or values may
     /// have their own. `SeqCst` for the keeper's restart (`crate::upkeep`).
     pub(crate) fn ages(&self) -> bool {
@@ -81,9 +97,6 @@ pub(crate) struct Inner<K, V, S> {
     weigher: Option<Weigher<K, V>>,
     /// Decides each written value's freshness, if the user gave one.
     freshness: Option<FreshnessFn<K, V>>,
-    /// The refresh jitter, in 1/65,536ths of a TTL: set at build and never
-    /// changed, so a write need not load the settings for it.
-    jitter: u32,
     listener: Option<Listener<K, V>>,
     /// How logs name a key: its `Debug` form, if the user asked for it.
     key_debug: Option<fn(&K) -> String>,
@@ -119,20 +132,21 @@ where
             listener,
             key_debug,
         } = hooks;
-        let jitter = settings.refresh_jitter;
         let shards = shard_count(settings.max_size as u64);
+        let read = ReadPath {
+            ttl: AtomicU64::new(ttl_nanos(&settings)),
+            max_stale: AtomicU64::new(max_stale_nanos(&settings)),
+            own_ttls: AtomicBool::new(freshness.is_some()),
+            jitter: settings.refresh_jitter,
+            clock: Clock::new(),
+        };
         let store = Store::new(
             settings.capacity(),
             weigher.is_some(),
             shards,
             hasher.clone(),
+            read.terms(),
         );
-        let read = ReadPath {
-            ttl: AtomicU64::new(ttl_nanos(&settings)),
-            max_stale: AtomicU64::new(max_stale_nanos(&settings)),
-            own_ttls: AtomicBool::new(freshness.is_some()),
-            clock: Clock::new(),
-        };
         Self {
             store,
             read,
@@ -142,7 +156,6 @@ where
             fetcher: ArcSwapOption::new(fetcher.map(Arc::new)),
             weigher,
             freshness,
-            jitter,
             listener,
             key_debug,
             #[cfg(feature = "metrics")]
@@ -170,24 +183,10 @@ where
         self.read.ages()
     }
 
-    /// The cache's terms now: what a value with none of its own follows.
+    /// [`ReadPath::terms`].
     #[inline]
     pub(crate) fn terms(&self) -> Terms {
-        Terms {
-            ttl: match self.ttl_nanos() {
-                0 => NEVER,
-                ttl => ttl,
-            },
-            max_stale: self.read.max_stale.load(Ordering::Relaxed),
-        }
-    }
-
-    /// How values age now: the cache's terms and its refresh jitter.
-    pub(crate) fn aging(&self) -> Aging {
-        Aging {
-            terms: self.terms(),
-            jitter: self.jitter,
-        }
+        self.read.terms()
     }
 
     /// The freshness a refresh's `value` is installed with: the freshness
@@ -380,8 +379,7 @@ where
     ) -> Written<(), ()> {
         let weight = self.weigh(&key, &value);
         let own = self.own_of(&key, &value, given);
-        let aging = self.aging();
-        let now = self.write_stamp(own, aging.terms);
+        let now = self.write_stamp(own, self.terms());
         let mut removed = Removed::new();
         let written = self.store.write(
             Entry {
@@ -392,7 +390,6 @@ where
                 // A cache that never ages keeps no marks.
                 stale: stale && self.ages(),
                 own,
-                aging,
             },
             how,
             fence,

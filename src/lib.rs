@@ -176,9 +176,10 @@
 //!   go stale in a timer wheel of five levels of 64 buckets (about 1 ms,
 //!   67 ms, 4.3 s, 4.6 min and 4.9 h each), so a look costs the buckets
 //!   passed since the last one and the entries in them, not the entries
-//!   cached; a value of its own TTL is found within a millisecond of it.
-//!   A value that goes stale with no cache-wide TTL is judged by a clock
-//!   ticked every 100 ms.
+//!   cached; a value is found within a millisecond of going stale by the
+//!   clock the refresher reads. The coarse clock ticks by the cache-wide
+//!   TTL (every 100 ms without one), so a value whose own TTL is much
+//!   shorter than the cache's is judged stale up to two such ticks late.
 //! - **Taking stale entries.** At most 32 entries per hold of a shard's
 //!   lock, so a look's lock hold does not grow with the entries.
 //! - **Order.** Keys a reader asked for go first, but for one key taken as

@@ -264,6 +264,42 @@ async fn jitter_spreads_values_loaded_in_one_instant_over_the_window() {
     assert_eq!(before, 1_000, "all stale by the TTL");
 }
 
+/// (Review.) The jitter's draw was taken off the write time, as a share of
+/// the TTL in force then: a `configure` cutting the TTL from an hour to a
+/// minute left values written a second before backdated by up to half an
+/// hour, stale at once and, past the minute's `max_stale`, refused (929 of
+/// 1,000). The draw is now taken from the TTL in force when judged.
+#[tokio::test(start_paused = true)]
+async fn a_ttl_cut_moves_the_jitters_window_with_it() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_size(10_000)
+        .ttl(secs(3600))
+        .max_stale(secs(60))
+        .refresh_jitter(0.5)
+        .build()
+        .unwrap();
+    for k in 0..1_000 {
+        cache.insert(k, k);
+    }
+    advance(secs(1)).await;
+    cache.configure(ConfigChange::new().ttl(secs(60))).unwrap();
+    let stale = |cache: &Cache<u32, u32>| {
+        (0..1_000)
+            .filter(|k| cache.is_stale(k) == Some(true))
+            .count()
+    };
+    assert_eq!(stale(&cache), 0, "a second old, under a minute's TTL");
+    assert!((0..1_000).all(|k| cache.get(&k).is_some()), "none refused");
+    advance(secs(29)).await;
+    assert_eq!(stale(&cache), 0, "none before the last half of the minute");
+    advance(secs(30)).await;
+    let by_the_minute = stale(&cache);
+    assert!(
+        by_the_minute > 900,
+        "{by_the_minute} of 1000 stale by the minute"
+    );
+}
+
 #[test]
 fn a_jitter_outside_zero_to_one_fails_the_build() {
     for bad in [-0.1, 1.5, f64::NAN] {

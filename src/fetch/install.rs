@@ -158,13 +158,9 @@ where
             }
         };
         let mut removed = Removed::new();
-        let installed = self.store.install(
-            key,
-            from,
-            update,
-            (self.read.clock.stamp(), self.aging()),
-            &mut removed,
-        );
+        let installed =
+            self.store
+                .install(key, from, update, self.read.clock.stamp(), &mut removed);
         let result = match installed {
             Installed::Done {
                 replaced,

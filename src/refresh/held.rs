@@ -264,7 +264,6 @@ where
     /// `want` keys are queued; returns whether it stopped for want of room
     /// rather than of due values (so more may be due).
     pub(crate) fn take_due(&mut self, inner: &Inner<K, V, S>, now: Nanos, want: usize) -> bool {
-        let terms = inner.terms();
         let shards = inner.store.shard_count();
         loop {
             let need = want.saturating_sub(self.queued());
@@ -276,13 +275,11 @@ where
             let mut took = false;
             for k in 0..shards {
                 let at = (self.next_shard + k) % shards;
-                if !inner.store.has_due(at, now, terms) {
+                if !inner.store.has_due(at, now) {
                     continue;
                 }
                 let mut taken = std::mem::take(&mut self.taken);
-                inner
-                    .store
-                    .take_due(self.task, at, now, terms, share, &mut taken);
+                inner.store.take_due(self.task, at, now, share, &mut taken);
                 took |= !taken.is_empty();
                 for key in taken.drain(..) {
                     self.hold(key, false);

@@ -50,7 +50,7 @@ pub(crate) use removed::{Removed, Taken};
 pub(crate) use shard::{Entry, Install, Installed, Refusal, Write, Written};
 
 use crate::clock::Nanos;
-use crate::freshness::{Aging, Terms};
+use crate::freshness::Terms;
 use crate::sync::{AtomicU64, AtomicUsize};
 use published::{Index, Padded, Shards};
 use shard::Shard;
@@ -136,11 +136,20 @@ where
     S: BuildHasher,
 {
     /// A store of `capacity` (entries, or weight with a weigher) over
-    /// `shards` shards. Nothing is allocated per entry until entries come.
-    pub(crate) fn new(capacity: u64, weighted: bool, shards: usize, hasher: S) -> Self {
+    /// `shards` shards, filing values by the cache's `terms`. Nothing is
+    /// allocated per entry until entries come.
+    pub(crate) fn new(
+        capacity: u64,
+        weighted: bool,
+        shards: usize,
+        hasher: S,
+        terms: Terms,
+    ) -> Self {
         let shards = shards.max(1);
         Self {
-            shards: Shards::new(shards, |i| Shard::new(share(capacity, shards, i), weighted)),
+            shards: Shards::new(shards, |i| {
+                Shard::new(share(capacity, shards, i), weighted, terms)
+            }),
             hasher,
             weighted,
             totals: Padded(Totals {
@@ -209,8 +218,8 @@ where
     }
 
     /// Whether shard `at` has a value stale at `now`; under its lock.
-    pub(crate) fn has_due(&self, at: usize, now: Nanos, terms: Terms) -> bool {
-        self.shards.lock(at).split().0.has_due(now, terms)
+    pub(crate) fn has_due(&self, at: usize, now: Nanos) -> bool {
+        self.shards.lock(at).split().0.has_due(now)
     }
 
     /// Files every entry again by the cache's new `terms`, one shard at a
@@ -229,7 +238,6 @@ where
         refresher: u64,
         at: usize,
         now: Nanos,
-        terms: Terms,
         limit: usize,
         out: &mut Vec<K>,
     ) where
@@ -239,7 +247,7 @@ where
             .lock(at)
             .split()
             .0
-            .take_due(refresher, now, terms, limit, out);
+            .take_due(refresher, now, limit, out);
     }
 
     /// Hands the refresher the key a reader asked it for
@@ -358,12 +366,12 @@ where
         key: &K,
         from: Version,
         update: Install<K, V>,
-        when: (Nanos, Aging),
+        now: Nanos,
         out: &mut Removed<'s, K, V>,
     ) -> Installed<'s, K, V> {
         let at = self.locate(key);
         self.change(at.shard, |shard, ix| {
-            shard.install(ix, at.fingerprint, |k| k == key, from, update, when, out)
+            shard.install(ix, at.fingerprint, |k| k == key, from, update, now, out)
         })
     }
 

@@ -111,10 +111,17 @@ impl<K, V> Node<K, V> {
         }
     }
 
-    /// The terms the value is judged by: its own, else the cache's.
+    /// The terms the value is judged by: its own, else the cache's, with
+    /// its draw of the refresh jitter ([`Terms::drawn`], seeded by its
+    /// fingerprint and write time, so each write draws anew).
     #[inline]
     pub(crate) fn terms(&self, cache: Terms) -> Terms {
-        Own(self.own.load(Ordering::Relaxed)).terms(cache)
+        let terms = Own(self.own.load(Ordering::Relaxed)).terms(cache);
+        if terms.jitter == 0 {
+            return terms;
+        }
+        let seed = super::mix((u64::from(self.fingerprint) << 32) ^ self.meta.written_at());
+        terms.drawn(seed)
     }
 
     /// The value's own freshness, or [`Own::CACHE`].
@@ -127,8 +134,7 @@ impl<K, V> Node<K, V> {
     /// [`NEVER`] if it does not.
     #[inline]
     pub(crate) fn stale_at(&self, cache: Terms) -> Nanos {
-        let ttl = Own(self.own.load(Ordering::Relaxed)).ttl(cache.ttl);
-        self.meta.written_at().saturating_add(ttl)
+        self.meta.written_at().saturating_add(self.terms(cache).ttl)
     }
 
     /// Starts the value's age over at `now`, with freshness `own`: the

@@ -59,7 +59,7 @@ use super::queue::{Link, Queue};
 use super::removed::Removed;
 use super::sketch::Sketch;
 use crate::clock::Nanos;
-use crate::freshness::{Aging, Own, Terms};
+use crate::freshness::{Own, Terms};
 use crate::removal::RemovalCause;
 
 /// The small queue's share of the shard's weight, in percent.
@@ -73,12 +73,6 @@ const GHOST_PERCENT: usize = 90;
 /// name their sentinels with the top bit).
 const MAX_ENTRIES: usize = super::due::SENTINEL as usize - 1;
 
-/// The draw of a value's refresh jitter: its fingerprint and version mixed.
-#[inline]
-fn seed(fingerprint: u32, version: Version) -> u64 {
-    super::mix((u64::from(fingerprint) << 32) ^ version)
-}
-
 /// An entry to write, weighed (at least 1) and stamped before the lock.
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
@@ -89,8 +83,6 @@ pub(crate) struct Entry<K, V> {
     pub(crate) stale: bool,
     /// Its own freshness, or the cache's.
     pub(crate) own: Own,
-    /// How the cache's values age now.
-    pub(crate) aging: Aging,
 }
 
 /// How a write treats the key's present entry and a full shard.
@@ -167,8 +159,12 @@ pub(crate) struct Shard<K, V> {
     /// Each node's place in its queue, by index.
     links: Vec<Link>,
     /// The nodes the refresher does not hold, filed by when they go stale
-    /// ([`Due`]).
+    /// ([`Due`]) under `terms`.
     due: Due,
+    /// The cache's terms as this shard last heard them ([`Shard::refile`]):
+    /// every filing and every look uses this copy, under the lock, so that
+    /// none files by terms older than the shard's last refile.
+    terms: Terms,
     /// Each node's weight, by index, when the cache has a weigher; empty
     /// otherwise, and every entry weighs 1.
     weights: Vec<u64>,
@@ -189,11 +185,12 @@ pub(crate) struct Shard<K, V> {
 }
 
 impl<K, V> Shard<K, V> {
-    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
+    pub(crate) fn new(capacity: u64, weighted: bool, terms: Terms) -> Self {
         Self {
             nodes: Vec::new(),
             links: Vec::new(),
             due: Due::new(),
+            terms,
             weights: Vec::new(),
             weighted,
             small: Queue::new(),
@@ -290,13 +287,10 @@ impl<K, V> Shard<K, V> {
             let old_weight = self.weight_of(i);
             // A write by the user is a use of the key.
             let freq = self.node(i).meta.freq().saturating_add(1).min(MAX_FREQ);
-            let version = self.version();
             let born = Born {
                 fingerprint,
-                version,
-                now: entry
-                    .aging
-                    .stamp(entry.now, entry.own, seed(fingerprint, version)),
+                version: self.version(),
+                now: entry.now,
                 slot: i,
                 freq,
                 in_main: self.node(i).meta.in_main(),
@@ -305,7 +299,7 @@ impl<K, V> Shard<K, V> {
             };
             let owner = self.nodes[i as usize].as_mut().expect("present");
             let old = ix.replace(owner, Node::new(entry.key, entry.value, born));
-            self.file(i, entry.aging.terms);
+            self.file(i);
             if self.weighted {
                 self.weights[i as usize] = entry.weight;
                 self.queue_of(i).reweigh(old_weight, entry.weight);
@@ -346,7 +340,7 @@ impl<K, V> Shard<K, V> {
         is_key: impl FnMut(&K) -> bool,
         from: Version,
         update: Install<K, V>,
-        (now, aging): (Nanos, Aging),
+        now: Nanos,
         out: &mut Removed<'s, K, V>,
     ) -> Installed<'s, K, V> {
         let current =
@@ -358,15 +352,14 @@ impl<K, V> Shard<K, V> {
             });
         };
         let version = changed_from(from);
-        let seed = seed(fingerprint, version);
         match update {
             Install::Renew(own) => {
                 let node = self.node(i);
                 let own = own.unwrap_or_else(|| node.own());
                 let was_marked = node.meta.is_marked_stale();
-                node.renew(aging.stamp(now, own, seed), own);
+                node.renew(now, own);
                 node.set_version(version);
-                self.file(i, aging.terms);
+                self.file(i);
                 Installed::Done {
                     replaced: None,
                     was_marked,
@@ -384,7 +377,7 @@ impl<K, V> Shard<K, V> {
                 let born = Born {
                     fingerprint,
                     version,
-                    now: aging.stamp(now, own, seed),
+                    now,
                     slot: i,
                     freq: node.meta.freq(),
                     in_main: node.meta.in_main(),
@@ -393,7 +386,7 @@ impl<K, V> Shard<K, V> {
                 };
                 let owner = self.nodes[i as usize].as_mut().expect("present");
                 let old = ix.replace(owner, Node::new(key, value, born));
-                self.file(i, aging.terms);
+                self.file(i);
                 if self.weighted {
                     self.weights[i as usize] = weight;
                     self.queue_of(i).reweigh(old_weight, weight);
@@ -441,11 +434,11 @@ impl<K, V> Shard<K, V> {
         self.due.written(i, 0, true);
     }
 
-    /// Files node `i`, just written, by when it goes stale under `terms`
-    /// (at once if written stale).
-    fn file(&mut self, i: u32, terms: Terms) {
+    /// Files node `i`, just written, by when it goes stale under the
+    /// shard's terms (at once if written stale).
+    fn file(&mut self, i: u32) {
         let marked = self.node(i).meta.is_marked_stale();
-        let deadline = Self::deadline(&self.nodes, terms, i);
+        let deadline = Self::deadline(&self.nodes, self.terms, i);
         self.due.written(i, deadline, marked);
     }
 
@@ -462,8 +455,10 @@ impl<K, V> Shard<K, V> {
         }
     }
 
-    /// Files every entry not held again by `terms`: the cache's changed.
+    /// Takes `terms` as the cache's from now on and files every entry not
+    /// held again by them: the cache's changed.
     pub(crate) fn refile(&mut self, terms: Terms) {
+        self.terms = terms;
         let nodes = &self.nodes;
         self.due.refile_all(|i| Self::deadline(nodes, terms, i));
     }
@@ -631,7 +626,6 @@ impl<K, V> Shard<K, V> {
             now,
             stale,
             own,
-            aging,
         } = entry;
         let i = match hole {
             Some(h) => {
@@ -660,11 +654,10 @@ impl<K, V> Shard<K, V> {
                 (self.nodes.len() - 1) as u32
             }
         };
-        let version = self.version();
         let born = Born {
             fingerprint,
-            version,
-            now: aging.stamp(now, own, seed(fingerprint, version)),
+            version: self.version(),
+            now,
             slot: i,
             freq: 0,
             in_main: to_main,
@@ -681,37 +674,35 @@ impl<K, V> Shard<K, V> {
             &mut self.small
         };
         queue.push_back(&mut self.links, i, weight);
-        self.file(i, aging.terms);
+        self.file(i);
     }
 
-    /// Whether a value is due at `now` under `terms`, once the wheel is
-    /// advanced to it (for the refresher's look, under the shard's lock,
-    /// before it takes anything).
-    pub(crate) fn has_due(&mut self, now: Nanos, terms: Terms) -> bool {
-        let nodes = &self.nodes;
-        self.due.advance(now, |i| Self::deadline(nodes, terms, i));
+    /// Whether a value is due at `now`, once the wheel is advanced to it
+    /// (for the refresher's look, under the shard's lock, before it takes
+    /// anything).
+    pub(crate) fn has_due(&mut self, now: Nanos) -> bool {
+        self.advance(now);
         self.due.head().is_some()
     }
 
-    /// Hands the refresher the keys of up to `limit` values stale at `now`
-    /// under `terms`, in the order they came due: each node leaves `due`
+    /// Advances the wheel to `now` under the shard's terms.
+    fn advance(&mut self, now: Nanos) {
+        let (nodes, terms) = (&self.nodes, self.terms);
+        self.due.advance(now, |i| Self::deadline(nodes, terms, i));
+    }
+
+    /// Hands the refresher the keys of up to `limit` values stale at `now`,
+    /// in the order they came due: each node leaves `due`
     /// (it is held now) and is marked as asked for, so readers do not ask
     /// again. The keys are cloned here, under the lock.
-    pub(crate) fn take_due(
-        &mut self,
-        refresher: u64,
-        now: Nanos,
-        terms: Terms,
-        limit: usize,
-        out: &mut Vec<K>,
-    ) where
+    pub(crate) fn take_due(&mut self, refresher: u64, now: Nanos, limit: usize, out: &mut Vec<K>)
+    where
         K: Clone,
     {
         if refresher != self.refresher {
             return;
         }
-        let nodes = &self.nodes;
-        self.due.advance(now, |i| Self::deadline(nodes, terms, i));
+        self.advance(now);
         let mut taken = 0;
         // Bounds the lock hold should the ready list be of values fresh
         // again (the cache's TTL grew since they came due).
@@ -720,8 +711,11 @@ impl<K, V> Shard<K, V> {
             let Some(i) = self.due.head() else { break };
             looked += 1;
             let node = self.node(i);
-            if !node.meta.is_stale(now, node.terms(terms).ttl) {
-                self.file(i, terms);
+            if !node.meta.is_stale(now, node.terms(self.terms).ttl) {
+                // Not due after all (the wheel's time ran a tick ahead of
+                // `now`, or the TTL grew): back in the wheel, to be judged
+                // when its tick has passed.
+                self.due.postpone(i);
                 continue;
             }
             // The key's `Clone` first, before the shard changes.
@@ -1026,14 +1020,39 @@ mod tests {
             now: 0,
             stale: false,
             own: Own::CACHE,
-            aging: Aging {
-                terms: Terms {
-                    ttl: crate::freshness::NEVER,
-                    max_stale: crate::freshness::NEVER,
-                },
-                jitter: 0,
-            },
         }
+    }
+
+    fn terms(ttl: Nanos) -> Terms {
+        Terms {
+            ttl,
+            max_stale: crate::freshness::NEVER,
+            jitter: 0,
+        }
+    }
+
+    /// (Review of the timer wheel.) A look or a write that filed by the
+    /// cache's terms as its caller had loaded them before a `configure`
+    /// cut the TTL put entries back at their old deadlines after the
+    /// shard's refile: found a day late. The shard files by its own copy
+    /// of the terms, which the refile sets, under its lock.
+    #[test]
+    fn after_a_refile_to_a_shorter_ttl_every_filing_uses_it() {
+        const S: Nanos = 1_000_000_000;
+        let shards = Shards::new(1, |_| Shard::<u64, u64>::new(10, false, terms(86_400 * S)));
+        let mut writer = shards.lock(0);
+        let (shard, mut ix) = writer.split();
+        let mut out = Removed::new();
+        for k in 0..2 {
+            shard.write(&mut ix, k as u32, entry(k, k), Write::Upsert, &mut out);
+        }
+        shard.refile(terms(S));
+        shard.write(&mut ix, 2, entry(2, 2), Write::Upsert, &mut out);
+        let mut taken = Vec::new();
+        shard.take_due(0, 3 * S, 10, &mut taken);
+        taken.sort_unstable();
+        assert_eq!(taken, [0, 1, 2], "all three, 1 s after their writes");
+        shard.validate(&ix).unwrap();
     }
 
     /// (Review.) With 24 bits for the user's writes in a version, the write
@@ -1042,7 +1061,7 @@ mod tests {
     /// narrowing them again (they are 40 bits now).
     #[test]
     fn a_refresh_from_before_2_pow_24_writes_installs_nothing() {
-        let shards = Shards::new(1, |_| Shard::<u64, u64>::new(10, false));
+        let shards = Shards::new(1, |_| Shard::<u64, u64>::new(10, false, terms(0)));
         let mut writer = shards.lock(0);
         let (shard, mut ix) = writer.split();
         let mut out = Removed::new();
@@ -1055,8 +1074,7 @@ mod tests {
             .wrapping_add(writes.wrapping_mul(CHANGES + 1));
         shard.write(&mut ix, 7, entry(7, 2), Write::Upsert, &mut out);
         let update = Install::Value(7, 3, 1, None);
-        let aging = entry(0, 0).aging;
-        let installed = shard.install(&mut ix, 7, |&k| k == 7, from, update, (0, aging), &mut out);
+        let installed = shard.install(&mut ix, 7, |&k| k == 7, from, update, 0, &mut out);
         assert!(matches!(installed, Installed::Superseded(Some((7, 3)))));
         assert_eq!(ix.find(7, |n| n.key == 7).unwrap().value, 2);
     }
