@@ -131,9 +131,21 @@ pub(crate) struct Terms {
     /// The refresh jitter: the last part of the TTL the value goes stale
     /// at a drawn point in, in 1/65,536ths; 0 for none.
     pub(crate) jitter: u32,
+    /// The least TTL the jitter's draw can leave: a value no older is
+    /// fresh whatever its draw, so a hit judges most values without one.
+    pub(crate) floor: Nanos,
 }
 
 impl Terms {
+    pub(crate) fn new(ttl: Nanos, max_stale: Nanos, jitter: u32) -> Self {
+        Self {
+            ttl,
+            max_stale,
+            jitter,
+            floor: ttl - self::jitter(ttl, jitter, u64::MAX),
+        }
+    }
+
     /// These terms with the TTL cut by the jitter's draw for one value
     /// (`seed`: 64 well-mixed bits of it): it goes stale at a point in the
     /// last `jitter` of its TTL, and `max_stale` counts from there. Drawn
@@ -141,8 +153,10 @@ impl Terms {
     /// `configure` of the TTL moves the point with it.
     #[inline]
     pub(crate) fn drawn(self, seed: u64) -> Self {
+        let ttl = self.ttl - jitter(self.ttl, self.jitter, seed);
         Self {
-            ttl: self.ttl - jitter(self.ttl, self.jitter, seed),
+            ttl,
+            floor: ttl,
             ..self
         }
     }
@@ -168,11 +182,11 @@ impl Own {
         if self.0 == 0 {
             return cache;
         }
-        Terms {
-            ttl: decode((self.0 >> 32) as u32, cache.ttl),
-            max_stale: decode(self.0 as u32, cache.max_stale),
-            jitter: cache.jitter,
-        }
+        Terms::new(
+            decode((self.0 >> 32) as u32, cache.ttl),
+            decode(self.0 as u32, cache.max_stale),
+            cache.jitter,
+        )
     }
 
     /// The TTL this word gives, the cache's `cache` where it has none.
@@ -238,49 +252,29 @@ pub(crate) fn jitter(ttl: Nanos, fraction: u32, seed: u64) -> Nanos {
 mod tests {
     use super::*;
 
-    const CACHE: Terms = Terms {
-        ttl: 300 * S,
-        max_stale: NEVER,
-        jitter: 0,
-    };
+    fn cache() -> Terms {
+        Terms::new(300 * S, NEVER, 0)
+    }
 
     #[test]
     fn the_cache_default_is_the_zero_word_and_follows_the_cache() {
         assert_eq!(Freshness::cache_default().own(), Own::CACHE);
-        assert_eq!(Own::CACHE.terms(CACHE), CACHE);
-        let later = Terms {
-            ttl: S,
-            max_stale: 2 * S,
-            jitter: 1 << 15,
-        };
+        assert_eq!(Own::CACHE.terms(cache()), cache());
+        let later = Terms::new(S, 2 * S, 1 << 15);
         assert_eq!(Own::CACHE.terms(later), later, "configure reaches it");
     }
 
     #[test]
     fn own_times_round_trip_to_the_millisecond_rounded_up() {
         let f = Freshness::ttl(Duration::from_micros(1_500)).max_stale(Duration::ZERO);
-        assert_eq!(
-            f.own().terms(CACHE),
-            Terms {
-                ttl: 2 * MS,
-                max_stale: 0,
-                jitter: 0
-            }
-        );
-        let zero = Freshness::ttl(Duration::ZERO).own().terms(CACHE);
+        assert_eq!(f.own().terms(cache()), Terms::new(2 * MS, 0, 0));
+        let zero = Freshness::ttl(Duration::ZERO).own().terms(cache());
         assert_eq!(zero.ttl, 0, "zero is a TTL, not the cache's");
         assert_eq!(zero.max_stale, NEVER, "the cache's bound");
         let only_bound = Freshness::cache_default()
             .max_stale(Duration::from_secs(5))
             .own();
-        assert_eq!(
-            only_bound.terms(CACHE),
-            Terms {
-                ttl: 300 * S,
-                max_stale: 5 * S,
-                jitter: 0
-            }
-        );
+        assert_eq!(only_bound.terms(cache()), Terms::new(300 * S, 5 * S, 0));
     }
 
     #[test]
@@ -299,7 +293,7 @@ mod tests {
             Freshness::ttl(day)
                 .max_stale(None)
                 .own()
-                .terms(CACHE)
+                .terms(cache())
                 .max_stale,
             NEVER
         );
@@ -315,12 +309,10 @@ mod tests {
         let most = jitter(ttl, half, u64::MAX);
         assert!(most < 50 * S && most > 49 * S, "{most}");
         assert!(jitter(ttl, 1 << 16, u64::MAX) < ttl, "never the whole TTL");
-        let terms = Terms {
-            ttl,
-            max_stale: S,
-            jitter: half,
-        };
+        let terms = Terms::new(ttl, S, half);
+        assert_eq!(terms.floor, ttl - most, "the floor is the longest draw");
         assert_eq!(terms.drawn(u64::MAX).ttl, ttl - most);
+        assert!(terms.drawn(1 << 40).ttl > terms.floor);
         assert_eq!(terms.drawn(u64::MAX).max_stale, S, "the bound is kept");
     }
 }

@@ -116,12 +116,19 @@ impl<K, V> Node<K, V> {
     /// fingerprint and write time, so each write draws anew).
     #[inline]
     pub(crate) fn terms(&self, cache: Terms) -> Terms {
-        let terms = Own(self.own.load(Ordering::Relaxed)).terms(cache);
+        let terms = self.own_terms(cache);
         if terms.jitter == 0 {
             return terms;
         }
         let seed = super::mix((u64::from(self.fingerprint) << 32) ^ self.meta.written_at());
         terms.drawn(seed)
+    }
+
+    /// [`Node::terms`] without the jitter's draw: for a cache without
+    /// jitter, whose hits should not carry its code.
+    #[inline]
+    pub(crate) fn own_terms(&self, cache: Terms) -> Terms {
+        Own(self.own.load(Ordering::Relaxed)).terms(cache)
     }
 
     /// The value's own freshness, or [`Own::CACHE`].

@@ -1024,11 +1024,7 @@ mod tests {
     }
 
     fn terms(ttl: Nanos) -> Terms {
-        Terms {
-            ttl,
-            max_stale: crate::freshness::NEVER,
-            jitter: 0,
-        }
+        Terms::new(ttl, crate::freshness::NEVER, 0)
     }
 
     /// (Review of the timer wheel.) A look or a write that filed by the
