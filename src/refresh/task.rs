@@ -21,7 +21,7 @@
 //! fresh or stale; taking `n` of them costs `O(n)` under their
 //! shards' locks, at most `TAKE_BATCH` per hold of a lock. So a tick's cost
 //! and lock hold time do not grow with the entries (`BENCHMARKS.md`:
-//! about 24 µs a wake-up at 10 k and at 1 M entries on this machine).
+//! 11-24 µs a wake-up at 10 k and at 1 M entries alike on this machine).
 //!
 //! A failed fetch (an error, a timeout, a panic) keeps the stale value,
 //! which goes on being served, and is retried after a backoff that starts
