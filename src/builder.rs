@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Cache;
-use crate::fetch::{ErasedFetcher, Fetcher};
+use crate::fetch::{
+    BatchFetcher, Batching, DynBatchFetcher, ErasedFetcher, Fetcher, FnBatch, TraitBatch,
+};
 use crate::freshness::{Freshness, FreshnessFn};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::{Hooks, Inner};
@@ -36,6 +38,10 @@ pub struct CacheBuilder<K, V, S = DefaultBuildHasher> {
     pub(crate) settings: Settings,
     pub(crate) hasher: S,
     pub(crate) fetcher: Option<ErasedFetcher<K, V>>,
+    /// Set in place of `fetcher`; made a fetcher at `build`, when the
+    /// batching is known.
+    batch_fetcher: Option<Arc<dyn DynBatchFetcher<K, V>>>,
+    batching: Batching,
     pub(crate) weigher: Option<Weigher<K, V>>,
     freshness: Option<FreshnessFn<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
@@ -61,6 +67,9 @@ impl<K, V, S> std::fmt::Debug for CacheBuilder<K, V, S> {
             .field("refresh_jitter", &s.refresh_jitter)
             .field("freshness", &self.freshness.is_some())
             .field("fetcher", &self.fetcher.is_some())
+            .field("batch_fetcher", &self.batch_fetcher.is_some())
+            .field("max_batch", &self.batching.max_batch)
+            .field("batch_window", &self.batching.window)
             .field("weigher", &self.weigher.is_some())
             .field("eviction_listener", &self.listener.is_some())
             .field("log_keys", &self.key_debug.is_some())
@@ -84,6 +93,8 @@ impl<K, V> Default for CacheBuilder<K, V> {
             settings: Settings::default(),
             hasher: DefaultBuildHasher::default(),
             fetcher: None,
+            batch_fetcher: None,
+            batching: Batching::default(),
             weigher: None,
             freshness: None,
             listener: None,
@@ -319,6 +330,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             settings: self.settings,
             hasher,
             fetcher: self.fetcher,
+            batch_fetcher: self.batch_fetcher,
+            batching: self.batching,
             weigher: self.weigher,
             freshness: self.freshness,
             listener: self.listener,
@@ -355,6 +368,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         V: Send + Sync + 'static,
     {
         self.fetcher = Some(ErasedFetcher::from_fn(fetch));
+        self.batch_fetcher = None;
         self
     }
 
@@ -385,6 +399,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         V: Send + Sync + 'static,
     {
         self.fetcher = Some(ErasedFetcher::from_blocking(fetch));
+        self.batch_fetcher = None;
         self
     }
 
@@ -398,11 +413,88 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         V: Send + Sync + 'static,
     {
         self.fetcher = Some(ErasedFetcher::from_impl(fetcher));
+        self.batch_fetcher = None;
+        self
+    }
+
+    /// Where values come from, many keys a call: an async closure taking
+    /// the keys and returning the values found, `Result<Vec<(K, V)>, E>`.
+    /// The refresher sends due keys in batches of up to
+    /// [`max_batch`](Self::max_batch), and read-through misses
+    /// ([`Cache::get_or_fetch`]) within a [`batch_window`](Self::batch_window)
+    /// of each other share a call.
+    ///
+    /// Each key is still its own fetch to the cache: its own single flight,
+    /// fence and version, its own outcome for the refresher's backoff and
+    /// breaker. A key the answer leaves out is a failed fetch of that key
+    /// ([`FetchError::LeftOut`](crate::FetchError::LeftOut): a refresh keeps
+    /// the stale value and backs off); an error fails every key of the
+    /// call. `max_concurrent_refreshes` and `adaptive_refreshes` count
+    /// calls, so up to that many times `max_batch` keys are fetched at once.
+    ///
+    /// ```
+    /// # use swr_cache::Cache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u32, String> = Cache::builder()
+    ///     .batch_fetcher(|ids: Vec<u32>| async move {
+    ///         // One request for every id here, e.g. `SELECT .. WHERE id IN (..)`.
+    ///         Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, format!("row {id}"))).collect())
+    ///     })
+    ///     .max_batch(100)
+    ///     .build()?;
+    /// let (a, b) = tokio::join!(cache.get_or_fetch(&1), cache.get_or_fetch(&2)); // one call
+    /// assert_eq!((a?, b?), ("row 1".to_owned(), "row 2".to_owned()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn batch_fetcher<F, Fut, E>(mut self, fetch: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<(K, V)>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        K: Send + 'static,
+        V: Send + Sync + 'static,
+    {
+        self.batch_fetcher = Some(Arc::new(FnBatch(fetch)));
+        self.fetcher = None;
+        self
+    }
+
+    /// [`batch_fetcher`](Self::batch_fetcher) for a type implementing
+    /// [`BatchFetcher`], which also sees each key's cached value and may
+    /// answer [`Fetched::Unchanged`](crate::Fetched::Unchanged) or
+    /// [`Fetched::Gone`](crate::Fetched::Gone) per key.
+    pub fn batch_fetcher_impl(mut self, fetcher: impl BatchFetcher<K, V>) -> Self
+    where
+        K: Send + 'static,
+        V: Send + Sync + 'static,
+    {
+        self.batch_fetcher = Some(Arc::new(TraitBatch(fetcher)));
+        self.fetcher = None;
+        self
+    }
+
+    /// The most keys a batch fetcher is given in one call; 64 by default.
+    /// Zero is a [`ConfigError::ZeroMaxBatch`].
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.batching.max_batch = max_batch;
+        self
+    }
+
+    /// How long a batch fetcher's batch waits for more keys after its
+    /// first, unless it fills first; 1 ms by default. A read-through miss
+    /// waits up to this long (rounded up to tokio's timer, which counts
+    /// milliseconds) before its call starts; the refresher's keys, started
+    /// together, mostly fill their batches at once.
+    pub fn batch_window(mut self, window: Duration) -> Self {
+        self.batching.window = window;
         self
     }
 
     /// A fixed number of fetches the refresher runs at once, in place of
     /// the adaptive limit (see [`adaptive_refreshes`](Self::adaptive_refreshes)).
+    /// With a [`batch_fetcher`](Self::batch_fetcher), a number of calls.
     pub fn max_concurrent_refreshes(mut self, max: usize) -> Self {
         self.settings.max_concurrent_refreshes = max;
         self.settings.min_concurrent_refreshes = None;
@@ -495,10 +587,18 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     {
         self.settings.validate(self.weigher.is_some())?;
         debug_assert!(self.settings.max_size <= MAX_SIZE_LIMIT);
+        if self.batching.max_batch == 0 {
+            return Err(ConfigError::ZeroMaxBatch);
+        }
+        let batching = self.batching;
+        let fetcher = match self.batch_fetcher {
+            Some(batch) => Some(ErasedFetcher::batched(batch, batching)),
+            None => self.fetcher,
+        };
         let inner = Inner::new(
             self.settings,
             self.hasher,
-            self.fetcher,
+            fetcher,
             Hooks {
                 weigher: self.weigher,
                 freshness: self.freshness,

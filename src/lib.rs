@@ -193,6 +193,11 @@
 //!   no longer driven. A caller then starts a fetch of its own; the
 //!   refresher counts the fetch cancelled and retries the key after its
 //!   backoff.
+//! - **Batches.** A [batch fetcher](CacheBuilder::batch_fetcher)'s call
+//!   goes when it holds `max_batch` keys (64 by default) or a
+//!   `batch_window` (1 ms by default) after its first key, whichever is
+//!   first; the concurrency limit counts calls, so up to `limit ×
+//!   max_batch` keys are fetched at once.
 //! - **A refresher that panics** (in a key's `Clone`, `Hash` or `Eq`) is
 //!   counted in [`Metrics::refresher_panics`], logged, and started over
 //!   after a `refresh_interval`.
@@ -266,7 +271,7 @@ mod upkeep;
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Iter};
-pub use fetch::{FetchError, Fetched, Fetcher};
+pub use fetch::{BatchFetcher, FetchError, Fetched, Fetcher};
 pub use freshness::Freshness;
 pub use hasher::DefaultBuildHasher;
 pub use metrics::Metrics;

@@ -294,6 +294,8 @@ pub enum ConfigError {
     ZeroMaxConcurrentRefreshes,
     /// `max_retry_backoff` was zero.
     ZeroMaxRetryBackoff,
+    /// `max_batch` was zero: a batch fetcher would fetch nothing.
+    ZeroMaxBatch,
     /// `refresh_jitter` was not a fraction from 0 to 1.
     RefreshJitter,
     /// `adaptive_refreshes` had a floor of zero, or above its cap.
@@ -328,6 +330,7 @@ impl ConfigError {
             Self::ZeroRefreshTimeout => "refresh_timeout",
             Self::ZeroMaxConcurrentRefreshes => "max_concurrent_refreshes",
             Self::ZeroMaxRetryBackoff => "max_retry_backoff",
+            Self::ZeroMaxBatch => "max_batch",
             Self::RefreshJitter => "refresh_jitter",
             Self::AdaptiveRefreshesFloor { .. } => "adaptive_refreshes",
             Self::MaxSizeTooLarge { .. } => "max_size",
@@ -348,6 +351,7 @@ impl fmt::Display for ConfigError {
                 f.write_str("max_concurrent_refreshes must be more than zero")
             }
             Self::ZeroMaxRetryBackoff => f.write_str("max_retry_backoff must be more than zero"),
+            Self::ZeroMaxBatch => f.write_str("max_batch must be more than zero"),
             Self::RefreshJitter => f.write_str("refresh_jitter must be a fraction from 0 to 1"),
             Self::AdaptiveRefreshesFloor { floor, cap } => write!(
                 f,

@@ -12,11 +12,14 @@ use std::any::Any;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use super::batch::{Batcher, Batching, DynBatchFetcher};
 
 /// What a [`Fetcher`] answers for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +95,8 @@ pub enum FetchError {
     /// The fetcher answered [`Fetched::Gone`]: the key no longer exists at
     /// its source, and is not cached.
     Gone,
+    /// The [`BatchFetcher`](crate::BatchFetcher)'s answer left the key out.
+    LeftOut,
     /// The cache was built without a fetcher.
     NoFetcher,
     /// Called outside a tokio runtime.
@@ -109,6 +114,7 @@ impl fmt::Display for FetchError {
             Self::Panicked(message) => write!(f, "fetch panicked: {message}"),
             Self::NothingToKeep => f.write_str("fetcher answered Unchanged for an uncached key"),
             Self::Gone => f.write_str("the key no longer exists at its source"),
+            Self::LeftOut => f.write_str("the batch fetcher's answer left the key out"),
             Self::NoFetcher => f.write_str("the cache has no fetcher"),
             Self::NoRuntime => f.write_str("not inside a tokio runtime"),
             Self::Cancelled => f.write_str("fetch cancelled"),
@@ -203,8 +209,13 @@ where
     }
 }
 
-/// A fetcher ready to store: a closure or a [`Fetcher`], its types erased.
-pub(crate) struct ErasedFetcher<K, V>(pub(crate) Arc<dyn DynFetcher<K, V>>);
+/// A fetcher ready to store: a closure, a [`Fetcher`] or a batch fetcher,
+/// its types erased.
+pub(crate) struct ErasedFetcher<K, V> {
+    pub(crate) fetch: Arc<dyn DynFetcher<K, V>>,
+    /// The most keys one call fetches: 1 but for a batch fetcher.
+    pub(crate) batch: usize,
+}
 
 impl<K: Send + 'static, V: Send + Sync + 'static> ErasedFetcher<K, V> {
     /// From an async closure taking the key.
@@ -214,7 +225,7 @@ impl<K: Send + 'static, V: Send + Sync + 'static> ErasedFetcher<K, V> {
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
-        Self(Arc::new(FnFetcher(fetch)))
+        Self::one_by_one(Arc::new(FnFetcher(fetch)))
     }
 
     /// From a blocking closure taking the key.
@@ -223,12 +234,30 @@ impl<K: Send + 'static, V: Send + Sync + 'static> ErasedFetcher<K, V> {
         F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
-        Self(Arc::new(BlockingFetcher(fetch)))
+        Self::one_by_one(Arc::new(BlockingFetcher(fetch)))
     }
 
     /// From a [`Fetcher`].
     pub(crate) fn from_impl(fetcher: impl Fetcher<K, V>) -> Self {
-        Self(Arc::new(TraitFetcher(fetcher)))
+        Self::one_by_one(Arc::new(TraitFetcher(fetcher)))
+    }
+
+    fn one_by_one(fetch: Arc<dyn DynFetcher<K, V>>) -> Self {
+        Self { fetch, batch: 1 }
+    }
+
+    /// From a batch fetcher, its calls gathered as `batching` says.
+    pub(crate) fn batched(fetch: Arc<dyn DynBatchFetcher<K, V>>, batching: Batching) -> Self
+    where
+        K: Hash + Eq + Clone + Sync,
+        V: Clone,
+    {
+        let batcher = Batcher::new(fetch, batching);
+        let batch = batcher.max_batch();
+        Self {
+            fetch: Arc::new(batcher),
+            batch,
+        }
     }
 }
 

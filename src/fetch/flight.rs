@@ -79,6 +79,7 @@ fn outcome_name<V>(outcome: &Result<Fetched<V>, FetchError>) -> &'static str {
         Ok(Fetched::Gone) => "gone",
         Err(FetchError::TimedOut(_)) => "timeout",
         Err(FetchError::Panicked(_)) => "panic",
+        Err(FetchError::LeftOut) => "left_out",
         Err(_) => "error",
     }
 }
@@ -156,7 +157,7 @@ where
             .fetcher
             .load_full()
             .ok_or(FetchError::NoFetcher)?
-            .0
+            .fetch
             .clone();
         // A background refresh starts nothing for a key the refresher no
         // longer holds (removed, or written since it was taken): a cheap

@@ -7,6 +7,7 @@
 //! of the cache; `install` builds on `Inner`, and `flight` and
 //! `blocking` on `install`.
 
+mod batch;
 mod blocking;
 mod fetcher;
 mod flight;
@@ -14,6 +15,8 @@ mod in_flight;
 mod install;
 mod latch;
 
+pub use batch::BatchFetcher;
+pub(crate) use batch::{Batching, DynBatchFetcher, FnBatch, TraitBatch};
 pub(crate) use fetcher::{ErasedFetcher, panic_as_error};
 pub use fetcher::{FetchError, Fetched, Fetcher};
 pub(crate) use flight::{Flight, Purpose};

@@ -136,6 +136,10 @@ pub(crate) struct Holdings<K, V, S> {
     /// The shard the next look for due values starts at, so that none is
     /// always first.
     next_shard: usize,
+    /// The most keys one call of the fetcher fetches (a batch fetcher's
+    /// `max_batch`, else 1): the limit counts calls, so this many times
+    /// as many keys are fetched at once.
+    batch: usize,
 }
 
 impl<K, V, S> Holdings<K, V, S>
@@ -163,6 +167,7 @@ where
             nudges: Vec::with_capacity(super::requests::NUDGE_CAPACITY),
             taken: Vec::new(),
             next_shard: 0,
+            batch: 1,
         }
     }
 
@@ -231,7 +236,7 @@ where
     /// task; waking for a probe that cannot start would spin).
     pub(crate) fn next_start_at(&self, settings: &Settings) -> Option<Nanos> {
         let retry = self.retries.first_key_value().map(|(&(at, _), _)| at);
-        let can_probe = self.queued() > 0 && self.fetching.len() < self.concurrency(settings);
+        let can_probe = self.queued() > 0 && self.fetching.len() < self.keys_at_once(settings);
         let probe = self.breaker.probe_at().filter(|_| can_probe);
         match (retry, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -239,7 +244,18 @@ where
         }
     }
 
-    /// How many fetches may run at once now.
+    /// Follows the fetcher's batch size (it may be swapped).
+    pub(crate) fn set_batch(&mut self, batch: usize) {
+        self.batch = batch.max(1);
+    }
+
+    /// How many keys may be fetched at once now: the limit's calls, each
+    /// of up to a batch of keys.
+    pub(crate) fn keys_at_once(&self, settings: &Settings) -> usize {
+        self.concurrency(settings).saturating_mul(self.batch)
+    }
+
+    /// How many calls of the fetcher may run at once now.
     pub(crate) fn concurrency(&self, settings: &Settings) -> usize {
         match settings.min_concurrent_refreshes {
             Some(floor) => self.limit.get(floor, settings.max_concurrent_refreshes),
@@ -355,8 +371,8 @@ where
     /// Starts fetches, readers' keys first, while fewer than the limit run
     /// and the breaker allows.
     pub(crate) fn start_fetches(&mut self, inner: &Arc<Inner<K, V, S>>, now: Nanos) {
-        let max_concurrent = self.concurrency(&inner.settings.load());
-        while self.fetching.len() < max_concurrent {
+        let max_at_once = self.keys_at_once(&inner.settings.load());
+        while self.fetching.len() < max_at_once {
             let probe = match self.breaker.permit(now) {
                 Permit::Any => false,
                 Permit::Probe => true,
@@ -421,7 +437,8 @@ where
         fetch: &Fetch,
     ) {
         let outcome = match result {
-            Ok(_) | Err(FetchError::Gone | FetchError::NothingToKeep) => {
+            // The upstream answered, if not for this key.
+            Ok(_) | Err(FetchError::Gone | FetchError::NothingToKeep | FetchError::LeftOut) => {
                 self.last_answer = Some(now);
                 Outcome::Answered
             }

@@ -17,10 +17,11 @@ use crate::clock::{Clock, Nanos};
 pub struct RefresherState {
     /// Whether a refresher task runs.
     pub running: bool,
-    /// Fetches under way.
+    /// Keys being fetched.
     pub in_flight: usize,
-    /// How many fetches may run at once now: the adaptive limit, or the
-    /// fixed one.
+    /// How many calls of the fetcher may run at once now: the adaptive
+    /// limit, or the fixed one. A call fetches one key, or with a batch
+    /// fetcher up to `max_batch`.
     pub limit: usize,
     /// Keys waiting for a fetch slot (or, while the breaker is open, for
     /// the upstream to answer).

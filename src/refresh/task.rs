@@ -280,6 +280,7 @@ async fn run_refresher<K, V, S>(
         for done in finished.drain(..) {
             holdings.finished(&inner, now, done);
         }
+        holdings.set_batch(inner.fetcher.load().as_ref().map_or(1, |f| f.batch));
         // Requests dropped for want of room are for stale values marked
         // as asked for, whose readers will not ask again; values marked
         // stale may have no reader: look for them now.
@@ -289,7 +290,7 @@ async fn run_refresher<K, V, S>(
         // interval set by `configure` takes effect at once.
         let look_at = |last: Option<Nanos>| last.map_or(0, |at: Nanos| at.saturating_add(interval));
         if backlog || now >= look_at(last_look) {
-            let want = holdings.concurrency(&settings).saturating_mul(2);
+            let want = holdings.keys_at_once(&settings).saturating_mul(2);
             backlog = holdings.take_due(&inner, now, want);
             if now >= look_at(last_look) {
                 last_look = Some(now);

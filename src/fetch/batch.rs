@@ -1,0 +1,344 @@
+//! Batched fetches: [`BatchFetcher`], and the [`Batcher`] that gathers the
+//! cache's one-key fetches into calls of many.
+//!
+//! The rest of the cache fetches one key at a time, each in its own flight
+//! (with its own fence, version and outcome for the breaker). A batcher is
+//! a one-key fetcher to them: a fetch joins the batch being gathered and
+//! waits for its key's part of the answer. A batch is called when it holds
+//! `max_batch` keys, or `window` after its first key joined, whichever
+//! comes first, in a task of its own; so the refresher's keys, started
+//! together, fill whole batches, and read-through misses within a window
+//! share a call.
+//!
+//! A key the answer leaves out gets [`FetchError::LeftOut`]; an error, a
+//! panic or a timeout of the call, every key's. A call is dropped
+//! (cancelled) once every key's fetch has given up on it (each times out
+//! by its own `refresh_timeout`).
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::fetcher::{DynFetcher, FetchError, FetchFuture, Fetched, panic_as_error};
+
+/// Fetches many keys in one call; given to
+/// [`CacheBuilder::batch_fetcher_impl`](crate::CacheBuilder::batch_fetcher_impl).
+///
+/// Each key comes with the value the cache holds for it, if any, so the
+/// answer may say [`Fetched::Unchanged`] or [`Fetched::Gone`] per key. A key
+/// the answer leaves out is a failed fetch of that key
+/// ([`FetchError::LeftOut`]: a refresh keeps the stale value and backs
+/// off); an error fails every key of the batch. A key answered twice counts
+/// its last answer; a key not asked for is ignored.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use swr_cache::{BatchFetcher, Fetched};
+///
+/// /// Revalidates many prompts in one round trip, by version.
+/// struct Prompts;
+///
+/// impl BatchFetcher<String, (u64, String)> for Prompts {
+///     type Error = Infallible;
+///
+///     async fn fetch_batch(
+///         &self,
+///         batch: Vec<(String, Option<(u64, String)>)>,
+///     ) -> Result<Vec<(String, Fetched<(u64, String)>)>, Infallible> {
+///         let upstream_version = 7; // one request for every key here
+///         Ok(batch
+///             .into_iter()
+///             .map(|(key, current)| match current {
+///                 Some((version, _)) if version == upstream_version => (key, Fetched::Unchanged),
+///                 _ => {
+///                     let body = format!("body of {key}");
+///                     (key, Fetched::Value((upstream_version, body)))
+///                 }
+///             })
+///             .collect())
+///     }
+/// }
+/// ```
+pub trait BatchFetcher<K, V>: Send + Sync + 'static {
+    /// Why a call failed: every key of the batch failed with it.
+    type Error: Into<Box<dyn StdError + Send + Sync>>;
+
+    /// Fetches every key of `batch` (each once), with its cached value if
+    /// any; answers per key.
+    fn fetch_batch(
+        &self,
+        batch: Vec<(K, Option<V>)>,
+    ) -> impl Future<Output = Result<Vec<(K, Fetched<V>)>, Self::Error>> + Send;
+}
+
+/// How a batch fetcher's calls are gathered: set on the builder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Batching {
+    /// The most keys in one call.
+    pub(crate) max_batch: usize,
+    /// How long a batch waits for more keys after its first.
+    pub(crate) window: Duration,
+}
+
+/// The default [`Batching::max_batch`].
+pub(crate) const DEFAULT_MAX_BATCH: usize = 64;
+
+/// The default [`Batching::window`]: short beside a fetch, long enough for
+/// misses arriving together to meet.
+pub(crate) const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_batch: DEFAULT_MAX_BATCH,
+            window: DEFAULT_BATCH_WINDOW,
+        }
+    }
+}
+
+type BatchFuture<K, V> =
+    Pin<Box<dyn Future<Output = Result<Vec<(K, Fetched<V>)>, FetchError>> + Send>>;
+
+/// A batch fetcher with its types erased.
+pub(crate) trait DynBatchFetcher<K, V>: Send + Sync {
+    fn fetch_batch(self: Arc<Self>, batch: Vec<(K, Option<V>)>) -> BatchFuture<K, V>;
+}
+
+/// A [`BatchFetcher`] as the batcher calls it.
+pub(crate) struct TraitBatch<F>(pub(crate) F);
+
+impl<K, V, F> DynBatchFetcher<K, V> for TraitBatch<F>
+where
+    K: Send + 'static,
+    V: Send + 'static,
+    F: BatchFetcher<K, V>,
+{
+    fn fetch_batch(self: Arc<Self>, batch: Vec<(K, Option<V>)>) -> BatchFuture<K, V> {
+        Box::pin(async move {
+            self.0
+                .fetch_batch(batch)
+                .await
+                .map_err(|e| FetchError::Failed(Arc::from(e.into())))
+        })
+    }
+}
+
+/// An async closure from keys to the values found, as the batcher calls it.
+pub(crate) struct FnBatch<F>(pub(crate) F);
+
+impl<K, V, F, Fut, E> DynBatchFetcher<K, V> for FnBatch<F>
+where
+    F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<(K, V)>, E>> + Send + 'static,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+    K: Send + 'static,
+    V: Send + 'static,
+{
+    fn fetch_batch(self: Arc<Self>, batch: Vec<(K, Option<V>)>) -> BatchFuture<K, V> {
+        // Called in the first poll, so a panic before the closure returns
+        // its future is caught like one inside it.
+        Box::pin(async move {
+            let keys = batch.into_iter().map(|(key, _)| key).collect();
+            match (self.0)(keys).await {
+                Ok(found) => Ok(found
+                    .into_iter()
+                    .map(|(key, value)| (key, Fetched::Value(value)))
+                    .collect()),
+                Err(e) => Err(FetchError::Failed(Arc::from(e.into()))),
+            }
+        })
+    }
+}
+
+/// Where one key's fetch waits for its part of a batch's answer.
+type Answer<V> = oneshot::Sender<Result<Fetched<V>, FetchError>>;
+
+/// A key's fetch waiting in the batch being gathered.
+struct Waiting<K, V> {
+    key: K,
+    current: Option<V>,
+    answer: Answer<V>,
+}
+
+/// The batch being gathered.
+struct Gathering<K, V> {
+    waiting: Vec<Waiting<K, V>>,
+    /// Counts the batches called, so that a window's timer knows whether
+    /// the batch it was started for went already (full).
+    round: u64,
+}
+
+/// Gathers one-key fetches into calls of a batch fetcher; to the cache, a
+/// one-key fetcher like any other.
+pub(crate) struct Batcher<K, V> {
+    fetch: Arc<dyn DynBatchFetcher<K, V>>,
+    batching: Batching,
+    /// Only pushed to and taken whole under the lock: no user code runs
+    /// under it (keys are hashed and compared once the batch is out).
+    gathering: Mutex<Gathering<K, V>>,
+}
+
+impl<K, V> Batcher<K, V>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(fetch: Arc<dyn DynBatchFetcher<K, V>>, batching: Batching) -> Self {
+        Self {
+            fetch,
+            batching: Batching {
+                max_batch: batching.max_batch.max(1),
+                ..batching
+            },
+            gathering: Mutex::new(Gathering {
+                waiting: Vec::new(),
+                round: 0,
+            }),
+        }
+    }
+
+    /// The most keys in one call.
+    pub(crate) fn max_batch(&self) -> usize {
+        self.batching.max_batch
+    }
+
+    /// Adds a key's fetch to the batch being gathered: calls the batch if
+    /// it is full now, or starts its window's timer if it is the first.
+    fn join(self: &Arc<Self>, waiting: Waiting<K, V>) {
+        let (full, first_of) = {
+            // Pushes and takes leave the batch whole: a poisoned lock (a
+            // panic in the allocator) holds nothing half-written.
+            let mut gathering = self
+                .gathering
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            gathering.waiting.push(waiting);
+            if gathering.waiting.len() >= self.batching.max_batch {
+                gathering.round += 1;
+                (Some(std::mem::take(&mut gathering.waiting)), None)
+            } else if gathering.waiting.len() == 1 {
+                (None, Some(gathering.round))
+            } else {
+                (None, None)
+            }
+        };
+        if let Some(batch) = full {
+            tokio::spawn(Arc::clone(self).call(batch));
+        }
+        if let Some(round) = first_of {
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(me.batching.window).await;
+                let batch = {
+                    let mut gathering = me.gathering.lock().unwrap_or_else(PoisonError::into_inner);
+                    (gathering.round == round && !gathering.waiting.is_empty()).then(|| {
+                        gathering.round += 1;
+                        std::mem::take(&mut gathering.waiting)
+                    })
+                };
+                if let Some(batch) = batch {
+                    me.call(batch).await;
+                }
+            });
+        }
+    }
+
+    /// Calls the batch fetcher once for `batch`, and answers each key.
+    async fn call(self: Arc<Self>, batch: Vec<Waiting<K, V>>) {
+        // Each key once, with its latest cached value: a key fenced while
+        // it waited may be here twice, the second from a flight started
+        // after the fence.
+        let mut groups: HashMap<K, (Option<V>, Vec<Answer<V>>)> =
+            HashMap::with_capacity(batch.len());
+        for waiting in batch {
+            let group = groups.entry(waiting.key).or_default();
+            group.0 = waiting.current;
+            group.1.push(waiting.answer);
+        }
+        let asked: Vec<(K, Option<V>)> = groups
+            .iter_mut()
+            .map(|(key, (current, _))| (key.clone(), current.take()))
+            .collect();
+        let span = tracing::debug_span!("swr_cache.fetch_batch", keys = asked.len());
+        let mut call = std::pin::pin!(panic_as_error(tracing::Instrument::instrument(
+            Arc::clone(&self.fetch).fetch_batch(asked),
+            span
+        )));
+        let outcome = poll_fn(|cx| {
+            if let Poll::Ready(outcome) = call.as_mut().poll(cx) {
+                return Poll::Ready(Some(outcome));
+            }
+            // Dropped, so cancelled, once no key waits for it.
+            let mut all_gone = true;
+            for (_, answers) in groups.values_mut() {
+                for answer in answers.iter_mut() {
+                    all_gone &= answer.poll_closed(cx).is_ready();
+                }
+            }
+            if all_gone {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        let Some(outcome) = outcome else {
+            return;
+        };
+        match outcome {
+            Ok(answered) => {
+                let mut answered: HashMap<K, Fetched<V>> = answered.into_iter().collect();
+                for (key, (_, answers)) in groups {
+                    let fetched = answered.remove(&key).ok_or(FetchError::LeftOut);
+                    send_all(answers, fetched);
+                }
+            }
+            Err(error) => {
+                for (_, (_, answers)) in groups {
+                    send_all(answers, Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Sends `result` to every one of `answers`.
+fn send_all<V: Clone>(answers: Vec<Answer<V>>, result: Result<Fetched<V>, FetchError>) {
+    let mut answers = answers.into_iter().peekable();
+    while let Some(answer) = answers.next() {
+        // A fetch that gave up (timed out) no longer listens: nothing to do.
+        if answers.peek().is_some() {
+            let _ = answer.send(result.clone());
+        } else {
+            let _ = answer.send(result);
+            return;
+        }
+    }
+}
+
+impl<K, V> DynFetcher<K, V> for Batcher<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn fetch(self: Arc<Self>, key: K, current: Option<V>) -> FetchFuture<V> {
+        Box::pin(async move {
+            let (answer, answered) = oneshot::channel();
+            self.join(Waiting {
+                key,
+                current,
+                answer,
+            });
+            // Dropped unanswered: the call's task was dropped with the
+            // runtime, or panicked on the keys' own code (Hash, Eq).
+            answered.await.unwrap_or(Err(FetchError::Cancelled))
+        })
+    }
+}
