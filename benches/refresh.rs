@@ -37,8 +37,13 @@
 //!    prints the nanoseconds per hit of each and their ratio, against the
 //!    goal of `get_or_fetch` at 0.9× `get`'s speed or better.
 //!
-//! Sections are named `throughput`, `storm`, `million`, `knee`, `outage`
-//! and `get_or_fetch`; `cargo bench --bench refresh -- get_or_fetch` runs
+//! 7. *A batched storm*: section 1's 100,000 stale entries, with a batch
+//!    fetcher answering a call of up to 64 keys in 10 ms; with 16 calls at
+//!    a time and on the defaults, against the floor of
+//!    ⌈100,000 / 64⌉ / calls at a time × 10 ms.
+//!
+//! Sections are named `throughput`, `batched`, `storm`, `million`,
+//! `own_ttl`, `knee`, `outage` and `get_or_fetch`; `cargo bench --bench refresh -- get_or_fetch` runs
 //! only the last (any name given runs the sections whose names contain it).
 
 use std::future::Future;
@@ -609,6 +614,81 @@ fn get_or_fetch_hits() {
     );
 }
 
+/// Refresh throughput with a batch fetcher: the storm of section 1 (100,000
+/// entries stale at once), the upstream answering a call of up to 64 keys
+/// in 10 ms, against the floor of calls / limit × 10 ms.
+fn batched_storm() {
+    const MAX_BATCH: usize = 64;
+    const CALLS_AT_ONCE: usize = 16;
+    let ttl = Duration::from_secs(6);
+    let interval = Duration::from_secs(1);
+    let latency = Duration::from_millis(10);
+    let calls_needed = (ENTRIES as usize).div_ceil(MAX_BATCH);
+    println!("## Refresh throughput, batched\n");
+    println!(
+        "{ENTRIES} entries stale at once, a batch fetcher taking {latency:?} a call (a real sleep) of up to {MAX_BATCH} keys, a look every {interval:?}. The floor is {calls_needed} calls / the limit × latency; up to one interval before the first look comes on top.\n"
+    );
+    println!("| calls at once | time to all fresh | floor | ÷ floor | calls | keys/s |");
+    println!("|---|---|---|---|---|---|");
+    for fixed in [Some(CALLS_AT_ONCE), None] {
+        let runtime = runtime::one_worker();
+        let _guard = runtime.enter();
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = calls.clone();
+        let builder = Cache::builder()
+            .max_size(2 * ENTRIES as usize)
+            .ttl(Some(ttl))
+            .refresh_interval(interval)
+            .refresh_on_read(false)
+            .max_batch(MAX_BATCH);
+        let builder = match fixed {
+            Some(limit) => builder.max_concurrent_refreshes(limit),
+            None => builder,
+        };
+        let cache: Cache<u64, u64> = builder
+            .batch_fetcher(move |keys: Vec<u64>| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    tokio::time::sleep(latency).await;
+                    Ok::<_, std::convert::Infallible>(
+                        keys.into_iter().map(|key| (key, key + 1)).collect::<Vec<_>>(),
+                    )
+                }
+            })
+            .build()
+            .expect("valid settings");
+        for key in 0..ENTRIES {
+            cache.insert(key, key);
+        }
+        let inserted = Instant::now();
+        cache.start().expect("inside a runtime");
+        let stale_at = inserted + ttl;
+        runtime.block_on(async {
+            while cache.metrics().refreshes < ENTRIES {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let took = stale_at.elapsed();
+        // The adaptive limit's cap is 256 calls.
+        let limit = fixed.unwrap_or(256);
+        let floor = latency * (calls_needed.div_ceil(limit) as u32);
+        println!(
+            "| {} | {:.2} s | {:.2} s | {:.2} | {} | {:.0} |",
+            match fixed {
+                Some(limit) => format!("fixed {limit}"),
+                None => "adaptive 4..=256 (default)".to_owned(),
+            },
+            took.as_secs_f64(),
+            floor.as_secs_f64(),
+            took.as_secs_f64() / floor.as_secs_f64(),
+            calls.load(Ordering::Relaxed),
+            ENTRIES as f64 / took.as_secs_f64()
+        );
+        runtime.block_on(cache.stop());
+    }
+    println!();
+}
+
 fn main() {
     // `cargo bench --bench refresh -- NAME...` runs only the sections whose
     // names contain one of the NAMEs (cargo passes `--bench` as well).
@@ -616,8 +696,9 @@ fn main() {
         .skip(1)
         .filter(|arg| !arg.starts_with('-'))
         .collect();
-    let sections: [(&str, fn()); 7] = [
+    let sections: [(&str, fn()); 8] = [
         ("throughput", refresh_throughput),
+        ("batched", batched_storm),
         ("storm", read_latency_under_storm),
         ("million", tick_cost),
         ("own_ttl", own_ttl_looks),
