@@ -651,7 +651,9 @@ fn batched_storm() {
                 async move {
                     tokio::time::sleep(latency).await;
                     Ok::<_, std::convert::Infallible>(
-                        keys.into_iter().map(|key| (key, key + 1)).collect::<Vec<_>>(),
+                        keys.into_iter()
+                            .map(|key| (key, key + 1))
+                            .collect::<Vec<_>>(),
                     )
                 }
             })

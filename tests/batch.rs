@@ -11,6 +11,9 @@ use std::time::Duration;
 use swr_cache::{BatchFetcher, Cache, ConfigError, FetchError, Fetched};
 use tokio::time::{Instant, sleep};
 
+#[path = "support/watchdog.rs"]
+mod watchdog;
+
 const INTERVAL: Duration = Duration::from_secs(1);
 const TTL: Duration = Duration::from_secs(10);
 
@@ -303,6 +306,59 @@ async fn a_call_is_dropped_once_every_key_gave_up_on_it() {
     assert_eq!(started.load(Ordering::SeqCst), 1);
     // The call's task sees its only key gone at its next poll.
     wait_until(Duration::from_secs(1), || dropped.load(Ordering::SeqCst)).await;
+}
+
+/// Many tasks on four workers miss on overlapping keys while others are
+/// removed: every caller gets its key's value and no call exceeds the
+/// batch. Real time, under a watchdog.
+#[test]
+fn concurrent_misses_on_many_workers_each_get_their_own_key() {
+    watchdog::within("concurrent batched misses", || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let calls = Calls::default();
+            let cache = Cache::builder()
+                .max_size(10_000)
+                .batch_fetcher({
+                    let calls = calls.clone();
+                    move |keys: Vec<u64>| {
+                        let calls = calls.clone();
+                        async move {
+                            calls.0.lock().unwrap().push(keys.clone());
+                            tokio::task::yield_now().await;
+                            Ok::<_, std::io::Error>(
+                                keys.into_iter().map(|k| (k, k * 3)).collect::<Vec<_>>(),
+                            )
+                        }
+                    }
+                })
+                .max_batch(16)
+                .build()
+                .unwrap();
+            let mut tasks = tokio::task::JoinSet::new();
+            for task in 0..32u64 {
+                let cache = cache.clone();
+                tasks.spawn(async move {
+                    for round in 0..200u64 {
+                        let key = (task * 7 + round * 13) % 500;
+                        assert_eq!(cache.get_or_fetch(&key).await.unwrap(), key * 3);
+                        if round % 5 == 0 {
+                            cache.invalidate(&((key + 1) % 500));
+                        }
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+            assert!(calls.largest() <= 16, "a call of {} keys", calls.largest());
+            cache.validate();
+        });
+    });
 }
 
 #[test]
