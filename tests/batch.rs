@@ -128,6 +128,58 @@ async fn read_through_misses_within_the_window_share_one_call() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_batch_goes_when_its_window_closes_though_the_fetch_that_opened_it_was_dropped() {
+    let calls = Calls::default();
+    let cache = Cache::builder()
+        .batch_fetcher({
+            let calls = calls.clone();
+            move |keys: Vec<u64>| {
+                let calls = calls.clone();
+                async move {
+                    calls.0.lock().unwrap().push(keys.clone());
+                    Ok::<_, std::io::Error>(
+                        keys.into_iter()
+                            .map(|k| (k, k * 10 + 1))
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            }
+        })
+        .batch_window(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let opened = Instant::now();
+    // Opens the batch, then is dropped before its window closes.
+    let gave_up = tokio::time::timeout(Duration::from_millis(2), cache.get_or_fetch(&1)).await;
+    assert!(gave_up.is_err());
+    assert_eq!(cache.get_or_fetch(&2).await.unwrap(), 21);
+    let took = opened.elapsed();
+    assert!(took <= Duration::from_millis(11), "{took:?}");
+    let mut asked = calls.0.lock().unwrap().clone();
+    asked.iter_mut().for_each(|keys| keys.sort_unstable());
+    assert_eq!(asked, [vec![1, 2]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_fenced_while_it_waits_is_asked_for_once_and_both_fetches_answered() {
+    let calls = Calls::default();
+    let cache = batching_cache(&calls, 64, &[]);
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_or_fetch(&1).await }
+    });
+    tokio::task::yield_now().await; // the first fetch joins the batch
+    // Fences the first flight: the next miss starts a second one, whose
+    // fetch joins the same batch.
+    cache.invalidate(&1);
+    let second = cache.get_or_fetch(&1).await;
+    assert_eq!(second.unwrap(), 11);
+    assert_eq!(first.await.unwrap().unwrap(), 11);
+    assert_eq!(*calls.0.lock().unwrap(), [vec![1]]);
+    assert_eq!(cache.peek(&1), Some(11), "the unfenced flight stored it");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_full_batch_is_called_without_waiting_for_its_window() {
     let calls = Calls::default();
     let cache = Cache::builder()

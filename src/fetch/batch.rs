@@ -6,7 +6,8 @@
 //! a one-key fetcher to them: a fetch joins the batch being gathered and
 //! waits for its key's part of the answer. A batch is called when it holds
 //! `max_batch` keys, or `window` after its first key joined, whichever
-//! comes first, in a task of its own; so the refresher's keys, started
+//! comes first (each of its fetches watches the window, and the first to
+//! see it closed calls the batch), in a task of its own; so the refresher's keys, started
 //! together, fill whole batches, and read-through misses within a window
 //! share a call.
 //!
@@ -16,6 +17,7 @@
 //! by its own `refresh_timeout`).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
 use std::hash::Hash;
@@ -25,6 +27,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::fetcher::{DynFetcher, FetchError, FetchFuture, Fetched, panic_as_error};
 
@@ -170,9 +173,11 @@ struct Waiting<K, V> {
 /// The batch being gathered.
 struct Gathering<K, V> {
     waiting: Vec<Waiting<K, V>>,
-    /// Counts the batches called, so that a window's timer knows whether
-    /// the batch it was started for went already (full).
+    /// Counts the batches called, so that a fetch whose window closed
+    /// knows whether its batch went already (full, or closed by another).
     round: u64,
+    /// When the batch's window closes: set by its first key.
+    closes_at: Instant,
 }
 
 /// Gathers one-key fetches into calls of a batch fetcher; to the cache, a
@@ -200,6 +205,7 @@ where
             gathering: Mutex::new(Gathering {
                 waiting: Vec::new(),
                 round: 0,
+                closes_at: Instant::now(),
             }),
         }
     }
@@ -209,63 +215,81 @@ where
         self.batching.max_batch
     }
 
-    /// Adds a key's fetch to the batch being gathered: calls the batch if
-    /// it is full now, or starts its window's timer if it is the first.
-    fn join(self: &Arc<Self>, waiting: Waiting<K, V>) {
-        let (full, first_of) = {
+    /// Adds a key's fetch to the batch being gathered, and calls the batch
+    /// if it is full now; returns the batch's round and when its window
+    /// closes.
+    fn join(self: &Arc<Self>, waiting: Waiting<K, V>) -> (u64, Instant) {
+        let (full, round, closes_at) = {
             // Pushes and takes leave the batch whole: a poisoned lock (a
             // panic in the allocator) holds nothing half-written.
             let mut gathering = self
                 .gathering
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            gathering.waiting.push(waiting);
-            if gathering.waiting.len() >= self.batching.max_batch {
-                gathering.round += 1;
-                (Some(std::mem::take(&mut gathering.waiting)), None)
-            } else if gathering.waiting.len() == 1 {
-                (None, Some(gathering.round))
-            } else {
-                (None, None)
+            if gathering.waiting.is_empty() {
+                gathering.closes_at = Instant::now() + self.batching.window;
             }
+            gathering.waiting.push(waiting);
+            let (round, closes_at) = (gathering.round, gathering.closes_at);
+            let full = (gathering.waiting.len() >= self.batching.max_batch)
+                .then(|| self.take(&mut gathering));
+            (full, round, closes_at)
         };
         if let Some(batch) = full {
             tokio::spawn(Arc::clone(self).call(batch));
         }
-        if let Some(round) = first_of {
-            let me = Arc::clone(self);
-            tokio::spawn(async move {
-                tokio::time::sleep(me.batching.window).await;
-                let batch = {
-                    let mut gathering = me.gathering.lock().unwrap_or_else(PoisonError::into_inner);
-                    (gathering.round == round && !gathering.waiting.is_empty()).then(|| {
-                        gathering.round += 1;
-                        std::mem::take(&mut gathering.waiting)
-                    })
-                };
-                if let Some(batch) = batch {
-                    me.call(batch).await;
-                }
-            });
+        (round, closes_at)
+    }
+
+    /// Calls the batch of `round` if it is still being gathered: its window
+    /// closed. Any of its keys' fetches may close it (whichever wakes
+    /// first), so it goes even if the one that opened it was dropped.
+    fn close(self: &Arc<Self>, round: u64) {
+        let batch = {
+            let mut gathering = self
+                .gathering
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (gathering.round == round).then(|| self.take(&mut gathering))
+        };
+        if let Some(batch) = batch {
+            tokio::spawn(Arc::clone(self).call(batch));
         }
+    }
+
+    /// Takes the batch being gathered, to call it; the next round begins.
+    fn take(&self, gathering: &mut Gathering<K, V>) -> Vec<Waiting<K, V>> {
+        gathering.round += 1;
+        std::mem::take(&mut gathering.waiting)
     }
 
     /// Calls the batch fetcher once for `batch`, and answers each key.
     async fn call(self: Arc<Self>, batch: Vec<Waiting<K, V>>) {
-        // Each key once, with its latest cached value: a key fenced while
-        // it waited may be here twice, the second from a flight started
-        // after the fence.
-        let mut groups: HashMap<K, (Option<V>, Vec<Answer<V>>)> =
-            HashMap::with_capacity(batch.len());
-        for waiting in batch {
-            let group = groups.entry(waiting.key).or_default();
-            group.0 = waiting.current;
-            group.1.push(waiting.answer);
+        // Each key once, in the order they came, with its latest cached
+        // value: a key fenced while it waited may be here twice, the
+        // second from a flight started after the fence.
+        let mut place: HashMap<K, usize> = HashMap::with_capacity(batch.len());
+        let mut asked: Vec<(K, Option<V>)> = Vec::with_capacity(batch.len());
+        // Each fetch's answer, and its key's place in `asked`.
+        let mut answers: Vec<(Answer<V>, usize)> = Vec::with_capacity(batch.len());
+        for Waiting {
+            key,
+            current,
+            answer,
+        } in batch
+        {
+            let at = match place.entry(key) {
+                Entry::Occupied(seen) => {
+                    asked[*seen.get()].1 = current;
+                    *seen.get()
+                }
+                Entry::Vacant(new) => {
+                    asked.push((new.key().clone(), current));
+                    *new.insert(asked.len() - 1)
+                }
+            };
+            answers.push((answer, at));
         }
-        let asked: Vec<(K, Option<V>)> = groups
-            .iter_mut()
-            .map(|(key, (current, _))| (key.clone(), current.take()))
-            .collect();
         let span = tracing::debug_span!("swr_cache.fetch_batch", keys = asked.len());
         let mut call = std::pin::pin!(panic_as_error(tracing::Instrument::instrument(
             Arc::clone(&self.fetch).fetch_batch(asked),
@@ -275,12 +299,10 @@ where
             if let Poll::Ready(outcome) = call.as_mut().poll(cx) {
                 return Poll::Ready(Some(outcome));
             }
-            // Dropped, so cancelled, once no key waits for it.
+            // Dropped, so cancelled, once no fetch waits for it.
             let mut all_gone = true;
-            for (_, answers) in groups.values_mut() {
-                for answer in answers.iter_mut() {
-                    all_gone &= answer.poll_closed(cx).is_ready();
-                }
+            for (answer, _) in &mut answers {
+                all_gone &= answer.poll_closed(cx).is_ready();
             }
             if all_gone {
                 Poll::Ready(None)
@@ -292,33 +314,34 @@ where
         let Some(outcome) = outcome else {
             return;
         };
-        match outcome {
+        let mut results: Vec<Option<Result<Fetched<V>, FetchError>>> = match outcome {
             Ok(answered) => {
-                let mut answered: HashMap<K, Fetched<V>> = answered.into_iter().collect();
-                for (key, (_, answers)) in groups {
-                    let fetched = answered.remove(&key).ok_or(FetchError::LeftOut);
-                    send_all(answers, fetched);
+                let mut results: Vec<_> = (0..place.len()).map(|_| None).collect();
+                // A key answered twice counts its last answer; one not
+                // asked for is ignored.
+                for (key, fetched) in answered {
+                    if let Some(&at) = place.get(&key) {
+                        results[at] = Some(Ok(fetched));
+                    }
                 }
+                results
             }
-            Err(error) => {
-                for (_, (_, answers)) in groups {
-                    send_all(answers, Err(error.clone()));
-                }
-            }
+            Err(error) => (0..place.len()).map(|_| Some(Err(error.clone()))).collect(),
+        };
+        // A result is cloned only for a key asked for twice: moved to the
+        // last of its fetches.
+        let mut last_of = vec![0; results.len()];
+        for (i, &(_, at)) in answers.iter().enumerate() {
+            last_of[at] = i;
         }
-    }
-}
-
-/// Sends `result` to every one of `answers`.
-fn send_all<V: Clone>(answers: Vec<Answer<V>>, result: Result<Fetched<V>, FetchError>) {
-    let mut answers = answers.into_iter().peekable();
-    while let Some(answer) = answers.next() {
-        // A fetch that gave up (timed out) no longer listens: nothing to do.
-        if answers.peek().is_some() {
-            let _ = answer.send(result.clone());
-        } else {
-            let _ = answer.send(result);
-            return;
+        for (i, (answer, at)) in answers.into_iter().enumerate() {
+            let result = if last_of[at] == i {
+                results[at].take()
+            } else {
+                results[at].clone()
+            };
+            // A fetch that gave up (timed out) no longer listens.
+            let _ = answer.send(result.unwrap_or(Err(FetchError::LeftOut)));
         }
     }
 }
@@ -330,15 +353,29 @@ where
 {
     fn fetch(self: Arc<Self>, key: K, current: Option<V>) -> FetchFuture<V> {
         Box::pin(async move {
-            let (answer, answered) = oneshot::channel();
-            self.join(Waiting {
+            let (answer, mut answered) = oneshot::channel();
+            let (round, closes_at) = self.join(Waiting {
                 key,
                 current,
                 answer,
             });
-            // Dropped unanswered: the call's task was dropped with the
-            // runtime, or panicked on the keys' own code (Hash, Eq).
-            answered.await.unwrap_or(Err(FetchError::Cancelled))
+            // Each key's fetch watches its batch's window itself, so the
+            // batch goes on time whichever of its fetches are dropped, and
+            // on a runtime that is driven (this one).
+            let mut window = std::pin::pin!(tokio::time::sleep_until(closes_at));
+            let mut gathering = true;
+            poll_fn(|cx| {
+                if gathering && window.as_mut().poll(cx).is_ready() {
+                    gathering = false;
+                    self.close(round);
+                }
+                // Dropped unanswered: the call's task was dropped with its
+                // runtime, or panicked on the keys' own code (Hash, Eq).
+                Pin::new(&mut answered)
+                    .poll(cx)
+                    .map(|answer| answer.unwrap_or(Err(FetchError::Cancelled)))
+            })
+            .await
         })
     }
 }
