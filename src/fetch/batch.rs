@@ -216,9 +216,9 @@ where
     }
 
     /// Adds a key's fetch to the batch being gathered, and calls the batch
-    /// if it is full now; returns the batch's round and when its window
-    /// closes.
-    fn join(self: &Arc<Self>, waiting: Waiting<K, V>) -> (u64, Instant) {
+    /// if it is full now; else returns the batch's round and when its
+    /// window closes.
+    fn join(self: &Arc<Self>, waiting: Waiting<K, V>) -> Option<(u64, Instant)> {
         let (full, round, closes_at) = {
             // Pushes and takes leave the batch whole: a poisoned lock (a
             // panic in the allocator) holds nothing half-written.
@@ -235,10 +235,13 @@ where
                 .then(|| self.take(&mut gathering));
             (full, round, closes_at)
         };
-        if let Some(batch) = full {
-            tokio::spawn(Arc::clone(self).call(batch));
+        match full {
+            Some(batch) => {
+                tokio::spawn(Arc::clone(self).call(batch));
+                None
+            }
+            None => Some((round, closes_at)),
         }
-        (round, closes_at)
     }
 
     /// Calls the batch of `round` if it is still being gathered: its window
@@ -354,7 +357,7 @@ where
     fn fetch(self: Arc<Self>, key: K, current: Option<V>) -> FetchFuture<V> {
         Box::pin(async move {
             let (answer, mut answered) = oneshot::channel();
-            let (round, closes_at) = self.join(Waiting {
+            let mut gathering = self.join(Waiting {
                 key,
                 current,
                 answer,
@@ -362,11 +365,14 @@ where
             // Each key's fetch watches its batch's window itself, so the
             // batch goes on time whichever of its fetches are dropped, and
             // on a runtime that is driven (this one).
-            let mut window = std::pin::pin!(tokio::time::sleep_until(closes_at));
-            let mut gathering = true;
+            let mut window = std::pin::pin!(tokio::time::sleep_until(
+                gathering.map_or_else(Instant::now, |(_, closes_at)| closes_at)
+            ));
             poll_fn(|cx| {
-                if gathering && window.as_mut().poll(cx).is_ready() {
-                    gathering = false;
+                if let Some((round, _)) = gathering
+                    && window.as_mut().poll(cx).is_ready()
+                {
+                    gathering = None;
                     self.close(round);
                 }
                 // Dropped unanswered: the call's task was dropped with its
