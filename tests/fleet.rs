@@ -1176,10 +1176,15 @@ impl From<String> for GatedKey {
     fn from(s: String) -> Self {
         if s == "gate" {
             GATE_HELD.store(true, Ordering::SeqCst);
-            let (open, opened) = &GATE;
-            let _open = opened
-                .wait_while(open.lock().unwrap(), |open| !*open)
-                .unwrap();
+            // Blocks the subscriber's worker: handed off first, so that a
+            // task in that worker's LIFO slot (which no other worker
+            // steals) runs meanwhile, rather than wait for the gate.
+            tokio::task::block_in_place(|| {
+                let (open, opened) = &GATE;
+                let _open = opened
+                    .wait_while(open.lock().unwrap(), |open| !*open)
+                    .unwrap();
+            });
         }
         GatedKey(s)
     }
