@@ -65,6 +65,7 @@ impl<K, V, S> std::fmt::Debug for CacheBuilder<K, V, S> {
             .field("refresh_on_read", &s.refresh_on_read)
             .field("max_retry_backoff", &s.max_retry_backoff)
             .field("refresh_jitter", &s.refresh_jitter)
+            .field("negative_ttl", &s.negative_ttl)
             .field("freshness", &self.freshness.is_some())
             .field("fetcher", &self.fetcher.is_some())
             .field("batch_fetcher", &self.batch_fetcher.is_some())
@@ -315,6 +316,79 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// ```
     pub fn refresh_jitter(mut self, fraction: f64) -> Self {
         self.settings.refresh_jitter = jitter_of(fraction);
+        self
+    }
+
+    /// Remembers, for `ttl`, each key whose fetch answered
+    /// [`Fetched::Gone`](crate::Fetched::Gone): meanwhile
+    /// [`get_or_fetch`](crate::Cache::get_or_fetch) of it answers
+    /// [`FetchError::Gone`](crate::FetchError::Gone) at once, without
+    /// calling the fetcher (counted in
+    /// [`Metrics::negative_hits`](crate::Metrics::negative_hits)), so a
+    /// stream of requests for a key that does not exist costs the source one
+    /// call per `ttl`. Off by default; a zero `ttl` fails the build
+    /// ([`ConfigError::ZeroNegativeTtl`]). Set when the cache is built; not
+    /// a [`ConfigChange`](crate::ConfigChange).
+    ///
+    /// A key is remembered when a load (`get_or_fetch`, or `refresh` of an
+    /// uncached key) answers `Gone` and no removal of the key came while it
+    /// ran, or when a refresh's `Gone` removed the cached value it was
+    /// fetched from. It is forgotten when its `ttl` has passed, when the key
+    /// is written (`insert` and its kin, a fetched value, a snapshot load, a
+    /// fleet message), invalidated or removed, and by `clear`.
+    /// [`refresh`](crate::Cache::refresh) always asks the source (and
+    /// remembers its answer). [`get`](crate::Cache::get) and the other
+    /// reads are not changed: the hit path reads nothing more. Loads by
+    /// [`get_or_insert_with`](crate::Cache::get_or_insert_with), and
+    /// fetchers made from a closure ([`fetcher`](Self::fetcher),
+    /// [`blocking_fetcher`](Self::blocking_fetcher)), cannot answer `Gone`:
+    /// only a [`Fetcher`] can.
+    ///
+    /// The memory is bounded by the cache's own: at most `max_size` keys
+    /// (with a weigher, `max_weight` of them), evicted by the cache's policy
+    /// when full. Each takes what an entry with an 8-byte value does (see
+    /// [Memory](crate#memory)), the key's own data included. While any key
+    /// is remembered, each write clones its key to look for its record.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::time::Duration;
+    /// use std::convert::Infallible;
+    /// use swr_cache::{Cache, FetchError, Fetched, Fetcher};
+    ///
+    /// /// A source that holds no user at all, and counts its calls.
+    /// struct Users(Arc<AtomicUsize>);
+    ///
+    /// impl Fetcher<u64, String> for Users {
+    ///     type Error = Infallible;
+    ///
+    ///     async fn fetch(&self, _id: &u64, _: Option<&String>) -> Result<Fetched<String>, Infallible> {
+    ///         self.0.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(Fetched::Gone)
+    ///     }
+    /// }
+    ///
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let cache: Cache<u64, String> = Cache::builder()
+    ///     .fetcher_impl(Users(Arc::clone(&calls)))
+    ///     .negative_ttl(Duration::from_secs(30))
+    ///     .build()?;
+    /// for _ in 0..3 {
+    ///     assert!(matches!(cache.get_or_fetch(&7).await, Err(FetchError::Gone)));
+    /// }
+    /// assert_eq!(calls.load(Ordering::Relaxed), 1, "asked once");
+    /// assert_eq!(cache.metrics().negative_hits, 2);
+    /// tokio::time::advance(Duration::from_secs(30)).await;
+    /// assert!(matches!(cache.get_or_fetch(&7).await, Err(FetchError::Gone)));
+    /// assert_eq!(calls.load(Ordering::Relaxed), 2, "asked again once 30 s passed");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.negative_ttl = Some(ttl);
         self
     }
 

@@ -932,6 +932,11 @@ where
     }
 
     async fn fetch_now(&self, mut key: K, purpose: Purpose) -> Result<V, FetchError> {
+        // A load of a key lately answered `Gone` asks no one; `refresh`
+        // revalidates, so it asks the source whatever is remembered.
+        if purpose == Purpose::Load && self.inner.known_gone(&key) {
+            return Err(FetchError::Gone);
+        }
         let runtime = Handle::try_current().map_err(|_| FetchError::NoRuntime)?;
         loop {
             return match self.inner.join_or_start_flight(key, purpose)? {
@@ -957,13 +962,15 @@ where
     }
 
     /// Checks the store's invariants (every shard's counts, queues, table,
-    /// ghost and sketch, and the totals), panicking with the first that
-    /// fails. It holds every shard's lock at once and walks every
+    /// ghost and sketch, and the totals; with `negative_ttl`, the same of
+    /// the record of gone keys, its bound among them), panicking with the
+    /// first that fails. It holds every shard's lock at once and walks every
     /// entry, so it sees one moment of the whole cache and may run while
     /// other threads use it: for tests and fuzzing.
     #[doc(hidden)]
     pub fn validate(&self) {
-        if let Err(broken) = self.inner.store.validate() {
+        let gone = self.inner.gone.as_ref().map_or(Ok(()), |g| g.validate());
+        if let Err(broken) = self.inner.store.validate().and(gone) {
             panic!("swr-cache invariant broken: {broken}");
         }
     }

@@ -18,6 +18,7 @@ use crate::changes::{Change, Changes, Share};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::fetch::{ErasedFetcher, InFlight};
 use crate::freshness::{Freshness, FreshnessFn, NEVER, Own, Terms};
+use crate::gone::GoneKeys;
 use crate::metrics::{Counter, Counters};
 use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Weigher};
@@ -108,6 +109,8 @@ pub(crate) struct Inner<K, V, S> {
     pub(crate) refresher: Refresher,
     /// Tells an attached fleet link of the user's changes.
     pub(crate) changes: Changes<K, V>,
+    /// The keys lately answered `Gone`, with `negative_ttl` set.
+    pub(crate) gone: Option<GoneKeys<K, S>>,
 }
 
 impl<K, V, S> Inner<K, V, S>
@@ -144,6 +147,9 @@ where
             hasher.clone(),
             read.terms(),
         );
+        let gone = settings
+            .negative_ttl
+            .map(|ttl| GoneKeys::new(ttl, settings.capacity(), shards, hasher.clone()));
         Self {
             store,
             read,
@@ -162,6 +168,7 @@ where
             in_flight: InFlight::new(hasher),
             refresher: Refresher::new(),
             changes: Changes::new(),
+            gone,
         }
     }
 
@@ -332,6 +339,20 @@ where
             || !node.meta.is_expired(now, terms.ttl, terms.max_stale)
     }
 
+    /// Whether a fetch of `key` answered `Gone` less than `negative_ttl`
+    /// ago (and nothing wrote or removed it since); counted as a negative
+    /// hit. For a load's miss only: never on the hit path.
+    pub(crate) fn known_gone(&self, key: &K) -> bool {
+        let Some(gone) = &self.gone else {
+            return false;
+        };
+        let known = gone.answers(key, self.read.clock.now());
+        if known {
+            self.counters.negative_hit();
+        }
+        known
+    }
+
     /// How logs name `key`: its `Debug` form with `log_keys`, else its hash.
     pub(crate) fn describe(&self, key: &K) -> String {
         match self.key_debug {
@@ -399,6 +420,10 @@ where
         let weight = self.weigh(&key, &value);
         let own = self.own_of(&key, &value, given);
         let now = self.write_stamp(own, self.terms());
+        // The key, to drop its record after the write, only while records
+        // exist (`crate::gone`: a record never outlives a write of its key).
+        let gone = self.gone.as_ref();
+        let recorded = gone.filter(|g| g.any()).map(|_| key.clone());
         let mut removed = Removed::new();
         let written = self.store.write(
             Entry {
@@ -414,6 +439,9 @@ where
             fence,
             &mut removed,
         );
+        if let Some(gone) = gone {
+            gone.written(recorded.as_ref());
+        }
         let replaced_one = removed.count(RemovalCause::Replaced) > 0;
         let written = match written {
             Written::Added => {
@@ -498,6 +526,10 @@ where
         self.in_flight.fence(key);
         let removed = self.store.remove(key, |_| true);
         self.in_flight.fence(key);
+        // After the fences and the shard lock (`crate::gone`).
+        if let Some(gone) = &self.gone {
+            gone.forget(key);
+        }
         removed.map(Taken::Node)
     }
 
@@ -614,6 +646,9 @@ where
         // Again: a flight that joined while the shards were emptied may
         // have read an entry about to go as what it starts from.
         self.in_flight.fence_all();
+        if let Some(gone) = self.gone.as_ref().filter(|g| g.any()) {
+            gone.forget_all();
+        }
         if share == Share::Fleet {
             self.changes.tell(|| Change::Cleared);
         }
@@ -655,6 +690,13 @@ where
             }
             if capacity > current.capacity() {
                 self.store.set_capacity(capacity, &mut removed);
+            }
+            if let Some(gone) = self
+                .gone
+                .as_ref()
+                .filter(|_| capacity != current.capacity())
+            {
+                gone.set_capacity(capacity);
             }
         }
         self.count_removed(&removed);

@@ -48,7 +48,9 @@
 //! stale hit, and refreshed in the background. `ttl = None` is offline mode:
 //! nothing is ever stale. [`max_stale`](CacheBuilder::max_stale) bounds how
 //! long past the TTL a value is served while its refreshes fail, and a
-//! fetcher can answer [`Fetched::Gone`] to have a key removed.
+//! fetcher can answer [`Fetched::Gone`] to have a key removed (and, with
+//! [`negative_ttl`](CacheBuilder::negative_ttl), remembered as gone for a
+//! while, so `get_or_fetch` of it does not ask again).
 //!
 //! # Concurrency
 //!
@@ -255,6 +257,7 @@ mod fetch;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
 mod freshness;
+mod gone;
 mod hasher;
 mod inner;
 mod metrics;

@@ -65,6 +65,10 @@ pub struct Metrics {
     /// Fetches answered [`Fetched::Gone`](crate::Fetched::Gone): the key no
     /// longer exists at its source (its entry, if cached, was removed).
     pub gone: u64,
+    /// `get_or_fetch` misses answered [`FetchError::Gone`](crate::FetchError::Gone)
+    /// without a fetch, because the key's fetch answered `Gone` less than
+    /// [`negative_ttl`](crate::CacheBuilder::negative_ttl) ago.
+    pub negative_hits: u64,
     /// Fetched values not stored because the key was written, invalidated,
     /// removed or cleared since the fetch began.
     pub discarded: u64,
@@ -79,7 +83,7 @@ pub struct Metrics {
 impl Metrics {
     /// Every counter with its name, for exporters.
     #[cfg(feature = "metrics")]
-    pub(crate) fn fields(&self) -> [(&'static str, u64); 16] {
+    pub(crate) fn fields(&self) -> [(&'static str, u64); 17] {
         [
             ("hits", self.hits),
             ("misses", self.misses),
@@ -94,6 +98,7 @@ impl Metrics {
             ("loads", self.loads),
             ("load_errors", self.load_errors),
             ("gone", self.gone),
+            ("negative_hits", self.negative_hits),
             ("discarded", self.discarded),
             ("listener_panics", self.listener_panics),
             ("refresher_panics", self.refresher_panics),
@@ -156,6 +161,9 @@ impl std::fmt::Display for Metrics {
         if self.gone > 0 {
             write!(f, "; {} gone", self.gone)?;
         }
+        if self.negative_hits > 0 {
+            write!(f, "; {} negative hits", self.negative_hits)?;
+        }
         if self.discarded > 0 {
             write!(f, "; {} discarded", self.discarded)?;
         }
@@ -213,6 +221,12 @@ const SHARED_STRIPES: usize = 8;
 #[repr(align(128))] // two cache lines: adjacent-line prefetch pairs them on x86
 struct Stripe([AtomicU64; COUNTERS]);
 
+/// A counter of the miss path's, off the stripes (a 17th striped counter
+/// would double every stripe, and a hit's footprint with it), alone on
+/// its lines so that its writes touch nothing a hit reads.
+#[repr(align(128))]
+struct Alone(AtomicU64);
+
 impl Stripe {
     fn new() -> Self {
         Self(std::array::from_fn(|_| AtomicU64::new(0)))
@@ -224,6 +238,9 @@ pub(crate) struct Counters {
     exclusive: Box<[Stripe]>,
     /// Written with `fetch_add` by every other thread.
     shared: [Stripe; SHARED_STRIPES],
+    /// [`Metrics::negative_hits`], counted with `fetch_add`: each one
+    /// spares a fetch, so a shared write costs nothing that matters.
+    negative_hits: Alone,
     /// The sums at the last reset.
     baseline: Mutex<Metrics>,
 }
@@ -236,6 +253,7 @@ impl Counters {
                 .map(|_| Stripe::new())
                 .collect(),
             shared: std::array::from_fn(|_| Stripe::new()),
+            negative_hits: Alone(AtomicU64::new(0)),
             baseline: Mutex::new(Metrics::default()),
         }
     }
@@ -257,6 +275,11 @@ impl Counters {
     #[inline]
     pub(crate) fn incr(&self, counter: Counter) {
         self.add(counter, 1);
+    }
+
+    /// Counts a miss answered from the record of gone keys.
+    pub(crate) fn negative_hit(&self) {
+        self.negative_hits.0.fetch_add(1, Ordering::Relaxed);
     }
 
     fn totals(&self) -> Metrics {
@@ -282,6 +305,7 @@ impl Counters {
             discarded: sum(Counter::Discarded),
             expired: sum(Counter::Expired),
             gone: sum(Counter::Gone),
+            negative_hits: self.negative_hits.0.load(Ordering::Relaxed),
             listener_panics: sum(Counter::ListenerPanics),
             refresher_panics: sum(Counter::RefresherPanics),
         }
@@ -305,6 +329,7 @@ impl Counters {
             discarded: t.discarded.wrapping_sub(baseline.discarded),
             expired: t.expired.wrapping_sub(baseline.expired),
             gone: t.gone.wrapping_sub(baseline.gone),
+            negative_hits: t.negative_hits.wrapping_sub(baseline.negative_hits),
             listener_panics: t.listener_panics.wrapping_sub(baseline.listener_panics),
             refresher_panics: t.refresher_panics.wrapping_sub(baseline.refresher_panics),
         }

@@ -51,6 +51,9 @@ pub(crate) struct Settings {
     /// The last fraction of each TTL a value goes stale at a random point
     /// in, in 1/65,536ths; [`BAD_JITTER`] for a fraction outside `0..=1`.
     pub(crate) refresh_jitter: u32,
+    /// How long a key whose fetch answered `Gone` is remembered as gone;
+    /// `None`: not at all. Set by the builder only.
+    pub(crate) negative_ttl: Option<Duration>,
 }
 
 /// A `refresh_jitter` that was not a fraction from 0 to 1.
@@ -79,6 +82,7 @@ impl Default for Settings {
             refresh_on_read: true,
             max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
             refresh_jitter: 0,
+            negative_ttl: None,
         }
     }
 }
@@ -129,6 +133,9 @@ impl Settings {
         }
         if self.refresh_jitter == BAD_JITTER {
             return Err(ConfigError::RefreshJitter);
+        }
+        if self.negative_ttl == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroNegativeTtl);
         }
         Ok(())
     }
@@ -298,6 +305,9 @@ pub enum ConfigError {
     ZeroMaxBatch,
     /// `refresh_jitter` was not a fraction from 0 to 1.
     RefreshJitter,
+    /// `negative_ttl` was zero: a gone key would be forgotten as soon as
+    /// remembered. Leave it unset to remember none.
+    ZeroNegativeTtl,
     /// `adaptive_refreshes` had a floor of zero, or above its cap.
     AdaptiveRefreshesFloor {
         /// The floor asked for.
@@ -332,6 +342,7 @@ impl ConfigError {
             Self::ZeroMaxRetryBackoff => "max_retry_backoff",
             Self::ZeroMaxBatch => "max_batch",
             Self::RefreshJitter => "refresh_jitter",
+            Self::ZeroNegativeTtl => "negative_ttl",
             Self::AdaptiveRefreshesFloor { .. } => "adaptive_refreshes",
             Self::MaxSizeTooLarge { .. } => "max_size",
             Self::MaxWeightTooLarge { .. }
@@ -353,6 +364,9 @@ impl fmt::Display for ConfigError {
             Self::ZeroMaxRetryBackoff => f.write_str("max_retry_backoff must be more than zero"),
             Self::ZeroMaxBatch => f.write_str("max_batch must be more than zero"),
             Self::RefreshJitter => f.write_str("refresh_jitter must be a fraction from 0 to 1"),
+            Self::ZeroNegativeTtl => f.write_str(
+                "negative_ttl must be more than zero (leave it unset to remember no gone keys)",
+            ),
             Self::AdaptiveRefreshesFloor { floor, cap } => write!(
                 f,
                 "adaptive_refreshes needs a floor from 1 to its cap, not {floor} with a cap of {cap}"

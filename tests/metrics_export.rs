@@ -147,6 +147,7 @@ fn the_cache_reports_its_counters_gauges_and_histograms() {
             assert_eq!(read.counter("swr_cache_misses_total"), Some(2));
             assert_eq!(read.counter("swr_cache_loads_total"), Some(1));
             assert_eq!(read.counter("swr_cache_load_errors_total"), Some(1));
+            assert_eq!(read.counter("swr_cache_negative_hits_total"), Some(0));
             assert_eq!(read.gauge("swr_cache_entries"), Some(2.0));
             assert_eq!(read.gauge("swr_cache_refresher_running"), Some(0.0));
             assert_eq!(read.gauge("swr_cache_refresher_breaker"), Some(0.0));

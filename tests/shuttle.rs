@@ -19,11 +19,12 @@
 #![cfg(swr_shuttle)]
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shuttle::thread;
-use swr_cache::{Cache, ConfigChange, RemovalCause};
+use swr_cache::{Cache, ConfigChange, FetchError, Fetched, Fetcher, RemovalCause};
 
 /// Schedules per test and scheduler.
 const SCHEDULES: usize = 3_000;
@@ -407,6 +408,94 @@ fn marks_race_writes_and_evictions_random() {
 #[test]
 fn marks_race_writes_and_evictions_pct() {
     shuttle::check_pct(marks_race_writes_and_evictions, SCHEDULES, 3);
+}
+
+/// A source that holds nothing: every fetch answers `Gone` at once. Counts
+/// its calls.
+struct Nothing(Arc<AtomicUsize>);
+
+impl Fetcher<u8, u32> for Nothing {
+    type Error = std::convert::Infallible;
+
+    async fn fetch(&self, _: &u8, _: Option<&u32>) -> Result<Fetched<u32>, Self::Error> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Fetched::Gone)
+    }
+}
+
+/// `get_or_fetch` of each of `keys` on a runtime of the calling thread's
+/// own. Its fetches answer at once, so the runtime never parks, and
+/// tokio's own locks are never held where shuttle switches threads (only
+/// the store's are shuttle's). One thread at a time may use it: shuttle's
+/// threads share one OS thread, and a runtime cannot start inside another.
+fn load(cache: &Cache<u8, u32>, keys: &[u8]) -> Vec<Result<u32, FetchError>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut results = Vec::new();
+        for key in keys {
+            results.push(cache.get_or_fetch(key).await);
+        }
+        results
+    })
+}
+
+/// With `negative_ttl`, a load whose source answers `Gone` races an
+/// insert of the key: in no interleaving does the record of the gone key
+/// outlive the insert (the recorder looks for the key under its shard
+/// lock after recording; the writer looks for records after writing).
+fn a_gone_answer_races_an_insert_of_its_key() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache: Cache<u8, u32> = Cache::builder()
+        .max_size(2)
+        .ttl(None)
+        .fetcher_impl(Nothing(Arc::clone(&calls)))
+        .negative_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    // Another key's record first, so that the insert may find records as
+    // it begins, or not, by the interleaving.
+    let loader = thread::spawn({
+        let cache = cache.clone();
+        move || load(&cache, &[0, 1])
+    });
+    let writer = thread::spawn({
+        let cache = cache.clone();
+        move || {
+            cache.insert(1, 5);
+            cache.validate();
+        }
+    });
+    let loaded = loader.join().unwrap();
+    assert!(matches!(loaded[0], Err(FetchError::Gone)), "{loaded:?}");
+    assert!(
+        matches!(loaded[1], Ok(5) | Err(FetchError::Gone)),
+        "{loaded:?}"
+    );
+    writer.join().unwrap();
+    cache.validate();
+    // Taken out by `retain`, which leaves records alone: a record that
+    // outlived the insert would now answer without a call.
+    assert_eq!(cache.retain(|k, _| *k != 1), 1, "the insert stands");
+    let before = calls.load(Ordering::SeqCst);
+    assert!(matches!(load(&cache, &[1])[0], Err(FetchError::Gone)));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "a record of the gone key outlived its insert"
+    );
+}
+
+#[test]
+fn a_gone_answer_races_an_insert_of_its_key_random() {
+    shuttle::check_random(a_gone_answer_races_an_insert_of_its_key, SCHEDULES);
+}
+
+#[test]
+fn a_gone_answer_races_an_insert_of_its_key_pct() {
+    shuttle::check_pct(a_gone_answer_races_an_insert_of_its_key, SCHEDULES, 3);
 }
 
 #[test]

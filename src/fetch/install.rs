@@ -17,9 +17,13 @@
 //!   either the insert comes first and the removal takes it out, or the
 //!   insert sees the fence and stores nothing.
 //! - A failed fetch stores nothing, and the cached value, if any, is kept.
+//! - A `Gone` answer is remembered (with `negative_ttl` set) only where it
+//!   was applied: a load's unless fenced, a refresh's only if it removed
+//!   the entry it was fetched from (`crate::gone` says how a record and a
+//!   write of the key that race settle).
 
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::fetcher::{FetchError, Fetched};
 use crate::changes::Change;
@@ -57,7 +61,7 @@ where
             }
         };
         match from {
-            Some(from) => self.install_refresh(key, from, fetched),
+            Some(from) => self.install_refresh(key, from, fetched, fence),
             None => self.install_load(key, fetched, fence),
         }
     }
@@ -100,6 +104,7 @@ where
             }
             Fetched::Gone => {
                 self.counters.incr(Counter::Gone);
+                self.remember_gone(key, fence);
                 return Err(FetchError::Gone);
             }
         };
@@ -134,6 +139,7 @@ where
         key: &K,
         from: Version,
         fetched: Fetched<V>,
+        fence: &AtomicBool,
     ) -> Result<V, FetchError> {
         let (update, fresh) = match fetched {
             Fetched::Value(value) => {
@@ -149,6 +155,7 @@ where
                 self.counters.incr(Counter::Gone);
                 // Only the entry fetched from: a newer write stands.
                 if let Some(node) = self.store.remove(key, |n| n.version() == from) {
+                    self.remember_gone(key, fence);
                     let mut removed = Removed::new();
                     removed.push(node, RemovalCause::Gone);
                     self.count_removed(&removed);
@@ -203,6 +210,27 @@ where
         result
     }
 
+    /// Remembers `key` as gone (with `negative_ttl` set), unless `fence`,
+    /// the fetch's, says a removal came since it began. Recorded first,
+    /// then the key looked for under its shard lock, and the record
+    /// withdrawn if the key was written or the fetch fenced meanwhile: a
+    /// write or removal that took that lock before is seen here, one after
+    /// finds the record (`crate::gone`).
+    fn remember_gone(&self, key: &K, fence: &AtomicBool) {
+        let Some(gone) = &self.gone else {
+            return;
+        };
+        if fence.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(ends) = gone.record(key.clone(), self.read.clock.now()) else {
+            return;
+        };
+        if self.store.holds(key) || fence.load(Ordering::SeqCst) {
+            gone.withdraw(key, ends);
+        }
+    }
+
     /// The value the store holds for `key` now, servable or not.
     fn held_value(&self, key: &K) -> Option<V> {
         self.store.read(key, |n| n.value.clone())
@@ -229,5 +257,53 @@ mod tests {
         let _ = cache.inner.install(&1, None, timed_out(), &fence, false);
         let m = cache.metrics();
         assert_eq!((m.refresh_errors, m.load_errors), (1, 1), "{m}");
+    }
+
+    std::thread_local! {
+        /// Run by the next `Hash` of a [`Hooked`] key on this thread.
+        static ON_HASH: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+            std::cell::RefCell::new(None);
+    }
+
+    /// A key whose `Hash` runs [`ON_HASH`] once: a way into a write
+    /// between its look for records and its shard lock (the store hashes
+    /// the key before it locks).
+    #[derive(Clone, PartialEq, Eq)]
+    struct Hooked(u32);
+
+    impl Hash for Hooked {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            if let Some(hook) = ON_HASH.with(|h| h.borrow_mut().take()) {
+                hook();
+            }
+            self.0.hash(state);
+        }
+    }
+
+    /// A `Gone` recorded after an insert looked for records (there were
+    /// none, so it kept no copy of its key) and before it wrote: the
+    /// recorder finds no key yet, so the insert must drop the record.
+    #[test]
+    fn a_gone_recorded_as_an_insert_of_its_key_begins_does_not_outlive_it() {
+        let cache: Cache<Hooked, u32> = Cache::builder()
+            .negative_ttl(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let recorder = cache.clone();
+        ON_HASH.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let fence = AtomicBool::new(false);
+                recorder.inner.remember_gone(&Hooked(1), &fence);
+            }));
+        });
+        cache.insert(Hooked(1), 5);
+        assert!(ON_HASH.with(|h| h.borrow().is_none()), "the hook ran");
+        let gone = cache.inner.gone.as_ref().unwrap();
+        let now = cache.inner.read.clock.now();
+        assert!(
+            !gone.answers(&Hooked(1), now),
+            "the record outlived the insert"
+        );
+        cache.validate();
     }
 }

@@ -208,6 +208,21 @@ where
         )
     }
 
+    /// Whether `key` is present, looked up under its shard's lock, so that
+    /// a write that took the lock before is seen, and one that takes it
+    /// after sees everything done before this (`crate::gone`'s race with
+    /// an insert).
+    pub(crate) fn holds<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let at = self.locate(key);
+        let mut writer = self.shards.lock(at.shard);
+        let (_, ix) = writer.split();
+        ix.find(at.fingerprint, |n| n.key.borrow() == key).is_some()
+    }
+
     /// Runs `f` on the entry of `key` if the refresher holds it (see
     /// [`Shard::take_due`]), under its shard's lock.
     pub(crate) fn read_held<R>(&self, key: &K, f: impl FnOnce(&Node<K, V>) -> R) -> Option<R> {
