@@ -341,8 +341,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// reads are not changed: the hit path reads nothing more. Loads by
     /// [`get_or_insert_with`](crate::Cache::get_or_insert_with), and
     /// fetchers made from a closure ([`fetcher`](Self::fetcher),
-    /// [`blocking_fetcher`](Self::blocking_fetcher)), cannot answer `Gone`:
-    /// only a [`Fetcher`] can.
+    /// [`blocking_fetcher`](Self::blocking_fetcher),
+    /// [`batch_fetcher`](Self::batch_fetcher)), cannot answer `Gone`: only
+    /// a [`Fetcher`] or a [`BatchFetcher`] can (per key).
     ///
     /// The memory is bounded by the cache's own: at most `max_size` keys
     /// (with a weigher, `max_weight` of them), evicted by the cache's policy

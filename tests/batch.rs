@@ -439,3 +439,22 @@ async fn fetch_all(
     got.sort_by_key(|(key, _)| *key);
     got.into_iter().map(|(_, got)| got).collect()
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_fetchers_gone_is_remembered_with_a_negative_ttl() {
+    let seen = Seen::default();
+    let cache = Cache::builder()
+        .batch_fetcher_impl(PerKey { seen: seen.clone() })
+        .negative_ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (gone, found) = tokio::join!(cache.get_or_fetch(&2), cache.get_or_fetch(&3));
+    assert!(matches!(gone, Err(FetchError::Gone)), "{gone:?}");
+    assert_eq!(found.unwrap(), 300);
+    assert!(matches!(
+        cache.get_or_fetch(&2).await,
+        Err(FetchError::Gone)
+    ));
+    assert_eq!(seen.lock().unwrap().len(), 2, "2 was asked for once");
+    assert_eq!(cache.metrics().negative_hits, 1);
+}
