@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Cache;
-use crate::fetch::{
-    BatchFetcher, Batching, DynBatchFetcher, ErasedFetcher, Fetcher, FnBatch, TraitBatch,
-};
+use crate::fetch::{BatchFetcher, DynBatchFetcher, ErasedFetcher, Fetcher, FnBatch, TraitBatch};
 use crate::freshness::{Freshness, FreshnessFn};
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::{Hooks, Inner};
@@ -41,7 +39,6 @@ pub struct CacheBuilder<K, V, S = DefaultBuildHasher> {
     /// Set in place of `fetcher`; made a fetcher at `build`, when the
     /// batching is known.
     batch_fetcher: Option<Arc<dyn DynBatchFetcher<K, V>>>,
-    batching: Batching,
     pub(crate) weigher: Option<Weigher<K, V>>,
     freshness: Option<FreshnessFn<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
@@ -69,8 +66,8 @@ impl<K, V, S> std::fmt::Debug for CacheBuilder<K, V, S> {
             .field("freshness", &self.freshness.is_some())
             .field("fetcher", &self.fetcher.is_some())
             .field("batch_fetcher", &self.batch_fetcher.is_some())
-            .field("max_batch", &self.batching.max_batch)
-            .field("batch_window", &self.batching.window)
+            .field("max_batch", &s.batching.max_batch)
+            .field("batch_window", &s.batching.window)
             .field("weigher", &self.weigher.is_some())
             .field("eviction_listener", &self.listener.is_some())
             .field("log_keys", &self.key_debug.is_some())
@@ -95,7 +92,6 @@ impl<K, V> Default for CacheBuilder<K, V> {
             hasher: DefaultBuildHasher::default(),
             fetcher: None,
             batch_fetcher: None,
-            batching: Batching::default(),
             weigher: None,
             freshness: None,
             listener: None,
@@ -406,7 +402,6 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             hasher,
             fetcher: self.fetcher,
             batch_fetcher: self.batch_fetcher,
-            batching: self.batching,
             weigher: self.weigher,
             freshness: self.freshness,
             listener: self.listener,
@@ -553,7 +548,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// The most keys a batch fetcher is given in one call; 64 by default.
     /// Zero is a [`ConfigError::ZeroMaxBatch`].
     pub fn max_batch(mut self, max_batch: usize) -> Self {
-        self.batching.max_batch = max_batch;
+        self.settings.batching.max_batch = max_batch;
         self
     }
 
@@ -563,7 +558,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// milliseconds) before its call starts; the refresher's keys, started
     /// together, mostly fill their batches at once.
     pub fn batch_window(mut self, window: Duration) -> Self {
-        self.batching.window = window;
+        self.settings.batching.window = window;
         self
     }
 
@@ -662,10 +657,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     {
         self.settings.validate(self.weigher.is_some())?;
         debug_assert!(self.settings.max_size <= MAX_SIZE_LIMIT);
-        if self.batching.max_batch == 0 {
-            return Err(ConfigError::ZeroMaxBatch);
-        }
-        let batching = self.batching;
+        let batching = self.settings.batching;
         let fetcher = match self.batch_fetcher {
             Some(batch) => Some(ErasedFetcher::batched(batch, batching)),
             None => self.fetcher,

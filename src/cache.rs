@@ -12,7 +12,10 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::changes::{Change, Share};
-use crate::fetch::{ErasedFetcher, FetchError, Fetcher, Flight, Purpose};
+use crate::fetch::{
+    BatchFetcher, DynBatchFetcher, ErasedFetcher, FetchError, Fetcher, Flight, FnBatch, Purpose,
+    TraitBatch,
+};
 use crate::freshness::Freshness;
 use crate::hasher::DefaultBuildHasher;
 use crate::inner::Inner;
@@ -576,6 +579,33 @@ where
         self.inner
             .fetcher
             .store(Some(Arc::new(ErasedFetcher::from_impl(fetcher))));
+    }
+
+    /// [`set_fetcher`](Self::set_fetcher) for a batch fetcher, gathered by
+    /// the builder's `max_batch` and `batch_window`; see
+    /// [`CacheBuilder::batch_fetcher`](crate::CacheBuilder::batch_fetcher).
+    /// Keys waiting in a batch of the fetcher it replaces are fetched by
+    /// that one.
+    pub fn set_batch_fetcher<F, Fut, E>(&self, fetch: F)
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Vec<(K, V)>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.set_batched(Arc::new(FnBatch(fetch)));
+    }
+
+    /// [`set_batch_fetcher`](Self::set_batch_fetcher) for a
+    /// [`BatchFetcher`] type.
+    pub fn set_batch_fetcher_impl(&self, fetcher: impl BatchFetcher<K, V>) {
+        self.set_batched(Arc::new(TraitBatch(fetcher)));
+    }
+
+    fn set_batched(&self, fetch: Arc<dyn DynBatchFetcher<K, V>>) {
+        let batching = self.inner.settings.load().batching;
+        self.inner
+            .fetcher
+            .store(Some(Arc::new(ErasedFetcher::batched(fetch, batching))));
     }
 
     /// Starts the refresher on the current tokio runtime. Calling it again

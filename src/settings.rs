@@ -54,6 +54,34 @@ pub(crate) struct Settings {
     /// How long a key whose fetch answered `Gone` is remembered as gone;
     /// `None`: not at all. Set by the builder only.
     pub(crate) negative_ttl: Option<Duration>,
+    /// How a batch fetcher's calls are gathered (set by the builder, and
+    /// taken by a batch fetcher when it is set).
+    pub(crate) batching: Batching,
+}
+
+/// How a batch fetcher's calls are gathered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Batching {
+    /// The most keys in one call.
+    pub(crate) max_batch: usize,
+    /// How long a batch waits for more keys after its first.
+    pub(crate) window: Duration,
+}
+
+/// The default [`Batching::max_batch`].
+pub(crate) const DEFAULT_MAX_BATCH: usize = 64;
+
+/// The default [`Batching::window`]: short beside a fetch, long enough for
+/// misses arriving together to meet.
+pub(crate) const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_batch: DEFAULT_MAX_BATCH,
+            window: DEFAULT_BATCH_WINDOW,
+        }
+    }
 }
 
 /// A `refresh_jitter` that was not a fraction from 0 to 1.
@@ -83,6 +111,7 @@ impl Default for Settings {
             max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
             refresh_jitter: 0,
             negative_ttl: None,
+            batching: Batching::default(),
         }
     }
 }
@@ -133,6 +162,9 @@ impl Settings {
         }
         if self.refresh_jitter == BAD_JITTER {
             return Err(ConfigError::RefreshJitter);
+        }
+        if self.batching.max_batch == 0 {
+            return Err(ConfigError::ZeroMaxBatch);
         }
         if self.negative_ttl == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroNegativeTtl);

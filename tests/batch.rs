@@ -458,3 +458,39 @@ async fn a_batch_fetchers_gone_is_remembered_with_a_negative_ttl() {
     assert_eq!(seen.lock().unwrap().len(), 2, "2 was asked for once");
     assert_eq!(cache.metrics().negative_hits, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn set_batch_fetcher_swaps_in_a_batch_fetcher_with_the_builders_batching() {
+    let calls = Calls::default();
+    let cache: Cache<u64, u64> = Cache::builder()
+        .fetcher(|key: u64| async move { Ok::<_, std::io::Error>(key) })
+        .max_batch(2)
+        .build()
+        .unwrap();
+    assert_eq!(
+        cache.get_or_fetch(&1).await.unwrap(),
+        1,
+        "the one-key fetcher"
+    );
+    cache.set_batch_fetcher({
+        let calls = calls.clone();
+        move |keys: Vec<u64>| {
+            let calls = calls.clone();
+            async move {
+                calls.0.lock().unwrap().push(keys.clone());
+                Ok::<_, std::io::Error>(
+                    keys.into_iter()
+                        .map(|k| (k, k * 10 + 1))
+                        .collect::<Vec<_>>(),
+                )
+            }
+        }
+    });
+    let got = fetch_all(&cache, 10..14).await;
+    assert_eq!(
+        got.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        [101, 111, 121, 131]
+    );
+    assert_eq!(calls.count(), 2, "four keys in calls of max_batch 2");
+    assert_eq!(calls.largest(), 2);
+}

@@ -24,12 +24,12 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::fetcher::{DynFetcher, FetchError, FetchFuture, Fetched, panic_as_error};
+use crate::settings::Batching;
 
 /// Fetches many keys in one call; given to
 /// [`CacheBuilder::batch_fetcher_impl`](crate::CacheBuilder::batch_fetcher_impl).
@@ -79,31 +79,6 @@ pub trait BatchFetcher<K, V>: Send + Sync + 'static {
         &self,
         batch: Vec<(K, Option<V>)>,
     ) -> impl Future<Output = Result<Vec<(K, Fetched<V>)>, Self::Error>> + Send;
-}
-
-/// How a batch fetcher's calls are gathered: set on the builder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Batching {
-    /// The most keys in one call.
-    pub(crate) max_batch: usize,
-    /// How long a batch waits for more keys after its first.
-    pub(crate) window: Duration,
-}
-
-/// The default [`Batching::max_batch`].
-pub(crate) const DEFAULT_MAX_BATCH: usize = 64;
-
-/// The default [`Batching::window`]: short beside a fetch, long enough for
-/// misses arriving together to meet.
-pub(crate) const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1);
-
-impl Default for Batching {
-    fn default() -> Self {
-        Self {
-            max_batch: DEFAULT_MAX_BATCH,
-            window: DEFAULT_BATCH_WINDOW,
-        }
-    }
 }
 
 type BatchFuture<K, V> =

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::batch::{Batcher, Batching, DynBatchFetcher};
+use super::batch::{Batcher, DynBatchFetcher};
+use crate::settings::Batching;
 
 /// What a [`Fetcher`] answers for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]

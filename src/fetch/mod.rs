@@ -16,7 +16,7 @@ mod install;
 mod latch;
 
 pub use batch::BatchFetcher;
-pub(crate) use batch::{Batching, DynBatchFetcher, FnBatch, TraitBatch};
+pub(crate) use batch::{DynBatchFetcher, FnBatch, TraitBatch};
 pub(crate) use fetcher::{ErasedFetcher, panic_as_error};
 pub use fetcher::{FetchError, Fetched, Fetcher};
 pub(crate) use flight::{Flight, Purpose};
