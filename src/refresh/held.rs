@@ -291,9 +291,6 @@ where
             let mut took = false;
             for k in 0..shards {
                 let at = (self.next_shard + k) % shards;
-                if !inner.store.has_due(at, now) {
-                    continue;
-                }
                 let mut taken = std::mem::take(&mut self.taken);
                 inner.store.take_due(self.task, at, now, share, &mut taken);
                 took |= !taken.is_empty();

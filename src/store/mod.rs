@@ -232,11 +232,6 @@ where
         shard.find_held(&ix, at.fingerprint, |k| k == key).map(f)
     }
 
-    /// Whether shard `at` has a value stale at `now`; under its lock.
-    pub(crate) fn has_due(&self, at: usize, now: Nanos) -> bool {
-        self.shards.lock(at).split().0.has_due(now)
-    }
-
     /// Files every entry again by the cache's new `terms`, one shard at a
     /// time ([`Shard::refile`]).
     pub(crate) fn refile(&self, terms: Terms) {

@@ -677,14 +677,6 @@ impl<K, V> Shard<K, V> {
         self.file(i);
     }
 
-    /// Whether a value is due at `now`, once the wheel is advanced to it
-    /// (for the refresher's look, under the shard's lock, before it takes
-    /// anything).
-    pub(crate) fn has_due(&mut self, now: Nanos) -> bool {
-        self.advance(now);
-        self.due.head().is_some()
-    }
-
     /// Advances the wheel to `now` under the shard's terms.
     fn advance(&mut self, now: Nanos) {
         let (nodes, terms) = (&self.nodes, self.terms);
