@@ -458,3 +458,82 @@ async fn a_batch_fetchers_gone_is_remembered_with_a_negative_ttl() {
     assert_eq!(seen.lock().unwrap().len(), 2, "2 was asked for once");
     assert_eq!(cache.metrics().negative_hits, 1);
 }
+
+/// Answers like a one-key fetcher of an upstream that holds `key * 100`
+/// for every key: `Unchanged` to the value the fetch was given if it is
+/// that, else the value.
+struct Versioned;
+
+impl BatchFetcher<u64, u64> for Versioned {
+    type Error = std::convert::Infallible;
+
+    async fn fetch_batch(
+        &self,
+        batch: Vec<(u64, Option<u64>)>,
+    ) -> Result<Vec<(u64, Fetched<u64>)>, Self::Error> {
+        Ok(batch
+            .into_iter()
+            .map(|(key, current)| match current {
+                Some(value) if value == key * 100 => (key, Fetched::Unchanged),
+                _ => (key, Fetched::Value(key * 100)),
+            })
+            .collect())
+    }
+}
+
+/// A key's two fetches in one batch (the first fenced while it waited)
+/// are asked with one cached value, which need not be the second's: the
+/// first may join after it (its driver on a runtime driven later). An
+/// `Unchanged` answered to that value must reach the other fetch as the
+/// value it vouches for, not as "keep yours": a load then failed with
+/// `NothingToKeep`, and a refresh renewed a value the upstream never had.
+/// Each fetch's place in the batch is forced by driving two runtimes in
+/// turn.
+#[test]
+fn a_load_batched_after_a_fenced_refresh_of_its_key_gets_the_value() {
+    watchdog::within("a key twice in a batch", || {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (late, loads) = (runtime(), runtime());
+        let cache: Cache<u64, u64> = Cache::builder()
+            .batch_fetcher_impl(Versioned)
+            // Called when both fetches joined: no timing.
+            .max_batch(2)
+            .batch_window(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        cache.insert(1, 100);
+        // A refresh of 1 from 100 claims its flight and spawns its driver
+        // on `late`, which is not driven until later.
+        let mut refresh = Box::pin({
+            let cache = cache.clone();
+            async move { cache.refresh(&1).await }
+        });
+        let waits = late.block_on(std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(refresh.as_mut().poll(cx).is_pending())
+        }));
+        assert!(waits, "the refresh waits for its driver");
+        // Fences that flight; a load of 1 (from nothing) joins the batch.
+        cache.invalidate(&1);
+        let load = loads.spawn({
+            let cache = cache.clone();
+            async move { cache.get_or_fetch(&1).await }
+        });
+        loads.block_on(async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        });
+        // The refresh's fetch joins second (with 100): the batch is called.
+        late.block_on(async {
+            let _ = refresh.await;
+        });
+        let loaded = loads.block_on(load).unwrap();
+        assert_eq!(loaded.unwrap(), 100);
+        assert_eq!(cache.peek(&1), Some(100));
+    });
+}
