@@ -537,3 +537,45 @@ fn a_load_batched_after_a_fenced_refresh_of_its_key_gets_the_value() {
         assert_eq!(cache.peek(&1), Some(100));
     });
 }
+
+/// The adaptive limit counts calls, so it is judged once per window of
+/// that many calls' keys (one round trip at full use): slow start doubles
+/// it once per round trip, as without batches. Judged per window of that
+/// many keys, it doubled `max_batch` times as fast: after one round trip
+/// of 4 calls of 4 keys, 16 calls, not 8.
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limit_doubles_once_per_round_trip_of_batches() {
+    let calls = Calls::default();
+    let cache = Cache::builder()
+        .max_size(4_000)
+        .ttl(TTL)
+        .refresh_interval(INTERVAL)
+        .refresh_on_read(false)
+        .adaptive_refreshes(4, 256)
+        .batch_fetcher({
+            let calls = calls.clone();
+            move |keys: Vec<u64>| {
+                let calls = calls.clone();
+                async move {
+                    calls.0.lock().unwrap().push(keys.clone());
+                    sleep(Duration::from_millis(100)).await;
+                    Ok::<_, std::io::Error>(
+                        keys.into_iter().map(|k| (k, k + 1)).collect::<Vec<_>>(),
+                    )
+                }
+            }
+        })
+        .max_batch(4)
+        .build()
+        .unwrap();
+    for key in 0..1_000 {
+        cache.insert(key, key);
+    }
+    cache.start().unwrap();
+    sleep(TTL).await;
+    // The first round trip's 16 keys are answered at one instant.
+    wait_until(Duration::from_secs(5), || cache.metrics().refreshes > 0).await;
+    assert_eq!(cache.metrics().refreshes, 16, "one round trip of 4 calls");
+    assert_eq!(calls.largest(), 4);
+    assert_eq!(cache.refresher_state().limit, 8, "doubled once");
+}
