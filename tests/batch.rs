@@ -494,3 +494,124 @@ async fn set_batch_fetcher_swaps_in_a_batch_fetcher_with_the_builders_batching()
     assert_eq!(calls.count(), 2, "four keys in calls of max_batch 2");
     assert_eq!(calls.largest(), 2);
 }
+
+/// Answers like a one-key fetcher of an upstream that holds `key * 100`
+/// for every key: `Unchanged` to the value the fetch was given if it is
+/// that, else the value.
+struct Versioned;
+
+impl BatchFetcher<u64, u64> for Versioned {
+    type Error = std::convert::Infallible;
+
+    async fn fetch_batch(
+        &self,
+        batch: Vec<(u64, Option<u64>)>,
+    ) -> Result<Vec<(u64, Fetched<u64>)>, Self::Error> {
+        Ok(batch
+            .into_iter()
+            .map(|(key, current)| match current {
+                Some(value) if value == key * 100 => (key, Fetched::Unchanged),
+                _ => (key, Fetched::Value(key * 100)),
+            })
+            .collect())
+    }
+}
+
+/// A key's two fetches in one batch (the first fenced while it waited)
+/// are asked with one cached value, which need not be the second's: the
+/// first may join after it (its driver on a runtime driven later). An
+/// `Unchanged` answered to that value must reach the other fetch as the
+/// value it vouches for, not as "keep yours": a load then failed with
+/// `NothingToKeep`, and a refresh renewed a value the upstream never had.
+/// Each fetch's place in the batch is forced by driving two runtimes in
+/// turn.
+#[test]
+fn a_load_batched_after_a_fenced_refresh_of_its_key_gets_the_value() {
+    watchdog::within("a key twice in a batch", || {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (late, loads) = (runtime(), runtime());
+        let cache: Cache<u64, u64> = Cache::builder()
+            .batch_fetcher_impl(Versioned)
+            // Called when both fetches joined: no timing.
+            .max_batch(2)
+            .batch_window(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        cache.insert(1, 100);
+        // A refresh of 1 from 100 claims its flight and spawns its driver
+        // on `late`, which is not driven until later.
+        let mut refresh = Box::pin({
+            let cache = cache.clone();
+            async move { cache.refresh(&1).await }
+        });
+        let waits = late.block_on(std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(refresh.as_mut().poll(cx).is_pending())
+        }));
+        assert!(waits, "the refresh waits for its driver");
+        // Fences that flight; a load of 1 (from nothing) joins the batch.
+        cache.invalidate(&1);
+        let load = loads.spawn({
+            let cache = cache.clone();
+            async move { cache.get_or_fetch(&1).await }
+        });
+        loads.block_on(async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        });
+        // The refresh's fetch joins second (with 100): the batch is called.
+        late.block_on(async {
+            let _ = refresh.await;
+        });
+        let loaded = loads.block_on(load).unwrap();
+        assert_eq!(loaded.unwrap(), 100);
+        assert_eq!(cache.peek(&1), Some(100));
+    });
+}
+
+/// The adaptive limit counts calls, so it is judged once per window of
+/// that many calls' keys (one round trip at full use): slow start doubles
+/// it once per round trip, as without batches. Judged per window of that
+/// many keys, it doubled `max_batch` times as fast: after one round trip
+/// of 4 calls of 4 keys, 16 calls, not 8.
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limit_doubles_once_per_round_trip_of_batches() {
+    let calls = Calls::default();
+    let cache = Cache::builder()
+        .max_size(4_000)
+        .ttl(TTL)
+        .refresh_interval(INTERVAL)
+        .refresh_on_read(false)
+        .adaptive_refreshes(4, 256)
+        .batch_fetcher({
+            let calls = calls.clone();
+            move |keys: Vec<u64>| {
+                let calls = calls.clone();
+                async move {
+                    calls.0.lock().unwrap().push(keys.clone());
+                    sleep(Duration::from_millis(100)).await;
+                    Ok::<_, std::io::Error>(
+                        keys.into_iter().map(|k| (k, k + 1)).collect::<Vec<_>>(),
+                    )
+                }
+            }
+        })
+        .max_batch(4)
+        .build()
+        .unwrap();
+    for key in 0..1_000 {
+        cache.insert(key, key);
+    }
+    cache.start().unwrap();
+    sleep(TTL).await;
+    // The first round trip's 16 keys are answered at one instant.
+    wait_until(Duration::from_secs(5), || cache.metrics().refreshes > 0).await;
+    assert_eq!(cache.metrics().refreshes, 16, "one round trip of 4 calls");
+    assert_eq!(calls.largest(), 4);
+    assert_eq!(cache.refresher_state().limit, 8, "doubled once");
+}

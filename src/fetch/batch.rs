@@ -243,9 +243,10 @@ where
 
     /// Calls the batch fetcher once for `batch`, and answers each key.
     async fn call(self: Arc<Self>, batch: Vec<Waiting<K, V>>) {
-        // Each key once, in the order they came, with its latest cached
-        // value: a key fenced while it waited may be here twice, the
-        // second from a flight started after the fence.
+        // Each key once, in the order they came, with the cached value of
+        // the last of its fetches to join: a key fenced while it waited may
+        // be here twice, one fetch from a flight started after the fence
+        // (which may join first or last).
         let mut place: HashMap<K, usize> = HashMap::with_capacity(batch.len());
         let mut asked: Vec<(K, Option<V>)> = Vec::with_capacity(batch.len());
         // Each fetch's answer, and its key's place in `asked`.
@@ -268,6 +269,18 @@ where
             };
             answers.push((answer, at));
         }
+        // The value each key of several fetches was asked with: an
+        // `Unchanged` vouches for it, not for the others' values.
+        let mut last_of = vec![0; asked.len()];
+        let mut fetches = vec![0_usize; asked.len()];
+        for (i, &(_, at)) in answers.iter().enumerate() {
+            last_of[at] = i;
+            fetches[at] += 1;
+        }
+        let asked_with: HashMap<usize, Option<V>> = (0..asked.len())
+            .filter(|&at| fetches[at] > 1)
+            .map(|at| (at, asked[at].1.clone()))
+            .collect();
         let span = tracing::debug_span!("swr_cache.fetch_batch", keys = asked.len());
         let mut call = std::pin::pin!(panic_as_error(tracing::Instrument::instrument(
             Arc::clone(&self.fetch).fetch_batch(asked),
@@ -307,16 +320,20 @@ where
             Err(error) => (0..place.len()).map(|_| Some(Err(error.clone()))).collect(),
         };
         // A result is cloned only for a key asked for twice: moved to the
-        // last of its fetches.
-        let mut last_of = vec![0; results.len()];
-        for (i, &(_, at)) in answers.iter().enumerate() {
-            last_of[at] = i;
-        }
+        // last of its fetches, whose value it was asked with. The others
+        // get an `Unchanged` as the value it vouches for (as a one-key
+        // fetch from their own would), or none to keep.
         for (i, (answer, at)) in answers.into_iter().enumerate() {
             let result = if last_of[at] == i {
                 results[at].take()
             } else {
-                results[at].clone()
+                match results[at].clone() {
+                    Some(Ok(Fetched::Unchanged)) => Some(match asked_with.get(&at) {
+                        Some(Some(value)) => Ok(Fetched::Value(value.clone())),
+                        _ => Err(FetchError::NothingToKeep),
+                    }),
+                    other => other,
+                }
             };
             // A fetch that gave up (timed out) no longer listens.
             let _ = answer.send(result.unwrap_or(Err(FetchError::LeftOut)));

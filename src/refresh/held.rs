@@ -450,11 +450,12 @@ where
             Err(_) => Outcome::Failed,
         };
         if let Some(floor) = settings.min_concurrent_refreshes {
+            // The limit counts calls, each of up to a batch of keys.
             self.limit.record(
                 outcome,
                 (!fetch.joined).then_some(fetch.latency),
-                floor,
-                settings.max_concurrent_refreshes,
+                (floor, settings.max_concurrent_refreshes),
+                self.batch,
             );
         }
         let new_key = self.held.get(key).is_none_or(|h| h.failures == 0);

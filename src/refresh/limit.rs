@@ -3,7 +3,8 @@
 //!
 //! The adaptive limit is judged once per *window*: as many finished fetches
 //! as the limit allowed when the window began (about one round trip's worth
-//! at full use). Over a window it compares the mean latency with a baseline,
+//! at full use; the limit counts calls, so with a batch fetcher that is its
+//! calls times the keys each fetches). Over a window it compares the mean latency with a baseline,
 //! the upstream's latency when not loaded: the lowest window mean seen,
 //! drifting up slowly with windows that are near it or that run at the
 //! floor, so that an upstream slower for good is learnt, but load alone
@@ -74,17 +75,19 @@ impl Limit {
         self.window = Window::default();
     }
 
-    /// Records a finished fetch that took `latency` nanoseconds; `None` for
-    /// one whose latency is not the upstream's (it joined a fetch under
-    /// way), which counts towards the window and its failures only.
+    /// Records a finished fetch of one key that took `latency`
+    /// nanoseconds; `None` for one whose latency is not the upstream's (it
+    /// joined a fetch under way), which counts towards the window and its
+    /// failures only. Each call of the fetcher fetches up to `per_call`
+    /// keys.
     pub(crate) fn record(
         &mut self,
         outcome: Outcome,
         latency: Option<u64>,
-        floor: usize,
-        cap: usize,
+        (floor, cap): (usize, usize),
+        per_call: usize,
     ) {
-        let size = self.get(floor, cap);
+        let size = self.get(floor, cap).saturating_mul(per_call.max(1));
         let window = &mut self.window;
         if window.size == 0 {
             window.size = size;
@@ -144,7 +147,7 @@ mod tests {
     /// Finishes `n` fetches of one latency and outcome.
     fn run(limit: &mut Limit, n: usize, outcome: Outcome, latency: u64) {
         for _ in 0..n {
-            limit.record(outcome, Some(latency), 4, 256);
+            limit.record(outcome, Some(latency), (4, 256), 1);
         }
     }
 
@@ -197,7 +200,7 @@ mod tests {
         let mut limit = Limit::new(4);
         run(&mut limit, 4 + 8, Outcome::Answered, 10 * MS);
         for _ in 0..3 {
-            limit.record(Outcome::Failed, None, 4, 256);
+            limit.record(Outcome::Failed, None, (4, 256), 1);
         }
         run(&mut limit, 13, Outcome::Answered, 10 * MS);
         assert_eq!(limit.get(4, 256), 32, "3 of 16 failed: still doubling");
@@ -213,8 +216,8 @@ mod tests {
         run(&mut limit, 4, Outcome::Answered, 100 * MS);
         assert_eq!(limit.get(4, 256), 8);
         for _ in 0..4 {
-            limit.record(Outcome::Answered, Some(100 * MS), 4, 256);
-            limit.record(Outcome::Answered, None, 4, 256);
+            limit.record(Outcome::Answered, Some(100 * MS), (4, 256), 1);
+            limit.record(Outcome::Answered, None, (4, 256), 1);
         }
         assert_eq!(limit.get(4, 256), 16, "the timed half is the upstream's");
         run(&mut limit, 16, Outcome::Answered, 100 * MS);
