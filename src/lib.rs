@@ -199,7 +199,8 @@
 //!   goes when it holds `max_batch` keys (64 by default) or a
 //!   `batch_window` (1 ms by default) after its first key, whichever is
 //!   first; the concurrency limit counts calls, so up to `limit ×
-//!   max_batch` keys are fetched at once.
+//!   max_batch` keys are fetched at once. The breaker counts keys, so one
+//!   failed call of ten keys or more opens it.
 //! - **A refresher that panics** (in a key's `Clone`, `Hash` or `Eq`) is
 //!   counted in [`Metrics::refresher_panics`], logged, and started over
 //!   after a `refresh_interval`.
