@@ -10,7 +10,7 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
@@ -24,7 +24,8 @@ use crate::refresh::requests::Refresher;
 use crate::removal::{Listener, RemovalCause, Weigher};
 use crate::settings::{ConfigChange, ConfigError, Settings};
 use crate::store::{
-    Entry, Node, Nudge, Refusal, Removed, Store, Taken, Write, Written, shard_count, user_write,
+    Climber, Entry, Node, Nudge, Refusal, Removed, Store, Taken, Write, Written, shard_count,
+    user_write,
 };
 use crate::throttle::Throttle;
 
@@ -111,6 +112,9 @@ pub(crate) struct Inner<K, V, S> {
     pub(crate) changes: Changes<K, V>,
     /// The keys lately answered `Gone`, with `negative_ttl` set.
     pub(crate) gone: Option<GoneKeys<K, S>>,
+    /// Sets the shards' probation share by the cache's hit ratio; taken
+    /// with `try_lock` by the writer a shard asks to look.
+    climber: Mutex<Climber>,
 }
 
 impl<K, V, S> Inner<K, V, S>
@@ -147,6 +151,7 @@ where
             hasher.clone(),
             read.terms(),
         );
+        let settings_capacity = settings.capacity();
         let gone = settings
             .negative_ttl
             .map(|ttl| GoneKeys::new(ttl, settings.capacity(), shards, hasher.clone()));
@@ -169,6 +174,7 @@ where
             refresher: Refresher::new(),
             changes: Changes::new(),
             gone,
+            climber: Mutex::new(Climber::new(settings_capacity)),
         }
     }
 
@@ -339,6 +345,22 @@ where
             || !node.meta.is_expired(now, terms.ttl, terms.max_stale)
     }
 
+    /// The climber's look, asked for by a shard every few hundred new
+    /// entries: the cache's hits and requests so far, and the probation
+    /// share it sets for every shard when a sample ends. Skipped if another
+    /// writer is looking.
+    #[cold]
+    fn climb(&self) {
+        let Ok(mut climber) = self.climber.try_lock() else {
+            return;
+        };
+        // Raw sums, which `reset_metrics` does not move.
+        let counts = self.counters.totals();
+        if let Some(permille) = climber.observe(counts.hits, counts.hits + counts.misses) {
+            self.store.set_small_share(permille);
+        }
+    }
+
     /// Whether a fetch of `key` answered `Gone` less than `negative_ttl`
     /// ago (and nothing wrote or removed it since); counted as a negative
     /// hit. For a load's miss only: never on the hit path.
@@ -441,6 +463,9 @@ where
         );
         if let Some(gone) = gone {
             gone.written(recorded.as_ref());
+        }
+        if self.store.take_climb() {
+            self.climb();
         }
         let replaced_one = removed.count(RemovalCause::Replaced) > 0;
         let written = match written {
@@ -698,6 +723,12 @@ where
             {
                 gone.set_capacity(capacity);
             }
+            if capacity != current.capacity() {
+                self.climber
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .resize(capacity);
+            }
         }
         self.count_removed(&removed);
         self.report(removed);
@@ -713,4 +744,75 @@ fn max_stale_nanos(settings: &Settings) -> Nanos {
 fn ttl_nanos(settings: &Settings) -> Nanos {
     // A validated TTL is non-zero; clamp so one nanosecond does not read as "none".
     settings.ttl.map_or(0, |t| duration_to_nanos(t).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::BuildHasherDefault;
+
+    use crate::Cache;
+
+    fn share<S>(cache: &Cache<u64, (), S>) -> u32 {
+        cache.inner.climber.lock().unwrap().permille()
+    }
+
+    /// Replays `keys` `rounds` times: get, then insert on a miss.
+    fn replay<S: std::hash::BuildHasher + Clone + Send + Sync + 'static>(
+        cache: &Cache<u64, (), S>,
+        keys: impl Iterator<Item = u64> + Clone,
+        rounds: usize,
+    ) {
+        for _ in 0..rounds {
+            for key in keys.clone() {
+                if cache.get(&key).is_none() {
+                    cache.insert(key, ());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_loop_a_little_larger_than_the_cache_drives_the_probation_share_down() {
+        let cache: Cache<u64, ()> = Cache::builder().max_size(1_000).ttl(None).build().unwrap();
+        let start = share(&cache);
+        replay(&cache, 0..1_100, 100);
+        assert!(share(&cache) < start, "{} from {start}", share(&cache));
+        cache.validate();
+    }
+
+    #[test]
+    fn recency_drives_the_probation_share_up() {
+        // A sliding window of hot keys: each key is read a few times within
+        // a short span and never again, which a larger probation queue
+        // keeps while the main queue holds on to keys gone cold.
+        let cache: Cache<u64, ()> = Cache::builder().max_size(1_000).ttl(None).build().unwrap();
+        let start = share(&cache);
+        for base in (0..400_000u64).step_by(50) {
+            replay(&cache, base..base + 400, 1);
+        }
+        assert!(share(&cache) > start, "{} from {start}", share(&cache));
+        cache.validate();
+    }
+
+    #[test]
+    fn the_same_requests_give_the_same_shares_under_one_hash_seed() {
+        let run = || {
+            let cache = Cache::<u64, ()>::builder()
+                .max_size(500)
+                .ttl(None)
+                .hasher(BuildHasherDefault::<DefaultHasher>::default())
+                .build()
+                .unwrap();
+            let mut shares = Vec::new();
+            for base in (0..300_000u64).step_by(997) {
+                replay(&cache, (base..base + 700).map(|k| k % 3_000), 1);
+                shares.push(share(&cache));
+            }
+            shares
+        };
+        let shares = run();
+        assert!(shares.iter().any(|&s| s != shares[0]), "it moved");
+        assert_eq!(shares, run());
+    }
 }

@@ -26,8 +26,11 @@
 //! and running its own eviction policy: S3-FIFO's queues with TinyLFU's
 //! frequency duels.
 //!
-//! - A new key enters *probation*, a FIFO of about 5 % of the shard. Reads
-//!   raise a small per-entry counter, and only that.
+//! - A new key enters *probation*, a FIFO of about 5 % of the shard to
+//!   start with. One hill climber for the whole cache then moves that share
+//!   (from 0.5 % to 80 %) by the cache's hit ratio, each sample of ten
+//!   capacities of requests: larger where reuse is recent, smaller for
+//!   loops and scans. Reads raise a small per-entry counter, and only that.
 //! - When room is needed, the oldest entry on probation leaves it: read twice
 //!   or more, it moves to the *main* queue; otherwise it moves there only if a
 //!   frequency sketch (how often each key was wanted lately) rates it above

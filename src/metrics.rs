@@ -282,7 +282,8 @@ impl Counters {
         self.negative_hits.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn totals(&self) -> Metrics {
+    /// The sums since the cache was built, whatever the resets.
+    pub(crate) fn totals(&self) -> Metrics {
         let sum = |c: Counter| {
             self.exclusive
                 .iter()

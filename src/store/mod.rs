@@ -30,6 +30,7 @@
 //! [`Store::len`] and [`Store::weight`] read are changed inside the same
 //! critical section, by the net change, so they are never over either.
 
+mod climber;
 mod due;
 mod ghost;
 mod node;
@@ -44,6 +45,7 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub(crate) use climber::Climber;
 pub(crate) use node::{Node, Version, user_write};
 pub(crate) use published::Unlinked;
 pub(crate) use removed::{Removed, Taken};
@@ -98,6 +100,9 @@ pub(crate) struct Store<K, V, S> {
 /// change (so a write that evicts one entry to add one writes nothing here).
 struct Totals {
     len: AtomicUsize,
+    /// A shard asked the climber to look (`Shard::take_climb`); read by
+    /// writers, written every few hundred new entries.
+    climb: AtomicBool,
     /// With a weigher; without one every entry weighs 1 and this stays 0.
     weight: AtomicU64,
     capacity: AtomicU64,
@@ -154,6 +159,7 @@ where
             weighted,
             totals: Padded(Totals {
                 len: AtomicUsize::new(0),
+                climb: AtomicBool::new(false),
                 weight: AtomicU64::new(0),
                 capacity: AtomicU64::new(capacity),
             }),
@@ -346,8 +352,28 @@ where
             if fence.is_some_and(|f| f.load(Ordering::SeqCst)) {
                 return Written::Refused(entry.key, entry.value, Refusal::Fenced);
             }
-            shard.write(ix, at.fingerprint, entry, how, out)
+            let written = shard.write(ix, at.fingerprint, entry, how, out);
+            if shard.take_climb() {
+                self.totals.0.climb.store(true, Ordering::Relaxed);
+            }
+            written
         })
+    }
+
+    /// Whether a shard asked the cache's climber to look since the last
+    /// call: true for one caller.
+    #[inline]
+    pub(crate) fn take_climb(&self) -> bool {
+        let climb = &self.totals.0.climb;
+        climb.load(Ordering::Relaxed) && climb.swap(false, Ordering::Relaxed)
+    }
+
+    /// Sets every shard's probation share, in permille ([`Climber`]), one
+    /// shard at a time.
+    pub(crate) fn set_small_share(&self, permille: u32) {
+        for at in 0..self.shards.len() {
+            self.shards.lock(at).split().0.set_small_share(permille);
+        }
     }
 
     /// Marks the value of `key` stale ([`Shard::mark_stale`]); whether

@@ -8,7 +8,8 @@
 //! # The policy: S3-FIFO with frequency duels
 //!
 //! Entries sit in one of two FIFO queues: the *small* queue (probation, 5 %
-//! of the shard's weight) and the *main* queue (the rest), which is a CLOCK:
+//! of the shard's weight to start with, then what the cache's climber sets,
+//! 0.5–80 %: `climber.rs`) and the *main* queue (the rest), which is a CLOCK:
 //! its head entry is passed to the back while it has reads to spend. Hits
 //! raise a small saturating counter in the entry ([`Meta::touch`]), and only
 //! that: readers never move entries. A ghost remembers the fingerprints of
@@ -51,6 +52,7 @@
 //!
 //! [`Meta::touch`]: super::node::Meta::touch
 
+use super::climber::{MAX_PERMILLE, MIN_PERMILLE, START_PERMILLE};
 use super::due::Due;
 use super::ghost::Ghost;
 use super::node::{Born, CHANGES, MAX_FREQ, Node, Version, changed_from};
@@ -62,8 +64,9 @@ use crate::clock::Nanos;
 use crate::freshness::{Own, Terms};
 use crate::removal::RemovalCause;
 
-/// The small queue's share of the shard's weight, in percent.
-const SMALL_PERCENT: u64 = 5;
+/// New entries between two of the cache's climber's looks at its hit
+/// ratio (see `climber.rs`), counted by each shard under its lock.
+const CLIMB_EVERY: u32 = 256;
 /// Reads during probation that earn a place in main without a duel.
 const PROMOTE_AT: u8 = 2;
 /// How many evicted keys the ghost remembers, in percent of the entries the
@@ -175,6 +178,11 @@ pub(crate) struct Shard<K, V> {
     sketch: Sketch,
     /// Whether the shard has evicted since it was built, cleared or resized.
     evicted: bool,
+    /// The small queue's share of the capacity, in permille: the cache's
+    /// climber's ([`Shard::set_small_share`]).
+    small_permille: u32,
+    /// New entries since the climber was last asked to look.
+    adds: u32,
     /// The most weight (without a weigher: entries) the shard holds.
     capacity: u64,
     /// The refresher task that may take entries from this shard: a task
@@ -198,6 +206,8 @@ impl<K, V> Shard<K, V> {
             ghost: Ghost::new(0),
             sketch: Sketch::new(),
             evicted: false,
+            small_permille: START_PERMILLE,
+            adds: 0,
             capacity,
             refresher: 0,
             next_version: 0,
@@ -566,7 +576,23 @@ impl<K, V> Shard<K, V> {
 
     /// The small queue's share of the shard's weight.
     fn small_share(&self) -> u64 {
-        (self.capacity / 100 * SMALL_PERCENT + self.capacity % 100 * SMALL_PERCENT / 100).max(1)
+        let permille = u64::from(self.small_permille);
+        (self.capacity / 1_000 * permille + self.capacity % 1_000 * permille / 1_000).max(1)
+    }
+
+    /// Sets the small queue's share, in permille (the climber's).
+    pub(crate) fn set_small_share(&mut self, permille: u32) {
+        self.small_permille = permille.clamp(MIN_PERMILLE, MAX_PERMILLE);
+    }
+
+    /// Whether the climber should look now: every [`CLIMB_EVERY`] new
+    /// entries of this shard.
+    pub(crate) fn take_climb(&mut self) -> bool {
+        if self.adds < CLIMB_EVERY {
+            return false;
+        }
+        self.adds = 0;
+        true
     }
 
     /// Evicts until `incoming` more weight fits, starting from `hole` (a
@@ -627,6 +653,7 @@ impl<K, V> Shard<K, V> {
             stale,
             own,
         } = entry;
+        self.adds = self.adds.saturating_add(1);
         let i = match hole {
             Some(h) => {
                 if self.weighted {
@@ -915,6 +942,9 @@ impl<K, V> Shard<K, V> {
     where
         K: Eq,
     {
+        if !(MIN_PERMILLE..=MAX_PERMILLE).contains(&self.small_permille) {
+            return Err(format!("small share {} permille", self.small_permille));
+        }
         let n = self.nodes.len();
         if ix.len() != n || self.links.len() != n {
             return Err(format!(
