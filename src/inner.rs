@@ -151,7 +151,9 @@ where
             hasher.clone(),
             read.terms(),
         );
-        let settings_capacity = settings.capacity();
+        // Samples of requests are counted in entries, also with a weigher
+        // (whose `max_size` is the entries expected).
+        let entries = settings.max_size as u64;
         let gone = settings
             .negative_ttl
             .map(|ttl| GoneKeys::new(ttl, settings.capacity(), shards, hasher.clone()));
@@ -174,7 +176,7 @@ where
             refresher: Refresher::new(),
             changes: Changes::new(),
             gone,
-            climber: Mutex::new(Climber::new(settings_capacity)),
+            climber: Mutex::new(Climber::new(entries)),
         }
     }
 
@@ -708,6 +710,7 @@ where
                 .max_stale
                 .store(max_stale_nanos(&next), Ordering::Relaxed);
             let refile = current.ttl != next.ttl;
+            let resized = (current.max_size != next.max_size).then_some(next.max_size as u64);
             self.settings.store(Arc::new(next));
             if refile {
                 // The values on the cache's TTL go stale at new times.
@@ -723,11 +726,11 @@ where
             {
                 gone.set_capacity(capacity);
             }
-            if capacity != current.capacity() {
+            if let Some(entries) = resized {
                 self.climber
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .resize(capacity);
+                    .resize(entries);
             }
         }
         self.count_removed(&removed);

@@ -51,7 +51,8 @@ pub(crate) struct Climber {
 }
 
 impl Climber {
-    /// A climber for a cache of `capacity` entries.
+    /// A climber for a cache of `capacity` entries (with a weigher, the
+    /// entries it expects: not its weight).
     pub(crate) fn new(capacity: u64) -> Self {
         Self {
             share: f64::from(START_PERMILLE),
