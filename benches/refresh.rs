@@ -93,6 +93,23 @@ fn sleeping_cache(
         .expect("valid settings")
 }
 
+/// Fills `cache` with `ENTRIES` entries of TTL `ttl`, starts its refresher
+/// and waits until every one has been refreshed once: the time from when
+/// they went stale.
+fn storm(runtime: &tokio::runtime::Runtime, cache: &Cache<u64, u64>, ttl: Duration) -> Duration {
+    for key in 0..ENTRIES {
+        cache.insert(key, key);
+    }
+    let stale_at = Instant::now() + ttl;
+    cache.start().expect("inside a runtime");
+    runtime.block_on(async {
+        while cache.metrics().refreshes < ENTRIES {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    stale_at.elapsed()
+}
+
 fn refresh_throughput() {
     let ttl = Duration::from_secs(6);
     let interval = Duration::from_secs(1);
@@ -111,18 +128,7 @@ fn refresh_throughput() {
         // Longer than the refresh takes, so no entry goes stale a second
         // time and the count of refreshes is the count of entries refreshed.
         let cache = sleeping_cache(latency, ttl, interval, fixed);
-        for key in 0..ENTRIES {
-            cache.insert(key, key);
-        }
-        let inserted = Instant::now();
-        cache.start().expect("inside a runtime");
-        let stale_at = inserted + ttl;
-        runtime.block_on(async {
-            while cache.metrics().refreshes < ENTRIES {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        let took = stale_at.elapsed();
+        let took = storm(&runtime, &cache, ttl);
         println!(
             "| {} | {:.2} s | {:.2} | {:.0} |",
             if fixed {
@@ -659,18 +665,7 @@ fn batched_storm() {
             })
             .build()
             .expect("valid settings");
-        for key in 0..ENTRIES {
-            cache.insert(key, key);
-        }
-        let inserted = Instant::now();
-        cache.start().expect("inside a runtime");
-        let stale_at = inserted + ttl;
-        runtime.block_on(async {
-            while cache.metrics().refreshes < ENTRIES {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        let took = stale_at.elapsed();
+        let took = storm(&runtime, &cache, ttl);
         // The adaptive limit's cap is 256 calls.
         let limit = fixed.unwrap_or(256);
         let floor = latency * (calls_needed.div_ceil(limit) as u32);

@@ -4,6 +4,8 @@
 //! tokio's paused clock.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,12 +43,56 @@ impl Calls {
         let calls = self.0.lock().unwrap();
         calls.iter().filter(|keys| keys.contains(&key)).count()
     }
+
+    /// A batch fetcher that logs each call, takes `delay` (or yields once),
+    /// and answers `value(key)` for every key but those in `left_out`.
+    fn fetcher(
+        &self,
+        value: fn(u64) -> u64,
+        left_out: &'static [u64],
+        delay: Duration,
+    ) -> impl Fn(Vec<u64>) -> Answer + Send + Sync + 'static {
+        let calls = self.clone();
+        move |keys| {
+            calls.0.lock().unwrap().push(keys.clone());
+            Box::pin(async move {
+                if delay.is_zero() {
+                    tokio::task::yield_now().await;
+                } else {
+                    sleep(delay).await;
+                }
+                Ok(keys
+                    .into_iter()
+                    .filter(|key| !left_out.contains(key))
+                    .map(|key| (key, value(key)))
+                    .collect())
+            })
+        }
+    }
+}
+
+/// What a test's batch fetcher returns.
+type Answer = Pin<Box<dyn Future<Output = Result<Vec<(u64, u64)>, std::io::Error>> + Send>>;
+
+fn ten_and_one(key: u64) -> u64 {
+    key * 10 + 1
+}
+
+fn same(key: u64) -> u64 {
+    key
+}
+
+fn times_three(key: u64) -> u64 {
+    key * 3
+}
+
+fn plus_one(key: u64) -> u64 {
+    key + 1
 }
 
 /// A cache whose batch fetcher answers `key * 10 + 1` for every key but
 /// those in `left_out`, logging each call.
 fn batching_cache(calls: &Calls, max_batch: usize, left_out: &'static [u64]) -> Cache<u64, u64> {
-    let calls = calls.clone();
     Cache::builder()
         .max_size(4_000)
         .ttl(TTL)
@@ -55,18 +101,7 @@ fn batching_cache(calls: &Calls, max_batch: usize, left_out: &'static [u64]) -> 
         .max_retry_backoff(Duration::from_secs(60))
         // Two calls at a time: whole batches of keys, not two keys.
         .max_concurrent_refreshes(2)
-        .batch_fetcher(move |keys: Vec<u64>| {
-            let calls = calls.clone();
-            async move {
-                calls.0.lock().unwrap().push(keys.clone());
-                let found = keys
-                    .into_iter()
-                    .filter(|key| !left_out.contains(key))
-                    .map(|key| (key, key * 10 + 1))
-                    .collect::<Vec<_>>();
-                Ok::<_, std::io::Error>(found)
-            }
-        })
+        .batch_fetcher(calls.fetcher(ten_and_one, left_out, Duration::ZERO))
         .max_batch(max_batch)
         .build()
         .unwrap()
@@ -131,20 +166,7 @@ async fn read_through_misses_within_the_window_share_one_call() {
 async fn a_batch_goes_when_its_window_closes_though_the_fetch_that_opened_it_was_dropped() {
     let calls = Calls::default();
     let cache = Cache::builder()
-        .batch_fetcher({
-            let calls = calls.clone();
-            move |keys: Vec<u64>| {
-                let calls = calls.clone();
-                async move {
-                    calls.0.lock().unwrap().push(keys.clone());
-                    Ok::<_, std::io::Error>(
-                        keys.into_iter()
-                            .map(|k| (k, k * 10 + 1))
-                            .collect::<Vec<_>>(),
-                    )
-                }
-            }
-        })
+        .batch_fetcher(calls.fetcher(ten_and_one, &[], Duration::ZERO))
         .batch_window(Duration::from_millis(10))
         .build()
         .unwrap();
@@ -183,16 +205,7 @@ async fn a_key_fenced_while_it_waits_is_asked_for_once_and_both_fetches_answered
 async fn a_full_batch_is_called_without_waiting_for_its_window() {
     let calls = Calls::default();
     let cache = Cache::builder()
-        .batch_fetcher({
-            let calls = calls.clone();
-            move |keys: Vec<u64>| {
-                let calls = calls.clone();
-                async move {
-                    calls.0.lock().unwrap().push(keys.clone());
-                    Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, k)).collect::<Vec<_>>())
-                }
-            }
-        })
+        .batch_fetcher(calls.fetcher(same, &[], Duration::ZERO))
         .max_batch(4)
         .batch_window(Duration::from_secs(3600))
         .build()
@@ -375,19 +388,7 @@ fn concurrent_misses_on_many_workers_each_get_their_own_key() {
             let calls = Calls::default();
             let cache = Cache::builder()
                 .max_size(10_000)
-                .batch_fetcher({
-                    let calls = calls.clone();
-                    move |keys: Vec<u64>| {
-                        let calls = calls.clone();
-                        async move {
-                            calls.0.lock().unwrap().push(keys.clone());
-                            tokio::task::yield_now().await;
-                            Ok::<_, std::io::Error>(
-                                keys.into_iter().map(|k| (k, k * 3)).collect::<Vec<_>>(),
-                            )
-                        }
-                    }
-                })
+                .batch_fetcher(calls.fetcher(times_three, &[], Duration::ZERO))
                 .max_batch(16)
                 .build()
                 .unwrap();
@@ -472,20 +473,7 @@ async fn set_batch_fetcher_swaps_in_a_batch_fetcher_with_the_builders_batching()
         1,
         "the one-key fetcher"
     );
-    cache.set_batch_fetcher({
-        let calls = calls.clone();
-        move |keys: Vec<u64>| {
-            let calls = calls.clone();
-            async move {
-                calls.0.lock().unwrap().push(keys.clone());
-                Ok::<_, std::io::Error>(
-                    keys.into_iter()
-                        .map(|k| (k, k * 10 + 1))
-                        .collect::<Vec<_>>(),
-                )
-            }
-        }
-    });
+    cache.set_batch_fetcher(calls.fetcher(ten_and_one, &[], Duration::ZERO));
     let got = fetch_all(&cache, 10..14).await;
     assert_eq!(
         got.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
@@ -588,19 +576,7 @@ async fn the_adaptive_limit_doubles_once_per_round_trip_of_batches() {
         .refresh_interval(INTERVAL)
         .refresh_on_read(false)
         .adaptive_refreshes(4, 256)
-        .batch_fetcher({
-            let calls = calls.clone();
-            move |keys: Vec<u64>| {
-                let calls = calls.clone();
-                async move {
-                    calls.0.lock().unwrap().push(keys.clone());
-                    sleep(Duration::from_millis(100)).await;
-                    Ok::<_, std::io::Error>(
-                        keys.into_iter().map(|k| (k, k + 1)).collect::<Vec<_>>(),
-                    )
-                }
-            }
-        })
+        .batch_fetcher(calls.fetcher(plus_one, &[], Duration::from_millis(100)))
         .max_batch(4)
         .build()
         .unwrap();
