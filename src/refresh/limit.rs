@@ -4,11 +4,12 @@
 //! The adaptive limit is judged once per *window*: as many finished fetches
 //! as the limit allowed when the window began (about one round trip's worth
 //! at full use; the limit counts calls, so with a batch fetcher that is its
-//! calls times the keys each fetches). Over a window it compares the mean latency with a baseline,
-//! the upstream's latency when not loaded: the lowest window mean seen,
-//! drifting up slowly with windows that are near it or that run at the
-//! floor, so that an upstream slower for good is learnt, but load alone
-//! (latency rising because of the refresher) never moves it:
+//! calls times the keys each fetches). Over a window it compares the mean
+//! latency with a baseline, the upstream's latency when not loaded: the
+//! lowest window mean seen, drifting up slowly with windows that are near
+//! it or that run at the floor, so that an upstream slower for good is
+//! learnt, but load alone (latency rising because of the refresher) never
+//! moves it:
 //!
 //! - more than a fifth of the window failed (errors, timeouts, panics):
 //!   halve;
