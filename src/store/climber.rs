@@ -6,7 +6,7 @@
 //! climber per shard was measured too noisy (a 5–15 point swing per sample
 //! against a 0.5–1 point effect); one for the cache samples as many
 //! requests as an unsharded cache would. It moves the share by a step each
-//! sample of `10 × capacity` requests: on in the same direction while the
+//! sample of `10 × max_size` requests: on in the same direction while the
 //! hit ratio holds or rises, back when it falls; the step decays, and
 //! starts over when the hit ratio jumps (the workload changed). This is
 //! the climber of Caffeine's simulator (`SimpleClimber`), in permille,
@@ -22,14 +22,15 @@ pub(crate) const START_PERMILLE: u32 = 50;
 
 /// The first step, in permille: toward a smaller probation, which loops,
 /// scans and frequency-skewed traces want and which short replays have no
-/// time to find if the first step goes the other way (measured: the sum of
-/// the study's shortfalls 16.1 points with it, 20.0 starting upward).
+/// time to find if the first step goes the other way (measured on the
+/// hit-ratio bench's 20 rows: a summed shortfall of 16.1 points with it,
+/// 20.0 starting upward).
 const START_STEP: f64 = -25.0;
 /// Each step is this much of the last.
 const STEP_DECAY: f64 = 0.98;
 /// A change of the hit ratio this large starts the steps over.
 const RESTART_AT: f64 = 0.05;
-/// Requests per sample, in capacities.
+/// Requests per sample, in multiples of the entries.
 const SAMPLE_CAPACITIES: u64 = 10;
 /// The fewest requests per sample.
 const MIN_SAMPLE: u64 = 1_024;
