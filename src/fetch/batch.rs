@@ -99,12 +99,7 @@ where
     F: BatchFetcher<K, V>,
 {
     fn fetch_batch(self: Arc<Self>, batch: Vec<(K, Option<V>)>) -> BatchFuture<K, V> {
-        Box::pin(async move {
-            self.0
-                .fetch_batch(batch)
-                .await
-                .map_err(|e| FetchError::Failed(Arc::from(e.into())))
-        })
+        Box::pin(async move { self.0.fetch_batch(batch).await.map_err(FetchError::failed) })
     }
 }
 
@@ -129,7 +124,7 @@ where
                     .into_iter()
                     .map(|(key, value)| (key, Fetched::Value(value)))
                     .collect()),
-                Err(e) => Err(FetchError::Failed(Arc::from(e.into()))),
+                Err(e) => Err(FetchError::failed(e)),
             }
         })
     }

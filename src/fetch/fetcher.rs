@@ -123,6 +123,13 @@ impl fmt::Display for FetchError {
     }
 }
 
+impl FetchError {
+    /// A fetcher's own error, as every waiter on its fetch gets it.
+    pub(crate) fn failed(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::Failed(Arc::from(error.into()))
+    }
+}
+
 impl StdError for FetchError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
@@ -153,7 +160,7 @@ where
             self.0
                 .fetch(&key, current.as_ref())
                 .await
-                .map_err(|e| FetchError::Failed(Arc::from(e.into())))
+                .map_err(FetchError::failed)
         })
     }
 }
@@ -175,7 +182,7 @@ where
             (self.0)(key)
                 .await
                 .map(Fetched::Value)
-                .map_err(|e| FetchError::Failed(Arc::from(e.into())))
+                .map_err(FetchError::failed)
         })
     }
 }
@@ -198,9 +205,7 @@ where
             let called: Result<Result<V, Box<dyn StdError + Send + Sync>>, _> =
                 tokio::task::spawn_blocking(call).await;
             match called {
-                Ok(fetched) => fetched
-                    .map(Fetched::Value)
-                    .map_err(|e| FetchError::Failed(Arc::from(e))),
+                Ok(fetched) => fetched.map(Fetched::Value).map_err(FetchError::failed),
                 Err(join) if join.is_panic() => {
                     Err(FetchError::Panicked(panic_message(&*join.into_panic())))
                 }
