@@ -356,9 +356,11 @@ where
         let Ok(mut climber) = self.climber.try_lock() else {
             return;
         };
-        // Raw sums, which `reset_metrics` does not move.
-        let counts = self.counters.totals();
-        if let Some(permille) = climber.observe(counts.hits, counts.hits + counts.misses) {
+        // Raw sums, which `reset_metrics` does not move: the two counters
+        // it needs, not all of them.
+        let hits = self.counters.total(Counter::Hits);
+        let misses = self.counters.total(Counter::Misses);
+        if let Some(permille) = climber.observe(hits, hits.wrapping_add(misses)) {
             self.store.set_small_share(permille);
         }
     }

@@ -282,15 +282,18 @@ impl Counters {
         self.negative_hits.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The sum of `counter` since the cache was built, whatever the resets.
+    pub(crate) fn total(&self, counter: Counter) -> u64 {
+        self.exclusive
+            .iter()
+            .chain(self.shared.iter())
+            .map(|s| s.0[counter as usize].load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add)
+    }
+
     /// The sums since the cache was built, whatever the resets.
-    pub(crate) fn totals(&self) -> Metrics {
-        let sum = |c: Counter| {
-            self.exclusive
-                .iter()
-                .chain(self.shared.iter())
-                .map(|s| s.0[c as usize].load(Ordering::Relaxed))
-                .fold(0u64, u64::wrapping_add)
-        };
+    fn totals(&self) -> Metrics {
+        let sum = |c: Counter| self.total(c);
         Metrics {
             hits: sum(Counter::Hits),
             misses: sum(Counter::Misses),
